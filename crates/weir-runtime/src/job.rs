@@ -1,0 +1,353 @@
+//! Starting and supervising a job: the executors, the wiring of channels between subtasks, and the
+//! handle through which a caller watches, stops and awaits the job.
+//!
+//! Two tokio runtimes are used. The *task* runtime (one worker per declared CPU) runs the task loops,
+//! where operator hooks do their CPU work; the *io* runtime runs network and object-store IO so that
+//! a busy operator never delays a timer or a socket. Blocking work goes through `spawn_blocking`.
+
+use crate::channel::{Receiver, Sender, channel};
+use crate::graph::{JobGraph, NodeKind, Partitioning};
+use crate::input::InputGate;
+use crate::metrics::{MetricsRegistry, NodeMetrics, NodeRole, OperatorMetrics};
+use crate::operator::{OperatorContext, TaskInfo};
+use crate::partition::EdgeRouter;
+use crate::physical::{PhysicalPlan, plan};
+use crate::task::{ChainedOperator, Head, Outputs, Task, TaskEnd, is_secondary};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use weir_types::{Error, Result};
+
+/// The executors a job runs on.
+#[derive(Debug)]
+pub struct Runtime {
+    tasks: tokio::runtime::Runtime,
+    io: tokio::runtime::Runtime,
+}
+
+impl Runtime {
+    /// Executors with `cpu_threads` task workers (at least 1) and two IO workers.
+    pub fn new(cpu_threads: usize) -> Result<Self> {
+        let tasks = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpu_threads.max(1))
+            .thread_name("weir-task")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::internal("cannot start the task executor").with_source(e))?;
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("weir-io")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::internal("cannot start the io executor").with_source(e))?;
+        Ok(Runtime { tasks, io })
+    }
+
+    /// The task executor's handle.
+    pub fn task_handle(&self) -> &tokio::runtime::Handle {
+        self.tasks.handle()
+    }
+
+    /// The IO executor's handle.
+    pub fn io_handle(&self) -> &tokio::runtime::Handle {
+        self.io.handle()
+    }
+
+    /// Plans and starts `graph`. Fails before anything runs if the graph is invalid or an instance
+    /// cannot be made.
+    pub fn start(&self, graph: JobGraph) -> Result<JobHandle> {
+        let plan = plan(&graph)?;
+        let metrics = MetricsRegistry::default();
+        let stop = CancellationToken::new();
+        let tasks = wire(&graph, &plan, &metrics, &stop, self.io.handle())?;
+        let mut set = JoinSet::new();
+        for t in tasks {
+            set.spawn_on(t.run(), self.tasks.handle());
+        }
+        let supervisor = self.tasks.spawn(supervise(set));
+        Ok(JobHandle {
+            name: graph.config.name.clone(),
+            metrics,
+            stop,
+            supervisor: Some(supervisor),
+            started: Instant::now(),
+            description: plan.describe(&graph),
+        })
+    }
+
+    /// Runs `graph` to the end on this thread and returns its report.
+    pub fn run(&self, graph: JobGraph) -> Result<JobReport> {
+        let handle = self.start(graph)?;
+        self.tasks.block_on(handle.wait())
+    }
+
+    /// Blocks this thread on `fut` on the task executor.
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.tasks.block_on(fut)
+    }
+}
+
+/// What a finished job reports.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// The job's name.
+    pub name: String,
+    /// Wall-clock time from start to end.
+    pub elapsed: Duration,
+    /// Whether a stop request ended the sources early.
+    pub stopped_early: bool,
+    /// Final counters per node.
+    pub nodes: Vec<NodeMetrics>,
+}
+
+/// A running job.
+#[derive(Debug)]
+pub struct JobHandle {
+    name: String,
+    metrics: MetricsRegistry,
+    stop: CancellationToken,
+    supervisor: Option<tokio::task::JoinHandle<Result<bool>>>,
+    started: Instant,
+    description: String,
+}
+
+impl JobHandle {
+    /// Live metrics.
+    pub fn metrics(&self) -> &MetricsRegistry {
+        &self.metrics
+    }
+
+    /// Asks the sources to stop; everything already read is processed and written, then the job
+    /// ends as if the input had ended.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// A token that is cancelled when a stop is requested.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// When the job started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The physical plan, rendered.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Whether every task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.supervisor.as_ref().is_none_or(|s| s.is_finished())
+    }
+
+    /// Waits for the end; the first root-cause error of any task fails the job (and stops the rest).
+    pub async fn wait(mut self) -> Result<JobReport> {
+        let Some(sup) = self.supervisor.take() else {
+            return Err(Error::internal("job awaited twice"));
+        };
+        let stopped_early = sup
+            .await
+            .map_err(|e| Error::internal("the job supervisor panicked").with_source(e))??;
+        Ok(JobReport {
+            name: self.name.clone(),
+            elapsed: self.started.elapsed(),
+            stopped_early,
+            nodes: self.metrics.snapshot(),
+        })
+    }
+}
+
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        if let Some(s) = self.supervisor.take() {
+            s.abort();
+        }
+    }
+}
+
+/// Joins every task; on the first failure aborts the others and returns the root cause.
+async fn supervise(mut set: JoinSet<Result<TaskEnd>>) -> Result<bool> {
+    let mut stopped = false;
+    let mut first: Option<Error> = None;
+    while let Some(joined) = set.join_next().await {
+        let res = match joined {
+            Ok(r) => r,
+            Err(e) if e.is_cancelled() => continue,
+            Err(e) => Err(Error::internal("a task panicked").with_source(e)),
+        };
+        match res {
+            Ok(TaskEnd::Stopped) => stopped = true,
+            Ok(TaskEnd::Finished) => {}
+            Err(e) => {
+                let replace = match &first {
+                    None => true,
+                    Some(f) => is_secondary(f) && !is_secondary(&e),
+                };
+                if first.is_none() {
+                    set.abort_all();
+                }
+                if replace {
+                    first = Some(e);
+                }
+            }
+        }
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(stopped),
+    }
+}
+
+/// Creates every task of the plan with its channels.
+fn wire(
+    graph: &JobGraph,
+    plan: &PhysicalPlan,
+    registry: &MetricsRegistry,
+    stop: &CancellationToken,
+    io: &tokio::runtime::Handle,
+) -> Result<Vec<Task>> {
+    let cfg = &graph.config;
+    // Metrics per node and subtask, registered in graph order.
+    let node_metrics: Vec<Vec<Arc<OperatorMetrics>>> = graph
+        .nodes
+        .iter()
+        .map(|n| {
+            let role = match n.kind {
+                NodeKind::Source(_) => NodeRole::Source,
+                NodeKind::Operator(_) => NodeRole::Operator,
+                NodeKind::Sink(_) => NodeRole::Sink,
+            };
+            registry.register(&n.name, role, n.parallelism)
+        })
+        .collect();
+
+    // Channels: per chain edge (and the dead-letter edges), senders per producer subtask and
+    // receivers per consumer subtask.
+    let n_chains = plan.chains.len();
+    let mut inputs: Vec<Vec<Vec<Receiver>>> = plan
+        .chains
+        .iter()
+        .map(|c| (0..c.parallelism).map(|_| Vec::new()).collect())
+        .collect();
+    let mut routers: Vec<Vec<Vec<EdgeRouter>>> = plan
+        .chains
+        .iter()
+        .map(|c| (0..c.parallelism).map(|_| Vec::new()).collect())
+        .collect();
+    let mut dl_routers: Vec<Vec<Option<EdgeRouter>>> = plan
+        .chains
+        .iter()
+        .map(|c| (0..c.parallelism).map(|_| None).collect())
+        .collect();
+
+    let connect = |from: usize,
+                   to: usize,
+                   partitioning: &Partitioning,
+                   inputs: &mut Vec<Vec<Vec<Receiver>>>| {
+        let pf = plan.chains[from].parallelism;
+        let mut per_producer: Vec<Vec<Sender>> = (0..pf).map(|_| Vec::new()).collect();
+        if *partitioning == Partitioning::Forward {
+            for i in 0..pf as usize {
+                let (tx, rx) = channel(cfg.channel_capacity_bytes);
+                per_producer[i].push(tx);
+                inputs[to][i].push(rx);
+            }
+        } else {
+            for senders in per_producer.iter_mut() {
+                for consumer in inputs[to].iter_mut() {
+                    let (tx, rx) = channel(cfg.channel_capacity_bytes);
+                    senders.push(tx);
+                    consumer.push(rx);
+                }
+            }
+        }
+        per_producer
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| EdgeRouter::new(partitioning.clone(), s, i, cfg.max_parallelism))
+            .collect::<Vec<_>>()
+    };
+    for e in &plan.edges {
+        for (i, r) in connect(e.from, e.to, &e.partitioning, &mut inputs)
+            .into_iter()
+            .enumerate()
+        {
+            routers[e.from][i].push(r);
+        }
+    }
+    if let Some(dl) = plan.dead_letter {
+        for c in 0..n_chains {
+            if c == dl {
+                continue;
+            }
+            for (i, r) in connect(c, dl, &Partitioning::Rebalance, &mut inputs)
+                .into_iter()
+                .enumerate()
+            {
+                dl_routers[c][i] = Some(r);
+            }
+        }
+    }
+
+    let mut tasks = Vec::new();
+    for (ci, chain) in plan.chains.iter().enumerate() {
+        let mut inputs_c = std::mem::take(&mut inputs[ci]).into_iter();
+        let mut routers_c = std::mem::take(&mut routers[ci]).into_iter();
+        let mut dl_c = std::mem::take(&mut dl_routers[ci]).into_iter();
+        for subtask in 0..chain.parallelism {
+            let ctx_for = |node: usize| {
+                let n = &graph.nodes[node];
+                let info = TaskInfo {
+                    node: n.name.clone(),
+                    subtask,
+                    parallelism: n.parallelism,
+                    max_parallelism: cfg.max_parallelism,
+                };
+                let metrics = node_metrics[node][subtask as usize].clone();
+                (
+                    info.clone(),
+                    OperatorContext::new(info, cfg.error_policy, metrics, io.clone()),
+                )
+            };
+            let mut nodes = chain.nodes.iter().copied();
+            let mut all_metrics = Vec::new();
+            let head_in = inputs_c.next().unwrap_or_default();
+            let head = match &graph.nodes[chain.nodes[0]].kind {
+                NodeKind::Source(factory) => {
+                    let node = nodes.next().unwrap_or_default();
+                    let (info, ctx) = ctx_for(node);
+                    let source = factory(&info).map_err(|e| e.in_operator(info.node.clone()))?;
+                    all_metrics.push(ctx.metrics().clone());
+                    Head::Source { source, ctx }
+                }
+                _ => Head::Input(InputGate::new(head_in)),
+            };
+            let mut ops = Vec::new();
+            for node in nodes {
+                let (info, ctx) = ctx_for(node);
+                let op = match &graph.nodes[node].kind {
+                    NodeKind::Operator(f) | NodeKind::Sink(f) => f(&info),
+                    NodeKind::Source(_) => Err(Error::internal("a source inside a chain")),
+                }
+                .map_err(|e| e.in_operator(info.node.clone()))?;
+                all_metrics.push(ctx.metrics().clone());
+                ops.push(ChainedOperator { op, ctx });
+            }
+            tasks.push(Task {
+                head,
+                chain: ops,
+                outputs: Outputs {
+                    routers: routers_c.next().unwrap_or_default(),
+                    dead_letter: dl_c.next().flatten(),
+                },
+                stop: stop.clone(),
+                all_metrics,
+            });
+        }
+    }
+    Ok(tasks)
+}
