@@ -88,3 +88,5 @@ pub use job::{JobHandle, JobReport, Runtime};
 pub use metrics::{MetricsRegistry, MetricsSnapshot, NodeMetrics, NodeRole, OperatorMetrics};
 pub use operator::{Emitter, ErrorPolicy, Operator, OperatorContext, TaskInfo};
 pub use source::{Source, SourceEvent};
+/// Cancelled when a stop of the job is requested.
+pub use tokio_util::sync::CancellationToken as StopToken;
