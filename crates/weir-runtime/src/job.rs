@@ -227,7 +227,6 @@ fn wire(
 
     // Channels: per chain edge (and the dead-letter edges), senders per producer subtask and
     // receivers per consumer subtask.
-    let n_chains = plan.chains.len();
     let mut inputs: Vec<Vec<Vec<Receiver>>> = plan
         .chains
         .iter()
@@ -280,7 +279,7 @@ fn wire(
         }
     }
     if let Some(dl) = plan.dead_letter {
-        for c in 0..n_chains {
+        for (c, dl_of_chain) in dl_routers.iter_mut().enumerate() {
             if c == dl {
                 continue;
             }
@@ -288,7 +287,7 @@ fn wire(
                 .into_iter()
                 .enumerate()
             {
-                dl_routers[c][i] = Some(r);
+                dl_of_chain[i] = Some(r);
             }
         }
     }

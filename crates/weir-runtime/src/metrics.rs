@@ -24,6 +24,8 @@ pub struct OperatorMetrics {
     progress: AtomicU64,
     total: AtomicU64,
     finished: AtomicU64,
+    batch_rows_last: AtomicU64,
+    batch_latency_us_ewma: AtomicU64,
 }
 
 impl OperatorMetrics {
@@ -67,6 +69,15 @@ impl OperatorMetrics {
     pub fn add_progress(&self, n: u64) {
         self.progress.fetch_add(n, Relaxed);
     }
+    /// Operators that batch (inference): records the size and latency of a batch just run; keeps
+    /// the last size and an exponentially weighted average latency (weight 1/8).
+    pub fn record_batch(&self, rows: usize, latency: Duration) {
+        self.batch_rows_last.store(rows as u64, Relaxed);
+        let us = latency.as_micros() as u64;
+        let old = self.batch_latency_us_ewma.load(Relaxed);
+        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+        self.batch_latency_us_ewma.store(new, Relaxed);
+    }
     /// Marks the instance as finished.
     pub fn set_finished(&self) {
         self.finished.store(1, Relaxed);
@@ -88,6 +99,8 @@ impl OperatorMetrics {
             total: self.total.load(Relaxed),
             finished_subtasks: self.finished.load(Relaxed),
             subtasks: 1,
+            batch_rows_last: self.batch_rows_last.load(Relaxed),
+            batch_latency_us_ewma: self.batch_latency_us_ewma.load(Relaxed),
         }
     }
 }
@@ -135,6 +148,10 @@ pub struct MetricsSnapshot {
     pub finished_subtasks: u64,
     /// Instances.
     pub subtasks: u64,
+    /// Batching operators: rows of the last batch run (summed over instances).
+    pub batch_rows_last: u64,
+    /// Batching operators: average batch latency in microseconds (maximum over instances).
+    pub batch_latency_us_ewma: u64,
 }
 
 impl MetricsSnapshot {
@@ -153,6 +170,8 @@ impl MetricsSnapshot {
         self.total += o.total;
         self.finished_subtasks += o.finished_subtasks;
         self.subtasks += o.subtasks;
+        self.batch_rows_last += o.batch_rows_last;
+        self.batch_latency_us_ewma = self.batch_latency_us_ewma.max(o.batch_latency_us_ewma);
     }
 }
 

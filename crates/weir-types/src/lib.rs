@@ -9,6 +9,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod key_group;
 pub mod message;
+pub mod multimodal;
 
 pub use dead_letter::{DeadLetter, dead_letter_batch, dead_letter_schema};
 pub use error::{Error, ErrorDomain, ErrorKind, Result};

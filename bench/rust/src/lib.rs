@@ -1,0 +1,8 @@
+//! Benchmark helpers shared by the binaries in `src/bin`: the deterministic
+//! event generator ([`events`]) and the filter + project workload
+//! ([`filter_project`]) that the hand-written arrow-rs baseline runs and that
+//! `bench/filter/pipeline.yaml` asks weir to run.
+
+pub mod events;
+pub mod filter_project;
+pub mod prng;

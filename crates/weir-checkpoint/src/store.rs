@@ -1,0 +1,1016 @@
+//! The checkpoint store: writes state files and manifests, finds the newest checkpoint that
+//! verifies, reads state back, lists and prunes checkpoints. The only module of this crate that
+//! does IO; it works over any `object_store` backend (a local directory by default, S3 in
+//! production).
+//!
+//! # Layout
+//!
+//! ```text
+//! <root>/chk-0000000012/map-0.state     one file per subtask that has state, written first
+//! <root>/chk-0000000012/map-1.state
+//! <root>/chk-0000000012/_MANIFEST       written last: its presence makes checkpoint 12 complete
+//! ```
+//!
+//! Folder names are `chk-` and the id in at least 10 digits, so they sort by id. A state file is
+//! named after its node and subtask (`<node>-<subtask>.state`); node names are escaped so that any
+//! name gives a safe, unique file name (letters, digits, `_`, `-` and non-leading `.` are kept;
+//! every other byte is written `=XX` in hex). The file's content is a
+//! [`StateSnapshot`] in the binary format of [`crate::state`].
+//!
+//! # Contract
+//!
+//! - **Atomic objects.** The backend writes each object whole or not at all (true of S3 and of
+//!   `object_store`'s local file system, which writes a temporary file and renames it). A crash
+//!   mid-checkpoint therefore leaves a folder without a manifest, or with one that does not verify.
+//! - **Complete = verified.** A checkpoint is complete when its `_MANIFEST` parses, its own
+//!   checksum matches, its id matches the folder, and every file it lists exists with the listed
+//!   size and checksum. [`CheckpointStore::latest_complete`] checks all of it (reading every
+//!   file); [`CheckpointStore::list`] checks everything but the file checksums (sizes come from
+//!   the listing), so that it stays cheap for large checkpoints.
+//! - **Errors.** Every failed read, write, list or delete is an error of kind `Io` naming the path
+//!   and the store, with the backend's error as its cause, so the caller can decline that
+//!   checkpoint (on write) or stop (on read) and go on. A damaged checkpoint found while looking
+//!   for the newest complete one is *skipped with a reason*, not an error; but a failure to read
+//!   (a network error) is an error: falling back to an older checkpoint because the store was
+//!   briefly unreachable would throw away progress that sinks may already have published.
+//! - **Retention.** See [`CheckpointStore::retain`]: the newest checkpoint that fully verifies
+//!   (the one a restore would use) and every folder newer than it are never deleted.
+//! - **One writer.** One job's coordinator writes under a root. Object sizes are limited by the
+//!   backend's single PUT (5 GiB on S3) per state file.
+
+use crate::manifest::{Checksum, FileEntry, Manifest};
+use crate::state::{StateSnapshot, redistribute};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use weir_types::{CheckpointId, Error, ErrorKind, Result};
+
+/// The name of the manifest object inside a checkpoint folder.
+pub const MANIFEST_NAME: &str = "_MANIFEST";
+
+const FOLDER_PREFIX: &str = "chk-";
+/// How many files are read or verified at once.
+const IO_CONCURRENCY: usize = 8;
+
+/// A checkpoint passed over by [`CheckpointStore::latest_complete`], and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedCheckpoint {
+    /// The checkpoint's id.
+    pub id: CheckpointId,
+    /// Why it cannot be restored, e.g. `file map-0.state checksum mismatch (...)`.
+    pub reason: String,
+}
+
+impl fmt::Display for SkippedCheckpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "checkpoint {} skipped: {}", self.id, self.reason)
+    }
+}
+
+/// The answer of [`CheckpointStore::latest_complete`]: the newest checkpoint that verifies (if
+/// any), and every newer one that was skipped, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestComplete {
+    /// The manifest of the newest complete checkpoint; `None` when there is none.
+    pub manifest: Option<Manifest>,
+    /// The newer checkpoints that were skipped, newest first, each with its reason.
+    pub skipped: Vec<SkippedCheckpoint>,
+}
+
+/// One checkpoint folder as shown by `weir checkpoints list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// The checkpoint's id.
+    pub id: CheckpointId,
+    /// Whether the manifest is present and verifies and every listed file is present with its
+    /// size (file checksums are not read; see the module docs).
+    pub complete: bool,
+    /// Total bytes of all objects in the folder.
+    pub size: u64,
+    /// The manifest's `created_at_ms`; without a readable manifest, the newest object's
+    /// modification time (ms since the Unix epoch); `None` for an empty folder.
+    pub created_at_ms: Option<u64>,
+    /// Why the checkpoint is not complete (`None` when complete).
+    pub problem: Option<String>,
+}
+
+/// Writes, verifies, reads, lists and prunes checkpoints under one root of an object store.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+}
+
+impl CheckpointStore {
+    /// A store under `root` of `store` (an empty `root` means the store's top level).
+    pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> Self {
+        CheckpointStore { store, root }
+    }
+
+    /// A store in the local directory `dir`, created if missing.
+    pub fn local(dir: impl AsRef<std::path::Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::io(format!(
+                "cannot create checkpoint directory {}",
+                dir.display()
+            ))
+            .with_source(e)
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| {
+                Error::io(format!(
+                    "cannot open checkpoint directory {}",
+                    dir.display()
+                ))
+                .with_source(e)
+            })?
+            // Remove folders left empty by `abort` and `retain`.
+            .with_automatic_cleanup(true);
+        Ok(Self::new(Arc::new(fs), Path::default()))
+    }
+
+    /// A store at `location`: a URL (`s3://bucket/prefix`, `file:///abs/dir`, `memory:///`) or a
+    /// plain local path (relative or absolute). `options` are passed to `object_store` (for S3,
+    /// keys such as `aws_endpoint`, `aws_access_key_id`, `aws_allow_http`; the environment's
+    /// `AWS_*` variables are not read here, pass them explicitly).
+    ///
+    /// Errors (kind `Config`) on a URL that cannot be parsed or whose scheme is not supported.
+    pub fn open<I, K, V>(location: &str, options: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        if !location.contains("://") {
+            return Self::local(location);
+        }
+        let url = url::Url::parse(location).map_err(|e| {
+            Error::config(format!("invalid checkpoint location '{location}'")).with_source(e)
+        })?;
+        if url.scheme() == "file" {
+            let dir = url.to_file_path().map_err(|()| {
+                Error::config(format!(
+                    "checkpoint location '{location}' is not a local absolute path"
+                ))
+            })?;
+            return Self::local(dir);
+        }
+        let (store, root) = object_store::parse_url_opts(&url, options).map_err(|e| {
+            Error::config(format!("unsupported checkpoint location '{location}'")).with_source(e)
+        })?;
+        Ok(Self::new(Arc::from(store), root))
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The folder of checkpoint `id`, relative to the store's top level.
+    pub fn folder(&self, id: CheckpointId) -> Path {
+        self.root.clone().join(folder_name(id))
+    }
+
+    /// The name (relative to the checkpoint folder) of the state file of `subtask` of `node`.
+    pub fn state_file_name(node: &str, subtask: u32) -> String {
+        format!("{}-{subtask}.state", escape_node(node))
+    }
+
+    /// Encodes `state` and writes it as the file of `subtask` of `node` in checkpoint `id`.
+    /// Returns the entry to put into the manifest (the checksum is over the bytes written).
+    ///
+    /// Errors (kind `Io`, naming the path) when the write fails: decline checkpoint `id`.
+    pub async fn write_state(
+        &self,
+        id: CheckpointId,
+        node: &str,
+        subtask: u32,
+        state: &StateSnapshot,
+    ) -> Result<FileEntry> {
+        let name = Self::state_file_name(node, subtask);
+        let bytes = Bytes::from(state.encode());
+        let entry = FileEntry {
+            subtask,
+            path: name.clone(),
+            size: bytes.len() as u64,
+            checksum: Checksum::of(&bytes),
+        };
+        let path = self.folder(id).join(name.as_str());
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.io_error("cannot write checkpoint file", &path, e))?;
+        Ok(entry)
+    }
+
+    /// Writes the manifest of `manifest.checkpoint_id`, which makes that checkpoint complete. Call
+    /// it only after every state file it lists was written.
+    ///
+    /// Errors (kind `Internal`) when the manifest breaks [`Manifest::check`], or (kind `Io`,
+    /// naming the path) when the write fails: decline the checkpoint.
+    pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
+        let json = manifest.to_json()?;
+        let path = self.folder(manifest.checkpoint_id).join(MANIFEST_NAME);
+        self.store
+            .put(&path, PutPayload::from(json))
+            .await
+            .map_err(|e| self.io_error("cannot write checkpoint manifest", &path, e))?;
+        Ok(())
+    }
+
+    /// The ids of all checkpoint folders that hold at least one object, ascending.
+    pub async fn ids(&self) -> Result<Vec<CheckpointId>> {
+        Ok(self.list_folders().await?.into_keys().collect())
+    }
+
+    /// The newest checkpoint that fully verifies (manifest checksum, id, and every file's size and
+    /// checksum, reading every file), with the newer ones that were skipped and why.
+    ///
+    /// Errors (kind `Io`) only when the store cannot be listed or read; a missing, torn or corrupt
+    /// manifest or file is a reason to skip, not an error.
+    pub async fn latest_complete(&self) -> Result<LatestComplete> {
+        let mut skipped = Vec::new();
+        for id in self.ids().await?.into_iter().rev() {
+            match self.verify(id).await? {
+                Ok(manifest) => {
+                    return Ok(LatestComplete {
+                        manifest: Some(manifest),
+                        skipped,
+                    });
+                }
+                Err(reason) => skipped.push(SkippedCheckpoint { id, reason }),
+            }
+        }
+        Ok(LatestComplete {
+            manifest: None,
+            skipped,
+        })
+    }
+
+    /// Fully verifies checkpoint `id`: `Ok(Ok(manifest))` when complete, `Ok(Err(reason))` when
+    /// incomplete or damaged, `Err` when the store could not be read.
+    pub async fn verify(&self, id: CheckpointId) -> Result<std::result::Result<Manifest, String>> {
+        let manifest = match self.read_manifest(id).await? {
+            Ok(m) => m,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let folder = self.folder(id);
+        let files: Vec<FileEntry> = manifest.files().map(|(_, f)| f.clone()).collect();
+        let checks = futures::stream::iter(files)
+            .map(|f| {
+                let path = object_path(&folder, &f.path);
+                async move {
+                    let got = self.get_optional(&path).await?;
+                    Ok::<_, Error>(file_problem(&f, got.as_deref()))
+                }
+            })
+            .buffered(IO_CONCURRENCY);
+        futures::pin_mut!(checks);
+        while let Some(problem) = checks.next().await {
+            if let Some(reason) = problem? {
+                return Ok(Err(reason));
+            }
+        }
+        Ok(Ok(manifest))
+    }
+
+    /// Reads the state of `subtask` of `node` from a checkpoint, verifying its size and checksum.
+    /// A subtask (or node) without a file in the manifest had no state: an empty snapshot.
+    ///
+    /// Errors (kind `Io`) when the file cannot be read, or is missing or damaged.
+    pub async fn read_state(
+        &self,
+        manifest: &Manifest,
+        node: &str,
+        subtask: u32,
+    ) -> Result<StateSnapshot> {
+        match manifest.file(node, subtask) {
+            None => Ok(StateSnapshot::new()),
+            Some(f) => self.read_file(manifest.checkpoint_id, f).await,
+        }
+    }
+
+    /// Reads every state file of `node` and [`redistribute`]s it to `new_parallelism` subtasks
+    /// (index = new subtask), under the manifest's `max_parallelism`.
+    pub async fn restore_node(
+        &self,
+        manifest: &Manifest,
+        node: &str,
+        new_parallelism: u32,
+    ) -> Result<Vec<StateSnapshot>> {
+        let files: Vec<FileEntry> = manifest
+            .node(node)
+            .map(|n| n.files.clone())
+            .unwrap_or_default();
+        let id = manifest.checkpoint_id;
+        let old: Vec<(u32, StateSnapshot)> = futures::stream::iter(files)
+            .map(|f| async move { Ok::<_, Error>((f.subtask, self.read_file(id, &f).await?)) })
+            .buffered(IO_CONCURRENCY)
+            .try_collect()
+            .await?;
+        redistribute(old, new_parallelism, manifest.max_parallelism)
+            .map_err(|e| e.in_operator(node))
+    }
+
+    /// Every checkpoint folder, newest first, with its state (see [`CheckpointInfo`]).
+    pub async fn list(&self) -> Result<Vec<CheckpointInfo>> {
+        let folders = self.list_folders().await?;
+        let mut infos = Vec::with_capacity(folders.len());
+        for (id, objects) in folders.into_iter().rev() {
+            let size = objects.values().map(|o| o.size).sum();
+            let newest = objects
+                .values()
+                .map(|o| o.last_modified.timestamp_millis())
+                .max()
+                .and_then(|ms| u64::try_from(ms).ok());
+            let (manifest, problem) = match self.quick_check(id, &objects).await? {
+                Ok(m) => (Some(m), None),
+                Err((m, why)) => (m, Some(why)),
+            };
+            infos.push(CheckpointInfo {
+                id,
+                complete: problem.is_none(),
+                size,
+                created_at_ms: manifest.map(|m| m.created_at_ms).or(newest),
+                problem,
+            });
+        }
+        Ok(infos)
+    }
+
+    /// Deletes old checkpoints, keeping the newest `keep` complete ones. Returns the deleted ids,
+    /// newest first.
+    ///
+    /// The rule:
+    ///
+    /// 1. Let *N* be the newest checkpoint that fully verifies, as in
+    ///    [`latest_complete`](Self::latest_complete) (file checksums included), i.e. the one a
+    ///    restore would use now. If there is none, nothing is deleted.
+    /// 2. Every folder newer than *N* is kept: it may be a checkpoint still being written (or a
+    ///    damaged one, which is deleted once a newer checkpoint completes).
+    /// 3. *N* is kept, even when `keep` is 0.
+    /// 4. Of the folders older than *N*, the newest `keep - 1` complete ones (checked as in
+    ///    [`list`](Self::list): manifest verifies, files present with their sizes) are kept; every
+    ///    other one (older complete checkpoints, incomplete or damaged leftovers) is deleted.
+    ///
+    /// Since the coordinator aborts older in-flight checkpoints when a newer one completes, nothing
+    /// older than *N* is still being written when the runtime calls this after `Notify`.
+    ///
+    /// Cost: one listing, the manifests of all folders, and the files of *N* (and of any newer
+    /// folder that has a manifest), read in full to check their checksums.
+    pub async fn retain(&self, keep: usize) -> Result<Vec<CheckpointId>> {
+        let folders = self.list_folders().await?;
+        let mut older_complete_kept = 0usize;
+        let mut newest_complete: Option<CheckpointId> = None;
+        let mut doomed = Vec::new();
+        for (id, objects) in folders.iter().rev() {
+            if newest_complete.is_none() {
+                // Full check (file checksums too): the one checkpoint that is never deleted must
+                // be one that restores. Anything newer than it is kept.
+                if self.verify(*id).await?.is_ok() {
+                    newest_complete = Some(*id);
+                }
+                continue;
+            }
+            let complete = self.quick_check(*id, objects).await?.is_ok();
+            if complete && older_complete_kept + 1 < keep {
+                older_complete_kept += 1;
+            } else {
+                doomed.push(*id);
+            }
+        }
+        for id in &doomed {
+            self.delete_folder(*id).await?;
+        }
+        Ok(doomed)
+    }
+
+    /// Deletes every file of checkpoint `id` (declined, expired or subsumed). Deleting a folder that
+    /// does not exist is not an error.
+    pub async fn abort(&self, id: CheckpointId) -> Result<()> {
+        self.delete_folder(id).await
+    }
+
+    // ---- helpers ----
+
+    fn prefix(&self) -> Option<&Path> {
+        (!self.root.as_ref().is_empty()).then_some(&self.root)
+    }
+
+    fn io_error(&self, what: &str, path: &Path, e: object_store::Error) -> Error {
+        Error::io(format!("{what} {path} in {}", self.store)).with_source(e)
+    }
+
+    /// The object at `path`, or `None` when it does not exist.
+    async fn get_optional(&self, path: &Path) -> Result<Option<Bytes>> {
+        let result = match self.store.get(path).await {
+            Ok(r) => r.bytes().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.io_error("cannot read checkpoint file", path, e)),
+        }
+    }
+
+    /// `Ok(Ok(manifest))`, `Ok(Err(reason))` when missing or damaged, `Err` when unreadable.
+    async fn read_manifest(
+        &self,
+        id: CheckpointId,
+    ) -> Result<std::result::Result<Manifest, String>> {
+        let path = self.folder(id).join(MANIFEST_NAME);
+        let Some(bytes) = self.get_optional(&path).await? else {
+            return Ok(Err(
+                "no manifest (incomplete: still being written, or torn by a crash)".into(),
+            ));
+        };
+        let manifest = match Manifest::from_json(&bytes) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e.message().to_owned())),
+        };
+        if manifest.checkpoint_id != id {
+            return Ok(Err(format!(
+                "manifest says checkpoint {} but lies in {}",
+                manifest.checkpoint_id,
+                folder_name(id)
+            )));
+        }
+        Ok(Ok(manifest))
+    }
+
+    async fn read_file(&self, id: CheckpointId, f: &FileEntry) -> Result<StateSnapshot> {
+        let path = object_path(&self.folder(id), &f.path);
+        let bytes = self.get_optional(&path).await?;
+        if let Some(problem) = file_problem(f, bytes.as_deref()) {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("checkpoint {id}: {problem} in {}", self.store),
+            ));
+        }
+        let bytes = bytes.unwrap_or_default();
+        StateSnapshot::decode(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("checkpoint {id}: file {} cannot be decoded", f.path),
+            )
+            .with_source(e)
+        })
+    }
+
+    /// All objects under the root, grouped by checkpoint folder (key: path relative to the folder).
+    async fn list_folders(&self) -> Result<BTreeMap<CheckpointId, BTreeMap<String, ObjectMeta>>> {
+        let objects: Vec<ObjectMeta> = self
+            .store
+            .list(self.prefix())
+            .try_collect()
+            .await
+            .map_err(|e| self.io_error("cannot list checkpoints", &self.root, e))?;
+        let mut folders: BTreeMap<CheckpointId, BTreeMap<String, ObjectMeta>> = BTreeMap::new();
+        for meta in objects {
+            let Some(rest) = meta.location.prefix_match(&self.root) else {
+                continue;
+            };
+            let parts: Vec<String> = rest.map(|p| p.as_ref().to_owned()).collect();
+            let Some((first, inner)) = parts.split_first() else {
+                continue;
+            };
+            let Some(id) = parse_folder_name(first) else {
+                continue;
+            };
+            if inner.is_empty() {
+                continue;
+            }
+            folders.entry(id).or_default().insert(inner.join("/"), meta);
+        }
+        Ok(folders)
+    }
+
+    /// The cheap completeness check used by `list` and `retain`: manifest verifies and matches the
+    /// folder, and every listed file is present with its size.
+    async fn quick_check(
+        &self,
+        id: CheckpointId,
+        objects: &BTreeMap<String, ObjectMeta>,
+    ) -> Result<std::result::Result<Manifest, (Option<Manifest>, String)>> {
+        if !objects.contains_key(MANIFEST_NAME) {
+            return Ok(Err((
+                None,
+                "no manifest (incomplete: still being written, or torn by a crash)".into(),
+            )));
+        }
+        let manifest = match self.read_manifest(id).await? {
+            Ok(m) => m,
+            Err(why) => return Ok(Err((None, why))),
+        };
+        let problem = manifest
+            .files()
+            .find_map(|(_, f)| match objects.get(&f.path) {
+                None => Some(format!("file {} is missing", f.path)),
+                Some(o) if o.size != f.size => Some(format!(
+                    "file {} has {} bytes, the manifest says {}",
+                    f.path, o.size, f.size
+                )),
+                Some(_) => None,
+            });
+        match problem {
+            Some(why) => Ok(Err((Some(manifest), why))),
+            None => Ok(Ok(manifest)),
+        }
+    }
+
+    async fn delete_folder(&self, id: CheckpointId) -> Result<()> {
+        let folder = self.folder(id);
+        let locations = self
+            .store
+            .list(Some(&folder))
+            .map_ok(|m| m.location)
+            .boxed();
+        let mut deleted = self.store.delete_stream(locations);
+        while let Some(r) = deleted.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.io_error("cannot delete checkpoint", &folder, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `chk-` and the id in at least 10 digits.
+fn folder_name(id: CheckpointId) -> String {
+    format!("{FOLDER_PREFIX}{id:010}")
+}
+
+fn parse_folder_name(name: &str) -> Option<CheckpointId> {
+    let digits = name.strip_prefix(FOLDER_PREFIX)?;
+    if digits.len() < 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Letters, digits, `_`, `-` and non-leading `.` stay; every other byte becomes `=XX`.
+fn escape_node(node: &str) -> String {
+    let mut out = String::with_capacity(node.len());
+    for (i, b) in node.bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+/// The object path of `relative` (a manifest file path, `/`-separated) inside `folder`.
+fn object_path(folder: &Path, relative: &str) -> Path {
+    relative
+        .split('/')
+        .fold(folder.clone(), |p, segment| p.join(segment))
+}
+
+/// Why the bytes read for `f` are not the bytes written, if they are not.
+fn file_problem(f: &FileEntry, bytes: Option<&[u8]>) -> Option<String> {
+    match bytes {
+        None => Some(format!("file {} is missing", f.path)),
+        Some(b) if b.len() as u64 != f.size => Some(format!(
+            "file {} has {} bytes, the manifest says {}",
+            f.path,
+            b.len(),
+            f.size
+        )),
+        Some(b) if !f.checksum.matches(b) => Some(format!(
+            "file {} checksum mismatch (manifest {}, file {})",
+            f.path,
+            f.checksum,
+            Checksum::of(b)
+        )),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FailingStore;
+
+    fn snapshot(tag: &str) -> StateSnapshot {
+        let mut s = StateSnapshot::new();
+        s.push_keyed(3, format!("{tag}-keyed").into_bytes());
+        s.push_union("pos", format!("{tag}-union").into_bytes());
+        s
+    }
+
+    /// Writes checkpoint `id` with nodes map (p=2) and sink (p=1); returns the manifest.
+    async fn write_checkpoint(store: &CheckpointStore, id: CheckpointId) -> Manifest {
+        let mut m = Manifest::new("job", id, 1_000 + id, 8);
+        for (node, p) in [("map", 2u32), ("sink", 1)] {
+            m.add_node(node, p);
+            for subtask in 0..p {
+                let entry = store
+                    .write_state(
+                        id,
+                        node,
+                        subtask,
+                        &snapshot(&format!("{id}-{node}-{subtask}")),
+                    )
+                    .await
+                    .expect("write_state");
+                m.add_file(node, p, entry);
+            }
+        }
+        store.commit(&m).await.expect("commit");
+        m
+    }
+
+    fn file_path(dir: &tempfile::TempDir, id: CheckpointId, name: &str) -> std::path::PathBuf {
+        dir.path().join(folder_name(id)).join(name)
+    }
+
+    #[tokio::test]
+    async fn local_round_trip_and_restore_at_another_parallelism() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        assert_eq!(
+            store.latest_complete().await.expect("latest"),
+            LatestComplete {
+                manifest: None,
+                skipped: vec![]
+            }
+        );
+        let m = write_checkpoint(&store, 1).await;
+        assert!(file_path(&dir, 1, "map-0.state").exists());
+        assert!(file_path(&dir, 1, MANIFEST_NAME).exists());
+
+        let latest = store.latest_complete().await.expect("latest");
+        assert_eq!(latest.manifest.as_ref(), Some(&m));
+        assert!(latest.skipped.is_empty());
+        let s = store.read_state(&m, "map", 1).await.expect("read_state");
+        assert_eq!(s, snapshot("1-map-1"));
+        assert!(
+            store
+                .read_state(&m, "absent", 0)
+                .await
+                .expect("absent")
+                .is_empty()
+        );
+
+        // Restore map (p=2) at p=3: key group 3 of max 8 belongs to subtask 1 of 3 ([3,6)).
+        let restored = store.restore_node(&m, "map", 3).await.expect("restore");
+        assert_eq!(restored.len(), 3);
+        assert_eq!(restored[1].keyed(3).count(), 2);
+        for s in &restored {
+            assert_eq!(
+                s.unions().count(),
+                2,
+                "every subtask sees both union entries"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn open_accepts_paths_and_file_urls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plain = CheckpointStore::open(
+            dir.path().join("a").to_str().expect("utf8 path"),
+            Vec::<(String, String)>::new(),
+        )
+        .expect("plain path");
+        write_checkpoint(&plain, 4).await;
+        let url = url::Url::from_directory_path(dir.path().join("a")).expect("url");
+        let via_url =
+            CheckpointStore::open(url.as_str(), Vec::<(String, String)>::new()).expect("file url");
+        assert_eq!(via_url.ids().await.expect("ids"), vec![4]);
+        let e = CheckpointStore::open("nope://x", Vec::<(String, String)>::new())
+            .expect_err("unknown scheme");
+        assert_eq!(e.kind(), ErrorKind::Config);
+    }
+
+    #[tokio::test]
+    async fn bit_flip_and_truncated_manifest_fall_back_with_reasons() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        let m10 = write_checkpoint(&store, 10).await;
+        write_checkpoint(&store, 11).await;
+        write_checkpoint(&store, 12).await;
+        // 12: flip one bit of a data file (size unchanged).
+        let p = file_path(&dir, 12, "map-0.state");
+        let mut bytes = std::fs::read(&p).expect("read");
+        bytes[20] ^= 0x04;
+        std::fs::write(&p, bytes).expect("write");
+        // 11: truncate the manifest.
+        let p = file_path(&dir, 11, MANIFEST_NAME);
+        let bytes = std::fs::read(&p).expect("read");
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
+        // 13: in progress (no manifest yet).
+        store
+            .write_state(13, "map", 0, &snapshot("x"))
+            .await
+            .expect("write");
+
+        let latest = store.latest_complete().await.expect("latest");
+        assert_eq!(latest.manifest, Some(m10));
+        let reasons: Vec<String> = latest.skipped.iter().map(|s| s.to_string()).collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("checkpoint 13 skipped: no manifest"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].starts_with("checkpoint 12 skipped: file map-0.state checksum mismatch"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[2].starts_with("checkpoint 11 skipped: manifest is unreadable"),
+            "{reasons:?}"
+        );
+        assert!(reasons[2].contains("truncated"), "{reasons:?}");
+
+        // Reading the damaged file directly is an Io error naming it.
+        let m12 =
+            Manifest::from_json(&std::fs::read(file_path(&dir, 12, MANIFEST_NAME)).expect("read"))
+                .expect("manifest 12 is fine");
+        let e = store.read_state(&m12, "map", 0).await.expect_err("corrupt");
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert!(
+            e.message().contains("file map-0.state checksum mismatch"),
+            "{e}"
+        );
+
+        // list() sees 11 (bad manifest) and 13 (no manifest) as incomplete; 12's size is intact,
+        // so only the full check of latest_complete catches its bit flip.
+        let list = store.list().await.expect("list");
+        let summary: Vec<(CheckpointId, bool)> = list.iter().map(|i| (i.id, i.complete)).collect();
+        assert_eq!(
+            summary,
+            vec![(13, false), (12, true), (11, false), (10, true)]
+        );
+        assert_eq!(list[3].created_at_ms, Some(1_010));
+        assert!(list[0].created_at_ms.is_some());
+        assert!(list.iter().all(|i| i.size > 0));
+        assert!(
+            list[2]
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains("unreadable"))
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_and_resized_files_are_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        write_checkpoint(&store, 1).await;
+        write_checkpoint(&store, 2).await;
+        write_checkpoint(&store, 3).await;
+        std::fs::remove_file(file_path(&dir, 3, "sink-0.state")).expect("rm");
+        let p = file_path(&dir, 2, "map-1.state");
+        let mut bytes = std::fs::read(&p).expect("read");
+        bytes.push(0);
+        std::fs::write(&p, bytes).expect("write");
+        let latest = store.latest_complete().await.expect("latest");
+        assert_eq!(latest.manifest.map(|m| m.checkpoint_id), Some(1));
+        assert_eq!(latest.skipped[0].reason, "file sink-0.state is missing");
+        assert!(
+            latest.skipped[1].reason.contains("the manifest says"),
+            "{:?}",
+            latest.skipped
+        );
+        let list = store.list().await.expect("list");
+        assert_eq!(
+            list[0].problem.as_deref(),
+            Some("file sink-0.state is missing")
+        );
+    }
+
+    #[tokio::test]
+    async fn retain_keeps_the_newest_complete_and_anything_newer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        store
+            .write_state(1, "map", 0, &snapshot("leftover"))
+            .await
+            .expect("write");
+        for id in 2..=5 {
+            write_checkpoint(&store, id).await;
+        }
+        store
+            .write_state(6, "map", 0, &snapshot("torn"))
+            .await
+            .expect("write");
+        write_checkpoint(&store, 7).await;
+        store
+            .write_state(8, "map", 0, &snapshot("in progress"))
+            .await
+            .expect("write");
+        // Damage 7's manifest: the newest complete is 5, and 6..=8 are newer than it.
+        let p = file_path(&dir, 7, MANIFEST_NAME);
+        std::fs::write(&p, b"{").expect("write");
+
+        assert_eq!(store.retain(2).await.expect("retain"), vec![3, 2, 1]);
+        assert_eq!(store.ids().await.expect("ids"), vec![4, 5, 6, 7, 8]);
+        assert_eq!(store.retain(0).await.expect("retain 0"), vec![4]);
+        assert_eq!(store.ids().await.expect("ids"), vec![5, 6, 7, 8]);
+        assert!(store.retain(0).await.expect("again").is_empty());
+        // Empty folders are removed from disk too.
+        assert!(!dir.path().join(folder_name(1)).exists());
+
+        // Once 9 completes, the older leftovers go.
+        write_checkpoint(&store, 9).await;
+        assert_eq!(store.retain(1).await.expect("retain"), vec![8, 7, 6, 5]);
+        assert_eq!(
+            store
+                .latest_complete()
+                .await
+                .expect("latest")
+                .manifest
+                .map(|m| m.checkpoint_id),
+            Some(9)
+        );
+    }
+
+    #[tokio::test]
+    async fn retain_protects_the_checkpoint_that_restores_not_one_with_bit_rot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        write_checkpoint(&store, 1).await;
+        write_checkpoint(&store, 2).await;
+        write_checkpoint(&store, 3).await;
+        // 3 looks complete to a listing (sizes intact) but a bit flipped at rest.
+        let p = file_path(&dir, 3, "map-1.state");
+        let mut bytes = std::fs::read(&p).expect("read");
+        bytes[16] ^= 0x01;
+        std::fs::write(&p, bytes).expect("write");
+        assert_eq!(store.retain(0).await.expect("retain"), vec![1]);
+        assert_eq!(store.ids().await.expect("ids"), vec![2, 3]);
+        let latest = store.latest_complete().await.expect("latest");
+        assert_eq!(latest.manifest.map(|m| m.checkpoint_id), Some(2));
+    }
+
+    #[tokio::test]
+    async fn retain_without_any_complete_checkpoint_deletes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        store
+            .write_state(1, "map", 0, &snapshot("a"))
+            .await
+            .expect("write");
+        store
+            .write_state(2, "map", 0, &snapshot("b"))
+            .await
+            .expect("write");
+        assert!(store.retain(0).await.expect("retain").is_empty());
+        assert_eq!(store.ids().await.expect("ids"), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn abort_removes_a_declined_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        write_checkpoint(&store, 1).await;
+        store
+            .write_state(2, "map", 0, &snapshot("x"))
+            .await
+            .expect("write");
+        store.abort(2).await.expect("abort");
+        store.abort(99).await.expect("abort of nothing");
+        assert_eq!(store.ids().await.expect("ids"), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn write_failures_are_io_errors_naming_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("fs"));
+        let failing = Arc::new(FailingStore::new(fs));
+        let store = CheckpointStore::new(failing.clone(), Path::from("ckpt"));
+        write_checkpoint(&store, 1).await;
+
+        failing.fail_writes_to("");
+        let e = store
+            .write_state(2, "map", 0, &snapshot("x"))
+            .await
+            .expect_err("disk full");
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert!(e.kind().is_retryable());
+        assert!(
+            e.message().starts_with(
+                "cannot write checkpoint file ckpt/chk-0000000002/map-0.state in FailingStore("
+            ),
+            "{e}"
+        );
+        assert!(
+            e.report().contains("no space left on device"),
+            "{}",
+            e.report()
+        );
+
+        // A failed manifest write leaves checkpoint 2 incomplete; 1 stays the latest.
+        failing.heal();
+        failing.fail_writes_to(MANIFEST_NAME);
+        let mut m = Manifest::new("job", 2, 0, 8);
+        m.add_file(
+            "map",
+            1,
+            store
+                .write_state(2, "map", 0, &snapshot("x"))
+                .await
+                .expect("data ok"),
+        );
+        let e = store.commit(&m).await.expect_err("manifest write fails");
+        assert!(e.message().contains("chk-0000000002/_MANIFEST"), "{e}");
+        let latest = store.latest_complete().await.expect("latest");
+        assert_eq!(latest.manifest.map(|m| m.checkpoint_id), Some(1));
+
+        // A failing delete is an error too, not silently ignored.
+        failing.fail_writes_to("chk-0000000002");
+        let e = store.abort(2).await.expect_err("delete fails");
+        assert!(
+            e.message()
+                .contains("cannot delete checkpoint ckpt/chk-0000000002"),
+            "{e}"
+        );
+        failing.heal();
+        store.abort(2).await.expect("abort");
+        assert_eq!(store.ids().await.expect("ids"), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn read_failures_are_errors_not_fallbacks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("fs"));
+        let failing = Arc::new(FailingStore::new(fs));
+        let store = CheckpointStore::new(failing.clone(), Path::default());
+        write_checkpoint(&store, 1).await;
+        write_checkpoint(&store, 2).await;
+        failing.fail_reads_of("chk-0000000002/map-1");
+        let e = store
+            .latest_complete()
+            .await
+            .expect_err("unreadable, not skipped");
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert!(e.message().contains("chk-0000000002/map-1.state"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn odd_node_names_get_unique_safe_file_names() {
+        let names = ["map", "map.v2", ".hidden", "a b/c", "x=y", "über", "map-1"];
+        let files: Vec<String> = names
+            .iter()
+            .map(|n| CheckpointStore::state_file_name(n, 0))
+            .collect();
+        assert_eq!(files[0], "map-0.state");
+        assert_eq!(files[1], "map.v2-0.state");
+        assert_eq!(files[2], "=2Ehidden-0.state");
+        assert_eq!(files[3], "a=20b=2Fc-0.state");
+        assert_eq!(files[4], "x=3Dy-0.state");
+        let unique: std::collections::BTreeSet<&String> = files.iter().collect();
+        assert_eq!(unique.len(), files.len());
+        // And they round-trip through a real store.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        let mut m = Manifest::new("job", 1, 0, 8);
+        for n in names {
+            m.add_file(
+                n,
+                1,
+                store
+                    .write_state(1, n, 0, &snapshot(n))
+                    .await
+                    .expect("write"),
+            );
+        }
+        store.commit(&m).await.expect("commit");
+        let latest = store
+            .latest_complete()
+            .await
+            .expect("latest")
+            .manifest
+            .expect("complete");
+        for n in names {
+            assert_eq!(
+                store.read_state(&latest, n, 0).await.expect("read"),
+                snapshot(n)
+            );
+        }
+    }
+
+    #[test]
+    fn folder_names_sort_and_parse() {
+        assert_eq!(folder_name(12), "chk-0000000012");
+        assert_eq!(parse_folder_name("chk-0000000012"), Some(12));
+        assert_eq!(parse_folder_name(&folder_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_folder_name("chk-12"), None);
+        assert_eq!(parse_folder_name("chk-00000000x2"), None);
+        assert_eq!(parse_folder_name("tmp"), None);
+    }
+}

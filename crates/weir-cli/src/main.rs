@@ -1,0 +1,202 @@
+//! The `weir` binary: one executable whose subcommands are its roles.
+//!
+//! `weir run FILE` plans and runs a pipeline with live progress and an end-of-run summary;
+//! `weir validate FILE` plans it and prints the graph without running anything.
+
+mod progress;
+mod summary;
+
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use weir_plan::{PlanOptions, plan_file};
+use weir_runtime::Runtime;
+use weir_types::ErrorKind;
+
+/// weir: a streaming dataflow engine for AI workloads.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More log output (-v: debug, -vv: trace). The WEIR_LOG variable (tracing filter syntax) wins.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline until its inputs end (or Ctrl-C / SIGTERM stops it cleanly).
+    Run(RunArgs),
+    /// Parse and plan a pipeline, print the planned graph with schemas, run nothing.
+    Validate(SpecArgs),
+}
+
+#[derive(Debug, Args)]
+struct SpecArgs {
+    /// The pipeline spec (YAML).
+    file: PathBuf,
+    /// Parallelism of every step that does not set its own.
+    #[arg(short, long)]
+    parallelism: Option<u32>,
+    /// Override a spec value: `--set steps.read.path=data/x.csv` (repeatable). Steps are addressed
+    /// by name or index; the value is read as YAML.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Give `${NAME}` in the spec a value: `--var DATA=/mnt/photos` (repeatable; the environment is
+    /// consulted after these).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Worker threads for the tasks. Default: the number of CPUs.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the final per-operator metrics as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    metrics_json: Option<PathBuf>,
+    /// Progress display: `auto` (a live display on a terminal, log lines otherwise), `bar`, `log`,
+    /// or `off`.
+    #[arg(long, default_value = "auto")]
+    progress: progress::Mode,
+    /// Seconds between progress log lines when the output is not a terminal.
+    #[arg(long, default_value_t = 10.0)]
+    log_interval: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Validate(args) => validate(args),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", e.report());
+            match e.kind() {
+                ErrorKind::Config | ErrorKind::Schema => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn plan_options(args: &SpecArgs) -> weir_types::Result<PlanOptions> {
+    let mut vars = std::collections::HashMap::new();
+    for v in &args.vars {
+        let Some((k, val)) = v.split_once('=') else {
+            return Err(weir_types::Error::config(format!(
+                "--var '{v}': expected NAME=VALUE"
+            )));
+        };
+        vars.insert(k.to_string(), val.to_string());
+    }
+    Ok(PlanOptions {
+        parallelism: args.parallelism,
+        overrides: args.overrides.clone(),
+        vars,
+    })
+}
+
+fn validate(args: SpecArgs) -> weir_types::Result<ExitCode> {
+    let plan = plan_file(&args.file, &plan_options(&args)?)?;
+    print!("{}", plan.describe()?);
+    println!("ok: {} is valid", args.file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
+    let plan = plan_file(&args.spec.file, &plan_options(&args.spec)?)?;
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let runtime = Runtime::new(threads)?;
+    let steps = plan.steps.clone();
+    let handle = runtime.start(plan.graph)?;
+    tracing::info!(
+        "running {} on {threads} thread(s)",
+        args.spec.file.display()
+    );
+    tracing::debug!("physical plan:\n{}", handle.description());
+    let metrics = handle.metrics().clone();
+    let stop = handle.stop_token();
+    let mode = args.progress.resolve(std::io::stderr().is_terminal());
+    let interval = Duration::from_secs_f64(args.log_interval.max(0.2));
+    let result = runtime.block_on(async move {
+        let signals = tokio::spawn(watch_signals(stop));
+        let mut display = progress::Progress::new(mode, metrics, &steps, handle.started());
+        let mut tick = tokio::time::interval(display.tick(interval));
+        let wait = handle.wait();
+        tokio::pin!(wait);
+        let result = loop {
+            tokio::select! {
+                r = &mut wait => break r,
+                _ = tick.tick() => display.update(),
+            }
+        };
+        signals.abort();
+        display.finish();
+        result
+    });
+    let report = result?;
+    eprint!("{}", summary::render(&report));
+    if let Some(path) = &args.metrics_json {
+        let json = summary::to_json(&report);
+        std::fs::write(path, json).map_err(|e| {
+            weir_types::Error::io(format!("cannot write metrics to {}", path.display()))
+                .with_source(e)
+        })?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First Ctrl-C or SIGTERM: stop the sources and let everything read so far be written.
+/// Second: abort at once.
+async fn watch_signals(stop: weir_runtime::StopToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            return;
+        }
+    };
+    for round in 0.. {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if round == 0 {
+            eprintln!("\nstopping: finishing and writing what was read (Ctrl-C again aborts)");
+            stop.cancel();
+        } else {
+            eprintln!("\naborted: output written so far may be incomplete");
+            std::process::exit(130);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The end-of-run summary: a table of every operator's counters, what each sink wrote, and the
+//! JSON form written by `--metrics-json`.
+
+use crate::progress::fmt_secs;
+use serde::Serialize;
+use std::fmt::Write;
+use weir_runtime::{JobReport, NodeMetrics, NodeRole};
+
+fn pct(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "-".into()
+    } else {
+        format!("{:.0}%", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+/// The summary as text.
+pub fn render(r: &JobReport) -> String {
+    let mut s = String::new();
+    let how = if r.stopped_early {
+        "stopped early (inputs not fully read)"
+    } else {
+        "finished"
+    };
+    let _ = writeln!(
+        s,
+        "\njob '{}' {how} in {}",
+        r.name,
+        fmt_secs(r.elapsed.as_secs_f64())
+    );
+    let _ = writeln!(
+        s,
+        "{:<20} {:<8} {:>3} {:>12} {:>12} {:>7} {:>7} {:>6} {:>6} {:>6}",
+        "step", "role", "par", "rows in", "rows out", "errors", "dead", "busy", "bp", "idle"
+    );
+    for n in &r.nodes {
+        let t = &n.totals;
+        let whole = t.busy_ms + t.backpressured_ms + t.idle_ms;
+        let role = match n.role {
+            NodeRole::Source => "source",
+            NodeRole::Operator => "op",
+            NodeRole::Sink => "sink",
+        };
+        let _ = writeln!(
+            s,
+            "{:<20} {:<8} {:>3} {:>12} {:>12} {:>7} {:>7} {:>6} {:>6} {:>6}",
+            n.name,
+            role,
+            n.parallelism,
+            if n.role == NodeRole::Source {
+                "-".to_string()
+            } else {
+                t.rows_in.to_string()
+            },
+            if n.role == NodeRole::Sink {
+                "-".to_string()
+            } else {
+                t.rows_out.to_string()
+            },
+            t.errors,
+            t.dead_letters,
+            pct(t.busy_ms, whole),
+            pct(t.backpressured_ms, whole),
+            pct(t.idle_ms, whole),
+        );
+    }
+    for n in r.nodes.iter().filter(|n| n.role == NodeRole::Sink) {
+        let _ = writeln!(s, "written: {} received {} rows", n.name, n.totals.rows_in);
+    }
+    let dead: u64 = r.nodes.iter().map(|n| n.totals.dead_letters).sum();
+    if dead > 0 {
+        let _ = writeln!(
+            s,
+            "dead letters: {dead} row(s) were refused and written to the dead-letter output"
+        );
+    }
+    s
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    job: &'a str,
+    elapsed_s: f64,
+    stopped_early: bool,
+    nodes: &'a [NodeMetrics],
+}
+
+/// The report as pretty JSON.
+pub fn to_json(r: &JobReport) -> String {
+    let j = JsonReport {
+        job: &r.name,
+        elapsed_s: r.elapsed.as_secs_f64(),
+        stopped_early: r.stopped_early,
+        nodes: &r.nodes,
+    };
+    serde_json::to_string_pretty(&j).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}

@@ -1,0 +1,166 @@
+//! The `weir` binary as a user runs it: validate, bad specs, a run with dead letters and metrics,
+//! and a clean stop on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn weir() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    c.current_dir(root());
+    c
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run(c: &mut Command) -> (i32, String, String) {
+    let out = c.output().expect("run weir");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn validate_prints_steps_schemas_and_tasks() {
+    let (code, out, err) = run(weir().args(["validate", "examples/orders/pipeline.yaml"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("total: Float64"), "{out}");
+    assert!(out.contains("edge task 0 -> task 1: hash(city)"), "{out}");
+    assert!(
+        out.contains("ok: examples/orders/pipeline.yaml is valid"),
+        "{out}"
+    );
+}
+
+fn write_spec(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("spec.yaml");
+    std::fs::write(&p, text).expect("write spec");
+    p
+}
+
+#[test]
+fn invalid_specs_name_the_key_and_exit_2() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases = [
+        (
+            "steps:\n  - source: csv\n    path: examples/orders/orders.csv\n  - op: filter\n    predicat: x > 1\n  - sink: blackhole\n",
+            "steps[1] ('filter_1', op: filter): key 'predicat': unknown field `predicat`, expected `predicate`",
+        ),
+        (
+            "steps:\n  - source: csv\n    path: examples/orders/orders.csv\n  - op: filter\n    predicate: \"amont > 1\"\n  - sink: blackhole\n",
+            "unknown column 'amont'",
+        ),
+        (
+            "steps:\n  - source: csv\n    path: no/such/file.csv\n  - sink: blackhole\n",
+            "no/such/file.csv",
+        ),
+        (
+            "steps:\n  - source: kafka\n  - sink: blackhole\n",
+            "unknown source kind 'kafka', expected one of: parquet, jsonl, csv, files",
+        ),
+        (
+            "steps:\n  - source: csv\n    path: examples/orders/orders.csv\n",
+            "has no output: connect it to a sink",
+        ),
+    ];
+    for (spec, want) in cases {
+        let p = write_spec(dir.path(), spec);
+        let (code, _, err) = run(weir().arg("validate").arg(&p));
+        assert_eq!(code, 2, "{spec}\n{err}");
+        assert!(err.contains(want), "expected '{want}' in:\n{err}");
+    }
+}
+
+#[test]
+fn a_run_with_bad_rows_writes_dead_letters_metrics_and_a_summary() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("out.jsonl");
+    let dead = dir.path().join("dead.jsonl");
+    let metrics = dir.path().join("metrics.json");
+    let (code, _, err) = run(weir()
+        .args(["run", "examples/orders/returns.yaml", "--progress", "log"])
+        .args([
+            "--set".to_string(),
+            format!("steps.out.path={}", out.display()),
+            "--set".to_string(),
+            format!("dead_letter.path={}", dead.display()),
+            "--metrics-json".to_string(),
+            metrics.display().to_string(),
+        ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("job 'returns' finished"), "{err}");
+    assert!(err.contains("dead letters: 2 row(s)"), "{err}");
+    let dead_rows = std::fs::read_to_string(&dead).expect("dead letters");
+    assert_eq!(dead_rows.lines().count(), 2);
+    assert!(
+        dead_rows.contains("line 58") && dead_rows.contains("line 122"),
+        "{dead_rows}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("out").lines().count(),
+        118
+    );
+    let m = std::fs::read_to_string(&metrics).expect("metrics");
+    assert!(
+        m.contains("\"rows_out\": 200") && m.contains("\"dead_letters\": 2"),
+        "{m}"
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_says_what_was_written() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).expect("mkdir");
+    std::fs::copy(
+        root().join("examples/orders/orders.csv"),
+        input.join("a.csv"),
+    )
+    .expect("copy");
+    let spec = format!(
+        "name: endless\nsteps:\n  - source: csv\n    path: {}\n    continuous: true\n    poll_interval: 100ms\n  - sink: parquet\n    path: {}\n",
+        input.display(),
+        dir.path().join("out").display()
+    );
+    let p = write_spec(dir.path(), &spec);
+    let child = weir()
+        .args(["run", "--progress", "log", "--log-interval", "0.2"])
+        .arg(&p)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until the file has been read (its rows appear in a progress line), then send SIGTERM.
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stop took too long"
+    );
+    assert!(
+        err.contains("stopping: finishing and writing what was read"),
+        "{err}"
+    );
+    assert!(err.contains("stopped early"), "{err}");
+    assert!(
+        err.contains("written: parquet_1 received 2000 rows"),
+        "{err}"
+    );
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+        .expect("out")
+        .flatten()
+        .collect();
+    assert_eq!(files.len(), 1, "one finished part file");
+}

@@ -1,0 +1,601 @@
+//! What the file sources (Parquet, JSON Lines, CSV) share: resolving a path, glob or directory into
+//! a sorted list of files, splitting that list across subtasks, polling for new files in continuous
+//! mode, reporting progress in bytes, and turning per-file and per-row problems into errors or dead
+//! letters.
+//!
+//! A format only supplies a [`FileReader`] per file; this module drives it from
+//! [`Source::next`], one chunk (at most one batch) per call, on a blocking thread.
+
+use arrow::array::ArrayRef;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_runtime::{OperatorContext, Source, SourceEvent, TaskInfo};
+use weir_types::{Barrier, Error, Result};
+
+/// One input file found by a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its size in bytes when listed.
+    pub size: u64,
+}
+
+impl ListedFile {
+    /// The path as text, for messages and dead letters.
+    pub fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Whether `path` is a glob pattern rather than a plain path.
+pub fn is_glob(path: &str) -> bool {
+    path.contains(['*', '?', '['])
+}
+
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') || n.starts_with('_') || n.ends_with(".inprogress"))
+}
+
+fn has_extension(p: &Path, extensions: &[&str]) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// Lists the input files of `path`, sorted by path: one file; every file matching a glob pattern;
+/// or every file of a directory whose extension is one of `extensions`. Hidden files (names starting
+/// with `.` or `_`) and in-progress files of weir's sinks are skipped. A plain path that does not
+/// exist is an error naming it; a glob that matches nothing gives an empty list.
+pub fn list_files(path: &str, extensions: &[&str]) -> Result<Vec<ListedFile>> {
+    let mut out = Vec::new();
+    if is_glob(path) {
+        let entries = glob::glob(path)
+            .map_err(|e| Error::config(format!("invalid glob pattern '{path}'")).with_source(e))?;
+        for entry in entries {
+            let p = entry.map_err(|e| {
+                Error::io(format!("cannot list input files of '{path}'")).with_source(e)
+            })?;
+            if is_hidden(&p) {
+                continue;
+            }
+            if let Ok(meta) = std::fs::metadata(&p)
+                && meta.is_file()
+            {
+                out.push(ListedFile {
+                    path: p,
+                    size: meta.len(),
+                });
+            }
+        }
+    } else {
+        let p = Path::new(path);
+        let meta = std::fs::metadata(p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::config(format!("input path '{path}' does not exist")).with_source(e)
+            } else {
+                Error::io(format!("cannot read input path '{path}'")).with_source(e)
+            }
+        })?;
+        if meta.is_file() {
+            out.push(ListedFile {
+                path: p.to_path_buf(),
+                size: meta.len(),
+            });
+        } else {
+            let dir = std::fs::read_dir(p)
+                .map_err(|e| Error::io(format!("cannot list directory '{path}'")).with_source(e))?;
+            for entry in dir {
+                let entry = entry.map_err(|e| {
+                    Error::io(format!("cannot list directory '{path}'")).with_source(e)
+                })?;
+                let ep = entry.path();
+                if is_hidden(&ep) || !has_extension(&ep, extensions) {
+                    continue;
+                }
+                if let Ok(m) = std::fs::metadata(&ep)
+                    && m.is_file()
+                {
+                    out.push(ListedFile {
+                        path: ep,
+                        size: m.len(),
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// The first input file of `path`, for reading a schema at plan time. An error names the path when
+/// nothing matches.
+pub fn first_file(path: &str, extensions: &[&str]) -> Result<ListedFile> {
+    list_files(path, extensions)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            Error::config(format!(
+                "no input files match '{path}' (looked for {})",
+                extensions
+                    .iter()
+                    .map(|e| format!("*.{e}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
+/// A stable hash of a file name (FNV-1a), to assign files found later in continuous mode.
+fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Whether the file at `index` of a sorted listing (or, in continuous mode, with this `name`)
+/// belongs to `subtask` of `parallelism`.
+pub fn is_mine(index: usize, name: &str, continuous: bool, subtask: u32, parallelism: u32) -> bool {
+    let p = u64::from(parallelism.max(1));
+    if continuous {
+        stable_hash(name) % p == u64::from(subtask)
+    } else {
+        index as u64 % p == u64::from(subtask)
+    }
+}
+
+/// Finds, for each column of `planned`, its index in `file_schema`. A missing column or one of
+/// another type is an error naming the file, the column and both types.
+pub fn match_columns(file: &str, file_schema: &Schema, planned: &Schema) -> Result<Vec<usize>> {
+    planned
+        .fields()
+        .iter()
+        .map(|f| match file_schema.index_of(f.name()) {
+            Err(_) => Err(Error::input(format!(
+                "file {file} has no column '{}' (the planned schema has it as {})",
+                f.name(),
+                f.data_type()
+            ))),
+            Ok(i) => {
+                let ft = file_schema.field(i).data_type();
+                if ft == f.data_type() {
+                    Ok(i)
+                } else {
+                    Err(Error::input(format!(
+                        "column '{}' of file {file} has type {ft}, but the planned schema has {}",
+                        f.name(),
+                        f.data_type()
+                    )))
+                }
+            }
+        })
+        .collect()
+}
+
+/// Builds a batch of `planned` from the columns of `batch` at `indices`. An error (a null in a
+/// column the plan says is not nullable) names the file.
+pub fn conform(
+    file: &str,
+    batch: &RecordBatch,
+    indices: &[usize],
+    planned: &SchemaRef,
+) -> Result<RecordBatch> {
+    let cols: Vec<ArrayRef> = indices.iter().map(|i| batch.column(*i).clone()).collect();
+    RecordBatch::try_new(planned.clone(), cols).map_err(|e| {
+        Error::input(format!(
+            "data of file {file} does not fit the planned schema"
+        ))
+        .with_source(e)
+    })
+}
+
+/// A row a reader could not decode.
+#[derive(Debug)]
+pub struct BadRow {
+    /// What is wrong with it.
+    pub error: Error,
+    /// Where it is in the file (`line 17`).
+    pub position: String,
+    /// The raw row (a line of text).
+    pub raw: Option<Vec<u8>>,
+}
+
+/// What one [`FileReader::next_chunk`] produced.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// Rows decoded (at most the batch size), if any.
+    pub batch: Option<RecordBatch>,
+    /// Rows that could not be decoded.
+    pub bad_rows: Vec<BadRow>,
+    /// Bytes of the file consumed by this chunk (for progress).
+    pub bytes: u64,
+}
+
+/// Reads one open file in chunks. Runs on a blocking thread.
+pub trait FileReader: Send {
+    /// Reads the next chunk, or `None` at the end of the file. An error is a problem with the whole
+    /// file (unreadable, truncated, schema mismatch); the rest of the file is skipped.
+    fn next_chunk(&mut self) -> Result<Option<Chunk>>;
+}
+
+/// A file format: opens a [`FileReader`] for a file, producing batches of the planned schema.
+pub trait FileFormat: Send + Sync + 'static {
+    /// The format's name, for messages (`parquet`).
+    fn name(&self) -> &'static str;
+    /// Opens `file` (may read a footer or header). An error is a problem with the whole file.
+    fn open(
+        &self,
+        file: &ListedFile,
+        schema: &SchemaRef,
+        batch_size: usize,
+    ) -> Result<Box<dyn FileReader>>;
+}
+
+/// The options every file source has.
+#[derive(Debug, Clone)]
+pub struct FileSourceOptions {
+    /// The path, glob or directory.
+    pub path: String,
+    /// The extensions of the format, for directory listings.
+    pub extensions: &'static [&'static str],
+    /// Whether to keep polling for new files.
+    pub continuous: bool,
+    /// How often to poll in continuous mode.
+    pub poll_interval: Duration,
+    /// Rows per batch.
+    pub batch_size: usize,
+}
+
+struct Current {
+    file: ListedFile,
+    reader: Box<dyn FileReader>,
+    reported: u64,
+}
+
+/// A running file source: one subtask's share of the files, read one chunk per `next`.
+pub struct FileSource {
+    opts: FileSourceOptions,
+    format: Arc<dyn FileFormat>,
+    schema: SchemaRef,
+    subtask: u32,
+    parallelism: u32,
+    queue: VecDeque<ListedFile>,
+    seen: HashSet<PathBuf>,
+    total: u64,
+    current: Option<Current>,
+    last_poll: Option<Instant>,
+    done: Vec<String>,
+}
+
+impl std::fmt::Debug for FileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSource")
+            .field("format", &self.format.name())
+            .field("path", &self.opts.path)
+            .field("subtask", &self.subtask)
+            .finish()
+    }
+}
+
+/// Longest a `next` call keeps working through chunks that yield no rows before returning.
+const MAX_BUSY: Duration = Duration::from_millis(50);
+
+impl FileSource {
+    /// A source for subtask `info.subtask`, reading `format` files of `opts`.
+    pub fn new(
+        opts: FileSourceOptions,
+        format: Arc<dyn FileFormat>,
+        schema: SchemaRef,
+        info: &TaskInfo,
+    ) -> Result<Self> {
+        if opts.batch_size == 0 {
+            return Err(Error::config("batch_size must be at least 1"));
+        }
+        Ok(FileSource {
+            opts,
+            format,
+            schema,
+            subtask: info.subtask,
+            parallelism: info.parallelism.max(1),
+            queue: VecDeque::new(),
+            seen: HashSet::new(),
+            total: 0,
+            current: None,
+            last_poll: None,
+            done: Vec::new(),
+        })
+    }
+
+    /// Lists the input again and queues this subtask's files not seen before.
+    async fn poll(&mut self, ctx: &OperatorContext) -> Result<usize> {
+        let path = self.opts.path.clone();
+        let ext = self.opts.extensions;
+        let files = ctx.spawn_cpu(move || list_files(&path, ext)).await??;
+        self.last_poll = Some(Instant::now());
+        let mut added = 0;
+        for (i, f) in files.into_iter().enumerate() {
+            if self.seen.contains(&f.path) {
+                continue;
+            }
+            if !is_mine(
+                i,
+                &f.name(),
+                self.opts.continuous,
+                self.subtask,
+                self.parallelism,
+            ) {
+                continue;
+            }
+            self.seen.insert(f.path.clone());
+            self.total += f.size;
+            self.queue.push_back(f);
+            added += 1;
+        }
+        ctx.metrics().set_total(self.total);
+        Ok(added)
+    }
+
+    /// Reports a problem with a whole file: fails the job, or under the dead-letter policy records
+    /// one dead letter naming the file and goes on with the next file.
+    fn file_failed(
+        &mut self,
+        ctx: &mut OperatorContext,
+        file: &ListedFile,
+        reported: u64,
+        error: Error,
+    ) -> Result<()> {
+        ctx.metrics()
+            .add_progress(file.size.saturating_sub(reported));
+        self.done.push(file.name());
+        ctx.bad_row(error, Some(file.name()), None, None)
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        self.poll(ctx).await?;
+        Ok(())
+    }
+
+    async fn next(&mut self, ctx: &mut OperatorContext) -> Result<SourceEvent> {
+        let started = Instant::now();
+        loop {
+            if started.elapsed() > MAX_BUSY {
+                return Ok(SourceEvent::Idle(Duration::ZERO));
+            }
+            let Some(cur) = self.current.take() else {
+                if let Some(file) = self.queue.pop_front() {
+                    let format = self.format.clone();
+                    let schema = self.schema.clone();
+                    let bs = self.opts.batch_size;
+                    let f = file.clone();
+                    let opened = ctx.spawn_cpu(move || format.open(&f, &schema, bs)).await?;
+                    match opened {
+                        Ok(reader) => {
+                            self.current = Some(Current {
+                                file,
+                                reader,
+                                reported: 0,
+                            })
+                        }
+                        Err(e) => self.file_failed(ctx, &file, 0, e)?,
+                    }
+                    continue;
+                }
+                if !self.opts.continuous {
+                    return Ok(SourceEvent::Finished);
+                }
+                let due = self.last_poll.map_or(Duration::ZERO, |t| {
+                    self.opts.poll_interval.saturating_sub(t.elapsed())
+                });
+                if due > Duration::ZERO {
+                    return Ok(SourceEvent::Idle(due.min(Duration::from_millis(100))));
+                }
+                if self.poll(ctx).await? == 0 {
+                    return Ok(SourceEvent::Idle(
+                        self.opts.poll_interval.min(Duration::from_millis(100)),
+                    ));
+                }
+                continue;
+            };
+            let Current {
+                file,
+                mut reader,
+                mut reported,
+            } = cur;
+            let (reader, res) = ctx
+                .spawn_cpu(move || {
+                    let r = reader.next_chunk();
+                    (reader, r)
+                })
+                .await?;
+            match res {
+                Ok(Some(chunk)) => {
+                    let bytes = chunk.bytes.min(file.size.saturating_sub(reported));
+                    ctx.metrics().add_progress(bytes);
+                    reported += bytes;
+                    let name = file.name();
+                    self.current = Some(Current {
+                        file,
+                        reader,
+                        reported,
+                    });
+                    for bad in chunk.bad_rows {
+                        ctx.bad_row(bad.error, Some(name.clone()), Some(bad.position), bad.raw)?;
+                    }
+                    if let Some(b) = chunk.batch
+                        && b.num_rows() > 0
+                    {
+                        return Ok(SourceEvent::Batch(b));
+                    }
+                }
+                Ok(None) => {
+                    ctx.metrics()
+                        .add_progress(file.size.saturating_sub(reported));
+                    self.done.push(file.name());
+                }
+                Err(e) => self.file_failed(ctx, &file, reported, e)?,
+            }
+        }
+    }
+
+    async fn snapshot(
+        &mut self,
+        _barrier: &Barrier,
+        _ctx: &mut OperatorContext,
+    ) -> Result<Vec<u8>> {
+        let state = serde_json::json!({
+            "files_done": self.done,
+            "current": self.current.as_ref().map(|c| c.file.name()),
+        });
+        serde_json::to_vec(&state)
+            .map_err(|e| Error::internal("cannot encode source state").with_source(e))
+    }
+
+    async fn close(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
+        self.current = None;
+        self.queue.clear();
+        Ok(())
+    }
+}
+
+/// Reads lines of text from a buffered reader and keeps count, for the line-oriented formats.
+pub(crate) struct LineReader<R> {
+    inner: R,
+    /// Lines read so far (the number of the last line read).
+    pub(crate) line: u64,
+    pub(crate) eof: bool,
+}
+
+impl<R: std::io::BufRead> LineReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        LineReader {
+            inner,
+            line: 0,
+            eof: false,
+        }
+    }
+
+    /// Appends the next line (with its newline, if any) to `buf`; returns the bytes read, 0 at end.
+    pub(crate) fn read_line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        if self.eof {
+            return Ok(0);
+        }
+        let n = self.inner.read_until(b'\n', buf)?;
+        if n == 0 {
+            self.eof = true;
+        } else {
+            self.line += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Most bytes of text gathered into one chunk, whatever the batch size.
+pub(crate) const MAX_CHUNK_BYTES: usize = 16 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field};
+
+    #[test]
+    fn lists_files_globs_and_directories() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir").with_source(e))?;
+        for name in [
+            "b.csv",
+            "a.csv",
+            "c.txt",
+            ".hidden.csv",
+            ".x.csv.inprogress",
+        ] {
+            std::fs::write(dir.path().join(name), "x\n")
+                .map_err(|e| Error::io("write").with_source(e))?;
+        }
+        let d = dir.path().display().to_string();
+        let names = |v: Vec<ListedFile>| {
+            v.iter()
+                .filter_map(|f| f.path.file_name().map(|n| n.to_string_lossy().to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(list_files(&d, &["csv"])?), ["a.csv", "b.csv"]);
+        assert_eq!(
+            names(list_files(&format!("{d}/*.txt"), &["csv"])?),
+            ["c.txt"]
+        );
+        assert_eq!(
+            names(list_files(&format!("{d}/b.csv"), &["csv"])?),
+            ["b.csv"]
+        );
+        let missing = format!("{d}/nope");
+        let e = list_files(&missing, &["csv"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(&missing), "{e}");
+        assert!(first_file(&format!("{d}/*.parquet"), &["parquet"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn splits_by_index_or_hash() {
+        let mine: Vec<usize> = (0..10).filter(|i| is_mine(*i, "x", false, 1, 4)).collect();
+        assert_eq!(mine, [1, 5, 9]);
+        let owners: Vec<u32> = (0..4)
+            .filter(|s| is_mine(0, "data/file-7.csv", true, *s, 4))
+            .collect();
+        assert_eq!(owners.len(), 1);
+    }
+
+    #[test]
+    fn schema_mismatch_names_file_column_and_types() {
+        let planned = Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]);
+        let other = Schema::new(vec![
+            Field::new("b", DataType::Utf8, true),
+            Field::new("a", DataType::Float64, true),
+        ]);
+        let e = match_columns("x.parquet", &other, &planned)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("x.parquet")
+                && e.contains("'a'")
+                && e.contains("Float64")
+                && e.contains("Int64"),
+            "{e}"
+        );
+        let missing = Schema::new(vec![Field::new("a", DataType::Int64, true)]);
+        let e = match_columns("y.parquet", &missing, &planned)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("y.parquet") && e.contains("'b'"), "{e}");
+        let reordered = Schema::new(vec![
+            Field::new("b", DataType::Utf8, true),
+            Field::new("a", DataType::Int64, true),
+        ]);
+        assert_eq!(
+            match_columns("z", &reordered, &planned).ok(),
+            Some(vec![1, 0])
+        );
+    }
+}

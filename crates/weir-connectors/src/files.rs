@@ -1,0 +1,469 @@
+//! Raw files: a source listing a local directory or an object-store prefix (through the
+//! `object_store` crate) and emitting one row per file: its URI, size, modification time and,
+//! optionally, its bytes. For pipelines over images, documents and other unstructured inputs.
+
+use crate::config::{de_size, default_poll_interval};
+use crate::file_source::is_mine;
+use arrow::array::{
+    ArrayRef, BinaryBuilder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as StorePath;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use serde::Deserialize;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_runtime::{OperatorContext, Source, SourceEvent, TaskInfo};
+use weir_types::{Barrier, Error, Result};
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_file_size() -> u64 {
+    64 << 20
+}
+
+fn default_batch_size() -> usize {
+    64
+}
+
+/// Most bytes of file contents put into one batch (at least one file per batch).
+const MAX_BATCH_BYTES: u64 = 64 << 20;
+
+/// Files fetched at once.
+const FETCH_CONCURRENCY: usize = 8;
+
+/// Lists files and emits one row per file.
+///
+/// ```yaml
+/// source: { type: files, url: "s3://photos/2024/", glob: "*.jpg", max_file_size: 16MiB }
+/// ```
+///
+/// The output schema is `uri: Utf8 (not null), size: UInt64, modified: Timestamp(ms, UTC),
+/// bytes: Binary (nullable)`. URIs are `file:///abs/path` for local files and
+/// `s3://bucket/key` for S3 objects. Hidden files (names starting with `.`) are skipped. S3 is
+/// configured from the usual `AWS_*` environment variables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSourceSpec {
+    /// Where to list: a local path (file or directory), `file:///abs/dir`, or `s3://bucket/prefix`.
+    /// Required.
+    pub url: String,
+    /// Only files whose name matches this glob (`*.jpg`); a pattern with `/` is matched against the
+    /// path below `url` (default none: all files).
+    #[serde(default)]
+    pub glob: Option<String>,
+    /// Emit each file's contents in `bytes` (default `true`); `false` emits only the reference and
+    /// `bytes` is null.
+    #[serde(default = "default_true")]
+    pub include_bytes: bool,
+    /// With `include_bytes`, files larger than this become bad rows (default `"64MiB"`).
+    #[serde(default = "default_max_file_size", deserialize_with = "de_size")]
+    pub max_file_size: u64,
+    /// Keep polling for files that appear later (default `false`).
+    #[serde(default)]
+    pub continuous: bool,
+    /// How often to list again in continuous mode (default `"1s"`).
+    #[serde(
+        default = "default_poll_interval",
+        deserialize_with = "crate::config::de_duration"
+    )]
+    pub poll_interval: Duration,
+    /// Rows (files) per batch (default 64).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+/// The output schema of the files source.
+pub fn files_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("uri", DataType::Utf8, false),
+        Field::new("size", DataType::UInt64, false),
+        Field::new(
+            "modified",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("bytes", DataType::Binary, true),
+    ]))
+}
+
+/// Where a files source lists.
+struct Location {
+    store: Arc<dyn ObjectStore>,
+    /// The prefix (or single object) to list.
+    prefix: StorePath,
+    /// Prepended to an object's location to make its URI.
+    base_uri: String,
+    /// Whether `prefix` names one object rather than a directory.
+    single: bool,
+}
+
+impl FilesSourceSpec {
+    /// A spec listing `url` with every other option at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        FilesSourceSpec {
+            url: url.into(),
+            glob: None,
+            include_bytes: true,
+            max_file_size: default_max_file_size(),
+            continuous: false,
+            poll_interval: default_poll_interval(),
+            batch_size: default_batch_size(),
+        }
+    }
+
+    /// Plan time: checks the options (a local path must exist) and returns the fixed schema.
+    pub fn schema(&self) -> Result<SchemaRef> {
+        self.pattern()?;
+        self.location()?;
+        if self.batch_size == 0 {
+            return Err(Error::config("batch_size must be at least 1"));
+        }
+        Ok(files_schema())
+    }
+
+    /// One running instance for subtask `info.subtask` of `info.parallelism`.
+    pub fn create(&self, info: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Source>> {
+        if schema.fields() != files_schema().fields() {
+            return Err(Error::schema(
+                "the files source can only produce its own schema (uri, size, modified, bytes)",
+            ));
+        }
+        let loc = self.location()?;
+        Ok(Box::new(FilesSource {
+            spec: self.clone(),
+            pattern: self.pattern()?,
+            loc,
+            schema,
+            subtask: info.subtask,
+            parallelism: info.parallelism.max(1),
+            queue: VecDeque::new(),
+            seen: HashSet::new(),
+            total: 0,
+            last_poll: None,
+            done: 0,
+        }))
+    }
+
+    /// One line for `weir validate`.
+    pub fn describe(&self) -> String {
+        let mode = if self.continuous {
+            format!(
+                "continuous, polling every {}",
+                humantime::format_duration(self.poll_interval)
+            )
+        } else {
+            "bounded".to_string()
+        };
+        let filter = self
+            .glob
+            .as_ref()
+            .map(|g| format!(" matching {g}"))
+            .unwrap_or_default();
+        let what = if self.include_bytes {
+            format!(
+                "with bytes up to {}",
+                bytesize::ByteSize::b(self.max_file_size).display().iec()
+            )
+        } else {
+            "references only".to_string()
+        };
+        format!(
+            "files source {}{filter} ({mode}, {what}, batches of {} files)",
+            self.url, self.batch_size
+        )
+    }
+
+    fn pattern(&self) -> Result<Option<glob::Pattern>> {
+        self.glob
+            .as_deref()
+            .map(|g| {
+                glob::Pattern::new(g).map_err(|e| {
+                    Error::config(format!("invalid glob pattern '{g}'")).with_source(e)
+                })
+            })
+            .transpose()
+    }
+
+    fn location(&self) -> Result<Location> {
+        let url = self.url.trim();
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::config(format!("url '{url}' names no bucket")));
+            }
+            let store = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(format!("s3://{bucket}"))
+                .build()
+                .map_err(|e| {
+                    Error::config(format!("cannot configure s3 access for '{url}'")).with_source(e)
+                })?;
+            let prefix = StorePath::parse(prefix.trim_end_matches('/')).map_err(|e| {
+                Error::config(format!("invalid object path in '{url}'")).with_source(e)
+            })?;
+            return Ok(Location {
+                store: Arc::new(store),
+                prefix,
+                base_uri: format!("s3://{bucket}/"),
+                single: false,
+            });
+        }
+        let local = match url.strip_prefix("file://") {
+            Some(p) => p,
+            None if url.contains("://") => {
+                return Err(Error::config(format!(
+                    "unsupported url '{url}': use a local path, file:// or s3://"
+                )));
+            }
+            None => url,
+        };
+        let abs = std::fs::canonicalize(local).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::config(format!("input path '{url}' does not exist")).with_source(e)
+            } else {
+                Error::io(format!("cannot read input path '{url}'")).with_source(e)
+            }
+        })?;
+        let single = abs.is_file();
+        let prefix = StorePath::from_filesystem_path(&abs)
+            .map_err(|e| Error::config(format!("invalid local path '{url}'")).with_source(e))?;
+        Ok(Location {
+            store: Arc::new(object_store::local::LocalFileSystem::new()),
+            prefix,
+            base_uri: "file:///".to_string(),
+            single,
+        })
+    }
+}
+
+/// A running files source.
+struct FilesSource {
+    spec: FilesSourceSpec,
+    pattern: Option<glob::Pattern>,
+    loc: Location,
+    schema: SchemaRef,
+    subtask: u32,
+    parallelism: u32,
+    queue: VecDeque<ObjectMeta>,
+    seen: HashSet<StorePath>,
+    total: u64,
+    last_poll: Option<Instant>,
+    done: u64,
+}
+
+impl FilesSource {
+    fn uri(&self, m: &ObjectMeta) -> String {
+        format!("{}{}", self.loc.base_uri, m.location)
+    }
+
+    fn wanted(&self, m: &ObjectMeta) -> bool {
+        let name = m.location.filename().unwrap_or_default();
+        if name.starts_with('.') || name.ends_with(".inprogress") {
+            return false;
+        }
+        match &self.pattern {
+            None => true,
+            Some(p) if p.as_str().contains('/') => {
+                let full = m.location.as_ref();
+                let rel = full
+                    .strip_prefix(self.loc.prefix.as_ref())
+                    .map(|r| r.trim_start_matches('/'))
+                    .unwrap_or(full);
+                p.matches(rel)
+            }
+            Some(p) => p.matches(name),
+        }
+    }
+
+    /// Lists again and queues this subtask's objects not seen before.
+    async fn poll(&mut self, ctx: &OperatorContext) -> Result<usize> {
+        let store = self.loc.store.clone();
+        let prefix = self.loc.prefix.clone();
+        let single = self.loc.single;
+        let url = self.spec.url.clone();
+        let listed = ctx
+            .io()
+            .spawn(async move {
+                if single {
+                    store.head(&prefix).await.map(|m| vec![m])
+                } else {
+                    store.list(Some(&prefix)).try_collect::<Vec<_>>().await
+                }
+            })
+            .await
+            .map_err(|e| Error::internal("listing objects panicked").with_source(e))?
+            .map_err(|e| Error::io(format!("cannot list '{url}'")).with_source(e))?;
+        self.last_poll = Some(Instant::now());
+        let mut listed: Vec<ObjectMeta> = listed.into_iter().filter(|m| self.wanted(m)).collect();
+        listed.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut added = 0;
+        for (i, m) in listed.into_iter().enumerate() {
+            if self.seen.contains(&m.location)
+                || !is_mine(
+                    i,
+                    m.location.as_ref(),
+                    self.spec.continuous,
+                    self.subtask,
+                    self.parallelism,
+                )
+            {
+                continue;
+            }
+            self.seen.insert(m.location.clone());
+            self.total += m.size;
+            self.queue.push_back(m);
+            added += 1;
+        }
+        ctx.metrics().set_total(self.total);
+        Ok(added)
+    }
+
+    /// Takes the next objects for one batch, reporting files too large to read as bad rows.
+    fn take_batch(&mut self, ctx: &mut OperatorContext) -> Result<Vec<ObjectMeta>> {
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        while batch.len() < self.spec.batch_size {
+            let Some(m) = self.queue.front() else { break };
+            if self.spec.include_bytes {
+                if m.size > self.spec.max_file_size {
+                    let m = self
+                        .queue
+                        .pop_front()
+                        .ok_or_else(|| Error::internal("queue emptied"))?;
+                    let uri = self.uri(&m);
+                    ctx.metrics().add_progress(m.size);
+                    self.done += 1;
+                    ctx.bad_row(
+                        Error::input(format!(
+                            "file {uri} is {} bytes, above max_file_size ({} bytes)",
+                            m.size, self.spec.max_file_size
+                        )),
+                        Some(uri),
+                        None,
+                        None,
+                    )?;
+                    continue;
+                }
+                if !batch.is_empty() && bytes + m.size > MAX_BATCH_BYTES {
+                    break;
+                }
+                bytes += m.size;
+            }
+            if let Some(m) = self.queue.pop_front() {
+                batch.push(m);
+            }
+        }
+        Ok(batch)
+    }
+}
+
+#[async_trait]
+impl Source for FilesSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        self.poll(ctx).await.map(|_| ())
+    }
+
+    async fn next(&mut self, ctx: &mut OperatorContext) -> Result<SourceEvent> {
+        if self.queue.is_empty() {
+            if !self.spec.continuous {
+                return Ok(SourceEvent::Finished);
+            }
+            let due = self.last_poll.map_or(Duration::ZERO, |t| {
+                self.spec.poll_interval.saturating_sub(t.elapsed())
+            });
+            if due > Duration::ZERO {
+                return Ok(SourceEvent::Idle(due.min(Duration::from_millis(100))));
+            }
+            if self.poll(ctx).await? == 0 {
+                return Ok(SourceEvent::Idle(
+                    self.spec.poll_interval.min(Duration::from_millis(100)),
+                ));
+            }
+        }
+        let metas = self.take_batch(ctx)?;
+        if metas.is_empty() {
+            return Ok(SourceEvent::Idle(Duration::ZERO));
+        }
+        let contents: Vec<(ObjectMeta, object_store::Result<Option<_>>)> =
+            if self.spec.include_bytes {
+                let store = self.loc.store.clone();
+                ctx.io()
+                    .spawn(async move {
+                        futures::stream::iter(metas)
+                            .map(|m| {
+                                let store = store.clone();
+                                async move {
+                                    let r = match store.get(&m.location).await {
+                                        Ok(g) => g.bytes().await.map(Some),
+                                        Err(e) => Err(e),
+                                    };
+                                    (m, r)
+                                }
+                            })
+                            .buffered(FETCH_CONCURRENCY)
+                            .collect::<Vec<_>>()
+                            .await
+                    })
+                    .await
+                    .map_err(|e| Error::internal("reading objects panicked").with_source(e))?
+            } else {
+                metas.into_iter().map(|m| (m, Ok(None))).collect()
+            };
+        let mut uri = StringBuilder::new();
+        let mut size = UInt64Builder::new();
+        let mut modified = TimestampMillisecondBuilder::new().with_timezone("UTC");
+        let mut data = BinaryBuilder::new();
+        for (m, r) in contents {
+            let u = self.uri(&m);
+            ctx.metrics().add_progress(m.size);
+            self.done += 1;
+            match r {
+                Ok(b) => {
+                    uri.append_value(&u);
+                    size.append_value(b.as_ref().map_or(m.size, |b| b.len() as u64));
+                    modified.append_value(m.last_modified.timestamp_millis());
+                    data.append_option(b.as_deref());
+                }
+                Err(e) => {
+                    ctx.bad_row(
+                        Error::io(format!("cannot read file {u}")).with_source(e),
+                        Some(u),
+                        None,
+                        None,
+                    )?;
+                }
+            }
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(uri.finish()),
+            Arc::new(size.finish()),
+            Arc::new(modified.finish()),
+            Arc::new(data.finish()),
+        ];
+        let batch = RecordBatch::try_new(self.schema.clone(), cols)?;
+        if batch.num_rows() == 0 {
+            return Ok(SourceEvent::Idle(Duration::ZERO));
+        }
+        Ok(SourceEvent::Batch(batch))
+    }
+
+    async fn snapshot(
+        &mut self,
+        _barrier: &Barrier,
+        _ctx: &mut OperatorContext,
+    ) -> Result<Vec<u8>> {
+        let state = serde_json::json!({ "files_done": self.done, "queued": self.queue.len() });
+        serde_json::to_vec(&state)
+            .map_err(|e| Error::internal("cannot encode source state").with_source(e))
+    }
+}

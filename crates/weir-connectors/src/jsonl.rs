@@ -1,0 +1,449 @@
+//! JSON Lines: a source reading one JSON object per line (schema declared, or inferred from the
+//! first lines of the first file) and a sink writing one JSON object per row.
+//!
+//! The source decodes a whole batch of lines at once; when that fails it decodes the batch line by
+//! line, so that only the bad lines are reported (with their line numbers) and the others still
+//! come out.
+
+use crate::config::{ColumnSpec, declared_schema, default_poll_interval};
+use crate::file_source::{
+    BadRow, Chunk, FileFormat, FileReader, FileSource, FileSourceOptions, LineReader, ListedFile,
+    MAX_CHUNK_BYTES, first_file,
+};
+use crate::sink_util::{
+    binary_as_text, create_file, ensure_dir, inprogress_path, publish, text_schema, with_schema,
+};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_runtime::{Emitter, Operator, OperatorContext, Source, TaskInfo};
+use weir_types::{Error, Result};
+
+const EXTENSIONS: &[&str] = &["jsonl", "ndjson", "json"];
+
+/// Lines read from the first file to infer a schema.
+const INFER_LINES: usize = 1000;
+
+fn default_batch_size() -> usize {
+    8192
+}
+
+/// Reads JSON Lines files: one JSON object per line; blank lines are skipped.
+///
+/// ```yaml
+/// source: { type: jsonl, path: "logs/*.jsonl", schema: [{name: id, type: int64}, {name: msg, type: utf8}] }
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSourceSpec {
+    /// One file, a glob (`logs/*.jsonl`) or a directory (all its `.jsonl`, `.ndjson` and `.json`
+    /// files, sorted by name). Required.
+    pub path: String,
+    /// Keep polling for files that appear later (default `false`).
+    #[serde(default)]
+    pub continuous: bool,
+    /// How often to list the input again in continuous mode (default `"1s"`).
+    #[serde(
+        default = "default_poll_interval",
+        deserialize_with = "crate::config::de_duration"
+    )]
+    pub poll_interval: Duration,
+    /// Rows per batch (default 8192).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// The declared schema (default none: inferred from the first 1000 lines of the first file).
+    /// Fields of a line not in the schema are ignored; missing ones are null.
+    #[serde(default)]
+    pub schema: Option<Vec<ColumnSpec>>,
+}
+
+impl JsonlSourceSpec {
+    /// A spec reading `path` with every other option at its default.
+    pub fn new(path: impl Into<String>) -> Self {
+        JsonlSourceSpec {
+            path: path.into(),
+            continuous: false,
+            poll_interval: default_poll_interval(),
+            batch_size: default_batch_size(),
+            schema: None,
+        }
+    }
+
+    /// Plan time: the declared schema, or the one inferred from the first lines of the first file.
+    /// A missing path is an error naming it (also with a declared schema, unless continuous).
+    pub fn schema(&self) -> Result<SchemaRef> {
+        if let Some(cols) = &self.schema {
+            let schema = declared_schema(cols)?;
+            if !self.continuous {
+                crate::file_source::list_files(&self.path, EXTENSIONS)?;
+            }
+            return Ok(schema);
+        }
+        let first = first_file(&self.path, EXTENSIONS).map_err(|e| {
+            if self.continuous {
+                Error::config(format!(
+                    "cannot infer the schema of '{}': no file there yet; declare a schema",
+                    self.path
+                ))
+                .with_source(e)
+            } else {
+                e
+            }
+        })?;
+        infer_schema(&first)
+    }
+
+    /// One running instance for subtask `info.subtask` of `info.parallelism`.
+    pub fn create(&self, info: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Source>> {
+        let opts = FileSourceOptions {
+            path: self.path.clone(),
+            extensions: EXTENSIONS,
+            continuous: self.continuous,
+            poll_interval: self.poll_interval,
+            batch_size: self.batch_size,
+        };
+        Ok(Box::new(FileSource::new(
+            opts,
+            Arc::new(JsonlFormat),
+            schema,
+            info,
+        )?))
+    }
+
+    /// One line for `weir validate`.
+    pub fn describe(&self) -> String {
+        let mode = if self.continuous {
+            format!(
+                "continuous, polling every {}",
+                humantime::format_duration(self.poll_interval)
+            )
+        } else {
+            "bounded".to_string()
+        };
+        let schema = if self.schema.is_some() {
+            "declared schema"
+        } else {
+            "inferred schema"
+        };
+        format!(
+            "jsonl source {} ({mode}, {schema}, batches of {} rows)",
+            self.path, self.batch_size
+        )
+    }
+}
+
+/// Infers a schema from the first lines of `file`; lines that are not valid JSON are skipped.
+fn infer_schema(file: &ListedFile) -> Result<SchemaRef> {
+    let name = file.name();
+    let f = std::fs::File::open(&file.path)
+        .map_err(|e| Error::io(format!("cannot open json file {name}")).with_source(e))?;
+    let mut values = Vec::new();
+    for line in BufReader::new(f).lines().take(INFER_LINES) {
+        let line =
+            line.map_err(|e| Error::io(format!("cannot read json file {name}")).with_source(e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Ok(v @ serde_json::Value::Object(_)) =
+            serde_json::from_str::<serde_json::Value>(&line)
+        {
+            values.push(v);
+        }
+    }
+    if values.is_empty() {
+        return Err(Error::config(format!(
+            "cannot infer the schema of file {name}: none of its first {INFER_LINES} lines is a json object; declare a schema"
+        )));
+    }
+    let schema = arrow::json::reader::infer_json_schema_from_iterator(values.into_iter().map(Ok))
+        .map_err(|e| {
+        Error::config(format!("cannot infer the schema of file {name}")).with_source(e)
+    })?;
+    Ok(Arc::new(schema))
+}
+
+struct JsonlFormat;
+
+impl FileFormat for JsonlFormat {
+    fn name(&self) -> &'static str {
+        "jsonl"
+    }
+
+    fn open(
+        &self,
+        file: &ListedFile,
+        schema: &SchemaRef,
+        batch_size: usize,
+    ) -> Result<Box<dyn FileReader>> {
+        let f = std::fs::File::open(&file.path).map_err(|e| {
+            Error::io(format!("cannot open json file {}", file.name())).with_source(e)
+        })?;
+        Ok(Box::new(JsonlReader {
+            name: file.name(),
+            lines: LineReader::new(BufReader::with_capacity(1 << 20, f)),
+            schema: schema.clone(),
+            batch_size,
+        }))
+    }
+}
+
+struct JsonlReader {
+    name: String,
+    lines: LineReader<BufReader<std::fs::File>>,
+    schema: SchemaRef,
+    batch_size: usize,
+}
+
+/// Decodes `buf` (whole lines) into one batch.
+fn decode(
+    schema: &SchemaRef,
+    batch_size: usize,
+    buf: &[u8],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(batch_size.max(1))
+        .build_decoder()?;
+    let mut batches = Vec::new();
+    let mut off = 0;
+    while off < buf.len() {
+        let n = decoder.decode(&buf[off..])?;
+        off += n;
+        if n == 0 || (off < buf.len() && decoder.len() >= batch_size) {
+            if let Some(b) = decoder.flush()? {
+                batches.push(b);
+            } else if n == 0 {
+                break;
+            }
+        }
+    }
+    if let Some(b) = decoder.flush()? {
+        batches.push(b);
+    }
+    match batches.len() {
+        0 => Ok(RecordBatch::new_empty(schema.clone())),
+        1 => Ok(batches.remove(0)),
+        _ => arrow::compute::concat_batches(schema, &batches),
+    }
+}
+
+impl FileReader for JsonlReader {
+    fn next_chunk(&mut self) -> Result<Option<Chunk>> {
+        if self.lines.eof {
+            return Ok(None);
+        }
+        let mut buf = Vec::new();
+        // (line number, start, end) of each non-blank line in `buf`.
+        let mut spans: Vec<(u64, usize, usize)> = Vec::new();
+        let mut bytes = 0u64;
+        while spans.len() < self.batch_size && buf.len() < MAX_CHUNK_BYTES {
+            let start = buf.len();
+            let n = self.lines.read_line(&mut buf).map_err(|e| {
+                Error::io(format!("cannot read json file {}", self.name)).with_source(e)
+            })?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+            if buf[start..].iter().all(u8::is_ascii_whitespace) {
+                buf.truncate(start);
+                continue;
+            }
+            if buf.last() != Some(&b'\n') {
+                buf.push(b'\n');
+            }
+            spans.push((self.lines.line, start, buf.len()));
+        }
+        if spans.is_empty() {
+            return Ok(Some(Chunk {
+                batch: None,
+                bad_rows: Vec::new(),
+                bytes,
+            }));
+        }
+        if let Ok(batch) = decode(&self.schema, self.batch_size, &buf) {
+            return Ok(Some(Chunk {
+                batch: Some(batch),
+                bad_rows: Vec::new(),
+                bytes,
+            }));
+        }
+        // Find the bad lines: decode one line at a time.
+        let mut good = Vec::new();
+        let mut bad_rows = Vec::new();
+        for (line, start, end) in spans {
+            let text = &buf[start..end];
+            match decode(&self.schema, 1, text) {
+                Ok(b) => good.push(b),
+                Err(e) => {
+                    let raw = text.strip_suffix(b"\n").unwrap_or(text);
+                    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+                    let error = match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+                        Err(je) => Error::input(format!("invalid json: {je}")).with_source(je),
+                        Ok(_) => Error::input(format!("json line does not fit the schema: {e}"))
+                            .with_source(e),
+                    };
+                    bad_rows.push(BadRow {
+                        error,
+                        position: format!("line {line}"),
+                        raw: Some(raw.to_vec()),
+                    });
+                }
+            }
+        }
+        let batch = if good.is_empty() {
+            None
+        } else {
+            Some(arrow::compute::concat_batches(&self.schema, &good)?)
+        };
+        Ok(Some(Chunk {
+            batch,
+            bad_rows,
+            bytes,
+        }))
+    }
+}
+
+/// Writes JSON Lines: one JSON object per row, nulls written explicitly, binary columns as UTF-8
+/// text (invalid bytes replaced) so that dead-letter rows stay readable.
+///
+/// If `path` ends with `.jsonl` or `.json` and the sink runs with parallelism 1, that file is
+/// written; otherwise `path` is a directory (created if missing) and each subtask writes
+/// `part-{subtask:03}.jsonl` in it. Output goes to a hidden `.{name}.inprogress` file first and is
+/// renamed at the end of the input. A subtask that receives no rows writes an empty file.
+///
+/// ```yaml
+/// sink: { type: jsonl, path: out/errors.jsonl }
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSinkSpec {
+    /// The output file (`.jsonl`/`.json`, parallelism 1) or directory. Required.
+    pub path: String,
+}
+
+impl JsonlSinkSpec {
+    /// A spec writing to `path`.
+    pub fn new(path: impl Into<String>) -> Self {
+        JsonlSinkSpec { path: path.into() }
+    }
+
+    fn is_file(&self) -> bool {
+        let lower = self.path.to_ascii_lowercase();
+        lower.ends_with(".jsonl") || lower.ends_with(".json")
+    }
+
+    /// The file subtask `subtask` of `parallelism` writes.
+    pub fn output_path(&self, subtask: u32, parallelism: u32) -> PathBuf {
+        if self.is_file() && parallelism <= 1 {
+            PathBuf::from(&self.path)
+        } else {
+            PathBuf::from(&self.path).join(format!("part-{subtask:03}.jsonl"))
+        }
+    }
+
+    /// One running instance for subtask `info.subtask`, writing batches of schema `input`.
+    pub fn create(&self, info: &TaskInfo, input: SchemaRef) -> Result<Box<dyn Operator>> {
+        let path = self.output_path(info.subtask, info.parallelism);
+        Ok(Box::new(JsonlSink {
+            name: info.node.clone(),
+            tmp: inprogress_path(&path),
+            path,
+            text: text_schema(&input),
+            schema: input,
+            writer: None,
+        }))
+    }
+
+    /// One line for `weir validate`.
+    pub fn describe(&self) -> String {
+        if self.is_file() {
+            format!(
+                "jsonl sink {} (one file at parallelism 1, else part files)",
+                self.path
+            )
+        } else {
+            format!("jsonl sink {} (part-NNN.jsonl per subtask)", self.path)
+        }
+    }
+}
+
+type JsonWriter =
+    arrow::json::Writer<std::io::BufWriter<std::fs::File>, arrow::json::writer::LineDelimited>;
+
+struct JsonlSink {
+    name: String,
+    path: PathBuf,
+    tmp: PathBuf,
+    schema: SchemaRef,
+    text: SchemaRef,
+    writer: Option<JsonWriter>,
+}
+
+impl JsonlSink {
+    fn open_writer(&self) -> Result<JsonWriter> {
+        if let Some(dir) = self.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            ensure_dir(dir)?;
+        }
+        let f = create_file(&self.tmp)?;
+        Ok(arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build(std::io::BufWriter::with_capacity(1 << 20, f)))
+    }
+}
+
+#[async_trait]
+impl Operator for JsonlSink {
+    async fn process_batch(
+        &mut self,
+        batch: RecordBatch,
+        ctx: &mut OperatorContext,
+        _out: &mut Emitter,
+    ) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = with_schema(batch, &self.schema, &self.name)?;
+        let mut writer = match self.writer.take() {
+            Some(w) => w,
+            None => self.open_writer()?,
+        };
+        let text = self.text.clone();
+        let (writer, res) = ctx
+            .spawn_cpu(move || {
+                let res = binary_as_text(batch, &text)
+                    .and_then(|b| writer.write(&b).map_err(Error::from));
+                (writer, res)
+            })
+            .await?;
+        self.writer = Some(writer);
+        res.map_err(|e| {
+            Error::io(format!("cannot write json file {}", self.tmp.display())).with_source(e)
+        })
+    }
+
+    async fn finish(&mut self, ctx: &mut OperatorContext, _out: &mut Emitter) -> Result<()> {
+        let writer = match self.writer.take() {
+            Some(w) => w,
+            None => self.open_writer()?,
+        };
+        let (tmp, path) = (self.tmp.clone(), self.path.clone());
+        ctx.spawn_cpu(move || {
+            let mut writer = writer;
+            writer.finish().map_err(|e| {
+                Error::io(format!("cannot write json file {}", tmp.display())).with_source(e)
+            })?;
+            writer.into_inner().flush().map_err(|e| {
+                Error::io(format!("cannot write json file {}", tmp.display())).with_source(e)
+            })?;
+            publish(&tmp, &path)
+        })
+        .await?
+    }
+}

@@ -1,0 +1,22 @@
+//! weir's inference: the `infer` operator running ONNX models on Arrow tensor columns, with
+//! engine-side batching (size/time triggers, an adaptive batch size under a latency budget,
+//! length bucketing for ragged text inputs), dedicated instance threads, and post-processing ops
+//! (`top_k`, `l2_normalize`, `mean_pool`).
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod batching;
+pub mod model;
+pub mod tensor;
+
+pub use backend::{Backend, BackendFactory, BackendOptions, HostTensor, OrtBackend};
+pub use model::{ElementType, ModelInfo, TensorInfo, init_ort_from, ort_environment};
+pub mod operator;
+pub mod spec;
+
+pub use operator::{InFlight, InferOperator, RowRef};
+pub use spec::{BatchSpec, InferPlan, InferSpec};
+pub mod postprocess;
+
+pub use postprocess::{L2NormalizeSpec, MeanPoolSpec, TopKSpec};

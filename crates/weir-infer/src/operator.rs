@@ -1,0 +1,771 @@
+//! The `infer` operator: admits rows, forms batches (size/time triggers, adaptive size, length
+//! buckets), sends them to instance threads, and emits results in input order.
+//!
+//! Requests in flight are plain data ([`InFlight`]: request id + input rows), so they can be
+//! checkpointed and re-issued; only the reply channels are not.
+
+use crate::backend::{BackendFactory, HostTensor};
+use crate::batching::{AdaptiveController, Clock, SystemClock, batch_ready, bucket_by_length};
+use crate::spec::{InferPlan, InferSpec};
+use crate::tensor::{InputBinding, OutputBinding};
+use arrow::array::{Array, ArrayRef, BooleanArray};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use weir_runtime::{Emitter, Operator, OperatorContext};
+use weir_types::{Error, Result};
+
+/// A row of an input batch: the batch's sequence number and the row's index in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RowRef {
+    /// Sequence number of the input batch (in arrival order).
+    pub input: u64,
+    /// Row index in that batch.
+    pub row: u32,
+}
+
+/// A batch formed but not yet sent to an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormedBatch {
+    /// Its rows, in model batch order.
+    pub rows: Vec<RowRef>,
+    /// Whether this is a row-by-row retry after a failed batch (a failure makes a bad row).
+    pub isolate: bool,
+}
+
+/// A request sent to an instance and not yet answered.
+#[derive(Debug)]
+pub struct Request {
+    /// Request id (unique in this operator instance).
+    pub id: u64,
+    /// The batch's rows.
+    pub batch: FormedBatch,
+    /// Instance it was sent to.
+    pub instance: usize,
+    /// When it was sent.
+    pub sent: Instant,
+    reply: oneshot::Receiver<Result<Reply>>,
+}
+
+/// A row admitted and waiting for a batch.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    row: RowRef,
+    len: usize,
+    at: Instant,
+}
+
+/// Everything between input and output, as data: queued rows, formed batches and requests in
+/// flight (what a checkpoint stores and a restore re-issues).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    next_request: u64,
+    queue: VecDeque<Queued>,
+    formed: VecDeque<FormedBatch>,
+    requests: BTreeMap<u64, Request>,
+}
+
+impl InFlight {
+    /// Rows admitted and not yet answered nor failed.
+    pub fn rows_pending(&self) -> usize {
+        self.queue.len()
+            + self.formed.iter().map(|b| b.rows.len()).sum::<usize>()
+            + self
+                .requests
+                .values()
+                .map(|r| r.batch.rows.len())
+                .sum::<usize>()
+    }
+
+    /// The requests in flight: (request id, its rows).
+    pub fn requests(&self) -> Vec<(u64, Vec<RowRef>)> {
+        self.requests
+            .values()
+            .map(|r| (r.id, r.batch.rows.clone()))
+            .collect()
+    }
+}
+
+/// An input batch waiting for its rows' results.
+#[derive(Debug)]
+struct Entry {
+    batch: RecordBatch,
+    bad: Vec<bool>,
+    results: Vec<Option<(u64, u32)>>,
+    waiting: usize,
+}
+
+/// Outputs of an answered request, kept until the rows using them are emitted.
+#[derive(Debug)]
+struct Done {
+    outputs: Vec<ArrayRef>,
+    uses: usize,
+}
+
+/// What an instance answers.
+#[derive(Debug)]
+struct Reply {
+    outputs: Vec<ArrayRef>,
+    run: Duration,
+}
+
+/// A request as sent to an instance thread.
+struct Job {
+    inputs: Vec<Vec<(ArrayRef, usize)>>,
+    reply: oneshot::Sender<Result<Reply>>,
+}
+
+/// What an instance thread needs besides its backend.
+struct Bindings {
+    inputs: Vec<InputBinding>,
+    outputs: Vec<OutputBinding>,
+    model: String,
+}
+
+/// One inference instance: a dedicated OS thread owning its backend.
+struct Instance {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    in_flight: usize,
+}
+
+fn run_job(backend: &mut dyn crate::backend::Backend, b: &Bindings, job: &Job) -> Result<Reply> {
+    let rows = job.inputs.first().map(|r| r.len()).unwrap_or(0);
+    let mut inputs = Vec::with_capacity(b.inputs.len());
+    let mut lengths: Vec<(String, Vec<usize>)> = Vec::new();
+    for (binding, rows) in b.inputs.iter().zip(&job.inputs) {
+        if let (true, Some(sym)) = (binding.ragged(), &binding.symbol)
+            && !lengths.iter().any(|(s, _)| s == sym)
+        {
+            let inner: usize = binding
+                .row_shape
+                .iter()
+                .skip(1)
+                .map(|d| d.unwrap_or(1))
+                .product::<usize>()
+                .max(1);
+            let mut v = Vec::with_capacity(rows.len());
+            for (col, r) in rows {
+                let (values, _) = crate::tensor::row_values(col, *r)?;
+                v.push(values.len() / inner);
+            }
+            lengths.push((sym.clone(), v));
+        }
+        inputs.push((binding.input.clone(), binding.gather(rows)?));
+    }
+    let started = Instant::now();
+    let mut out: HashMap<String, HostTensor> = backend.run(inputs)?.into_iter().collect();
+    let run = started.elapsed();
+    let mut outputs = Vec::with_capacity(b.outputs.len());
+    for o in &b.outputs {
+        let t = out.remove(&o.output).ok_or_else(|| {
+            Error::external(format!(
+                "model {} returned no output '{}'",
+                b.model, o.output
+            ))
+        })?;
+        outputs.push(o.scatter(&t, rows, &lengths, &b.model)?);
+    }
+    Ok(Reply { outputs, run })
+}
+
+impl Instance {
+    /// Starts instance `index`: its thread loads the backend, reports the load's result through
+    /// `loaded`, then runs jobs until the job channel closes.
+    fn start(
+        index: usize,
+        factory: BackendFactory,
+        bindings: Arc<Bindings>,
+        loaded: oneshot::Sender<Result<()>>,
+    ) -> Result<Instance> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name(format!("weir-infer-{index}"))
+            .spawn(move || {
+                let mut backend = match factory(index) {
+                    Ok(b) => {
+                        let _ = loaded.send(Ok(()));
+                        b
+                    }
+                    Err(e) => {
+                        let _ = loaded.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(job) = rx.recv() {
+                    let r = run_job(backend.as_mut(), &bindings, &job);
+                    let _ = job.reply.send(r);
+                }
+            })
+            .map_err(|e| Error::internal("cannot start an inference thread").with_source(e))?;
+        Ok(Instance {
+            jobs: Some(tx),
+            thread: Some(thread),
+            in_flight: 0,
+        })
+    }
+}
+
+/// The running `infer` operator. Made by [`InferSpec::create`].
+pub struct InferOperator {
+    spec: InferSpec,
+    plan: InferPlan,
+    factory: BackendFactory,
+    bindings: Arc<Bindings>,
+    instances: Vec<Instance>,
+    controller: AdaptiveController,
+    clock: Arc<dyn Clock>,
+    state: InFlight,
+    entries: VecDeque<(u64, Entry)>,
+    next_input: u64,
+    done: HashMap<u64, Done>,
+    flushing: bool,
+    model: String,
+    /// (rows, latency) of every batch run, for tests and reports.
+    batch_log: Vec<(usize, Duration)>,
+}
+
+impl std::fmt::Debug for InferOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferOperator")
+            .field("model", &self.model)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl InferOperator {
+    pub(crate) fn new(spec: InferSpec, plan: InferPlan, factory: BackendFactory) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let controller = AdaptiveController::new(
+            spec.batch.max_size,
+            spec.batch.latency_budget,
+            spec.batch.adaptive,
+            clock.clone(),
+        );
+        let model = plan.info.file_name();
+        let bindings = Arc::new(Bindings {
+            inputs: plan.inputs.clone(),
+            outputs: plan.outputs.clone(),
+            model: model.clone(),
+        });
+        InferOperator {
+            spec,
+            plan,
+            factory,
+            bindings,
+            instances: Vec::new(),
+            controller,
+            clock,
+            state: InFlight::default(),
+            entries: VecDeque::new(),
+            next_input: 0,
+            done: HashMap::new(),
+            flushing: false,
+            model,
+            batch_log: Vec::new(),
+        }
+    }
+
+    /// The output schema.
+    pub fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.plan.schema.clone()
+    }
+
+    /// Queued rows, formed batches and requests in flight.
+    pub fn in_flight(&self) -> &InFlight {
+        &self.state
+    }
+
+    /// (rows, latency) of every batch run so far.
+    pub fn batch_log(&self) -> &[(usize, Duration)] {
+        &self.batch_log
+    }
+
+    async fn start_instances(&mut self) -> Result<()> {
+        if !self.instances.is_empty() {
+            return Ok(());
+        }
+        let mut loads = Vec::new();
+        for i in 0..self.spec.instances {
+            let (tx, rx) = oneshot::channel();
+            self.instances.push(Instance::start(
+                i,
+                self.factory.clone(),
+                self.bindings.clone(),
+                tx,
+            )?);
+            loads.push(rx);
+        }
+        for (i, rx) in loads.into_iter().enumerate() {
+            rx.await.map_err(|_| {
+                Error::internal(format!(
+                    "inference instance {i} of {} died while loading",
+                    self.model
+                ))
+            })??;
+        }
+        Ok(())
+    }
+
+    /// Checks and queues the rows of a new input batch.
+    fn admit(&mut self, batch: RecordBatch, ctx: &mut OperatorContext) -> Result<()> {
+        let seq = self.next_input;
+        self.next_input += 1;
+        let n = batch.num_rows();
+        let mut entry = Entry {
+            bad: vec![false; n],
+            results: vec![None; n],
+            waiting: 0,
+            batch,
+        };
+        let now = self.clock.now();
+        let columns: Vec<ArrayRef> = self
+            .plan
+            .inputs
+            .iter()
+            .map(|b| entry.batch.column(b.index).clone())
+            .collect();
+        for row in 0..n {
+            let mut len = 0;
+            let mut problem = None;
+            for (b, col) in self.plan.inputs.iter().zip(&columns) {
+                match b.check_row(col, row, &self.model) {
+                    Ok(l) => len = len.max(l),
+                    Err(m) => {
+                        problem = Some((b.column.clone(), m));
+                        break;
+                    }
+                }
+            }
+            if let Some((column, m)) = problem {
+                entry.bad[row] = true;
+                ctx.bad_row(
+                    Error::input(m),
+                    Some(column),
+                    Some(format!("row {row}")),
+                    None,
+                )?;
+                continue;
+            }
+            entry.waiting += 1;
+            self.state.queue.push_back(Queued {
+                row: RowRef {
+                    input: seq,
+                    row: row as u32,
+                },
+                len,
+                at: now,
+            });
+        }
+        self.entries.push_back((seq, entry));
+        Ok(())
+    }
+
+    fn free_instance(&self) -> Option<usize> {
+        self.instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.in_flight < self.spec.max_in_flight && i.jobs.is_some())
+            .min_by_key(|(_, i)| i.in_flight)
+            .map(|(i, _)| i)
+    }
+
+    /// Forms batches from queued rows when a trigger says so; returns whether any was formed.
+    fn form(&mut self) -> bool {
+        let q = &mut self.state.queue;
+        if q.is_empty() {
+            return false;
+        }
+        let target = self.controller.target();
+        let now = self.clock.now();
+        let oldest = q.front().map(|r| r.at);
+        if self.plan.sort_by_length {
+            let window = 4 * self.controller.max_size();
+            let fire = self.flushing
+                || q.len() >= window
+                || batch_ready(q.len(), usize::MAX, oldest, now, self.spec.batch.max_wait);
+            if !fire {
+                return false;
+            }
+            let take = q.len().min(window);
+            let rows: Vec<Queued> = q.drain(..take).collect();
+            let lengths: Vec<usize> = rows.iter().map(|r| r.len).collect();
+            for bucket in bucket_by_length(&lengths, target) {
+                self.state.formed.push_back(FormedBatch {
+                    rows: bucket.into_iter().map(|i| rows[i].row).collect(),
+                    isolate: false,
+                });
+            }
+            return true;
+        }
+        let fire =
+            self.flushing || batch_ready(q.len(), target, oldest, now, self.spec.batch.max_wait);
+        if !fire {
+            return false;
+        }
+        let take = q.len().min(target);
+        let rows = q.drain(..take).map(|r| r.row).collect();
+        self.state.formed.push_back(FormedBatch {
+            rows,
+            isolate: false,
+        });
+        true
+    }
+
+    /// Sends formed batches (forming new ones as needed) while an instance has room.
+    fn pump(&mut self) -> Result<()> {
+        while let Some(inst) = self.free_instance() {
+            if self.state.formed.is_empty() && !self.form() {
+                break;
+            }
+            let Some(batch) = self.state.formed.pop_front() else {
+                break;
+            };
+            let mut inputs = Vec::with_capacity(self.plan.inputs.len());
+            for b in &self.plan.inputs {
+                let mut rows = Vec::with_capacity(batch.rows.len());
+                for r in &batch.rows {
+                    let entry = self.entry(r.input)?;
+                    rows.push((entry.batch.column(b.index).clone(), r.row as usize));
+                }
+                inputs.push(rows);
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = self.state.next_request;
+            self.state.next_request += 1;
+            let sender = self.instances[inst].jobs.as_ref().ok_or_else(|| {
+                Error::internal(format!(
+                    "inference instance {inst} of {} is closed",
+                    self.model
+                ))
+            })?;
+            sender.send(Job { inputs, reply: tx }).map_err(|_| {
+                Error::external(format!(
+                    "inference instance {inst} of {} stopped unexpectedly",
+                    self.model
+                ))
+            })?;
+            self.instances[inst].in_flight += 1;
+            self.state.requests.insert(
+                id,
+                Request {
+                    id,
+                    batch,
+                    instance: inst,
+                    sent: self.clock.now(),
+                    reply: rx,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn entry(&self, seq: u64) -> Result<&Entry> {
+        let front = self.entries.front().map(|(s, _)| *s).unwrap_or(0);
+        self.entries
+            .get(seq.wrapping_sub(front) as usize)
+            .filter(|(s, _)| *s == seq)
+            .map(|(_, e)| e)
+            .ok_or_else(|| Error::internal(format!("input batch {seq} is no longer held")))
+    }
+
+    fn entry_mut(&mut self, seq: u64) -> Result<&mut Entry> {
+        let front = self.entries.front().map(|(s, _)| *s).unwrap_or(0);
+        self.entries
+            .get_mut(seq.wrapping_sub(front) as usize)
+            .filter(|(s, _)| *s == seq)
+            .map(|(_, e)| e)
+            .ok_or_else(|| Error::internal(format!("input batch {seq} is no longer held")))
+    }
+
+    /// Polls every request's reply; takes the first that is ready.
+    fn poll_reply(&mut self, cx: &mut std::task::Context<'_>) -> Poll<(u64, Result<Reply>)> {
+        let mut ready = None;
+        for (id, r) in self.state.requests.iter_mut() {
+            if let Poll::Ready(res) = std::pin::Pin::new(&mut r.reply).poll(cx) {
+                let res = res.unwrap_or_else(|_| {
+                    Err(Error::external(format!(
+                        "inference instance {} stopped unexpectedly (its thread ended)",
+                        r.instance
+                    )))
+                });
+                ready = Some((*id, res));
+                break;
+            }
+        }
+        match ready {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Takes every reply that is already there, without waiting.
+    fn drain_ready(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        while let Poll::Ready((id, res)) = self.poll_reply(&mut cx) {
+            self.complete(id, res, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Handles the answer to request `id`.
+    fn complete(&mut self, id: u64, res: Result<Reply>, ctx: &mut OperatorContext) -> Result<()> {
+        let Some(req) = self.state.requests.remove(&id) else {
+            return Ok(());
+        };
+        if let Some(i) = self.instances.get_mut(req.instance) {
+            i.in_flight = i.in_flight.saturating_sub(1);
+        }
+        let rows = req.batch.rows.len();
+        match res {
+            Ok(reply) => {
+                let latency = self.clock.now().saturating_duration_since(req.sent);
+                self.controller.observe(rows, reply.run, latency);
+                ctx.metrics().record_batch(rows, latency);
+                self.batch_log.push((rows, latency));
+                for (k, r) in req.batch.rows.iter().enumerate() {
+                    let e = self.entry_mut(r.input)?;
+                    e.results[r.row as usize] = Some((id, k as u32));
+                    e.waiting -= 1;
+                }
+                self.done.insert(
+                    id,
+                    Done {
+                        outputs: reply.outputs,
+                        uses: rows,
+                    },
+                );
+            }
+            Err(e) if rows > 1 && !req.batch.isolate => {
+                tracing::warn!(
+                    model = %self.model,
+                    rows,
+                    error = %e.report(),
+                    "batch failed, retrying its rows one by one"
+                );
+                for r in req.batch.rows.iter().rev() {
+                    self.state.formed.push_front(FormedBatch {
+                        rows: vec![*r],
+                        isolate: true,
+                    });
+                }
+            }
+            Err(e) => {
+                for r in &req.batch.rows {
+                    let column = self
+                        .plan
+                        .inputs
+                        .iter()
+                        .map(|b| b.column.clone())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    {
+                        let entry = self.entry_mut(r.input)?;
+                        entry.bad[r.row as usize] = true;
+                        entry.waiting -= 1;
+                    }
+                    let err = Error::input(format!(
+                        "model {} failed on this row: {}",
+                        self.model,
+                        e.message()
+                    ));
+                    ctx.bad_row(err, Some(column), Some(format!("row {}", r.row)), None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits every finished input batch at the front, in input order.
+    fn emit_ready(&mut self, out: &mut Emitter) -> Result<()> {
+        while self.entries.front().is_some_and(|(_, e)| e.waiting == 0) {
+            let Some((_, e)) = self.entries.pop_front() else {
+                break;
+            };
+            let keep: Vec<usize> = (0..e.batch.num_rows()).filter(|r| !e.bad[*r]).collect();
+            let mut order: Vec<u64> = Vec::new();
+            let mut indices = Vec::with_capacity(keep.len());
+            for r in &keep {
+                let Some((req, k)) = e.results[*r] else {
+                    return Err(Error::internal("a row has neither a result nor an error"));
+                };
+                let pos = match order.iter().position(|q| *q == req) {
+                    Some(p) => p,
+                    None => {
+                        order.push(req);
+                        order.len() - 1
+                    }
+                };
+                indices.push((pos, k as usize));
+            }
+            let mut columns: Vec<ArrayRef> = if keep.len() == e.batch.num_rows() {
+                e.batch.columns().to_vec()
+            } else {
+                let mask = BooleanArray::from(e.bad.iter().map(|b| !b).collect::<Vec<_>>());
+                e.batch
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::compute::filter(c, &mask))
+                    .collect::<std::result::Result<_, _>>()?
+            };
+            for (j, o) in self.plan.outputs.iter().enumerate() {
+                let arrays: Vec<&dyn Array> = order
+                    .iter()
+                    .map(|q| {
+                        self.done
+                            .get(q)
+                            .and_then(|d| d.outputs.get(j))
+                            .map(|a| a.as_ref())
+                            .ok_or_else(|| Error::internal("a finished request's outputs are gone"))
+                    })
+                    .collect::<Result<_>>()?;
+                if arrays.is_empty() {
+                    columns.push(arrow::array::new_empty_array(o.field.data_type()));
+                } else {
+                    columns.push(arrow::compute::interleave(&arrays, &indices)?);
+                }
+            }
+            for (pos, _) in &indices {
+                let q = order[*pos];
+                if let Some(d) = self.done.get_mut(&q) {
+                    d.uses -= 1;
+                    if d.uses == 0 {
+                        self.done.remove(&q);
+                    }
+                }
+            }
+            let batch = RecordBatch::try_new(self.plan.schema.clone(), columns)?;
+            out.emit(batch);
+        }
+        Ok(())
+    }
+
+    /// When the time trigger fires for the queued rows, if an instance could take them.
+    fn deadline(&self) -> Option<Instant> {
+        if !self.state.formed.is_empty() || self.free_instance().is_none() {
+            return None;
+        }
+        self.state
+            .queue
+            .front()
+            .map(|r| r.at + self.spec.batch.max_wait)
+    }
+
+    /// Waits for one reply or the batch deadline, then handles what came. Cancel-safe: a reply
+    /// is taken from its channel and handled in the same poll, with no await in between.
+    async fn wait_one(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        let deadline = self.deadline();
+        let res = {
+            let reply = std::future::poll_fn(|cx| self.poll_reply(cx));
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = reply => Some(r),
+                _ = sleep => None,
+            }
+        };
+        if let Some((id, r)) = res {
+            self.complete(id, r, ctx)?;
+        }
+        Ok(())
+    }
+
+    fn rows_held(&self) -> usize {
+        self.state.queue.len()
+    }
+}
+
+#[async_trait]
+impl Operator for InferOperator {
+    async fn open(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
+        self.start_instances().await
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: RecordBatch,
+        ctx: &mut OperatorContext,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        self.start_instances().await?;
+        self.admit(batch, ctx)?;
+        self.drain_ready(ctx)?;
+        self.pump()?;
+        // Backpressure: hold at most a few rounds of batches beyond what is in flight.
+        let limit =
+            4 * self.controller.max_size() * self.spec.instances.max(1) * self.spec.max_in_flight;
+        while self.rows_held() > limit {
+            self.wait_one(ctx).await?;
+            self.pump()?;
+            self.emit_ready(out)?;
+        }
+        self.emit_ready(out)
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.state.requests.is_empty()
+            || !self.state.queue.is_empty()
+            || !self.state.formed.is_empty()
+    }
+
+    async fn poll_pending(&mut self, ctx: &mut OperatorContext, out: &mut Emitter) -> Result<()> {
+        if !self.has_pending() {
+            return std::future::pending().await;
+        }
+        self.wait_one(ctx).await?;
+        self.drain_ready(ctx)?;
+        self.pump()?;
+        self.emit_ready(out)
+    }
+
+    async fn finish(&mut self, ctx: &mut OperatorContext, out: &mut Emitter) -> Result<()> {
+        self.start_instances().await?;
+        self.flushing = true;
+        loop {
+            self.drain_ready(ctx)?;
+            self.pump()?;
+            self.emit_ready(out)?;
+            if !self.has_pending() {
+                break;
+            }
+            self.wait_one(ctx).await?;
+        }
+        self.emit_ready(out)?;
+        let threads: Vec<_> = self
+            .instances
+            .iter_mut()
+            .filter_map(|i| {
+                i.jobs = None;
+                i.thread.take()
+            })
+            .collect();
+        ctx.spawn_cpu(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+impl Drop for InferOperator {
+    fn drop(&mut self) {
+        // Closing the job channels ends the threads after their current run; they are not
+        // joined here, to never block an executor thread.
+        for i in &mut self.instances {
+            i.jobs = None;
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The `infer` node's spec ([`InferSpec`]) as the planner reads it, its plan-time checks and the
+//! output schema.
+
+use crate::backend::{BackendFactory, BackendOptions, OrtBackend};
+use crate::model::{ModelInfo, model_name};
+use crate::tensor::{ColumnTensor, InputBinding, Layout, OutputBinding};
+use arrow::datatypes::{Schema, SchemaRef};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_types::{Error, Result};
+
+/// Parses a humantime duration (`10ms`, `1s`).
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// How rows are grouped into model batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Largest batch (rows per model run). Default 32.
+    #[serde(default = "default_max_size")]
+    pub max_size: usize,
+    /// Longest time a row waits for its batch to fill before a smaller batch is run. Default `10ms`.
+    #[serde(default = "default_max_wait", deserialize_with = "duration")]
+    pub max_wait: Duration,
+    /// Whether the batch size adapts to measured throughput and latency (else always
+    /// `max_size`). Default true.
+    #[serde(default = "default_true")]
+    pub adaptive: bool,
+    /// p95 latency (dispatch to result) the adaptive batch size must stay within. Default `500ms`.
+    #[serde(default = "default_budget", deserialize_with = "duration")]
+    pub latency_budget: Duration,
+}
+
+fn default_max_size() -> usize {
+    32
+}
+fn default_max_wait() -> Duration {
+    Duration::from_millis(10)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_budget() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_one() -> usize {
+    1
+}
+fn default_in_flight() -> usize {
+    2
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        BatchSpec {
+            max_size: default_max_size(),
+            max_wait: default_max_wait(),
+            adaptive: true,
+            latency_budget: default_budget(),
+        }
+    }
+}
+
+/// Runs an ONNX model on tensor columns. See the field docs for defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferSpec {
+    /// Path of the `.onnx` model file. Required.
+    pub model: PathBuf,
+    /// Model input name → column. Default: a model with a single input binds it to column
+    /// `tensor`; a model with several inputs binds each to the column of the same name.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// Model output name → new column. Default: every model output, in a column named after it.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    /// Intra-op threads per instance. Default 1.
+    #[serde(default = "default_one")]
+    pub cpus: usize,
+    /// Model instances (each an OS thread with its own session). Default 1.
+    #[serde(default = "default_one")]
+    pub instances: usize,
+    /// GPUs per instance (CUDA execution provider); 0 runs on CPU. Default 0.
+    #[serde(default)]
+    pub gpus: usize,
+    /// Batching. Defaults: see [`BatchSpec`].
+    #[serde(default)]
+    pub batch: BatchSpec,
+    /// Batches in flight per instance (so the next batch is prepared while one runs). Default 2.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// Value ragged rows are padded with. Default 0.
+    #[serde(default)]
+    pub pad_value: f64,
+    /// Whether ragged rows are grouped by length (within a window of 4 × `batch.max_size` rows)
+    /// before batching; output order is unchanged. Default: true when an input is ragged.
+    #[serde(default)]
+    pub sort_by_length: Option<bool>,
+}
+
+/// What planning an [`InferSpec`] against an input schema found.
+#[derive(Debug, Clone)]
+pub struct InferPlan {
+    /// The model's metadata.
+    pub info: ModelInfo,
+    /// Bound inputs.
+    pub inputs: Vec<InputBinding>,
+    /// Bound outputs, in output column order.
+    pub outputs: Vec<OutputBinding>,
+    /// The operator's output schema.
+    pub schema: SchemaRef,
+    /// Whether rows are grouped by length.
+    pub sort_by_length: bool,
+}
+
+impl InferSpec {
+    /// A spec with every default for `model`.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        InferSpec {
+            model: model.into(),
+            inputs: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            cpus: 1,
+            instances: 1,
+            gpus: 0,
+            batch: BatchSpec::default(),
+            max_in_flight: 2,
+            pad_value: 0.0,
+            sort_by_length: None,
+        }
+    }
+
+    fn name(&self) -> String {
+        model_name(&self.model)
+    }
+
+    /// Checks the spec's numbers.
+    fn validate(&self) -> Result<()> {
+        let name = self.name();
+        for (what, v) in [
+            ("cpus", self.cpus),
+            ("instances", self.instances),
+            ("batch.max_size", self.batch.max_size),
+            ("max_in_flight", self.max_in_flight),
+        ] {
+            if v == 0 {
+                return Err(Error::config(format!(
+                    "infer {name}: {what} must be at least 1"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Plan time: loads the model's metadata (one session), checks every bound input column's
+    /// dtype and per-row shape against the model input, and works out the output columns.
+    pub fn plan(&self, input: &SchemaRef) -> Result<InferPlan> {
+        self.validate()?;
+        if self.gpus > 0 {
+            // Opening a session with the devices checks that they exist; fail at plan time.
+            crate::backend::open_session(&self.model, 1, self.gpus)?;
+        }
+        let info = ModelInfo::load(&self.model)?;
+        self.plan_with(info, input)
+    }
+
+    fn plan_with(&self, info: ModelInfo, input: &SchemaRef) -> Result<InferPlan> {
+        let model = info.file_name();
+        let names: Vec<&str> = info.inputs.iter().map(|t| t.name.as_str()).collect();
+        let mut bound: BTreeMap<String, String> = self.inputs.clone();
+        if bound.is_empty() {
+            if info.inputs.len() == 1 {
+                bound.insert(info.inputs[0].name.clone(), "tensor".into());
+            } else {
+                for t in &info.inputs {
+                    bound.insert(t.name.clone(), t.name.clone());
+                }
+            }
+        }
+        for k in bound.keys() {
+            if info.input(k).is_none() {
+                return Err(Error::config(format!(
+                    "infer: model {model} has no input '{k}' (its inputs: {})",
+                    names.join(", ")
+                )));
+            }
+        }
+        let mut inputs = Vec::new();
+        for t in &info.inputs {
+            let Some(column) = bound.get(&t.name) else {
+                return Err(Error::config(format!(
+                    "infer: model input '{}' of {model} is not bound to a column: add it to inputs",
+                    t.name
+                )));
+            };
+            let expects = format!(
+                "model input '{}' of {model} expects {}",
+                t.name,
+                t.describe_row()
+            );
+            let (index, field) = input.column_with_name(column).ok_or_else(|| {
+                Error::schema(format!(
+                    "infer: column '{column}' does not exist but {expects} from it (columns: {})",
+                    input
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            if !t.is_batched() {
+                return Err(Error::schema(format!(
+                    "infer: model input '{}' of {model} has shape {} with a fixed first dimension; weir stacks rows along a dynamic batch dimension",
+                    t.name,
+                    crate::model::format_shape(&t.shape, Some(&t.symbols))
+                )));
+            }
+            if t.row_shape().iter().skip(1).any(|d| d.is_none()) {
+                return Err(Error::schema(format!(
+                    "infer: model input '{}' of {model} ({}) has a dynamic dimension after the first per-row one; only the first per-row dimension may vary",
+                    t.name,
+                    t.describe_row()
+                )));
+            }
+            let col = ColumnTensor::of_field(field).ok_or_else(|| {
+                Error::schema(format!(
+                    "infer: column '{column}' is {} but {expects}",
+                    field.data_type()
+                ))
+            })?;
+            let mismatch = || {
+                Error::schema(format!(
+                    "infer: column '{column}' is {} but {expects}",
+                    col.describe()
+                ))
+            };
+            if col.element != t.element {
+                return Err(mismatch());
+            }
+            match &col.layout {
+                Layout::Fixed { shape, declared } => {
+                    let row = t.row_shape();
+                    if *declared {
+                        let ok = shape.len() == row.len()
+                            && shape
+                                .iter()
+                                .zip(row)
+                                .all(|(a, b)| b.is_none_or(|b| b == *a));
+                        if !ok {
+                            return Err(mismatch());
+                        }
+                    } else {
+                        let n: usize = shape.iter().product();
+                        let fixed: usize = row.iter().map(|d| d.unwrap_or(1)).product();
+                        let ok = if row.iter().any(|d| d.is_none()) {
+                            fixed > 0 && n.is_multiple_of(fixed)
+                        } else {
+                            n == fixed
+                        };
+                        if !ok {
+                            return Err(mismatch());
+                        }
+                    }
+                }
+                Layout::List => {}
+                Layout::VariableShape => {}
+            }
+            inputs.push(InputBinding {
+                input: t.name.clone(),
+                column: column.clone(),
+                index,
+                tensor: col,
+                row_shape: t.row_shape().to_vec(),
+                symbol: t.row_symbols().first().cloned().flatten(),
+                element: t.element.clone(),
+                pad_value: self.pad_value,
+            });
+        }
+        let out_names: Vec<&str> = info.outputs.iter().map(|t| t.name.as_str()).collect();
+        let mut bound_out: Vec<(String, String)> = self.outputs.clone().into_iter().collect();
+        if bound_out.is_empty() {
+            bound_out = info
+                .outputs
+                .iter()
+                .map(|t| (t.name.clone(), t.name.clone()))
+                .collect();
+        }
+        let mut outputs = Vec::new();
+        for (o, column) in bound_out {
+            let t = info.output(&o).ok_or_else(|| {
+                Error::config(format!(
+                    "infer: model {model} has no output '{o}' (its outputs: {})",
+                    out_names.join(", ")
+                ))
+            })?;
+            if input.column_with_name(&column).is_some()
+                || outputs.iter().any(|b: &OutputBinding| b.column == column)
+            {
+                return Err(Error::schema(format!(
+                    "infer: output column '{column}' for model output '{o}' of {model} already exists; choose another name in outputs"
+                )));
+            }
+            outputs.push(OutputBinding::new(t, &column, &model)?);
+        }
+        let mut fields: Vec<_> = input.fields().iter().cloned().collect();
+        fields.extend(outputs.iter().map(|o| o.field.clone()));
+        let schema = Arc::new(Schema::new_with_metadata(fields, input.metadata().clone()));
+        let ragged = inputs.iter().any(|b| b.ragged());
+        Ok(InferPlan {
+            info,
+            inputs,
+            outputs,
+            schema,
+            sort_by_length: ragged && self.sort_by_length.unwrap_or(true),
+        })
+    }
+
+    /// Plan time: loads the model's metadata, checks the bound input columns (a mismatch names
+    /// both sides) and returns the output schema: input columns plus one per bound model output.
+    pub fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        Ok(self.plan(input)?.schema)
+    }
+
+    /// Creates the operator with ONNX Runtime instances (loaded when the operator opens).
+    pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn weir_runtime::Operator>> {
+        let plan = self.plan(input)?;
+        let factory = OrtBackend::factory(
+            &self.model,
+            BackendOptions {
+                cpus: self.cpus,
+                gpus: self.gpus,
+            },
+        );
+        Ok(Box::new(crate::operator::InferOperator::new(
+            self.clone(),
+            plan,
+            factory,
+        )))
+    }
+
+    /// Creates the operator with backends from `factory` (for other backends and fault
+    /// injection); the model file is still read for its metadata.
+    pub fn create_with_backend(
+        &self,
+        input: &SchemaRef,
+        factory: BackendFactory,
+    ) -> Result<crate::operator::InferOperator> {
+        let plan = self.plan(input)?;
+        Ok(crate::operator::InferOperator::new(
+            self.clone(),
+            plan,
+            factory,
+        ))
+    }
+
+    /// One line for plans and logs.
+    pub fn describe(&self) -> String {
+        let map = |m: &BTreeMap<String, String>, arrow: &str| {
+            if m.is_empty() {
+                "default".to_string()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k}{arrow}{v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        };
+        format!(
+            "infer model={} inputs={} outputs={} instances={} cpus={} gpus={} batch<={} wait={:?}{} budget={:?} in_flight={}",
+            self.name(),
+            map(&self.inputs, "<-"),
+            map(&self.outputs, "->"),
+            self.instances,
+            self.cpus,
+            self.gpus,
+            self.batch.max_size,
+            self.batch.max_wait,
+            if self.batch.adaptive { " adaptive" } else { "" },
+            self.batch.latency_budget,
+            self.max_in_flight
+        )
+    }
+}

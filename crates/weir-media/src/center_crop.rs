@@ -1,0 +1,177 @@
+//! `center_crop`: cuts the central `width` × `height` window out of decoded images. An image
+//! smaller than the window in either direction is a bad row.
+
+use crate::common::{
+    DecodedColumn, ImageBuf, ImageView, check_decoded_image, column_index, decoded_image_field,
+    emit_images, report_bad_rows, schema_with,
+};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use weir_runtime::{Emitter, Operator, OperatorContext};
+use weir_types::multimodal::ImageMode;
+use weir_types::{Error, Result};
+
+fn default_image() -> String {
+    "image".into()
+}
+
+/// Options of a `center_crop` operator.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CenterCropSpec {
+    /// The decoded `weir.image` column, cropped in place. Default `image`.
+    #[serde(default = "default_image")]
+    pub column: String,
+    /// Width of the window in pixels. Required.
+    pub width: u32,
+    /// Height of the window in pixels. Required.
+    pub height: u32,
+}
+
+impl CenterCropSpec {
+    /// Plan time: checks the column is a decoded image and returns the output schema, which records
+    /// the fixed size (so `to_tensor` can plan its shape).
+    pub fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        if self.width == 0 || self.height == 0 {
+            return Err(Error::config(
+                "center_crop: width and height must be at least 1",
+            ));
+        }
+        let i = column_index(input, &self.column, "center_crop")?;
+        let md = check_decoded_image(input.field(i), "center_crop")?;
+        let mode = md.mode.as_deref().and_then(ImageMode::parse);
+        Ok(schema_with(
+            input,
+            decoded_image_field(&self.column, mode, Some((self.height, self.width))),
+        ))
+    }
+
+    /// Builds one running instance for that input schema.
+    pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(CenterCrop {
+            schema: self.output_schema(input)?,
+            column: self.column.clone(),
+            width: self.width,
+            height: self.height,
+        }))
+    }
+
+    /// One line for `weir validate`.
+    pub fn describe(&self) -> String {
+        format!(
+            "center_crop {} to {}x{}",
+            self.column, self.width, self.height
+        )
+    }
+}
+
+/// A running `center_crop`.
+#[derive(Debug)]
+pub struct CenterCrop {
+    schema: SchemaRef,
+    column: String,
+    width: u32,
+    height: u32,
+}
+
+/// Crops the central `width` × `height` window; the left/top offsets are `(W - w) / 2` and
+/// `(H - h) / 2`, rounded down.
+pub(crate) fn crop_view(src: ImageView<'_>, width: u32, height: u32) -> Result<ImageBuf> {
+    if src.width < width || src.height < height {
+        return Err(Error::input(format!(
+            "image of {}x{} is smaller than the crop {width}x{height}",
+            src.width, src.height
+        )));
+    }
+    let c = src.mode.channels();
+    let left = ((src.width - width) / 2) as usize;
+    let top = ((src.height - height) / 2) as usize;
+    let (sw, w) = (src.width as usize * c, width as usize * c);
+    let mut pixels = Vec::with_capacity(w * height as usize);
+    for y in top..top + height as usize {
+        let s = y * sw + left * c;
+        pixels.extend_from_slice(&src.pixels[s..s + w]);
+    }
+    Ok(ImageBuf {
+        pixels,
+        mode: src.mode,
+        height,
+        width,
+    })
+}
+
+/// Crops one decoded image (a helper for callers outside a pipeline, e.g. benchmarks).
+pub fn center_crop_image(img: &ImageBuf, width: u32, height: u32) -> Result<ImageBuf> {
+    crop_view(
+        ImageView {
+            pixels: &img.pixels,
+            mode: img.mode,
+            height: img.height,
+            width: img.width,
+        },
+        width,
+        height,
+    )
+}
+
+#[async_trait]
+impl Operator for CenterCrop {
+    async fn process_batch(
+        &mut self,
+        batch: RecordBatch,
+        ctx: &mut OperatorContext,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        let column = batch.column_by_name(&self.column).cloned().ok_or_else(|| {
+            Error::internal(format!("center_crop: column '{}' is missing", self.column))
+        })?;
+        let (name, width, height) = (self.column.clone(), self.width, self.height);
+        // Copying rows is cheap but not free for big batches: keep it off the executor thread.
+        let results = ctx
+            .spawn_cpu(move || -> Result<Vec<Result<ImageBuf>>> {
+                let images = DecodedColumn::new(&column, &name)?;
+                Ok((0..images.len())
+                    .map(|row| crop_view(images.get(row)?, width, height))
+                    .collect())
+            })
+            .await??;
+        let mut bad = Vec::new();
+        let mut images = Vec::with_capacity(results.len());
+        for (row, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(i) => images.push(Some(i)),
+                Err(e) => {
+                    bad.push((row, e, None));
+                    images.push(None);
+                }
+            }
+        }
+        report_bad_rows(ctx, &batch, bad)?;
+        emit_images(&batch, &self.schema, &self.column, images, out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crops_the_centre() {
+        // 4x3 L image: 0..12
+        let img = ImageBuf {
+            pixels: (0..12).collect(),
+            mode: ImageMode::L,
+            height: 3,
+            width: 4,
+        };
+        let c = center_crop_image(&img, 2, 1).unwrap();
+        assert_eq!(c.pixels, vec![5, 6]);
+        let e = center_crop_image(&img, 5, 1).unwrap_err();
+        assert!(
+            e.message().contains("4x3") && e.message().contains("5x1"),
+            "{e}"
+        );
+    }
+}

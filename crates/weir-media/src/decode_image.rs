@@ -1,0 +1,589 @@
+//! `decode_image`: turns encoded image files (JPEG, PNG, WebP) into decoded `weir.image` pixels.
+//!
+//! JPEG goes through zune-jpeg directly (with the EXIF orientation applied); PNG and WebP go
+//! through the `image` crate. The pixel count is read from the header and checked against
+//! `max_pixels` before anything is decoded (a decompression-bomb limit). A batch's images are
+//! decoded in parallel in one `spawn_cpu` call. Rows that cannot be decoded are bad rows.
+
+use crate::common::{
+    BytesColumn, ImageBuf, check_bytes_field, column_index, decoded_image_field, emit_images,
+    preview, report_bad_rows, schema_with,
+};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use rayon::prelude::*;
+use std::io::Cursor;
+use weir_runtime::{Emitter, Operator, OperatorContext};
+use weir_types::multimodal::ImageMode;
+use weir_types::{Error, Result};
+use zune_jpeg::JpegDecoder;
+use zune_jpeg::zune_core::bytestream::ZCursor;
+use zune_jpeg::zune_core::colorspace::ColorSpace;
+use zune_jpeg::zune_core::options::DecoderOptions;
+
+fn default_bytes() -> String {
+    "bytes".into()
+}
+fn default_image() -> String {
+    "image".into()
+}
+fn default_max_pixels() -> u64 {
+    50_000_000
+}
+fn default_mode() -> String {
+    "RGB".into()
+}
+
+/// Options of a `decode_image` operator.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeImageSpec {
+    /// The input column: Binary (or LargeBinary, BinaryView, or an encoded `weir.image`) holding
+    /// whole image files. Default `bytes`.
+    #[serde(default = "default_bytes")]
+    pub column: String,
+    /// The output column (a decoded `weir.image`); replaces a column of that name, else is
+    /// appended. Default `image`.
+    #[serde(default = "default_image")]
+    pub output: String,
+    /// Largest accepted width × height, read from the header before decoding; larger images are
+    /// bad rows. Default 50 000 000.
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+    /// Output mode: `RGB`, `RGBA` or `L` (grayscale). Default `RGB`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+impl Default for DecodeImageSpec {
+    fn default() -> Self {
+        DecodeImageSpec {
+            column: default_bytes(),
+            output: default_image(),
+            max_pixels: default_max_pixels(),
+            mode: default_mode(),
+        }
+    }
+}
+
+impl DecodeImageSpec {
+    fn image_mode(&self) -> Result<ImageMode> {
+        ImageMode::parse(&self.mode).ok_or_else(|| {
+            Error::config(format!(
+                "decode_image: mode '{}' is not one of RGB, RGBA, L",
+                self.mode
+            ))
+        })
+    }
+
+    /// Plan time: checks the input column holds bytes and returns the output schema.
+    pub fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        let mode = self.image_mode()?;
+        if self.max_pixels == 0 {
+            return Err(Error::config("decode_image: max_pixels must be at least 1"));
+        }
+        let i = column_index(input, &self.column, "decode_image")?;
+        check_bytes_field(input.field(i), "decode_image")?;
+        Ok(schema_with(
+            input,
+            decoded_image_field(&self.output, Some(mode), None),
+        ))
+    }
+
+    /// Builds one running instance for that input schema.
+    pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
+        let schema = self.output_schema(input)?;
+        Ok(Box::new(DecodeImage {
+            column: self.column.clone(),
+            output: self.output.clone(),
+            max_pixels: self.max_pixels,
+            mode: self.image_mode()?,
+            schema,
+        }))
+    }
+
+    /// One line for `weir validate`.
+    pub fn describe(&self) -> String {
+        format!(
+            "decode_image {} -> {} ({}, max {} pixels)",
+            self.column, self.output, self.mode, self.max_pixels
+        )
+    }
+}
+
+/// A running `decode_image`.
+#[derive(Debug)]
+pub struct DecodeImage {
+    column: String,
+    output: String,
+    max_pixels: u64,
+    mode: ImageMode,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl Operator for DecodeImage {
+    async fn process_batch(
+        &mut self,
+        batch: RecordBatch,
+        ctx: &mut OperatorContext,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        let column = batch.column_by_name(&self.column).cloned().ok_or_else(|| {
+            Error::internal(format!("decode_image: column '{}' is missing", self.column))
+        })?;
+        let (mode, max_pixels) = (self.mode, self.max_pixels);
+        let results = ctx
+            .spawn_cpu(
+                move || -> Result<Vec<std::result::Result<ImageBuf, (Error, Vec<u8>)>>> {
+                    let bytes = BytesColumn::new(&column).ok_or_else(|| {
+                        Error::internal("decode_image: input is not a bytes column")
+                    })?;
+                    Ok((0..column.len())
+                        .into_par_iter()
+                        .map(|row| match bytes.get(row) {
+                            None => Err((Error::input("image bytes are null"), Vec::new())),
+                            Some(b) => decode(b, mode, max_pixels).map_err(|e| (e, preview(b))),
+                        })
+                        .collect())
+                },
+            )
+            .await??;
+        let mut bad = Vec::new();
+        let mut images = Vec::with_capacity(results.len());
+        for (row, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(img) => images.push(Some(img)),
+                Err((e, raw)) => {
+                    bad.push((row, e, Some(raw)));
+                    images.push(None);
+                }
+            }
+        }
+        report_bad_rows(ctx, &batch, bad)?;
+        emit_images(&batch, &self.schema, &self.output, images, out)
+    }
+}
+
+/// Encoded formats this operator reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// JPEG (baseline and progressive).
+    Jpeg,
+    /// PNG (8 and 16 bit, any colour type).
+    Png,
+    /// WebP (lossy and lossless).
+    WebP,
+}
+
+/// Recognises the format from the first bytes.
+pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(ImageFormat::Jpeg)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(ImageFormat::Png)
+    } else if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some(ImageFormat::WebP)
+    } else {
+        None
+    }
+}
+
+fn describe_magic(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "empty input".into();
+    }
+    let known = [
+        (&b"GIF8"[..], "GIF"),
+        (&b"BM"[..], "BMP"),
+        (&b"II*\0"[..], "TIFF"),
+        (&b"MM\0*"[..], "TIFF"),
+    ];
+    for (magic, name) in known {
+        if bytes.starts_with(magic) {
+            return format!("unsupported image format {name} (supported: JPEG, PNG, WebP)");
+        }
+    }
+    let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!(
+        "not an image: unrecognised leading bytes {} (supported: JPEG, PNG, WebP)",
+        head.join(" ")
+    )
+}
+
+fn check_pixels(width: u64, height: u64, max_pixels: u64) -> Result<()> {
+    if width == 0 || height == 0 {
+        return Err(Error::input(format!(
+            "image has no pixels ({width}x{height})"
+        )));
+    }
+    let pixels = width.saturating_mul(height);
+    if pixels > max_pixels {
+        return Err(Error::input(format!(
+            "image of {width}x{height} = {pixels} pixels exceeds max_pixels {max_pixels}"
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes one encoded image into `mode`, refusing images of more than `max_pixels` pixels before
+/// decoding them. JPEG EXIF orientation is applied.
+pub fn decode(bytes: &[u8], mode: ImageMode, max_pixels: u64) -> Result<ImageBuf> {
+    match sniff_format(bytes) {
+        Some(ImageFormat::Jpeg) => decode_jpeg(bytes, mode, max_pixels),
+        Some(ImageFormat::Png) => {
+            decode_with_image(bytes, image::ImageFormat::Png, mode, max_pixels)
+        }
+        Some(ImageFormat::WebP) => {
+            decode_with_image(bytes, image::ImageFormat::WebP, mode, max_pixels)
+        }
+        None => Err(Error::input(describe_magic(bytes))),
+    }
+}
+
+fn jpeg_decoder(bytes: &[u8], out: ColorSpace) -> JpegDecoder<ZCursor<&[u8]>> {
+    let options = DecoderOptions::default()
+        .set_max_width(u16::MAX as usize)
+        .set_max_height(u16::MAX as usize)
+        .set_strict_mode(true)
+        .jpeg_set_out_colorspace(out);
+    JpegDecoder::new_with_options(ZCursor::new(bytes), options)
+}
+
+fn jpeg_err(e: zune_jpeg::errors::DecodeErrors) -> Error {
+    Error::input(format!("corrupt or truncated jpeg: {e}"))
+}
+
+fn decode_jpeg(bytes: &[u8], mode: ImageMode, max_pixels: u64) -> Result<ImageBuf> {
+    // Grayscale straight from the Y channel when the file is YCbCr or gray; otherwise via RGB.
+    let mut dec = jpeg_decoder(
+        bytes,
+        if mode == ImageMode::L {
+            ColorSpace::Luma
+        } else {
+            ColorSpace::RGB
+        },
+    );
+    dec.decode_headers().map_err(jpeg_err)?;
+    let (w, h) = dec
+        .dimensions()
+        .ok_or_else(|| Error::input("jpeg header has no dimensions"))?;
+    check_pixels(w as u64, h as u64, max_pixels)?;
+    let input_cs = dec.input_colorspace();
+    if mode == ImageMode::L && !matches!(input_cs, Some(ColorSpace::YCbCr | ColorSpace::Luma)) {
+        dec = jpeg_decoder(bytes, ColorSpace::RGB);
+        dec.decode_headers().map_err(jpeg_err)?;
+    }
+    let orientation = dec.exif().map_or(1, |e| exif_orientation(e));
+    let out_cs = dec
+        .output_colorspace()
+        .ok_or_else(|| Error::input("jpeg header has no colour space"))?;
+    let size = dec
+        .output_buffer_size()
+        .ok_or_else(|| Error::input(format!("jpeg of {w}x{h} is too large")))?;
+    let mut pixels = vec![0u8; size];
+    dec.decode_into(&mut pixels).map_err(jpeg_err)?;
+    let (w, h) = (w as u32, h as u32);
+    let mut img = match out_cs {
+        ColorSpace::RGB => ImageBuf {
+            pixels,
+            mode: ImageMode::Rgb,
+            height: h,
+            width: w,
+        },
+        ColorSpace::Luma => ImageBuf {
+            pixels,
+            mode: ImageMode::L,
+            height: h,
+            width: w,
+        },
+        other => {
+            return Err(Error::input(format!(
+                "jpeg decoded to unexpected colour space {other:?}"
+            )));
+        }
+    };
+    img = convert_mode(img, mode);
+    Ok(apply_orientation(img, orientation))
+}
+
+fn decode_with_image(
+    bytes: &[u8],
+    format: image::ImageFormat,
+    mode: ImageMode,
+    max_pixels: u64,
+) -> Result<ImageBuf> {
+    use image::ImageDecoder;
+    let name = format!("{format:?}").to_lowercase();
+    // PNG: the size is at a fixed place in IHDR; check it before the decoder allocates anything.
+    if format == image::ImageFormat::Png && bytes.len() >= 24 && &bytes[12..16] == b"IHDR" {
+        let be =
+            |o: usize| u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        check_pixels(be(16) as u64, be(20) as u64, max_pixels)?;
+    }
+    let bad = |e: image::ImageError| Error::input(format!("corrupt or truncated {name}: {e}"));
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    // Room for the largest accepted image at 16 bits x 4 channels, plus decoder buffers.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(bad)?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(w as u64, h as u64, max_pixels)?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(bad)?;
+    img.apply_orientation(orientation);
+    let (width, height) = (img.width(), img.height());
+    let pixels = match mode {
+        ImageMode::Rgb => img.into_rgb8().into_raw(),
+        ImageMode::Rgba => img.into_rgba8().into_raw(),
+        ImageMode::L => img.into_luma8().into_raw(),
+    };
+    Ok(ImageBuf {
+        pixels,
+        mode,
+        height,
+        width,
+    })
+}
+
+/// Converts between modes (RGB → L uses ITU-R BT.601 weights like Pillow; alpha is 255 when added
+/// and dropped when removed).
+pub fn convert_mode(img: ImageBuf, mode: ImageMode) -> ImageBuf {
+    if img.mode == mode {
+        return img;
+    }
+    let n = img.width as usize * img.height as usize;
+    let src = &img.pixels;
+    let c = img.mode.channels();
+    let mut out = Vec::with_capacity(n * mode.channels());
+    match (img.mode, mode) {
+        (_, ImageMode::L) => {
+            for p in src.chunks_exact(c) {
+                let (r, g, b) = (p[0] as u32, p[1] as u32, p[2] as u32);
+                out.push(((r * 19595 + g * 38470 + b * 7471 + 32768) >> 16) as u8);
+            }
+        }
+        (ImageMode::L, ImageMode::Rgb) => {
+            for &v in src {
+                out.extend_from_slice(&[v, v, v]);
+            }
+        }
+        (ImageMode::L, ImageMode::Rgba) => {
+            for &v in src {
+                out.extend_from_slice(&[v, v, v, 255]);
+            }
+        }
+        (ImageMode::Rgb, ImageMode::Rgba) => {
+            for p in src.chunks_exact(3) {
+                out.extend_from_slice(&[p[0], p[1], p[2], 255]);
+            }
+        }
+        (ImageMode::Rgba, ImageMode::Rgb) => {
+            for p in src.chunks_exact(4) {
+                out.extend_from_slice(&p[..3]);
+            }
+        }
+        (ImageMode::Rgb, ImageMode::Rgb) | (ImageMode::Rgba, ImageMode::Rgba) => {
+            out.extend_from_slice(src)
+        }
+    }
+    ImageBuf {
+        pixels: out,
+        mode,
+        height: img.height,
+        width: img.width,
+    }
+}
+
+/// Reads the EXIF orientation (tag 0x0112, 1..=8) from a TIFF-structured EXIF block (with or
+/// without the `Exif\0\0` prefix); 1 (as stored) when absent or unreadable.
+pub fn exif_orientation(exif: &[u8]) -> u16 {
+    let tiff = exif.strip_prefix(b"Exif\0\0").unwrap_or(exif);
+    let le = match tiff.get(0..2) {
+        Some(b"II") => true,
+        Some(b"MM") => false,
+        _ => return 1,
+    };
+    let u16_at = |o: usize| -> Option<u16> {
+        let b = tiff.get(o..o + 2)?;
+        Some(if le {
+            u16::from_le_bytes([b[0], b[1]])
+        } else {
+            u16::from_be_bytes([b[0], b[1]])
+        })
+    };
+    let u32_at = |o: usize| -> Option<u32> {
+        let b = tiff.get(o..o + 4)?;
+        Some(if le {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        } else {
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+        })
+    };
+    let find = || -> Option<u16> {
+        let ifd = u32_at(4)? as usize;
+        let count = u16_at(ifd)? as usize;
+        for i in 0..count {
+            let e = ifd + 2 + i * 12;
+            if u16_at(e)? == 0x0112 && u16_at(e + 2)? == 3 {
+                return u16_at(e + 8);
+            }
+        }
+        None
+    };
+    find().filter(|o| (1..=8).contains(o)).unwrap_or(1)
+}
+
+/// Turns an image stored with EXIF `orientation` (1..=8) upright.
+pub fn apply_orientation(img: ImageBuf, orientation: u16) -> ImageBuf {
+    if !(2..=8).contains(&orientation) {
+        return img;
+    }
+    let (w, h) = (img.width as usize, img.height as usize);
+    let c = img.mode.channels();
+    let swap = orientation >= 5;
+    let (ow, oh) = if swap { (h, w) } else { (w, h) };
+    let mut out = vec![0u8; img.pixels.len()];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let (sx, sy) = match orientation {
+                2 => (w - 1 - ox, oy),
+                3 => (w - 1 - ox, h - 1 - oy),
+                4 => (ox, h - 1 - oy),
+                5 => (oy, ox),
+                6 => (oy, h - 1 - ox),
+                7 => (w - 1 - oy, h - 1 - ox),
+                _ => (w - 1 - oy, ox),
+            };
+            let s = (sy * w + sx) * c;
+            let d = (oy * ow + ox) * c;
+            out[d..d + c].copy_from_slice(&img.pixels[s..s + c]);
+        }
+    }
+    ImageBuf {
+        pixels: out,
+        mode: img.mode,
+        height: oh as u32,
+        width: ow as u32,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn img(w: u32, h: u32) -> ImageBuf {
+        // L image whose pixel value is its index
+        ImageBuf {
+            pixels: (0..(w * h) as u8).collect(),
+            mode: ImageMode::L,
+            height: h,
+            width: w,
+        }
+    }
+
+    #[test]
+    fn orientations_match_their_definitions() {
+        // 3 wide, 2 high:  0 1 2 / 3 4 5
+        let i = img(3, 2);
+        assert_eq!(
+            apply_orientation(i.clone(), 1).pixels,
+            vec![0, 1, 2, 3, 4, 5]
+        );
+        assert_eq!(
+            apply_orientation(i.clone(), 2).pixels,
+            vec![2, 1, 0, 5, 4, 3]
+        );
+        assert_eq!(
+            apply_orientation(i.clone(), 3).pixels,
+            vec![5, 4, 3, 2, 1, 0]
+        );
+        assert_eq!(
+            apply_orientation(i.clone(), 4).pixels,
+            vec![3, 4, 5, 0, 1, 2]
+        );
+        // rotated ones are 2 wide, 3 high
+        let r6 = apply_orientation(i.clone(), 6);
+        assert_eq!((r6.width, r6.height), (2, 3));
+        assert_eq!(r6.pixels, vec![3, 0, 4, 1, 5, 2]); // 90° clockwise
+        assert_eq!(
+            apply_orientation(i.clone(), 8).pixels,
+            vec![2, 5, 1, 4, 0, 3]
+        );
+        assert_eq!(
+            apply_orientation(i.clone(), 5).pixels,
+            vec![0, 3, 1, 4, 2, 5]
+        );
+        assert_eq!(apply_orientation(i, 7).pixels, vec![5, 2, 4, 1, 3, 0]);
+    }
+
+    #[test]
+    fn exif_orientation_is_read_in_both_byte_orders() {
+        let mut le = b"II*\0\x08\0\0\0\x01\0".to_vec();
+        le.extend_from_slice(&[0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0]);
+        assert_eq!(exif_orientation(&le), 6);
+        let mut be = b"Exif\0\0MM\0*\0\0\0\x08\0\x01".to_vec();
+        be.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 8, 0, 0]);
+        assert_eq!(exif_orientation(&be), 8);
+        assert_eq!(exif_orientation(b"garbage"), 1);
+        assert_eq!(exif_orientation(&le[..12]), 1);
+    }
+
+    #[test]
+    fn modes_convert() {
+        let rgb = ImageBuf {
+            pixels: vec![255, 0, 0, 0, 255, 0],
+            mode: ImageMode::Rgb,
+            height: 1,
+            width: 2,
+        };
+        let l = convert_mode(rgb.clone(), ImageMode::L);
+        assert_eq!(l.pixels, vec![76, 150]);
+        let rgba = convert_mode(rgb.clone(), ImageMode::Rgba);
+        assert_eq!(rgba.pixels, vec![255, 0, 0, 255, 0, 255, 0, 255]);
+        assert_eq!(convert_mode(rgba, ImageMode::Rgb), rgb);
+    }
+
+    #[test]
+    fn non_images_are_named() {
+        let e = decode(b"GIF89a....", ImageMode::Rgb, 100).unwrap_err();
+        assert!(e.message().contains("GIF"), "{e}");
+        let e = decode(b"hello world", ImageMode::Rgb, 100).unwrap_err();
+        assert!(e.message().contains("not an image"), "{e}");
+        let e = decode(b"", ImageMode::Rgb, 100).unwrap_err();
+        assert!(e.message().contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn spec_rejects_unknown_fields_and_modes() {
+        let s: std::result::Result<DecodeImageSpec, _> =
+            serde_json::from_str(r#"{"column": "b", "colour": "x"}"#);
+        assert!(s.is_err());
+        let s: DecodeImageSpec = serde_json::from_str(r#"{"mode": "CMYK"}"#).unwrap();
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("bytes", arrow::datatypes::DataType::Binary, true),
+        ]));
+        assert!(
+            s.output_schema(&schema)
+                .unwrap_err()
+                .message()
+                .contains("CMYK")
+        );
+        let ok = DecodeImageSpec::default();
+        let out = ok.output_schema(&schema).unwrap();
+        assert_eq!(out.field(1).extension_type_name(), Some("weir.image"));
+        let bad_schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("bytes", arrow::datatypes::DataType::Utf8, true),
+        ]));
+        let e = ok.output_schema(&bad_schema).unwrap_err();
+        assert!(
+            e.message().contains("'bytes'") && e.message().contains("Utf8"),
+            "{e}"
+        );
+    }
+}

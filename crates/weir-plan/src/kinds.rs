@@ -1,0 +1,227 @@
+//! The registry of step kinds: maps `source: parquet`, `op: filter`, `sink: jsonl`, ... to the spec
+//! types of `weir-ops` and `weir-connectors`, and asks each for its schema and its running instances.
+
+use crate::spec::{Role, StepSpec};
+use arrow::datatypes::SchemaRef;
+use serde::Deserialize;
+use std::sync::Arc;
+use weir_connectors as conn;
+use weir_ops as ops;
+use weir_runtime::{Operator, Source, TaskInfo};
+use weir_types::{Error, Result};
+
+/// Every kind a step can be.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// `source: parquet`
+    ParquetSource(conn::ParquetSourceSpec),
+    /// `source: jsonl`
+    JsonlSource(conn::JsonlSourceSpec),
+    /// `source: csv`
+    CsvSource(conn::CsvSourceSpec),
+    /// `source: files`
+    FilesSource(conn::FilesSourceSpec),
+    /// `op: filter`
+    Filter(ops::FilterSpec),
+    /// `op: select`
+    Select(ops::SelectSpec),
+    /// `op: rename`
+    Rename(ops::RenameSpec),
+    /// `op: with_column`
+    WithColumn(ops::WithColumnSpec),
+    /// `op: union`
+    Union(ops::UnionSpec),
+    /// `op: limit`
+    Limit(ops::LimitSpec),
+    /// `op: key_by`: routes rows by key to the next step (not a node of its own).
+    KeyBy(KeyBySpec),
+    /// `op: rebalance`: routes batches round robin to the next step (not a node of its own).
+    Rebalance(NoOptions),
+    /// `op: broadcast`: sends every batch to every instance of the next step (not a node of its own).
+    Broadcast(NoOptions),
+    /// `sink: parquet`
+    ParquetSink(conn::ParquetSinkSpec),
+    /// `sink: jsonl`
+    JsonlSink(conn::JsonlSinkSpec),
+    /// `sink: console`
+    ConsoleSink(conn::ConsoleSinkSpec),
+    /// `sink: blackhole`
+    BlackholeSink(conn::BlackholeSinkSpec),
+}
+
+/// Options of `op: key_by`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBySpec {
+    /// Key columns; rows with equal keys go to the same instance of the next step.
+    pub keys: Vec<String>,
+}
+
+/// A kind without options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoOptions {}
+
+/// Names of the kinds of each role, for error messages and docs.
+pub fn kind_names(role: Role) -> &'static [&'static str] {
+    match role {
+        Role::Source => &["parquet", "jsonl", "csv", "files"],
+        Role::Op => &[
+            "filter",
+            "select",
+            "rename",
+            "with_column",
+            "union",
+            "limit",
+            "key_by",
+            "rebalance",
+            "broadcast",
+        ],
+        Role::Sink => &["parquet", "jsonl", "console", "blackhole"],
+    }
+}
+
+impl Kind {
+    /// Parses a step's options into its kind.
+    pub fn parse(step: &StepSpec) -> Result<Kind> {
+        Ok(match (step.role, step.kind.as_str()) {
+            (Role::Source, "parquet") => Kind::ParquetSource(step.options()?),
+            (Role::Source, "jsonl") => Kind::JsonlSource(step.options()?),
+            (Role::Source, "csv") => Kind::CsvSource(step.options()?),
+            (Role::Source, "files") => Kind::FilesSource(step.options()?),
+            (Role::Op, "filter") => Kind::Filter(step.options()?),
+            (Role::Op, "select") => Kind::Select(step.options()?),
+            (Role::Op, "rename") => Kind::Rename(step.options()?),
+            (Role::Op, "with_column") => Kind::WithColumn(step.options()?),
+            (Role::Op, "union") => Kind::Union(step.options()?),
+            (Role::Op, "limit") => Kind::Limit(step.options()?),
+            (Role::Op, "key_by") => Kind::KeyBy(step.options()?),
+            (Role::Op, "rebalance") => Kind::Rebalance(step.options()?),
+            (Role::Op, "broadcast") => Kind::Broadcast(step.options()?),
+            (Role::Sink, "parquet") => Kind::ParquetSink(step.options()?),
+            (Role::Sink, "jsonl") => Kind::JsonlSink(step.options()?),
+            (Role::Sink, "console") => Kind::ConsoleSink(step.options()?),
+            (Role::Sink, "blackhole") => Kind::BlackholeSink(step.options()?),
+            (role, other) => {
+                return Err(Error::config(format!(
+                    "steps[{}]: key '{}': unknown {} kind '{other}', expected one of: {}",
+                    step.index,
+                    role.key(),
+                    role.key(),
+                    kind_names(role).join(", ")
+                )));
+            }
+        })
+    }
+
+    /// A one-line description for `weir validate`.
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::ParquetSource(s) => s.describe(),
+            Kind::JsonlSource(s) => s.describe(),
+            Kind::CsvSource(s) => s.describe(),
+            Kind::FilesSource(s) => s.describe(),
+            Kind::Filter(s) => s.describe(),
+            Kind::Select(s) => s.describe(),
+            Kind::Rename(s) => s.describe(),
+            Kind::WithColumn(s) => s.describe(),
+            Kind::Union(s) => s.describe(),
+            Kind::Limit(s) => s.describe(),
+            Kind::KeyBy(k) => format!("key_by {}", k.keys.join(", ")),
+            Kind::Rebalance(_) => "rebalance".into(),
+            Kind::Broadcast(_) => "broadcast".into(),
+            Kind::ParquetSink(s) => s.describe(),
+            Kind::JsonlSink(s) => s.describe(),
+            Kind::ConsoleSink(s) => s.describe(),
+            Kind::BlackholeSink(s) => s.describe(),
+        }
+    }
+
+    /// For sources: the schema of their output (plan time; may list and read file footers).
+    pub fn source_schema(&self) -> Result<SchemaRef> {
+        match self {
+            Kind::ParquetSource(s) => s.schema(),
+            Kind::JsonlSource(s) => s.schema(),
+            Kind::CsvSource(s) => s.schema(),
+            Kind::FilesSource(s) => s.schema(),
+            _ => Err(Error::internal("source_schema called on a non-source")),
+        }
+    }
+
+    /// For operators: the output schema given the input schemas (plan time).
+    pub fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        let first = inputs
+            .first()
+            .ok_or_else(|| Error::internal("operator without input"))?;
+        match self {
+            Kind::Filter(s) => s.output_schema(first),
+            Kind::Select(s) => s.output_schema(first),
+            Kind::Rename(s) => s.output_schema(first),
+            Kind::WithColumn(s) => s.output_schema(first),
+            Kind::Union(s) => s.output_schema_union(inputs),
+            Kind::Limit(s) => s.output_schema(first),
+            Kind::KeyBy(k) => {
+                for key in &k.keys {
+                    if first.column_with_name(key).is_none() {
+                        let names: Vec<_> =
+                            first.fields().iter().map(|f| f.name().as_str()).collect();
+                        return Err(Error::schema(format!(
+                            "key column '{key}' is not in the input; available: {}",
+                            names.join(", ")
+                        )));
+                    }
+                }
+                Ok(first.clone())
+            }
+            Kind::Rebalance(_) | Kind::Broadcast(_) => Ok(first.clone()),
+            _ => Err(Error::internal("output_schema called on a source or sink")),
+        }
+    }
+
+    /// Whether the step must run with parallelism 1 whatever is asked.
+    pub fn single_instance(&self) -> bool {
+        matches!(self, Kind::Limit(_) | Kind::ConsoleSink(_))
+    }
+
+    /// A factory of running sources.
+    pub fn source_factory(
+        &self,
+        schema: SchemaRef,
+    ) -> Result<impl Fn(&TaskInfo) -> Result<Box<dyn Source>> + Send + Sync + 'static> {
+        let kind = Arc::new(self.clone());
+        Ok(move |info: &TaskInfo| -> Result<Box<dyn Source>> {
+            match kind.as_ref() {
+                Kind::ParquetSource(s) => s.create(info, schema.clone()),
+                Kind::JsonlSource(s) => s.create(info, schema.clone()),
+                Kind::CsvSource(s) => s.create(info, schema.clone()),
+                Kind::FilesSource(s) => s.create(info, schema.clone()),
+                _ => Err(Error::internal("source factory of a non-source")),
+            }
+        })
+    }
+
+    /// A factory of running operators or sinks, given the (first) input schema.
+    pub fn operator_factory(
+        &self,
+        input: SchemaRef,
+    ) -> Result<impl Fn(&TaskInfo) -> Result<Box<dyn Operator>> + Send + Sync + 'static> {
+        let kind = Arc::new(self.clone());
+        Ok(move |info: &TaskInfo| -> Result<Box<dyn Operator>> {
+            match kind.as_ref() {
+                Kind::Filter(s) => s.create(&input),
+                Kind::Select(s) => s.create(&input),
+                Kind::Rename(s) => s.create(&input),
+                Kind::WithColumn(s) => s.create(&input),
+                Kind::Union(s) => s.create(&input),
+                Kind::Limit(s) => s.create(&input),
+                Kind::ParquetSink(s) => s.create(info, input.clone()),
+                Kind::JsonlSink(s) => s.create(info, input.clone()),
+                Kind::ConsoleSink(s) => s.create(info, input.clone()),
+                Kind::BlackholeSink(s) => s.create(info, input.clone()),
+                _ => Err(Error::internal(
+                    "operator factory of a source or a routing step",
+                )),
+            }
+        })
+    }
+}

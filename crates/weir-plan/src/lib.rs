@@ -1,0 +1,16 @@
+//! weir's planner: turns a YAML pipeline spec into the runtime's job graph.
+//!
+//! [`spec`] parses the YAML (with `--set` overrides) and points errors at the offending key;
+//! [`kinds`] maps each step's kind to its spec type in `weir-ops` / `weir-connectors`; [`plan`]
+//! checks schemas step by step and builds the [`weir_runtime::JobGraph`].
+//!
+//! Invariant: planning runs nothing; it may read file metadata (Parquet footers, the first lines of
+//! CSV/JSON files) to learn schemas.
+
+#![warn(missing_docs)]
+
+pub mod kinds;
+pub mod plan;
+pub mod spec;
+
+pub use plan::{Plan, PlanOptions, PlannedStep, plan_file, plan_str};

@@ -1,0 +1,347 @@
+//! From a parsed spec to the runtime's [`JobGraph`]: resolves inputs, checks schemas step by step
+//! (so a wrong column name fails before anything runs), applies parallelism and routing steps, and
+//! wires the dead-letter output.
+
+use crate::kinds::Kind;
+use crate::spec::{OnError, ParsedSpec, Role, StepSpec, parse};
+use arrow::datatypes::SchemaRef;
+use serde_norway::{Mapping, Value};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::path::Path;
+use weir_runtime::{ErrorPolicy, JobConfig, JobGraph, NodeId, Partitioning};
+use weir_types::{Error, Result, dead_letter_schema};
+
+/// Options given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// Parallelism for every step that does not set its own (overrides the spec's `parallelism`).
+    pub parallelism: Option<u32>,
+    /// `key.path=value` overrides applied to the spec before it is read.
+    pub overrides: Vec<String>,
+    /// Values of `${NAME}` in the spec (the environment is consulted after these).
+    pub vars: HashMap<String, String>,
+}
+
+/// What the planner decided for one step.
+#[derive(Debug, Clone)]
+pub struct PlannedStep {
+    /// The step's name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// One-line description.
+    pub description: String,
+    /// Its output schema (none for sinks).
+    pub schema: Option<SchemaRef>,
+    /// Instances.
+    pub parallelism: u32,
+    /// The runtime node, if the step is one (routing steps are not).
+    pub node: Option<NodeId>,
+}
+
+/// A planned pipeline.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The graph to run.
+    pub graph: JobGraph,
+    /// Per-step decisions, in spec order.
+    pub steps: Vec<PlannedStep>,
+}
+
+/// Reads and plans the spec at `path`.
+pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<Plan> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::config(format!("cannot read pipeline spec {}", path.display())).with_source(e)
+    })?;
+    plan_str(&text, &path.display().to_string(), opts)
+}
+
+/// Plans a spec given as YAML text; `origin` names it in errors.
+pub fn plan_str(yaml: &str, origin: &str, opts: &PlanOptions) -> Result<Plan> {
+    let yaml = crate::spec::substitute(yaml, origin, &opts.vars)?;
+    let parsed = parse(&yaml, origin, &opts.overrides)?;
+    build(&parsed, opts)
+}
+
+fn build(spec: &ParsedSpec, opts: &PlanOptions) -> Result<Plan> {
+    let p = &spec.pipeline;
+    let channel_capacity = p
+        .channel_capacity
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| {
+            Error::config(format!(
+                "key 'channel_capacity': expected a size like 16MiB: {e}"
+            ))
+        })?
+        .as_u64() as usize;
+    let config = JobConfig {
+        name: p.name.clone(),
+        error_policy: match p.on_error {
+            OnError::Fail => ErrorPolicy::Fail,
+            OnError::DeadLetter => ErrorPolicy::DeadLetter,
+        },
+        max_parallelism: p.max_parallelism,
+        channel_capacity_bytes: channel_capacity,
+    };
+    let default_par = opts.parallelism.unwrap_or(p.parallelism);
+    if default_par == 0 {
+        return Err(Error::config("--parallelism: expected at least 1"));
+    }
+    let mut graph = JobGraph::new(config);
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    let mut planned: Vec<PlannedStep> = Vec::new();
+    // For routing steps: where their edge starts and how it routes.
+    let mut routes: HashMap<usize, (NodeId, Partitioning)> = HashMap::new();
+
+    for step in &spec.steps {
+        if by_name.insert(step.name.as_str(), step.index).is_some() {
+            return Err(Error::config(format!(
+                "steps[{}]: two steps are named '{}'",
+                step.index, step.name
+            )));
+        }
+        let kind = Kind::parse(step)?;
+        let inputs = resolve_inputs(step, &by_name, &planned)?;
+        let parallelism = if kind.single_instance() {
+            1
+        } else {
+            step.parallelism.unwrap_or(default_par)
+        };
+        let named = |e: Error| e.in_operator(step.name.clone());
+        let description = kind.describe();
+        let (schema, node) = match step.role {
+            Role::Source => {
+                let schema = kind.source_schema().map_err(named)?;
+                let factory = kind.source_factory(schema.clone())?;
+                let id = graph.add_source(&step.name, parallelism, factory);
+                (Some(schema), Some(id))
+            }
+            Role::Op | Role::Sink => {
+                let in_schemas: Vec<SchemaRef> = inputs
+                    .iter()
+                    .map(|&i| {
+                        planned[i]
+                            .schema
+                            .clone()
+                            .ok_or_else(|| Error::internal("input without schema"))
+                    })
+                    .collect::<Result<_>>()?;
+                if in_schemas.len() > 1 && !matches!(kind, Kind::Union(_)) {
+                    return Err(Error::config(format!(
+                        "{}: has {} inputs; only 'op: union' takes several",
+                        step.locator(),
+                        in_schemas.len()
+                    )));
+                }
+                let out_schema = match step.role {
+                    Role::Op => Some(kind.output_schema(&in_schemas).map_err(named)?),
+                    _ => None,
+                };
+                let routing = match &kind {
+                    Kind::KeyBy(k) => Some(Partitioning::Hash {
+                        keys: k.keys.clone(),
+                    }),
+                    Kind::Rebalance(_) => Some(Partitioning::Rebalance),
+                    Kind::Broadcast(_) => Some(Partitioning::Broadcast),
+                    _ => None,
+                };
+                if let Some(part) = routing {
+                    let (from, _) = endpoint(inputs[0], &planned, &routes)?;
+                    routes.insert(step.index, (from, part));
+                    (out_schema, None)
+                } else {
+                    // A union relabels every input's batches to its output schema.
+                    let build_schema = match (&kind, &out_schema) {
+                        (Kind::Union(_), Some(out)) => out.clone(),
+                        _ => in_schemas[0].clone(),
+                    };
+                    let factory = kind.operator_factory(build_schema)?;
+                    let id = if step.role == Role::Sink {
+                        graph.add_sink(&step.name, parallelism, factory)
+                    } else {
+                        graph.add_operator(&step.name, parallelism, factory)
+                    };
+                    for &i in &inputs {
+                        let (from, part) = endpoint(i, &planned, &routes)?;
+                        graph.connect(from, id, part);
+                    }
+                    (out_schema, Some(id))
+                }
+            }
+        };
+        if let Some(id) = node {
+            graph.nodes[id].description = description.clone();
+        }
+        planned.push(PlannedStep {
+            name: step.name.clone(),
+            role: step.role,
+            description,
+            schema,
+            parallelism: if node.is_some() { parallelism } else { 0 },
+            node,
+        });
+    }
+
+    if p.on_error == OnError::DeadLetter {
+        let mapping = p
+            .dead_letter
+            .clone()
+            .unwrap_or_else(|| default_dead_letter(&p.name));
+        let step = dead_letter_step(mapping, spec.steps.len())?;
+        let kind = Kind::parse(&step)?;
+        let factory = kind.operator_factory(dead_letter_schema())?;
+        let id = graph.add_sink(&step.name, 1, factory);
+        graph.nodes[id].description = kind.describe();
+        graph.dead_letter = Some(id);
+        planned.push(PlannedStep {
+            name: step.name.clone(),
+            role: Role::Sink,
+            description: kind.describe(),
+            schema: None,
+            parallelism: 1,
+            node: Some(id),
+        });
+    }
+    graph.validate()?;
+    Ok(Plan {
+        graph,
+        steps: planned,
+    })
+}
+
+fn default_dead_letter(name: &str) -> Mapping {
+    let mut m = Mapping::new();
+    m.insert(Value::String("sink".into()), Value::String("jsonl".into()));
+    m.insert(
+        Value::String("path".into()),
+        Value::String(format!("{name}.dead-letter.jsonl")),
+    );
+    m
+}
+
+fn dead_letter_step(mut mapping: Mapping, index: usize) -> Result<StepSpec> {
+    let kind = match mapping.remove("sink") {
+        Some(Value::String(k)) => k,
+        _ => {
+            return Err(Error::config(
+                "key 'dead_letter': expected a sink, e.g. {sink: jsonl, path: dead.jsonl}",
+            ));
+        }
+    };
+    let name = match mapping.remove("name") {
+        Some(Value::String(n)) => n,
+        _ => "dead_letter".into(),
+    };
+    Ok(StepSpec {
+        index,
+        name,
+        role: Role::Sink,
+        kind,
+        inputs: None,
+        parallelism: Some(1),
+        options: mapping,
+    })
+}
+
+fn resolve_inputs(
+    step: &StepSpec,
+    by_name: &HashMap<&str, usize>,
+    planned: &[PlannedStep],
+) -> Result<Vec<usize>> {
+    if step.role == Role::Source {
+        if step.inputs.is_some() {
+            return Err(Error::config(format!(
+                "{}: a source takes no 'input'",
+                step.locator()
+            )));
+        }
+        return Ok(Vec::new());
+    }
+    let inputs = match &step.inputs {
+        None if step.index == 0 => {
+            return Err(Error::config(format!(
+                "{}: the first step must be a source (or name its 'input')",
+                step.locator()
+            )));
+        }
+        None => vec![step.index - 1],
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                by_name
+                    .get(n.as_str())
+                    .copied()
+                    .filter(|&i| i < step.index)
+                    .ok_or_else(|| {
+                        Error::config(format!(
+                            "{}: key 'input': '{n}' is not a step defined before this one",
+                            step.locator()
+                        ))
+                    })
+            })
+            .collect::<Result<_>>()?,
+    };
+    if inputs.is_empty() {
+        return Err(Error::config(format!(
+            "{}: key 'inputs': expected at least one",
+            step.locator()
+        )));
+    }
+    for &i in &inputs {
+        if planned[i].role == Role::Sink {
+            return Err(Error::config(format!(
+                "{}: reads from '{}', which is a sink; sinks have no output",
+                step.locator(),
+                planned[i].name
+            )));
+        }
+    }
+    Ok(inputs)
+}
+
+/// The node an edge out of step `i` starts from, and its routing.
+fn endpoint(
+    i: usize,
+    planned: &[PlannedStep],
+    routes: &HashMap<usize, (NodeId, Partitioning)>,
+) -> Result<(NodeId, Partitioning)> {
+    if let Some(r) = routes.get(&i) {
+        return Ok(r.clone());
+    }
+    planned[i]
+        .node
+        .map(|n| (n, Partitioning::Forward))
+        .ok_or_else(|| Error::internal(format!("step '{}' has no node", planned[i].name)))
+}
+
+impl Plan {
+    /// The plan rendered for `weir validate`: each step with its schema, then the task chains.
+    pub fn describe(&self) -> Result<String> {
+        let mut s = String::new();
+        let _ = writeln!(s, "steps:");
+        for st in &self.steps {
+            let par = if st.node.is_some() {
+                format!("x{}", st.parallelism)
+            } else {
+                "routing".into()
+            };
+            let _ = writeln!(
+                s,
+                "  {} ({}: {}) {par}",
+                st.name,
+                st.role.key(),
+                st.description
+            );
+            if let Some(schema) = &st.schema {
+                for f in schema.fields() {
+                    let null = if f.is_nullable() { "" } else { " not null" };
+                    let _ = writeln!(s, "      {}: {}{null}", f.name(), f.data_type());
+                }
+            }
+        }
+        let physical = weir_runtime::physical::plan(&self.graph)?;
+        s.push_str(&physical.describe(&self.graph));
+        Ok(s)
+    }
+}

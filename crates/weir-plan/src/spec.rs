@@ -1,0 +1,453 @@
+//! The YAML pipeline spec: parsing, `--set` overrides, and errors that point at the offending key.
+//!
+//! A spec is a mapping with job-wide options and a list of `steps`. Each step names its kind with
+//! exactly one of `source:`, `op:` or `sink:`; its other keys are that kind's options. A step reads
+//! from the step before it unless it says `input:` (one step) or `inputs:` (several). See
+//! `docs/pipeline-spec.md` for every option and its default.
+
+use serde::Deserialize;
+use serde_norway::{Mapping, Value};
+use weir_types::{Error, Result};
+
+/// What a step is: where it sits in the graph, and the name of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Produces rows (`source:`).
+    Source,
+    /// Transforms rows (`op:`).
+    Op,
+    /// Writes rows (`sink:`).
+    Sink,
+}
+
+impl Role {
+    /// The YAML key naming the kind.
+    pub fn key(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Op => "op",
+            Role::Sink => "sink",
+        }
+    }
+}
+
+/// What to do with rows that cannot be processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Stop the job with an error naming the operator, input, row and column (default).
+    #[default]
+    Fail,
+    /// Write the row to the dead-letter output and go on.
+    DeadLetter,
+}
+
+fn default_name() -> String {
+    "pipeline".into()
+}
+fn default_parallelism() -> u32 {
+    1
+}
+fn default_max_parallelism() -> u32 {
+    128
+}
+fn default_channel_capacity() -> String {
+    "16MiB".into()
+}
+
+/// Job-wide options (everything but the steps' own options).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// The job's name, used in logs and default file names. Default: `pipeline`.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Parallelism of every step that does not set its own. Default: 1.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: u32,
+    /// Number of key groups: the upper bound of any step's parallelism. Default: 128.
+    #[serde(default = "default_max_parallelism")]
+    pub max_parallelism: u32,
+    /// `fail` (default) or `dead_letter`.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// The sink for dead-letter rows (a step-like mapping with `sink:`), used with
+    /// `on_error: dead_letter`. Default: `{sink: jsonl, path: <name>.dead-letter.jsonl}`.
+    #[serde(default)]
+    pub dead_letter: Option<Mapping>,
+    /// Bytes each channel between two tasks may hold before the producer waits. Default: `16MiB`.
+    #[serde(default = "default_channel_capacity")]
+    pub channel_capacity: String,
+    /// The steps, in order.
+    pub steps: Vec<Mapping>,
+}
+
+/// One step, with its common keys taken out.
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    /// Index in `steps`.
+    pub index: usize,
+    /// The step's name (`name:`, default `<kind>_<index>`).
+    pub name: String,
+    /// Role and kind (`op: filter` → `(Op, "filter")`).
+    pub role: Role,
+    /// The kind's name.
+    pub kind: String,
+    /// Names of the steps it reads from; `None` means the previous step.
+    pub inputs: Option<Vec<String>>,
+    /// `parallelism:` if set.
+    pub parallelism: Option<u32>,
+    /// The remaining keys: the kind's options.
+    pub options: Mapping,
+}
+
+impl StepSpec {
+    /// Where the step is, for error messages: `steps[2] ('keep', op: filter)`.
+    pub fn locator(&self) -> String {
+        format!(
+            "steps[{}] ('{}', {}: {})",
+            self.index,
+            self.name,
+            self.role.key(),
+            self.kind
+        )
+    }
+
+    /// Deserializes the kind's options into `T`, with errors naming the step and the key.
+    pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        from_value(Value::Mapping(self.options.clone()), &self.locator())
+    }
+}
+
+/// Deserializes `value` into `T`; errors say where (`at`, plus the path inside) and what was expected.
+pub fn from_value<T: serde::de::DeserializeOwned>(value: Value, at: &str) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        if path == "." || path.is_empty() {
+            Error::config(format!("{at}: {msg}"))
+        } else {
+            Error::config(format!("{at}: key '{path}': {msg}"))
+        }
+    })
+}
+
+/// A parsed spec: job options and steps.
+#[derive(Debug, Clone)]
+pub struct ParsedSpec {
+    /// Job-wide options.
+    pub pipeline: PipelineSpec,
+    /// The steps.
+    pub steps: Vec<StepSpec>,
+}
+
+/// Replaces `${NAME}` in `text` by `vars[NAME]`, else the environment variable `NAME`;
+/// `${NAME:-default}` falls back to `default`. `$${` stays a literal `${`. An unset name without a
+/// default is an error naming it.
+pub fn substitute(
+    text: &str,
+    origin: &str,
+    vars: &std::collections::HashMap<String, String>,
+) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("${") {
+        if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
+            out.push_str(&rest[..pos - 1]);
+            out.push_str("${");
+            rest = &rest[pos + 2..];
+            continue;
+        }
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(Error::config(format!(
+                "{origin}: unclosed '${{' in the spec"
+            )));
+        };
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        let value = vars
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+            .or(default.map(String::from));
+        match value {
+            Some(v) => out.push_str(&v),
+            None => {
+                return Err(Error::config(format!(
+                    "{origin}: variable '{name}' is not set (give --var {name}=VALUE, set it in the environment, or write ${{{name}:-default}})"
+                )));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parses YAML text after applying `overrides` (`key.path=value`, see [`apply_override`]).
+pub fn parse(yaml: &str, origin: &str, overrides: &[String]) -> Result<ParsedSpec> {
+    let mut value: Value = serde_norway::from_str(yaml)
+        .map_err(|e| Error::config(format!("{origin} is not valid YAML: {e}")))?;
+    for o in overrides {
+        apply_override(&mut value, o)?;
+    }
+    if !value.is_mapping() {
+        return Err(Error::config(format!(
+            "{origin}: expected a mapping with 'steps' at the top level"
+        )));
+    }
+    let pipeline: PipelineSpec = from_value(value, origin)?;
+    if pipeline.steps.is_empty() {
+        return Err(Error::config(format!(
+            "{origin}: key 'steps': expected at least one step"
+        )));
+    }
+    if pipeline.parallelism == 0 {
+        return Err(Error::config(format!(
+            "{origin}: key 'parallelism': expected at least 1"
+        )));
+    }
+    let steps = pipeline
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, m)| parse_step(i, m))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ParsedSpec { pipeline, steps })
+}
+
+fn parse_step(index: usize, m: &Mapping) -> Result<StepSpec> {
+    let at = format!("steps[{index}]");
+    let mut options = m.clone();
+    let mut role_kind = None;
+    for role in [Role::Source, Role::Op, Role::Sink] {
+        if let Some(v) = options.remove(role.key()) {
+            let Some(kind) = v.as_str() else {
+                return Err(Error::config(format!(
+                    "{at}: key '{}': expected the name of a kind, found {v:?}",
+                    role.key()
+                )));
+            };
+            if let Some((r, _)) = role_kind {
+                return Err(Error::config(format!(
+                    "{at}: has both '{}' and '{}'; a step is exactly one of source, op or sink",
+                    Role::key(r),
+                    role.key()
+                )));
+            }
+            role_kind = Some((role, kind.to_string()));
+        }
+    }
+    let Some((role, kind)) = role_kind else {
+        return Err(Error::config(format!(
+            "{at}: expected one of the keys 'source', 'op' or 'sink' naming the step's kind"
+        )));
+    };
+    let name = match options.remove("name") {
+        None => format!("{kind}_{index}"),
+        Some(Value::String(s)) if !s.is_empty() => s,
+        Some(v) => {
+            return Err(Error::config(format!(
+                "{at}: key 'name': expected a string, found {v:?}"
+            )));
+        }
+    };
+    let one = options.remove("input");
+    let many = options.remove("inputs");
+    let inputs = match (one, many) {
+        (Some(_), Some(_)) => {
+            return Err(Error::config(format!(
+                "{at}: give either 'input' or 'inputs', not both"
+            )));
+        }
+        (Some(Value::String(s)), None) => Some(vec![s]),
+        (Some(v), None) => {
+            return Err(Error::config(format!(
+                "{at}: key 'input': expected a step name, found {v:?}"
+            )));
+        }
+        (None, Some(v)) => Some(from_value::<Vec<String>>(
+            v,
+            &format!("{at}: key 'inputs'"),
+        )?),
+        (None, None) => None,
+    };
+    let parallelism = match options.remove("parallelism") {
+        None => None,
+        Some(v) => {
+            let p: u32 = from_value(v, &format!("{at}: key 'parallelism'"))?;
+            if p == 0 {
+                return Err(Error::config(format!(
+                    "{at}: key 'parallelism': expected at least 1"
+                )));
+            }
+            Some(p)
+        }
+    };
+    Ok(StepSpec {
+        index,
+        name,
+        role,
+        kind,
+        inputs,
+        parallelism,
+        options,
+    })
+}
+
+/// Applies one `--set key.path=value` override. Path segments are mapping keys; inside `steps`, a
+/// segment may be a step's name or its index. The value is parsed as YAML (`2`, `true`, `"x"`,
+/// `[a, b]`), so `--set parallelism=4` sets a number.
+pub fn apply_override(root: &mut Value, assignment: &str) -> Result<()> {
+    let Some((path, raw)) = assignment.split_once('=') else {
+        return Err(Error::config(format!(
+            "--set '{assignment}': expected key.path=value"
+        )));
+    };
+    let new: Value = serde_norway::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let segments: Vec<&str> = path.split('.').collect();
+    let mut cur = root;
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        cur = match cur {
+            Value::Mapping(m) => {
+                if last {
+                    m.insert(Value::String(seg.to_string()), new);
+                    return Ok(());
+                }
+                m.entry(Value::String(seg.to_string()))
+                    .or_insert(Value::Mapping(Mapping::new()))
+            }
+            Value::Sequence(items) => {
+                let idx = match seg.parse::<usize>() {
+                    Ok(i) => Some(i),
+                    Err(_) => items
+                        .iter()
+                        .position(|s| s.get("name").and_then(|n| n.as_str()) == Some(*seg)),
+                };
+                let Some(item) = idx.and_then(|i| items.get_mut(i)) else {
+                    return Err(Error::config(format!(
+                        "--set '{assignment}': no step named or numbered '{seg}'"
+                    )));
+                };
+                if last {
+                    *item = new;
+                    return Ok(());
+                }
+                item
+            }
+            _ => {
+                return Err(Error::config(format!(
+                    "--set '{assignment}': '{}' is not a mapping",
+                    segments[..i].join(".")
+                )));
+            }
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+name: t
+steps:
+  - name: read
+    source: csv
+    path: a.csv
+  - op: filter
+    predicate: "x > 1"
+  - sink: console
+"#;
+
+    #[test]
+    fn parses_steps_with_default_names_and_inputs() {
+        let p = parse(SPEC, "t.yaml", &[]).expect("parse");
+        assert_eq!(p.pipeline.name, "t");
+        assert_eq!(p.pipeline.parallelism, 1);
+        assert_eq!(p.steps[1].name, "filter_1");
+        assert_eq!(p.steps[1].role, Role::Op);
+        assert!(p.steps[1].inputs.is_none());
+        assert_eq!(
+            p.steps[2].locator(),
+            "steps[2] ('console_2', sink: console)"
+        );
+    }
+
+    #[test]
+    fn overrides_address_steps_by_name_or_index() {
+        let p = parse(
+            SPEC,
+            "t.yaml",
+            &[
+                "parallelism=4".into(),
+                "steps.read.path=b.csv".into(),
+                "steps.1.predicate=x > 2".into(),
+            ],
+        )
+        .expect("parse");
+        assert_eq!(p.pipeline.parallelism, 4);
+        assert_eq!(
+            p.steps[0].options.get("path").and_then(|v| v.as_str()),
+            Some("b.csv")
+        );
+        assert_eq!(
+            p.steps[1].options.get("predicate").and_then(|v| v.as_str()),
+            Some("x > 2")
+        );
+        let err = parse(SPEC, "t.yaml", &["steps.nope.path=x".into()]).expect_err("unknown step");
+        assert!(
+            err.to_string().contains("no step named or numbered 'nope'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn substitutes_variables() {
+        let mut vars = std::collections::HashMap::new();
+        vars.insert("ROOT".to_string(), "/data".to_string());
+        let out = substitute(
+            "path: ${ROOT}/a.csv\nx: ${WEIR_SURELY_UNSET:-d}\ny: $${KEEP}",
+            "t",
+            &vars,
+        )
+        .expect("subst");
+        assert_eq!(out, "path: /data/a.csv\nx: d\ny: ${KEEP}");
+        let err = substitute("${WEIR_SURELY_UNSET}", "t", &vars).expect_err("unset");
+        assert!(
+            err.to_string().contains("'WEIR_SURELY_UNSET' is not set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_key() {
+        let err = parse("name: t\nparalelism: 2\nsteps: []\n", "t.yaml", &[]).expect_err("typo");
+        assert!(err.to_string().contains("paralelism"), "{err}");
+        assert!(err.to_string().contains("expected one of"), "{err}");
+        let err = parse("steps:\n  - path: a.csv\n", "t.yaml", &[]).expect_err("no kind");
+        assert!(
+            err.to_string()
+                .contains("steps[0]: expected one of the keys 'source', 'op' or 'sink'"),
+            "{err}"
+        );
+        let err = parse("steps:\n  - source: csv\n    op: filter\n", "t.yaml", &[])
+            .expect_err("two kinds");
+        assert!(err.to_string().contains("exactly one of"), "{err}");
+        let err =
+            parse("parallelism: many\nsteps: [{source: csv}]\n", "t.yaml", &[]).expect_err("type");
+        assert!(err.to_string().contains("key 'parallelism'"), "{err}");
+        let err =
+            parse("steps: [{source: csv, parallelism: 0}]\n", "t.yaml", &[]).expect_err("zero");
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+}
