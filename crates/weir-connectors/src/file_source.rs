@@ -457,14 +457,17 @@ impl Source for FileSource {
     async fn snapshot(
         &mut self,
         _barrier: &Barrier,
-        _ctx: &mut OperatorContext,
-    ) -> Result<Vec<u8>> {
+        ctx: &mut OperatorContext,
+    ) -> Result<weir_runtime::StateSnapshot> {
         let state = serde_json::json!({
             "files_done": self.done,
             "current": self.current.as_ref().map(|c| c.file.name()),
         });
-        serde_json::to_vec(&state)
-            .map_err(|e| Error::internal("cannot encode source state").with_source(e))
+        let bytes = serde_json::to_vec(&state)
+            .map_err(|e| Error::internal("cannot encode source state").with_source(e))?;
+        let mut snap = weir_runtime::StateSnapshot::new();
+        snap.push_union(format!("progress-{}", ctx.info().subtask), bytes);
+        Ok(snap)
     }
 
     async fn close(&mut self, _ctx: &mut OperatorContext) -> Result<()> {

@@ -32,8 +32,9 @@ fn default_batch_size() -> usize {
     64
 }
 
-/// Most bytes of file contents put into one batch (at least one file per batch).
-const MAX_BATCH_BYTES: u64 = 64 << 20;
+fn default_max_batch_bytes() -> u64 {
+    64 << 20
+}
 
 /// Files fetched at once.
 const FETCH_CONCURRENCY: usize = 8;
@@ -77,6 +78,33 @@ pub struct FilesSourceSpec {
     /// Rows (files) per batch (default 64).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// With `include_bytes`, most bytes in one batch (default `"64MiB"`): a batch ends before the
+    /// file that would take it over (a single larger file gets a batch of its own). A file counts
+    /// as its size, or, when it is a JPEG, PNG or WebP image, as its decoded RGB size predicted
+    /// from its header (width × height × 3) if that is larger, so the batch stays within the
+    /// budget after `decode_image` too. Together with `batch_size` this bounds what one batch
+    /// holds in memory, whatever the file sizes.
+    #[serde(default = "default_max_batch_bytes", deserialize_with = "de_size")]
+    pub max_batch_bytes: u64,
+}
+
+/// The bytes a file counts for in a batch: its size, or its decoded RGB size predicted from its
+/// header when it is a JPEG, PNG or WebP image and that is larger.
+pub fn admission_size(bytes: &[u8]) -> u64 {
+    let own = bytes.len() as u64;
+    let format = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        image::ImageFormat::Jpeg
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        image::ImageFormat::Png
+    } else if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        image::ImageFormat::WebP
+    } else {
+        return own;
+    };
+    image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
+        .into_dimensions()
+        .map(|(w, h)| own.max(u64::from(w) * u64::from(h) * 3))
+        .unwrap_or(own)
 }
 
 /// The output schema of the files source.
@@ -115,6 +143,7 @@ impl FilesSourceSpec {
             continuous: false,
             poll_interval: default_poll_interval(),
             batch_size: default_batch_size(),
+            max_batch_bytes: default_max_batch_bytes(),
         }
     }
 
@@ -124,6 +153,9 @@ impl FilesSourceSpec {
         self.location()?;
         if self.batch_size == 0 {
             return Err(Error::config("batch_size must be at least 1"));
+        }
+        if self.max_batch_bytes == 0 {
+            return Err(Error::config("max_batch_bytes must be at least 1 byte"));
         }
         Ok(files_schema())
     }
@@ -148,6 +180,7 @@ impl FilesSourceSpec {
             total: 0,
             last_poll: None,
             done: 0,
+            fetched: VecDeque::new(),
         }))
     }
 
@@ -168,8 +201,9 @@ impl FilesSourceSpec {
             .unwrap_or_default();
         let what = if self.include_bytes {
             format!(
-                "with bytes up to {}",
-                bytesize::ByteSize::b(self.max_file_size).display().iec()
+                "with bytes up to {} per file, {} per batch",
+                bytesize::ByteSize::b(self.max_file_size).display().iec(),
+                bytesize::ByteSize::b(self.max_batch_bytes).display().iec()
             )
         } else {
             "references only".to_string()
@@ -255,7 +289,12 @@ struct FilesSource {
     total: u64,
     last_poll: Option<Instant>,
     done: u64,
+    /// Files read but not yet emitted (the rest of a read whose decoded sizes exceeded the budget).
+    fetched: VecDeque<Fetched>,
 }
+
+/// A file read from the store, or why it could not be.
+type Fetched = (ObjectMeta, object_store::Result<Option<bytes::Bytes>>);
 
 impl FilesSource {
     fn uri(&self, m: &ObjectMeta) -> String {
@@ -324,6 +363,57 @@ impl FilesSource {
         Ok(added)
     }
 
+    /// Lists or reads the next files into `self.fetched`; returns an event when there is nothing
+    /// to emit now.
+    async fn fetch_next(&mut self, ctx: &mut OperatorContext) -> Result<Option<SourceEvent>> {
+        if self.queue.is_empty() {
+            if !self.spec.continuous {
+                return Ok(Some(SourceEvent::Finished));
+            }
+            let due = self.last_poll.map_or(Duration::ZERO, |t| {
+                self.spec.poll_interval.saturating_sub(t.elapsed())
+            });
+            if due > Duration::ZERO {
+                return Ok(Some(SourceEvent::Idle(due.min(Duration::from_millis(100)))));
+            }
+            if self.poll(ctx).await? == 0 {
+                return Ok(Some(SourceEvent::Idle(
+                    self.spec.poll_interval.min(Duration::from_millis(100)),
+                )));
+            }
+        }
+        let metas = self.take_batch(ctx)?;
+        if metas.is_empty() {
+            return Ok(Some(SourceEvent::Idle(Duration::ZERO)));
+        }
+        let contents: Vec<Fetched> = if self.spec.include_bytes {
+            let store = self.loc.store.clone();
+            ctx.io()
+                .spawn(async move {
+                    futures::stream::iter(metas)
+                        .map(|m| {
+                            let store = store.clone();
+                            async move {
+                                let r = match store.get(&m.location).await {
+                                    Ok(g) => g.bytes().await.map(Some),
+                                    Err(e) => Err(e),
+                                };
+                                (m, r)
+                            }
+                        })
+                        .buffered(FETCH_CONCURRENCY)
+                        .collect::<Vec<_>>()
+                        .await
+                })
+                .await
+                .map_err(|e| Error::internal("reading objects panicked").with_source(e))?
+        } else {
+            metas.into_iter().map(|m| (m, Ok(None))).collect()
+        };
+        self.fetched.extend(contents);
+        Ok(None)
+    }
+
     /// Takes the next objects for one batch, reporting files too large to read as bad rows.
     fn take_batch(&mut self, ctx: &mut OperatorContext) -> Result<Vec<ObjectMeta>> {
         let mut batch = Vec::new();
@@ -350,7 +440,7 @@ impl FilesSource {
                     )?;
                     continue;
                 }
-                if !batch.is_empty() && bytes + m.size > MAX_BATCH_BYTES {
+                if !batch.is_empty() && bytes + m.size > self.spec.max_batch_bytes {
                     break;
                 }
                 bytes += m.size;
@@ -374,51 +464,27 @@ impl Source for FilesSource {
     }
 
     async fn next(&mut self, ctx: &mut OperatorContext) -> Result<SourceEvent> {
-        if self.queue.is_empty() {
-            if !self.spec.continuous {
-                return Ok(SourceEvent::Finished);
-            }
-            let due = self.last_poll.map_or(Duration::ZERO, |t| {
-                self.spec.poll_interval.saturating_sub(t.elapsed())
-            });
-            if due > Duration::ZERO {
-                return Ok(SourceEvent::Idle(due.min(Duration::from_millis(100))));
-            }
-            if self.poll(ctx).await? == 0 {
-                return Ok(SourceEvent::Idle(
-                    self.spec.poll_interval.min(Duration::from_millis(100)),
-                ));
+        if self.fetched.is_empty() {
+            if let Some(ev) = self.fetch_next(ctx).await? {
+                return Ok(ev);
             }
         }
-        let metas = self.take_batch(ctx)?;
-        if metas.is_empty() {
-            return Ok(SourceEvent::Idle(Duration::ZERO));
-        }
-        let contents: Vec<(ObjectMeta, object_store::Result<Option<_>>)> =
-            if self.spec.include_bytes {
-                let store = self.loc.store.clone();
-                ctx.io()
-                    .spawn(async move {
-                        futures::stream::iter(metas)
-                            .map(|m| {
-                                let store = store.clone();
-                                async move {
-                                    let r = match store.get(&m.location).await {
-                                        Ok(g) => g.bytes().await.map(Some),
-                                        Err(e) => Err(e),
-                                    };
-                                    (m, r)
-                                }
-                            })
-                            .buffered(FETCH_CONCURRENCY)
-                            .collect::<Vec<_>>()
-                            .await
-                    })
-                    .await
-                    .map_err(|e| Error::internal("reading objects panicked").with_source(e))?
-            } else {
-                metas.into_iter().map(|m| (m, Ok(None))).collect()
+        // Emit the longest prefix of what was read that fits the byte budget (at least one file).
+        let mut contents: Vec<Fetched> = Vec::new();
+        let mut used = 0u64;
+        while let Some((_, r)) = self.fetched.front() {
+            let weight = match r {
+                Ok(Some(b)) => admission_size(b),
+                _ => 0,
             };
+            if !contents.is_empty() && used.saturating_add(weight) > self.spec.max_batch_bytes {
+                break;
+            }
+            used = used.saturating_add(weight);
+            if let Some(f) = self.fetched.pop_front() {
+                contents.push(f);
+            }
+        }
         let mut uri = StringBuilder::new();
         let mut size = UInt64Builder::new();
         let mut modified = TimestampMillisecondBuilder::new().with_timezone("UTC");
@@ -460,10 +526,16 @@ impl Source for FilesSource {
     async fn snapshot(
         &mut self,
         _barrier: &Barrier,
-        _ctx: &mut OperatorContext,
-    ) -> Result<Vec<u8>> {
-        let state = serde_json::json!({ "files_done": self.done, "queued": self.queue.len() });
-        serde_json::to_vec(&state)
-            .map_err(|e| Error::internal("cannot encode source state").with_source(e))
+        ctx: &mut OperatorContext,
+    ) -> Result<weir_runtime::StateSnapshot> {
+        let state = serde_json::json!({
+            "files_done": self.done,
+            "queued": self.queue.len() + self.fetched.len(),
+        });
+        let bytes = serde_json::to_vec(&state)
+            .map_err(|e| Error::internal("cannot encode source state").with_source(e))?;
+        let mut snap = weir_runtime::StateSnapshot::new();
+        snap.push_union(format!("progress-{}", ctx.info().subtask), bytes);
+        Ok(snap)
     }
 }

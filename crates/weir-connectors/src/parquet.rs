@@ -474,9 +474,9 @@ impl Operator for ParquetSink {
         _barrier: &Barrier,
         _ctx: &mut OperatorContext,
         _out: &mut Emitter,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<weir_runtime::StateSnapshot> {
         self.await_closing().await?;
-        Ok(Vec::new())
+        Ok(weir_runtime::StateSnapshot::new())
     }
 
     async fn finish(&mut self, _ctx: &mut OperatorContext, _out: &mut Emitter) -> Result<()> {

@@ -6,18 +6,27 @@
 //! a busy operator never delays a timer or a socket. Blocking work goes through `spawn_blocking`.
 
 use crate::channel::{Receiver, Sender, channel};
+use crate::checkpointing::{CheckpointSetup, CheckpointStats, Driver, TaskHandle};
 use crate::graph::{JobGraph, NodeKind, Partitioning};
 use crate::input::InputGate;
 use crate::metrics::{MetricsRegistry, NodeMetrics, NodeRole, OperatorMetrics};
 use crate::operator::{OperatorContext, TaskInfo};
 use crate::partition::EdgeRouter;
 use crate::physical::{PhysicalPlan, plan};
-use crate::task::{ChainedOperator, Head, Outputs, Task, TaskEnd, is_secondary};
+use crate::task::{ChainedOperator, CheckpointLink, Head, Outputs, Task, TaskEnd, is_secondary};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use weir_checkpoint::{StateSnapshot, TaskKey};
 use weir_types::{Error, Result};
+
+/// What a task or the checkpoint driver ended with.
+enum Ended {
+    Task(TaskEnd),
+    Driver(CheckpointStats),
+}
 
 /// The executors a job runs on.
 #[derive(Debug)]
@@ -57,13 +66,76 @@ impl Runtime {
     /// Plans and starts `graph`. Fails before anything runs if the graph is invalid or an instance
     /// cannot be made.
     pub fn start(&self, graph: JobGraph) -> Result<JobHandle> {
+        self.start_with(graph, None)
+    }
+
+    /// Plans and starts `graph`, taking checkpoints as `checkpoint` says and restoring from its
+    /// `restore` manifest (at any parallelism) when given.
+    pub fn start_with(
+        &self,
+        graph: JobGraph,
+        checkpoint: Option<CheckpointSetup>,
+    ) -> Result<JobHandle> {
         let plan = plan(&graph)?;
         let metrics = MetricsRegistry::default();
         let stop = CancellationToken::new();
-        let tasks = wire(&graph, &plan, &metrics, &stop, self.io.handle())?;
+        let restored = match checkpoint
+            .as_ref()
+            .and_then(|c| c.restore.as_ref().map(|m| (c, m)))
+        {
+            Some((setup, manifest)) => {
+                let mut states = HashMap::new();
+                for n in &graph.nodes {
+                    if manifest.node(&n.name).is_some() {
+                        let s = self.io.block_on(setup.store.restore_node(
+                            manifest,
+                            &n.name,
+                            n.parallelism,
+                        ))?;
+                        states.insert(n.name.clone(), s);
+                    }
+                }
+                states
+            }
+            None => HashMap::new(),
+        };
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut handles = BTreeMap::new();
+        let link = checkpoint.as_ref().map(|_| (events_tx, &mut handles));
+        let tasks = wire(
+            &graph,
+            &plan,
+            &metrics,
+            &stop,
+            self.io.handle(),
+            &restored,
+            link,
+        )?;
         let mut set = JoinSet::new();
+        if let Some(setup) = &checkpoint {
+            let parallelism = graph
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.parallelism))
+                .collect();
+            let driver = Driver::new(
+                graph.config.name.clone(),
+                graph.config.max_parallelism,
+                parallelism,
+                setup,
+                handles,
+                events_rx,
+            )?;
+            set.spawn_on(
+                async move { driver.run().await.map(Ended::Driver) },
+                self.io.handle(),
+            );
+        }
         for t in tasks {
-            set.spawn_on(t.run(), self.tasks.handle());
+            set.spawn_on(
+                async move { t.run().await.map(Ended::Task) },
+                self.tasks.handle(),
+            );
         }
         let supervisor = self.tasks.spawn(supervise(set));
         Ok(JobHandle {
@@ -78,7 +150,16 @@ impl Runtime {
 
     /// Runs `graph` to the end on this thread and returns its report.
     pub fn run(&self, graph: JobGraph) -> Result<JobReport> {
-        let handle = self.start(graph)?;
+        self.run_with(graph, None)
+    }
+
+    /// Runs `graph` with checkpoints (see [`Runtime::start_with`]) to the end on this thread.
+    pub fn run_with(
+        &self,
+        graph: JobGraph,
+        checkpoint: Option<CheckpointSetup>,
+    ) -> Result<JobReport> {
+        let handle = self.start_with(graph, checkpoint)?;
         self.tasks.block_on(handle.wait())
     }
 
@@ -99,6 +180,8 @@ pub struct JobReport {
     pub stopped_early: bool,
     /// Final counters per node.
     pub nodes: Vec<NodeMetrics>,
+    /// What happened to checkpoints, when the job took them.
+    pub checkpoints: Option<CheckpointStats>,
 }
 
 /// A running job.
@@ -107,7 +190,7 @@ pub struct JobHandle {
     name: String,
     metrics: MetricsRegistry,
     stop: CancellationToken,
-    supervisor: Option<tokio::task::JoinHandle<Result<bool>>>,
+    supervisor: Option<tokio::task::JoinHandle<Result<(bool, Option<CheckpointStats>)>>>,
     started: Instant,
     description: String,
 }
@@ -149,7 +232,7 @@ impl JobHandle {
         let Some(sup) = self.supervisor.take() else {
             return Err(Error::internal("job awaited twice"));
         };
-        let stopped_early = sup
+        let (stopped_early, checkpoints) = sup
             .await
             .map_err(|e| Error::internal("the job supervisor panicked").with_source(e))??;
         Ok(JobReport {
@@ -157,6 +240,7 @@ impl JobHandle {
             elapsed: self.started.elapsed(),
             stopped_early,
             nodes: self.metrics.snapshot(),
+            checkpoints,
         })
     }
 }
@@ -170,8 +254,9 @@ impl Drop for JobHandle {
 }
 
 /// Joins every task; on the first failure aborts the others and returns the root cause.
-async fn supervise(mut set: JoinSet<Result<TaskEnd>>) -> Result<bool> {
+async fn supervise(mut set: JoinSet<Result<Ended>>) -> Result<(bool, Option<CheckpointStats>)> {
     let mut stopped = false;
+    let mut stats = None;
     let mut first: Option<Error> = None;
     while let Some(joined) = set.join_next().await {
         let res = match joined {
@@ -180,8 +265,9 @@ async fn supervise(mut set: JoinSet<Result<TaskEnd>>) -> Result<bool> {
             Err(e) => Err(Error::internal("a task panicked").with_source(e)),
         };
         match res {
-            Ok(TaskEnd::Stopped) => stopped = true,
-            Ok(TaskEnd::Finished) => {}
+            Ok(Ended::Task(TaskEnd::Stopped)) => stopped = true,
+            Ok(Ended::Task(TaskEnd::Finished)) => {}
+            Ok(Ended::Driver(s)) => stats = Some(s),
             Err(e) => {
                 let replace = match &first {
                     None => true,
@@ -198,7 +284,7 @@ async fn supervise(mut set: JoinSet<Result<TaskEnd>>) -> Result<bool> {
     }
     match first {
         Some(e) => Err(e),
-        None => Ok(stopped),
+        None => Ok((stopped, stats)),
     }
 }
 
@@ -209,7 +295,13 @@ fn wire(
     registry: &MetricsRegistry,
     stop: &CancellationToken,
     io: &tokio::runtime::Handle,
+    restored: &HashMap<String, Vec<StateSnapshot>>,
+    mut checkpoint: Option<(
+        tokio::sync::mpsc::UnboundedSender<crate::task::TaskEvent>,
+        &mut BTreeMap<TaskKey, TaskHandle>,
+    )>,
 ) -> Result<Vec<Task>> {
+    let checkpointing = checkpoint.is_some();
     let cfg = &graph.config;
     // Metrics per node and subtask, registered in graph order.
     let node_metrics: Vec<Vec<Arc<OperatorMetrics>>> = graph
@@ -307,10 +399,13 @@ fn wire(
                     max_parallelism: cfg.max_parallelism,
                 };
                 let metrics = node_metrics[node][subtask as usize].clone();
-                (
-                    info.clone(),
-                    OperatorContext::new(info, cfg.error_policy, metrics, io.clone()),
-                )
+                let state = restored
+                    .get(&n.name)
+                    .and_then(|s| s.get(subtask as usize))
+                    .cloned();
+                let ctx = OperatorContext::new(info.clone(), cfg.error_policy, metrics, io.clone())
+                    .with_restored_state(state, checkpointing);
+                (info, ctx)
             };
             let mut nodes = chain.nodes.iter().copied();
             let mut all_metrics = Vec::new();
@@ -336,7 +431,26 @@ fn wire(
                 all_metrics.push(ctx.metrics().clone());
                 ops.push(ChainedOperator { op, ctx });
             }
+            let head_node = &graph.nodes[chain.nodes[0]];
+            let link = checkpoint.as_mut().map(|(events, handles)| {
+                let key = TaskKey::new(head_node.name.clone(), subtask);
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let is_source = matches!(head_node.kind, NodeKind::Source(_));
+                handles.insert(
+                    key.clone(),
+                    TaskHandle {
+                        is_source,
+                        control: tx,
+                    },
+                );
+                CheckpointLink {
+                    key,
+                    control: rx,
+                    events: events.clone(),
+                }
+            });
             tasks.push(Task {
+                checkpoint: link,
                 head,
                 chain: ops,
                 outputs: Outputs {

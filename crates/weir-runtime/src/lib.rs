@@ -73,6 +73,7 @@
 #![warn(missing_docs)]
 
 pub mod channel;
+pub mod checkpointing;
 pub mod graph;
 pub mod input;
 pub mod job;
@@ -83,6 +84,7 @@ pub mod physical;
 pub mod source;
 mod task;
 
+pub use checkpointing::{CheckpointSetup, CheckpointStats};
 pub use graph::{Edge, JobConfig, JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, JobReport, Runtime};
 pub use metrics::{MetricsRegistry, MetricsSnapshot, NodeMetrics, NodeRole, OperatorMetrics};
@@ -90,3 +92,4 @@ pub use operator::{Emitter, ErrorPolicy, Operator, OperatorContext, TaskInfo};
 pub use source::{Source, SourceEvent};
 /// Cancelled when a stop of the job is requested.
 pub use tokio_util::sync::CancellationToken as StopToken;
+pub use weir_checkpoint::{StateKey, StateSnapshot};

@@ -9,6 +9,7 @@ use crate::metrics::OperatorMetrics;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use std::sync::Arc;
+use weir_checkpoint::StateSnapshot;
 use weir_types::{Barrier, CheckpointId, DeadLetter, Error, Result, Watermark};
 
 /// What to do with a row an operator cannot process.
@@ -67,6 +68,8 @@ pub struct OperatorContext {
     metrics: Arc<OperatorMetrics>,
     dead_letters: Vec<DeadLetter>,
     io: tokio::runtime::Handle,
+    restored: Option<StateSnapshot>,
+    checkpointing: bool,
 }
 
 impl OperatorContext {
@@ -83,7 +86,34 @@ impl OperatorContext {
             metrics,
             dead_letters: Vec::new(),
             io,
+            restored: None,
+            checkpointing: false,
         }
+    }
+
+    /// Hands this instance the state it restores from (set by the runtime before `open`).
+    pub fn with_restored_state(
+        mut self,
+        state: Option<StateSnapshot>,
+        checkpointing: bool,
+    ) -> Self {
+        self.restored = state;
+        self.checkpointing = checkpointing;
+        self
+    }
+
+    /// The state this instance restores from, if the job was resumed from a checkpoint: its own
+    /// keyed state (the key groups it owns now) and every union entry of every old instance of the
+    /// node. Read it in `open`.
+    pub fn restored_state(&self) -> Option<&StateSnapshot> {
+        self.restored.as_ref()
+    }
+
+    /// Whether the job takes checkpoints. Sinks then publish output only in
+    /// `notify_checkpoint_complete` (also at the end: after `finish`, a final checkpoint is taken
+    /// and completed), never in `finish` itself.
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
     }
 
     /// A context for unit tests of a single operator, on the current tokio runtime.
@@ -248,20 +278,25 @@ pub trait Operator: Send {
     }
 
     /// Called when a checkpoint barrier has been aligned across all inputs, before the runtime
-    /// forwards it. Returns the operator's state as bytes (empty when stateless). May emit batches
-    /// that must precede the barrier (for example, a flushed partial batch). A sink stages (pre-commits)
-    /// its output here.
+    /// forwards it. Returns the operator's state (empty when stateless): keyed entries per key group
+    /// and union entries (see [`StateSnapshot`]). May emit batches that must precede the barrier (for
+    /// example, a flushed partial batch). A sink stages (pre-commits) its output here.
+    ///
+    /// Also called once after `finish` for the job's final checkpoint (when the job checkpoints);
+    /// it must not emit then.
     async fn snapshot(
         &mut self,
         _barrier: &Barrier,
         _ctx: &mut OperatorContext,
         _out: &mut Emitter,
-    ) -> Result<Vec<u8>> {
-        Ok(Vec::new())
+    ) -> Result<StateSnapshot> {
+        Ok(StateSnapshot::new())
     }
 
-    /// Called when checkpoint `id` is complete everywhere. A sink publishes the output it staged for
-    /// `id` here; this must be idempotent (it is replayed after a crash). Emits nothing.
+    /// Called when checkpoint `id` is complete everywhere (which implies every earlier checkpoint
+    /// is). A sink publishes the output it staged up to `id` here; this must be idempotent (it is
+    /// replayed after a crash, from the restored state). Emits nothing. Called after `finish` too,
+    /// for the final checkpoint.
     async fn notify_checkpoint_complete(
         &mut self,
         _id: CheckpointId,

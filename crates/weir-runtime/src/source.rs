@@ -5,6 +5,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use std::time::Duration;
+use weir_checkpoint::StateSnapshot;
 use weir_types::{Barrier, CheckpointId, Result};
 
 /// What one call of [`Source::next`] produced.
@@ -41,14 +42,17 @@ pub trait Source: Send {
     /// Produces the next batch, reports idleness, or says the input is exhausted.
     async fn next(&mut self, ctx: &mut OperatorContext) -> Result<SourceEvent>;
 
-    /// Called when the coordinator injects a barrier at this source, between two calls of `next`.
-    /// Returns the source's position (what has been emitted so far) as bytes.
+    /// Called when the coordinator injects a barrier at this source, between two calls of `next`,
+    /// and once more after the input ended, for the final checkpoint. Returns the source's position
+    /// (what has been emitted so far), usually as union entries (one per file or split) so that
+    /// any parallelism can resume from it; [`OperatorContext::restored_state`] hands it back in
+    /// `open` after a restore, and the source must then resume exactly there.
     async fn snapshot(
         &mut self,
         _barrier: &Barrier,
         _ctx: &mut OperatorContext,
-    ) -> Result<Vec<u8>> {
-        Ok(Vec::new())
+    ) -> Result<StateSnapshot> {
+        Ok(StateSnapshot::new())
     }
 
     /// Called when checkpoint `id` is complete everywhere (for example, to acknowledge messages).

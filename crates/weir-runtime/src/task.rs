@@ -10,8 +10,41 @@ use arrow::record_batch::RecordBatch;
 use futures::future::{BoxFuture, select_all};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use weir_types::{Error, ErrorKind, Message, Result, dead_letter_batch};
+use weir_checkpoint::{StateSnapshot, TaskKey};
+use weir_types::{Barrier, CheckpointId, Error, ErrorKind, Message, Result, dead_letter_batch};
+
+/// What the checkpoint driver tells a task.
+#[derive(Debug, Clone)]
+pub(crate) enum Control {
+    /// (Sources) inject this barrier: snapshot, then send it downstream.
+    InjectBarrier(Barrier),
+    /// (Tasks whose input has ended) snapshot now for this checkpoint; no barrier is forwarded.
+    SnapshotNow(Barrier),
+    /// Checkpoint `id` is complete; `last` says it was the final one and the task may end.
+    Complete { id: CheckpointId, last: bool },
+}
+
+/// What a task tells the checkpoint driver.
+#[derive(Debug)]
+pub(crate) enum TaskEvent {
+    /// The task snapshotted checkpoint `id`: state per node of its chain.
+    Ack {
+        task: TaskKey,
+        id: CheckpointId,
+        states: Vec<(String, u32, StateSnapshot)>,
+    },
+    /// The task's input has ended and `finish` ran; it now waits for the final checkpoint.
+    ReadyToFinish { task: TaskKey },
+}
+
+/// A task's link to the checkpoint driver.
+pub(crate) struct CheckpointLink {
+    pub(crate) key: TaskKey,
+    pub(crate) control: mpsc::UnboundedReceiver<Control>,
+    pub(crate) events: mpsc::UnboundedSender<TaskEvent>,
+}
 
 /// One operator of a chain with its context.
 pub(crate) struct ChainedOperator {
@@ -50,11 +83,26 @@ pub(crate) struct Task {
     pub(crate) stop: CancellationToken,
     /// Metrics of every node in the task (source first), for task-wide idle/backpressure time.
     pub(crate) all_metrics: Vec<Arc<OperatorMetrics>>,
+    /// Present when the job checkpoints.
+    pub(crate) checkpoint: Option<CheckpointLink>,
 }
 
 enum Woken {
     Input(Result<InputEvent>),
     Pending(usize, Result<()>, Emitter),
+    Control(Option<Control>),
+}
+
+/// The next control message; never resolves when the job does not checkpoint.
+async fn recv_control(link: &mut Option<CheckpointLink>) -> Option<Control> {
+    match link {
+        Some(l) => l.control.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn coordinator_gone() -> Error {
+    Error::new(ErrorKind::Cancelled, "the checkpoint coordinator has ended")
 }
 
 impl Task {
@@ -73,10 +121,112 @@ impl Task {
             Head::Source { .. } => self.run_source().await?,
             Head::Input(_) => self.run_input().await?,
         };
+        self.await_final_checkpoint().await?;
         for m in &self.all_metrics {
             m.set_finished();
         }
         Ok(end)
+    }
+
+    /// With checkpoints, a task whose input has ended stays until the final checkpoint completes:
+    /// it answers snapshot requests with its final state and publishes on completion.
+    async fn await_final_checkpoint(&mut self) -> Result<()> {
+        let Some(link) = &mut self.checkpoint else {
+            return Ok(());
+        };
+        link.events
+            .send(TaskEvent::ReadyToFinish {
+                task: link.key.clone(),
+            })
+            .map_err(|_| coordinator_gone())?;
+        loop {
+            let Some(link) = &mut self.checkpoint else {
+                return Ok(());
+            };
+            let control = link.control.recv().await.ok_or_else(coordinator_gone)?;
+            match control {
+                Control::InjectBarrier(b) | Control::SnapshotNow(b) => {
+                    self.snapshot_all(&b, false).await?
+                }
+                Control::Complete { id, last } => {
+                    self.notify_complete(id).await?;
+                    if last {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Snapshots the source (if any) and every chained operator for `barrier`, forwards the
+    /// barrier downstream when `forward`, and acks the driver.
+    async fn snapshot_all(&mut self, barrier: &Barrier, forward: bool) -> Result<()> {
+        let mut states = Vec::new();
+        if let Head::Source { source, ctx } = &mut self.head {
+            let st = source
+                .snapshot(barrier, ctx)
+                .await
+                .map_err(|e| e.in_operator(ctx.name().to_string()))?;
+            states.push((ctx.name().to_string(), ctx.info().subtask, st));
+        }
+        for i in 0..self.chain.len() {
+            let c = &mut self.chain[i];
+            let mut out = Emitter::default();
+            let name = c.ctx.name().to_string();
+            let st =
+                c.op.snapshot(barrier, &mut c.ctx, &mut out)
+                    .await
+                    .map_err(|e| e.in_operator(name.clone()))?;
+            states.push((name.clone(), c.ctx.info().subtask, st));
+            if !forward && !out.is_empty() {
+                return Err(Error::internal(
+                    "an operator emitted rows while snapshotting after its input ended",
+                )
+                .in_operator(name));
+            }
+            self.after_hook(i, &mut out).await?;
+        }
+        if forward {
+            self.broadcast(&Message::Barrier(*barrier), true).await?;
+        }
+        if let Some(link) = &self.checkpoint {
+            link.events
+                .send(TaskEvent::Ack {
+                    task: link.key.clone(),
+                    id: barrier.checkpoint_id,
+                    states,
+                })
+                .map_err(|_| coordinator_gone())?;
+        }
+        Ok(())
+    }
+
+    /// Tells the source and every chained operator that checkpoint `id` is complete.
+    async fn notify_complete(&mut self, id: CheckpointId) -> Result<()> {
+        if let Head::Source { source, ctx } = &mut self.head {
+            source
+                .notify_checkpoint_complete(id, ctx)
+                .await
+                .map_err(|e| e.in_operator(ctx.name().to_string()))?;
+        }
+        for c in &mut self.chain {
+            let name = c.ctx.name().to_string();
+            c.op.notify_checkpoint_complete(id, &mut c.ctx)
+                .await
+                .map_err(|e| e.in_operator(name))?;
+        }
+        Ok(())
+    }
+
+    async fn on_control(&mut self, control: Control) -> Result<()> {
+        match control {
+            Control::InjectBarrier(b) => self.snapshot_all(&b, true).await,
+            Control::SnapshotNow(b) => Err(Error::internal(format!(
+                "asked to snapshot checkpoint {} directly while the input is still running",
+                b.checkpoint_id
+            ))),
+            Control::Complete { id, .. } => self.notify_complete(id).await,
+        }
     }
 
     async fn run_source(&mut self) -> Result<TaskEnd> {
@@ -85,6 +235,13 @@ impl Task {
             if self.stop.is_cancelled() {
                 end = TaskEnd::Stopped;
                 break;
+            }
+            while let Some(c) = self
+                .checkpoint
+                .as_mut()
+                .and_then(|l| l.control.try_recv().ok())
+            {
+                self.on_control(c).await?;
             }
             let Head::Source { source, ctx } = &mut self.head else {
                 unreachable!("source task")
@@ -108,11 +265,16 @@ impl Task {
                 }
                 SourceEvent::Idle(d) => {
                     let t = Instant::now();
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = self.stop.cancelled() => {}
-                    }
+                    let stop = self.stop.clone();
+                    let woken = tokio::select! {
+                        _ = tokio::time::sleep(d) => None,
+                        _ = stop.cancelled() => None,
+                        c = recv_control(&mut self.checkpoint) => Some(c),
+                    };
                     self.add_idle(t.elapsed());
+                    if let Some(c) = woken {
+                        self.on_control(c.ok_or_else(coordinator_gone)?).await?;
+                    }
                 }
                 SourceEvent::Finished => break,
             }
@@ -138,6 +300,7 @@ impl Task {
                     res.map_err(|e| e.in_operator(name))?;
                     self.after_hook(i, &mut out).await?;
                 }
+                Woken::Control(c) => self.on_control(c.ok_or_else(coordinator_gone)?).await?,
                 Woken::Input(ev) => match ev? {
                     InputEvent::Data { batch, .. } => self.push(0, batch).await?,
                     InputEvent::Watermark(w) => {
@@ -152,18 +315,7 @@ impl Task {
                         }
                         self.broadcast(&Message::Watermark(w), false).await?;
                     }
-                    InputEvent::Barrier(b) => {
-                        for i in 0..self.chain.len() {
-                            let c = &mut self.chain[i];
-                            let mut out = Emitter::default();
-                            let name = c.ctx.name().to_string();
-                            c.op.snapshot(&b, &mut c.ctx, &mut out)
-                                .await
-                                .map_err(|e| e.in_operator(name))?;
-                            self.after_hook(i, &mut out).await?;
-                        }
-                        self.broadcast(&Message::Barrier(b), true).await?;
-                    }
+                    InputEvent::Barrier(b) => self.snapshot_all(&b, true).await?,
                     InputEvent::End => break,
                 },
             }
@@ -174,11 +326,18 @@ impl Task {
 
     /// Waits for input or for pending work of any chained operator, whichever comes first.
     async fn wait(&mut self) -> Woken {
-        let Head::Input(gate) = &mut self.head else {
+        let Task {
+            head,
+            chain,
+            checkpoint,
+            ..
+        } = self;
+        let Head::Input(gate) = head else {
             unreachable!("input task")
         };
+        let control = recv_control(checkpoint);
         let mut pending: Vec<BoxFuture<'_, (usize, Result<()>, Emitter)>> = Vec::new();
-        for (i, c) in self.chain.iter_mut().enumerate() {
+        for (i, c) in chain.iter_mut().enumerate() {
             if c.op.has_pending() {
                 pending.push(Box::pin(async move {
                     let mut out = Emitter::default();
@@ -188,9 +347,13 @@ impl Task {
             }
         }
         if pending.is_empty() {
-            return Woken::Input(gate.next().await);
+            return tokio::select! {
+                c = control => Woken::Control(c),
+                ev = gate.next() => Woken::Input(ev),
+            };
         }
         tokio::select! {
+            c = control => Woken::Control(c),
             ev = gate.next() => Woken::Input(ev),
             ((i, r, out), _, _) = select_all(pending) => Woken::Pending(i, r, out),
         }
