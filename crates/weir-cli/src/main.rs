@@ -3,6 +3,7 @@
 //! `weir run FILE` plans and runs a pipeline with live progress and an end-of-run summary;
 //! `weir validate FILE` plans it and prints the graph without running anything.
 
+mod checkpoints;
 mod progress;
 mod summary;
 
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use weir_plan::{PlanOptions, plan_file};
-use weir_runtime::Runtime;
+use weir_runtime::{CheckpointSetup, Runtime};
 use weir_types::ErrorKind;
 
 /// weir: a streaming dataflow engine for AI workloads.
@@ -32,6 +33,23 @@ enum Command {
     Run(RunArgs),
     /// Parse and plan a pipeline, print the planned graph with schemas, run nothing.
     Validate(SpecArgs),
+    /// Show the checkpoints a pipeline has stored.
+    #[command(subcommand)]
+    Checkpoints(CheckpointsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckpointsCommand {
+    /// One line per stored checkpoint: id, complete or why not, size, age.
+    List(SpecArgs),
+    /// The manifest of one checkpoint (default: the newest complete one): nodes, files, sizes.
+    Inspect {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// The checkpoint id.
+        #[arg(long)]
+        id: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +86,10 @@ struct RunArgs {
     /// Seconds between progress log lines when the output is not a terminal.
     #[arg(long, default_value_t = 10.0)]
     log_interval: f64,
+    /// Continue from the newest complete checkpoint in the spec's checkpoint store (sources resume
+    /// where it left off; output staged but not yet published is published).
+    #[arg(long)]
+    resume: bool,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +98,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => validate(args),
         Command::Run(args) => run(args),
+        Command::Checkpoints(cmd) => checkpoints::command(cmd),
     };
     match result {
         Ok(code) => code,
@@ -137,18 +160,83 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
             .unwrap_or(1)
     });
     let runtime = Runtime::new(threads)?;
-    let steps = plan.steps.clone();
-    let handle = runtime.start(plan.graph)?;
+    let store = plan
+        .checkpoint
+        .as_ref()
+        .map(|c| checkpoints::open_store(&c.store))
+        .transpose()?;
+    let mut restore = None;
+    if args.resume {
+        let Some(store) = &store else {
+            return Err(weir_types::Error::config(
+                "--resume needs a 'checkpoint:' section in the spec (where are the checkpoints?)",
+            ));
+        };
+        restore = checkpoints::newest_complete(&runtime, store)?;
+    }
     tracing::info!(
         "running {} on {threads} thread(s)",
         args.spec.file.display()
     );
+    let mut attempt = 0;
+    let report = loop {
+        let setup = match (&store, &plan.checkpoint) {
+            (Some(store), Some(c)) => Some(CheckpointSetup {
+                store: store.clone(),
+                config: c.config.clone(),
+                restore: restore.clone(),
+            }),
+            _ => None,
+        };
+        match run_once(&runtime, &plan, setup, &args) {
+            Ok(report) => break report,
+            Err(e)
+                if attempt < plan.restart.attempts
+                    && store.is_some()
+                    && e.kind() != ErrorKind::Config =>
+            {
+                attempt += 1;
+                let wait = plan.restart.backoff * 2u32.saturating_pow(attempt - 1);
+                tracing::warn!(
+                    "job failed (restart {attempt} of {}), restarting from the newest complete checkpoint in {}: {}",
+                    plan.restart.attempts,
+                    progress::fmt_secs(wait.as_secs_f64()),
+                    e.report()
+                );
+                std::thread::sleep(wait);
+                if let Some(store) = &store {
+                    restore = checkpoints::newest_complete(&runtime, store)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    eprint!("{}", summary::render(&report));
+    if let Some(path) = &args.metrics_json {
+        let json = summary::to_json(&report);
+        std::fs::write(path, json).map_err(|e| {
+            weir_types::Error::io(format!("cannot write metrics to {}", path.display()))
+                .with_source(e)
+        })?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the planned job once, with progress, until it ends.
+fn run_once(
+    runtime: &Runtime,
+    plan: &weir_plan::Plan,
+    setup: Option<CheckpointSetup>,
+    args: &RunArgs,
+) -> weir_types::Result<weir_runtime::JobReport> {
+    let handle = runtime.start_with(plan.graph.clone(), setup)?;
     tracing::debug!("physical plan:\n{}", handle.description());
     let metrics = handle.metrics().clone();
     let stop = handle.stop_token();
     let mode = args.progress.resolve(std::io::stderr().is_terminal());
     let interval = Duration::from_secs_f64(args.log_interval.max(0.2));
-    let result = runtime.block_on(async move {
+    let steps = plan.steps.clone();
+    runtime.block_on(async move {
         let signals = tokio::spawn(watch_signals(stop));
         let mut display = progress::Progress::new(mode, metrics, &steps, handle.started());
         let mut tick = tokio::time::interval(display.tick(interval));
@@ -163,17 +251,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         signals.abort();
         display.finish();
         result
-    });
-    let report = result?;
-    eprint!("{}", summary::render(&report));
-    if let Some(path) = &args.metrics_json {
-        let json = summary::to_json(&report);
-        std::fs::write(path, json).map_err(|e| {
-            weir_types::Error::io(format!("cannot write metrics to {}", path.display()))
-                .with_source(e)
-        })?;
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// First Ctrl-C or SIGTERM: stop the sources and let everything read so far be written.

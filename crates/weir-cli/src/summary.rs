@@ -67,6 +67,30 @@ pub fn render(r: &JobReport) -> String {
     for n in r.nodes.iter().filter(|n| n.role == NodeRole::Sink) {
         let _ = writeln!(s, "written: {} received {} rows", n.name, n.totals.rows_in);
     }
+    if let Some(c) = &r.checkpoints {
+        let mut d = c.durations_ms.clone();
+        d.sort_unstable();
+        let pick = |q: f64| {
+            d.get(((d.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        let _ = write!(
+            s,
+            "checkpoints: {} completed, {} failed",
+            c.completed, c.failed
+        );
+        if !d.is_empty() {
+            let _ = write!(s, ", duration p50 {} ms, p99 {} ms", pick(0.5), pick(0.99));
+        }
+        if let Some(id) = c.last_completed {
+            let _ = write!(s, ", last complete {id}");
+        }
+        if let Some(id) = c.restored_from {
+            let _ = write!(s, "; restored from checkpoint {id}");
+        }
+        let _ = writeln!(s);
+    }
     let dead: u64 = r.nodes.iter().map(|n| n.totals.dead_letters).sum();
     if dead > 0 {
         let _ = writeln!(
@@ -78,11 +102,21 @@ pub fn render(r: &JobReport) -> String {
 }
 
 #[derive(Serialize)]
+struct JsonCheckpoints {
+    completed: u64,
+    failed: u64,
+    last_completed: Option<u64>,
+    restored_from: Option<u64>,
+    durations_ms: Vec<u64>,
+}
+
+#[derive(Serialize)]
 struct JsonReport<'a> {
     job: &'a str,
     elapsed_s: f64,
     stopped_early: bool,
     nodes: &'a [NodeMetrics],
+    checkpoints: Option<JsonCheckpoints>,
 }
 
 /// The report as pretty JSON.
@@ -92,6 +126,13 @@ pub fn to_json(r: &JobReport) -> String {
         elapsed_s: r.elapsed.as_secs_f64(),
         stopped_early: r.stopped_early,
         nodes: &r.nodes,
+        checkpoints: r.checkpoints.as_ref().map(|c| JsonCheckpoints {
+            completed: c.completed,
+            failed: c.failed,
+            last_completed: c.last_completed,
+            restored_from: c.restored_from,
+            durations_ms: c.durations_ms.clone(),
+        }),
     };
     serde_json::to_string_pretty(&j).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }

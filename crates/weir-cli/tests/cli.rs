@@ -60,7 +60,7 @@ fn invalid_specs_name_the_key_and_exit_2() {
         ),
         (
             "steps:\n  - source: kafka\n  - sink: blackhole\n",
-            "unknown source kind 'kafka', expected one of: parquet, jsonl, csv, files",
+            "unknown source kind 'kafka', expected one of: parquet, jsonl, csv, files, text, values",
         ),
         (
             "steps:\n  - source: csv\n    path: examples/orders/orders.csv\n",

@@ -7,8 +7,8 @@
 
 use crate::config::{ColumnSpec, de_delimiter, declared_schema, default_poll_interval};
 use crate::file_source::{
-    BadRow, Chunk, FileFormat, FileReader, FileSource, FileSourceOptions, LineReader, ListedFile,
-    MAX_CHUNK_BYTES, conform, first_file,
+    BadRow, Chunk, FileFormat, FilePosition, FileReader, FileSource, FileSourceOptions, LineReader,
+    ListedFile, MAX_CHUNK_BYTES, ReadPosition, conform, first_file,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -199,6 +199,7 @@ impl FileFormat for CsvFormat {
         file: &ListedFile,
         schema: &SchemaRef,
         batch_size: usize,
+        start: Option<&FilePosition>,
     ) -> Result<Box<dyn FileReader>> {
         let name = file.name();
         let f = std::fs::File::open(&file.path)
@@ -244,6 +245,14 @@ impl FileFormat for CsvFormat {
         } else {
             (schema.clone(), (0..schema.fields().len()).collect())
         };
+        if let Some(start) = start
+            && start.at.offset > records.lines.offset
+        {
+            // The header (if any) is read above; the progress of the skipped part is reported by
+            // the source.
+            records.lines.resume(start.at, &name)?;
+            header_bytes = 0;
+        }
         Ok(Box::new(CsvReader {
             name,
             records,
@@ -259,6 +268,10 @@ impl FileFormat for CsvFormat {
 struct EmptyReader;
 
 impl FileReader for EmptyReader {
+    fn position(&self) -> ReadPosition {
+        ReadPosition::default()
+    }
+
     fn next_chunk(&mut self) -> Result<Option<Chunk>> {
         Ok(None)
     }
@@ -449,6 +462,10 @@ impl CsvReader {
 }
 
 impl FileReader for CsvReader {
+    fn position(&self) -> ReadPosition {
+        self.records.lines.position()
+    }
+
     fn next_chunk(&mut self) -> Result<Option<Chunk>> {
         if self.records.lines.eof {
             return Ok(None);

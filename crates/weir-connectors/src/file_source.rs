@@ -5,12 +5,25 @@
 //!
 //! A format only supplies a [`FileReader`] per file; this module drives it from
 //! [`Source::next`], one chunk (at most one batch) per call, on a blocking thread.
+//!
+//! # Checkpoints
+//!
+//! The source's position is one union entry per file it has started, `file:<path>`, whose payload
+//! is a [`FilePosition`] as JSON: rows emitted and rows reported bad so far, the byte offset and
+//! line number just after the last record read (text formats), and whether the file is done. On
+//! restore every instance receives every entry; the instance that owns a file by the split rule
+//! (index modulo parallelism, or the name hash in continuous mode) opens it at its position (text
+//! formats seek to the byte offset; Parquet skips whole row groups, then rows), and files that are
+//! done are skipped. Entries of done files are carried on by the instance the name hash assigns
+//! them to, so the set of files taken survives any number of restores (continuous mode needs it).
+//! Input files must not change once listed: a file shorter than its recorded offset is an error.
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use std::collections::{HashSet, VecDeque};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,7 +147,7 @@ pub fn first_file(path: &str, extensions: &[&str]) -> Result<ListedFile> {
 }
 
 /// A stable hash of a file name (FNV-1a), to assign files found later in continuous mode.
-fn stable_hash(s: &str) -> u64 {
+pub(crate) fn stable_hash(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.as_bytes() {
         h ^= u64::from(*b);
@@ -226,18 +239,99 @@ pub trait FileReader: Send {
     /// Reads the next chunk, or `None` at the end of the file. An error is a problem with the whole
     /// file (unreadable, truncated, schema mismatch); the rest of the file is skipped.
     fn next_chunk(&mut self) -> Result<Option<Chunk>>;
+
+    /// Where the reader stands between two chunks: everything before it has been returned. Text
+    /// formats give the byte offset and line number of the start of the first record not yet
+    /// returned; Parquet gives an estimate of the bytes consumed (it resumes by row count).
+    fn position(&self) -> ReadPosition;
+}
+
+/// A reader's place in its file, between two chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadPosition {
+    /// Byte offset (text formats) or estimated bytes consumed (Parquet).
+    pub offset: u64,
+    /// Lines consumed (text formats; 0 for Parquet).
+    pub line: u64,
+}
+
+/// How far a source got in one file: the payload of its `file:<path>` union entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePosition {
+    /// Rows emitted from the file so far.
+    pub rows: u64,
+    /// Rows reported bad (dead letters) so far.
+    #[serde(default)]
+    pub bad: u64,
+    /// Where to resume reading.
+    #[serde(flatten)]
+    pub at: ReadPosition,
+    /// Whether the file has been read to its end (or failed as a whole).
+    #[serde(default)]
+    pub done: bool,
+}
+
+impl FilePosition {
+    /// Whether `self` is at least as far as `other` (positions only grow).
+    fn ahead_of(&self, other: &FilePosition) -> bool {
+        (self.done, self.rows + self.bad, self.at.offset)
+            >= (other.done, other.rows + other.bad, other.at.offset)
+    }
+}
+
+/// The union entry name of `file`'s position.
+fn entry_name(file: &str) -> String {
+    format!("file:{file}")
+}
+
+/// Reads the `file:` entries of a restored state, keeping the furthest position per file.
+pub(crate) fn restored_positions(
+    state: &weir_runtime::StateSnapshot,
+) -> Result<HashMap<String, FilePosition>> {
+    let mut out: HashMap<String, FilePosition> = HashMap::new();
+    for (name, bytes) in state.unions() {
+        let Some(file) = name.strip_prefix("file:") else {
+            continue;
+        };
+        let pos: FilePosition = serde_json::from_slice(bytes).map_err(|e| {
+            Error::io(format!("checkpoint state of file {file} is corrupt")).with_source(e)
+        })?;
+        match out.get(file) {
+            Some(old) if old.ahead_of(&pos) => {}
+            _ => {
+                out.insert(file.to_string(), pos);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `n` with thousands separators (`12,345`), for log lines.
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A file format: opens a [`FileReader`] for a file, producing batches of the planned schema.
 pub trait FileFormat: Send + Sync + 'static {
     /// The format's name, for messages (`parquet`).
     fn name(&self) -> &'static str;
-    /// Opens `file` (may read a footer or header). An error is a problem with the whole file.
+    /// Opens `file` (may read a footer or header), at `start` when resuming from a checkpoint
+    /// (the reader then continues with the first row not yet emitted). An error is a problem with
+    /// the whole file.
     fn open(
         &self,
         file: &ListedFile,
         schema: &SchemaRef,
         batch_size: usize,
+        start: Option<&FilePosition>,
     ) -> Result<Box<dyn FileReader>>;
 }
 
@@ -260,6 +354,7 @@ struct Current {
     file: ListedFile,
     reader: Box<dyn FileReader>,
     reported: u64,
+    pos: FilePosition,
 }
 
 /// A running file source: one subtask's share of the files, read one chunk per `next`.
@@ -274,7 +369,13 @@ pub struct FileSource {
     total: u64,
     current: Option<Current>,
     last_poll: Option<Instant>,
-    done: Vec<String>,
+    /// Positions to snapshot: every file this instance started, and restored entries of done files
+    /// that it carries on.
+    positions: BTreeMap<String, FilePosition>,
+    /// Every position of the restored state (empty when not restored).
+    restored: HashMap<String, FilePosition>,
+    /// What resuming skipped: (files resumed mid-way, files already done, rows skipped).
+    resumed: (u64, u64, u64),
 }
 
 impl std::fmt::Debug for FileSource {
@@ -312,7 +413,9 @@ impl FileSource {
             total: 0,
             current: None,
             last_poll: None,
-            done: Vec::new(),
+            positions: BTreeMap::new(),
+            restored: HashMap::new(),
+            resumed: (0, 0, 0),
         })
     }
 
@@ -338,6 +441,18 @@ impl FileSource {
             }
             self.seen.insert(f.path.clone());
             self.total += f.size;
+            let name = f.name();
+            if let Some(pos) = self.restored.get(&name).copied() {
+                self.resumed.2 += pos.rows + pos.bad;
+                if pos.done {
+                    self.resumed.1 += 1;
+                    ctx.metrics().add_progress(f.size);
+                    continue;
+                }
+                self.resumed.0 += 1;
+                // Carried on by this instance from now on, also before it reaches the file.
+                self.positions.insert(name, pos);
+            }
             self.queue.push_back(f);
             added += 1;
         }
@@ -356,8 +471,23 @@ impl FileSource {
     ) -> Result<()> {
         ctx.metrics()
             .add_progress(file.size.saturating_sub(reported));
-        self.done.push(file.name());
+        let pos = self.positions.entry(file.name()).or_default();
+        pos.done = true;
+        pos.bad += 1;
         ctx.bad_row(error, Some(file.name()), None, None)
+    }
+
+    /// Takes over the restored state: the positions of every file, and the done files this
+    /// instance carries on (those whose name hash falls to it).
+    fn restore(&mut self, state: &weir_runtime::StateSnapshot) -> Result<()> {
+        self.restored = restored_positions(state)?;
+        let p = u64::from(self.parallelism);
+        for (name, pos) in &self.restored {
+            if pos.done && stable_hash(name) % p == u64::from(self.subtask) {
+                self.positions.insert(name.clone(), *pos);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -368,7 +498,20 @@ impl Source for FileSource {
     }
 
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        if let Some(state) = ctx.restored_state() {
+            let state = state.clone();
+            self.restore(&state)?;
+        }
         self.poll(ctx).await?;
+        if ctx.restored_state().is_some() {
+            let (resumed, done, rows) = self.resumed;
+            tracing::info!(
+                node = %ctx.name(),
+                subtask = self.subtask,
+                "resumed {resumed} files, skipped {} rows already emitted ({done} files already done)",
+                thousands(rows)
+            );
+        }
         Ok(())
     }
 
@@ -384,13 +527,20 @@ impl Source for FileSource {
                     let schema = self.schema.clone();
                     let bs = self.opts.batch_size;
                     let f = file.clone();
-                    let opened = ctx.spawn_cpu(move || format.open(&f, &schema, bs)).await?;
+                    let start = self.positions.get(&file.name()).copied();
+                    let opened = ctx
+                        .spawn_cpu(move || format.open(&f, &schema, bs, start.as_ref()))
+                        .await?;
                     match opened {
                         Ok(reader) => {
+                            let pos = start.unwrap_or_default();
+                            let reported = pos.at.offset.min(file.size);
+                            ctx.metrics().add_progress(reported);
                             self.current = Some(Current {
                                 file,
                                 reader,
-                                reported: 0,
+                                reported,
+                                pos,
                             })
                         }
                         Err(e) => self.file_failed(ctx, &file, 0, e)?,
@@ -415,8 +565,9 @@ impl Source for FileSource {
             };
             let Current {
                 file,
-                mut reader,
+                reader,
                 mut reported,
+                mut pos,
             } = cur;
             let (reader, res) = ctx
                 .spawn_cpu(move || {
@@ -430,10 +581,15 @@ impl Source for FileSource {
                     ctx.metrics().add_progress(bytes);
                     reported += bytes;
                     let name = file.name();
+                    pos.rows += chunk.batch.as_ref().map_or(0, |b| b.num_rows() as u64);
+                    pos.bad += chunk.bad_rows.len() as u64;
+                    pos.at = reader.position();
+                    self.positions.insert(name.clone(), pos);
                     self.current = Some(Current {
                         file,
                         reader,
                         reported,
+                        pos,
                     });
                     for bad in chunk.bad_rows {
                         ctx.bad_row(bad.error, Some(name.clone()), Some(bad.position), bad.raw)?;
@@ -447,7 +603,9 @@ impl Source for FileSource {
                 Ok(None) => {
                     ctx.metrics()
                         .add_progress(file.size.saturating_sub(reported));
-                    self.done.push(file.name());
+                    pos.at = reader.position();
+                    pos.done = true;
+                    self.positions.insert(file.name(), pos);
                 }
                 Err(e) => self.file_failed(ctx, &file, reported, e)?,
             }
@@ -457,16 +615,14 @@ impl Source for FileSource {
     async fn snapshot(
         &mut self,
         _barrier: &Barrier,
-        ctx: &mut OperatorContext,
+        _ctx: &mut OperatorContext,
     ) -> Result<weir_runtime::StateSnapshot> {
-        let state = serde_json::json!({
-            "files_done": self.done,
-            "current": self.current.as_ref().map(|c| c.file.name()),
-        });
-        let bytes = serde_json::to_vec(&state)
-            .map_err(|e| Error::internal("cannot encode source state").with_source(e))?;
         let mut snap = weir_runtime::StateSnapshot::new();
-        snap.push_union(format!("progress-{}", ctx.info().subtask), bytes);
+        for (name, pos) in &self.positions {
+            let bytes = serde_json::to_vec(pos)
+                .map_err(|e| Error::internal("cannot encode source state").with_source(e))?;
+            snap.push_union(entry_name(name), bytes);
+        }
         Ok(snap)
     }
 
@@ -482,7 +638,40 @@ pub(crate) struct LineReader<R> {
     inner: R,
     /// Lines read so far (the number of the last line read).
     pub(crate) line: u64,
+    /// Bytes read so far (the offset of the next line).
+    pub(crate) offset: u64,
     pub(crate) eof: bool,
+}
+
+impl LineReader<std::io::BufReader<std::fs::File>> {
+    /// Continues at `at` (a position this reader's file had between two chunks), if it is ahead:
+    /// seeks to the byte offset and takes the line count over. `file` names the file in errors;
+    /// a file shorter than the offset has changed since the checkpoint, which is an error.
+    pub(crate) fn resume(&mut self, at: ReadPosition, file: &str) -> Result<()> {
+        use std::io::Seek;
+        if at.offset <= self.offset {
+            return Ok(());
+        }
+        let len = self
+            .inner
+            .get_ref()
+            .metadata()
+            .map_err(|e| Error::io(format!("cannot read file {file}")).with_source(e))?
+            .len();
+        if len < at.offset {
+            return Err(Error::input(format!(
+                "file {file} is {len} bytes, shorter than the {} bytes already read before the \
+                 checkpoint: input files must not change once read",
+                at.offset
+            )));
+        }
+        self.inner
+            .seek(std::io::SeekFrom::Start(at.offset))
+            .map_err(|e| Error::io(format!("cannot seek in file {file}")).with_source(e))?;
+        self.offset = at.offset;
+        self.line = at.line;
+        Ok(())
+    }
 }
 
 impl<R: std::io::BufRead> LineReader<R> {
@@ -490,7 +679,16 @@ impl<R: std::io::BufRead> LineReader<R> {
         LineReader {
             inner,
             line: 0,
+            offset: 0,
             eof: false,
+        }
+    }
+
+    /// The position after the last line read.
+    pub(crate) fn position(&self) -> ReadPosition {
+        ReadPosition {
+            offset: self.offset,
+            line: self.line,
         }
     }
 
@@ -504,6 +702,7 @@ impl<R: std::io::BufRead> LineReader<R> {
             self.eof = true;
         } else {
             self.line += 1;
+            self.offset += n as u64;
         }
         Ok(n)
     }

@@ -3,7 +3,7 @@
 //! optionally, its bytes. For pipelines over images, documents and other unstructured inputs.
 
 use crate::config::{de_size, default_poll_interval};
-use crate::file_source::is_mine;
+use crate::file_source::{is_mine, stable_hash, thousands};
 use arrow::array::{
     ArrayRef, BinaryBuilder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
 };
@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::Deserialize;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_runtime::{OperatorContext, Source, SourceEvent, TaskInfo};
@@ -180,6 +180,7 @@ impl FilesSourceSpec {
             total: 0,
             last_poll: None,
             done: 0,
+            taken: BTreeSet::new(),
             fetched: VecDeque::new(),
         }))
     }
@@ -289,6 +290,9 @@ struct FilesSource {
     total: u64,
     last_poll: Option<Instant>,
     done: u64,
+    /// Checkpointed state: the locations of the files emitted (or reported bad) by this instance,
+    /// and the restored ones it carries on (by name hash). One union entry `file:<location>` each.
+    taken: BTreeSet<String>,
     /// Files read but not yet emitted (the rest of a read whose decoded sizes exceeded the budget).
     fetched: VecDeque<Fetched>,
 }
@@ -429,6 +433,7 @@ impl FilesSource {
                     let uri = self.uri(&m);
                     ctx.metrics().add_progress(m.size);
                     self.done += 1;
+                    self.taken.insert(m.location.to_string());
                     ctx.bad_row(
                         Error::input(format!(
                             "file {uri} is {} bytes, above max_file_size ({} bytes)",
@@ -460,6 +465,35 @@ impl Source for FilesSource {
     }
 
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        if let Some(state) = ctx.restored_state() {
+            // Files emitted before the checkpoint are never taken again, by any instance.
+            let p = u64::from(self.parallelism);
+            let mut restored = 0u64;
+            for (name, _) in state.unions() {
+                let Some(loc) = name.strip_prefix("file:") else {
+                    continue;
+                };
+                let path = StorePath::parse(loc).map_err(|e| {
+                    Error::io(format!(
+                        "checkpoint state names an invalid object path '{loc}'"
+                    ))
+                    .with_source(e)
+                })?;
+                if self.seen.insert(path) {
+                    restored += 1;
+                }
+                if stable_hash(loc) % p == u64::from(self.subtask) {
+                    self.taken.insert(loc.to_string());
+                }
+            }
+            if self.subtask == 0 {
+                tracing::info!(
+                    node = %ctx.name(),
+                    "resumed: skipping {} files already emitted before the checkpoint",
+                    thousands(restored)
+                );
+            }
+        }
         self.poll(ctx).await.map(|_| ())
     }
 
@@ -493,6 +527,7 @@ impl Source for FilesSource {
             let u = self.uri(&m);
             ctx.metrics().add_progress(m.size);
             self.done += 1;
+            self.taken.insert(m.location.to_string());
             match r {
                 Ok(b) => {
                     uri.append_value(&u);
@@ -526,16 +561,12 @@ impl Source for FilesSource {
     async fn snapshot(
         &mut self,
         _barrier: &Barrier,
-        ctx: &mut OperatorContext,
+        _ctx: &mut OperatorContext,
     ) -> Result<weir_runtime::StateSnapshot> {
-        let state = serde_json::json!({
-            "files_done": self.done,
-            "queued": self.queue.len() + self.fetched.len(),
-        });
-        let bytes = serde_json::to_vec(&state)
-            .map_err(|e| Error::internal("cannot encode source state").with_source(e))?;
         let mut snap = weir_runtime::StateSnapshot::new();
-        snap.push_union(format!("progress-{}", ctx.info().subtask), bytes);
+        for loc in &self.taken {
+            snap.push_union(format!("file:{loc}"), b"done".to_vec());
+        }
         Ok(snap)
     }
 }

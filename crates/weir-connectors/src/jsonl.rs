@@ -7,8 +7,8 @@
 
 use crate::config::{ColumnSpec, declared_schema, default_poll_interval};
 use crate::file_source::{
-    BadRow, Chunk, FileFormat, FileReader, FileSource, FileSourceOptions, LineReader, ListedFile,
-    MAX_CHUNK_BYTES, first_file,
+    BadRow, Chunk, FileFormat, FilePosition, FileReader, FileSource, FileSourceOptions, LineReader,
+    ListedFile, MAX_CHUNK_BYTES, ReadPosition, first_file,
 };
 use crate::sink_util::{
     binary_as_text, create_file, ensure_dir, inprogress_path, publish, text_schema, with_schema,
@@ -179,13 +179,18 @@ impl FileFormat for JsonlFormat {
         file: &ListedFile,
         schema: &SchemaRef,
         batch_size: usize,
+        start: Option<&FilePosition>,
     ) -> Result<Box<dyn FileReader>> {
         let f = std::fs::File::open(&file.path).map_err(|e| {
             Error::io(format!("cannot open json file {}", file.name())).with_source(e)
         })?;
+        let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, f));
+        if let Some(start) = start {
+            lines.resume(start.at, &file.name())?;
+        }
         Ok(Box::new(JsonlReader {
             name: file.name(),
-            lines: LineReader::new(BufReader::with_capacity(1 << 20, f)),
+            lines,
             schema: schema.clone(),
             batch_size,
         }))
@@ -232,6 +237,10 @@ fn decode(
 }
 
 impl FileReader for JsonlReader {
+    fn position(&self) -> ReadPosition {
+        self.lines.position()
+    }
+
     fn next_chunk(&mut self) -> Result<Option<Chunk>> {
         if self.lines.eof {
             return Ok(None);

@@ -1,7 +1,7 @@
 //! weir's connectors: where data enters and leaves a pipeline.
 //!
-//! Sources read files (Parquet, JSON Lines, CSV) or raw objects (a directory or an object-store
-//! prefix); sinks write Parquet or JSON Lines files, print to the console, or drop everything. Each
+//! Sources read files (Parquet, JSON Lines, CSV, plain text), raw objects (a directory or an
+//! object-store prefix) or rows written in the spec; sinks write Parquet or JSON Lines files, print to the console, or drop everything. Each
 //! connector is configured by a *spec*, the options a YAML pipeline gives, which the planner turns
 //! into running instances:
 //!
@@ -26,6 +26,8 @@ pub mod files;
 pub mod jsonl;
 pub mod parquet;
 mod sink_util;
+pub mod text;
+pub mod values;
 
 pub use blackhole::BlackholeSinkSpec;
 pub use config::ColumnSpec;
@@ -34,3 +36,5 @@ pub use csv::CsvSourceSpec;
 pub use files::FilesSourceSpec;
 pub use jsonl::{JsonlSinkSpec, JsonlSourceSpec};
 pub use parquet::{Compression, ParquetSinkSpec, ParquetSourceSpec};
+pub use text::TextSourceSpec;
+pub use values::ValuesSourceSpec;

@@ -3,8 +3,8 @@
 
 use crate::config::{de_opt_duration, de_size, default_poll_interval};
 use crate::file_source::{
-    Chunk, FileFormat, FileReader, FileSource, FileSourceOptions, ListedFile, conform, first_file,
-    match_columns,
+    Chunk, FileFormat, FilePosition, FileReader, FileSource, FileSourceOptions, ListedFile,
+    ReadPosition, conform, first_file, match_columns,
 };
 use crate::sink_util::{create_file, ensure_dir, inprogress_path, publish, with_schema};
 use arrow::datatypes::SchemaRef;
@@ -127,9 +127,10 @@ impl FileFormat for ParquetFormat {
         file: &ListedFile,
         schema: &SchemaRef,
         batch_size: usize,
+        start: Option<&FilePosition>,
     ) -> Result<Box<dyn FileReader>> {
         let name = file.name();
-        let builder = open_builder(file)?;
+        let mut builder = open_builder(file)?;
         let indices = match_columns(&name, builder.schema(), schema)?;
         let total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
         // The projected batch keeps the file's column order; map each planned column to its place.
@@ -141,6 +142,32 @@ impl FileFormat for ParquetFormat {
             .map(|i| sorted.binary_search(i).unwrap_or_default())
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), sorted.iter().copied());
+        // Resuming: skip whole row groups already emitted from the footer's row counts, then the
+        // rows of the first group left.
+        let skip = start.map_or(0, |s| s.rows);
+        if skip > 0 {
+            let mut before = 0u64;
+            let mut groups = Vec::new();
+            let mut offset = 0u64;
+            for (i, rg) in builder.metadata().row_groups().iter().enumerate() {
+                let rows = u64::try_from(rg.num_rows()).unwrap_or(0);
+                if groups.is_empty() && before + rows <= skip {
+                    before += rows;
+                    continue;
+                }
+                if groups.is_empty() {
+                    offset = skip - before;
+                }
+                groups.push(i);
+            }
+            builder = builder.with_row_groups(groups);
+            if offset > 0 {
+                let offset = usize::try_from(offset).map_err(|e| {
+                    Error::input(format!("cannot resume parquet file {name}")).with_source(e)
+                })?;
+                builder = builder.with_offset(offset);
+            }
+        }
         let reader = builder
             .with_batch_size(batch_size)
             .with_projection(mask)
@@ -153,6 +180,7 @@ impl FileFormat for ParquetFormat {
             schema: schema.clone(),
             size: file.size,
             total_rows,
+            rows: skip,
         }))
     }
 }
@@ -164,9 +192,21 @@ struct ParquetReader {
     schema: SchemaRef,
     size: u64,
     total_rows: u64,
+    /// Rows read so far (including those skipped when resuming).
+    rows: u64,
 }
 
 impl FileReader for ParquetReader {
+    fn position(&self) -> ReadPosition {
+        let offset = if self.total_rows == 0 {
+            0
+        } else {
+            (u128::from(self.size) * u128::from(self.rows.min(self.total_rows))
+                / u128::from(self.total_rows)) as u64
+        };
+        ReadPosition { offset, line: 0 }
+    }
+
     fn next_chunk(&mut self) -> Result<Option<Chunk>> {
         match self.reader.next() {
             None => Ok(None),
@@ -175,6 +215,7 @@ impl FileReader for ParquetReader {
             }
             Some(Ok(batch)) => {
                 let rows = batch.num_rows() as u64;
+                self.rows += rows;
                 let bytes = if self.total_rows == 0 {
                     0
                 } else {

@@ -1,7 +1,8 @@
 //! weir's inference: the `infer` operator running ONNX models on Arrow tensor columns, with
 //! engine-side batching (size/time triggers, an adaptive batch size under a latency budget,
 //! length bucketing for ragged text inputs), dedicated instance threads, and post-processing ops
-//! (`top_k`, `l2_normalize`, `mean_pool`).
+//! (`top_k`, `l2_normalize`, `mean_pool`), and `vad` (Silero voice-activity detection: audio rows to
+//! speech segments).
 
 #![warn(missing_docs)]
 
@@ -20,3 +21,6 @@ pub use spec::{BatchSpec, InferPlan, InferSpec};
 pub mod postprocess;
 
 pub use postprocess::{L2NormalizeSpec, MeanPoolSpec, TopKSpec};
+pub mod vad;
+
+pub use vad::VadSpec;

@@ -2,12 +2,19 @@
 //!
 //! JPEG goes through zune-jpeg directly (with the EXIF orientation applied); PNG and WebP go
 //! through the `image` crate. The pixel count is read from the header and checked against
-//! `max_pixels` before anything is decoded (a decompression-bomb limit). A batch's images are
-//! decoded in parallel in one `spawn_cpu` call. Rows that cannot be decoded are bad rows.
+//! `max_pixels` before anything is decoded (a decompression-bomb limit). Rows that cannot be
+//! decoded are bad rows.
+//!
+//! Memory: before decoding, every row's decoded size (width × height × channels of `mode`) is
+//! predicted from its header ([`predicted_size`]), and the batch is cut into groups of consecutive
+//! rows whose predicted sizes add up to at most `max_batch_bytes` (a single larger image gets a
+//! group of its own). Groups are decoded one after the other (the rows of a group in parallel, in
+//! one `spawn_cpu` call) and each becomes one output batch, so no output batch carries more than
+//! `max_batch_bytes` of pixels.
 
 use crate::common::{
     BytesColumn, ImageBuf, check_bytes_field, column_index, decoded_image_field, emit_images,
-    preview, report_bad_rows, schema_with,
+    parse_size, preview, report_bad_rows, schema_with,
 };
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -34,6 +41,9 @@ fn default_max_pixels() -> u64 {
 fn default_mode() -> String {
     "RGB".into()
 }
+fn default_max_batch_bytes() -> String {
+    "64MiB".into()
+}
 
 /// Options of a `decode_image` operator.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -54,6 +64,11 @@ pub struct DecodeImageSpec {
     /// Output mode: `RGB`, `RGBA` or `L` (grayscale). Default `RGB`.
     #[serde(default = "default_mode")]
     pub mode: String,
+    /// Most bytes of decoded pixels in one output batch, predicted from the image headers before
+    /// decoding; larger input batches are split (an image larger than this on its own gets a batch
+    /// of its own). Default `64MiB`.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: String,
 }
 
 impl Default for DecodeImageSpec {
@@ -63,6 +78,7 @@ impl Default for DecodeImageSpec {
             output: default_image(),
             max_pixels: default_max_pixels(),
             mode: default_mode(),
+            max_batch_bytes: default_max_batch_bytes(),
         }
     }
 }
@@ -77,9 +93,20 @@ impl DecodeImageSpec {
         })
     }
 
+    fn batch_budget(&self) -> Result<u64> {
+        let b = parse_size(&self.max_batch_bytes, "decode_image: max_batch_bytes")?;
+        if b == 0 {
+            return Err(Error::config(
+                "decode_image: max_batch_bytes must be at least 1 byte",
+            ));
+        }
+        Ok(b)
+    }
+
     /// Plan time: checks the input column holds bytes and returns the output schema.
     pub fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
         let mode = self.image_mode()?;
+        self.batch_budget()?;
         if self.max_pixels == 0 {
             return Err(Error::config("decode_image: max_pixels must be at least 1"));
         }
@@ -99,6 +126,7 @@ impl DecodeImageSpec {
             output: self.output.clone(),
             max_pixels: self.max_pixels,
             mode: self.image_mode()?,
+            max_batch_bytes: self.batch_budget()?,
             schema,
         }))
     }
@@ -106,8 +134,8 @@ impl DecodeImageSpec {
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
         format!(
-            "decode_image {} -> {} ({}, max {} pixels)",
-            self.column, self.output, self.mode, self.max_pixels
+            "decode_image {} -> {} ({}, max {} pixels, output batches up to {})",
+            self.column, self.output, self.mode, self.max_pixels, self.max_batch_bytes
         )
     }
 }
@@ -119,7 +147,28 @@ pub struct DecodeImage {
     output: String,
     max_pixels: u64,
     mode: ImageMode,
+    max_batch_bytes: u64,
     schema: SchemaRef,
+}
+
+/// Cuts rows with predicted sizes `sizes` into consecutive groups of at most `budget` bytes (a
+/// single larger row gets a group of its own).
+fn budget_groups(sizes: &[u64], budget: u64) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut acc = 0u64;
+    for (i, s) in sizes.iter().enumerate() {
+        if i > start && acc.saturating_add(*s) > budget {
+            groups.push(start..i);
+            start = i;
+            acc = 0;
+        }
+        acc = acc.saturating_add(*s);
+    }
+    if start < sizes.len() {
+        groups.push(start..sizes.len());
+    }
+    groups
 }
 
 #[async_trait]
@@ -134,36 +183,68 @@ impl Operator for DecodeImage {
             Error::internal(format!("decode_image: column '{}' is missing", self.column))
         })?;
         let (mode, max_pixels) = (self.mode, self.max_pixels);
-        let results = ctx
-            .spawn_cpu(
-                move || -> Result<Vec<std::result::Result<ImageBuf, (Error, Vec<u8>)>>> {
-                    let bytes = BytesColumn::new(&column).ok_or_else(|| {
-                        Error::internal("decode_image: input is not a bytes column")
-                    })?;
-                    Ok((0..column.len())
-                        .into_par_iter()
-                        .map(|row| match bytes.get(row) {
-                            None => Err((Error::input("image bytes are null"), Vec::new())),
-                            Some(b) => decode(b, mode, max_pixels).map_err(|e| (e, preview(b))),
-                        })
-                        .collect())
-                },
-            )
-            .await??;
-        let mut bad = Vec::new();
-        let mut images = Vec::with_capacity(results.len());
-        for (row, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(img) => images.push(Some(img)),
-                Err((e, raw)) => {
-                    bad.push((row, e, Some(raw)));
-                    images.push(None);
+        let sizes: Vec<u64> = {
+            let bytes = BytesColumn::new(&column)
+                .ok_or_else(|| Error::internal("decode_image: input is not a bytes column"))?;
+            (0..column.len())
+                .map(|row| {
+                    bytes
+                        .get(row)
+                        .and_then(|b| predicted_size(b, mode))
+                        .unwrap_or(0)
+                })
+                .collect()
+        };
+        for range in budget_groups(&sizes, self.max_batch_bytes) {
+            let part = batch.slice(range.start, range.len());
+            let col = column.slice(range.start, range.len());
+            let results = ctx
+                .spawn_cpu(
+                    move || -> Result<Vec<std::result::Result<ImageBuf, (Error, Vec<u8>)>>> {
+                        let bytes = BytesColumn::new(&col).ok_or_else(|| {
+                            Error::internal("decode_image: input is not a bytes column")
+                        })?;
+                        Ok((0..col.len())
+                            .into_par_iter()
+                            .map(|row| match bytes.get(row) {
+                                None => Err((Error::input("image bytes are null"), Vec::new())),
+                                Some(b) => decode(b, mode, max_pixels).map_err(|e| (e, preview(b))),
+                            })
+                            .collect())
+                    },
+                )
+                .await??;
+            let mut bad = Vec::new();
+            let mut images = Vec::with_capacity(results.len());
+            for (row, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(img) => images.push(Some(img)),
+                    Err((e, raw)) => {
+                        bad.push((row, e, Some(raw)));
+                        images.push(None);
+                    }
                 }
             }
+            report_bad_rows(ctx, &part, bad)?;
+            emit_images(&part, &self.schema, &self.output, images, out)?;
         }
-        report_bad_rows(ctx, &batch, bad)?;
-        emit_images(&batch, &self.schema, &self.output, images, out)
+        Ok(())
     }
+}
+
+/// The decoded size in bytes of an encoded image in `mode` (width × height × channels), read from
+/// its header without decoding; `None` when the bytes are not a JPEG, PNG or WebP with a readable
+/// header. EXIF rotation does not change the size.
+pub fn predicted_size(bytes: &[u8], mode: ImageMode) -> Option<u64> {
+    let format = match sniff_format(bytes)? {
+        ImageFormat::Jpeg => image::ImageFormat::Jpeg,
+        ImageFormat::Png => image::ImageFormat::Png,
+        ImageFormat::WebP => image::ImageFormat::WebP,
+    };
+    let (w, h) = image::ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .ok()?;
+    Some(u64::from(w) * u64::from(h) * mode.channels() as u64)
 }
 
 /// Encoded formats this operator reads.
@@ -547,6 +628,25 @@ mod tests {
         let rgba = convert_mode(rgb.clone(), ImageMode::Rgba);
         assert_eq!(rgba.pixels, vec![255, 0, 0, 255, 0, 255, 0, 255]);
         assert_eq!(convert_mode(rgba, ImageMode::Rgb), rgb);
+    }
+
+    #[test]
+    fn groups_respect_the_budget() {
+        assert_eq!(budget_groups(&[10, 10, 10, 10], 25), vec![0..2, 2..4]);
+        assert_eq!(budget_groups(&[30, 5, 5], 25), vec![0..1, 1..3]);
+        assert_eq!(budget_groups(&[0, 0, 0], 1), vec![0..3]);
+        assert!(budget_groups(&[], 1).is_empty());
+    }
+
+    #[test]
+    fn sizes_are_predicted_from_headers() {
+        let mut png = Vec::new();
+        image::RgbImage::new(40, 30)
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(predicted_size(&png, ImageMode::Rgb), Some(40 * 30 * 3));
+        assert_eq!(predicted_size(&png, ImageMode::L), Some(40 * 30));
+        assert_eq!(predicted_size(b"not an image", ImageMode::Rgb), None);
     }
 
     #[test]

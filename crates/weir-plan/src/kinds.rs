@@ -1,11 +1,18 @@
 //! The registry of step kinds: maps `source: parquet`, `op: filter`, `sink: jsonl`, ... to the spec
-//! types of `weir-ops` and `weir-connectors`, and asks each for its schema and its running instances.
+//! types of `weir-ops`, `weir-connectors`, `weir-media`, `weir-infer`, `weir-text` and
+//! `weir-vector`, and asks each for its schema and its running instances.
+//!
+//! Paths inside specs (models, tokenizers, label files, vector indexes, inputs and outputs) are
+//! used as written: relative ones resolve against the working directory of `weir`, not against
+//! the spec file. Specs that ship with weir therefore use `${WEIR_MODELS}` / `${WEIR_DATA}`.
 
 use crate::spec::{Role, StepSpec};
 use arrow::datatypes::SchemaRef;
 use serde::Deserialize;
 use std::sync::Arc;
 use weir_connectors as conn;
+use weir_infer as infer;
+use weir_media as media;
 use weir_ops as ops;
 use weir_runtime::{Operator, Source, TaskInfo};
 use weir_types::{Error, Result};
@@ -21,6 +28,10 @@ pub enum Kind {
     CsvSource(conn::CsvSourceSpec),
     /// `source: files`
     FilesSource(conn::FilesSourceSpec),
+    /// `source: text`
+    TextSource(conn::TextSourceSpec),
+    /// `source: values`
+    ValuesSource(conn::ValuesSourceSpec),
     /// `op: filter`
     Filter(ops::FilterSpec),
     /// `op: select`
@@ -39,6 +50,32 @@ pub enum Kind {
     Rebalance(NoOptions),
     /// `op: broadcast`: sends every batch to every instance of the next step (not a node of its own).
     Broadcast(NoOptions),
+    /// `op: fetch`
+    Fetch(media::FetchSpec),
+    /// `op: decode_image`
+    DecodeImage(media::DecodeImageSpec),
+    /// `op: resize`
+    Resize(media::ResizeSpec),
+    /// `op: center_crop`
+    CenterCrop(media::CenterCropSpec),
+    /// `op: to_tensor`
+    ToTensor(media::ToTensorSpec),
+    /// `op: decode_audio`
+    DecodeAudio(media::DecodeAudioSpec),
+    /// `op: infer`
+    Infer(Box<infer::InferSpec>),
+    /// `op: top_k`
+    TopK(infer::TopKSpec),
+    /// `op: l2_normalize`
+    L2Normalize(infer::L2NormalizeSpec),
+    /// `op: mean_pool`
+    MeanPool(infer::MeanPoolSpec),
+    /// `op: vad`
+    Vad(infer::VadSpec),
+    /// `op: tokenize`
+    Tokenize(weir_text::TokenizeSpec),
+    /// `op: vector_search`
+    VectorSearch(weir_vector::VectorSearchSpec),
     /// `sink: parquet`
     ParquetSink(conn::ParquetSinkSpec),
     /// `sink: jsonl`
@@ -65,7 +102,7 @@ pub struct NoOptions {}
 /// Names of the kinds of each role, for error messages and docs.
 pub fn kind_names(role: Role) -> &'static [&'static str] {
     match role {
-        Role::Source => &["parquet", "jsonl", "csv", "files"],
+        Role::Source => &["parquet", "jsonl", "csv", "files", "text", "values"],
         Role::Op => &[
             "filter",
             "select",
@@ -76,6 +113,19 @@ pub fn kind_names(role: Role) -> &'static [&'static str] {
             "key_by",
             "rebalance",
             "broadcast",
+            "fetch",
+            "decode_image",
+            "resize",
+            "center_crop",
+            "to_tensor",
+            "decode_audio",
+            "infer",
+            "top_k",
+            "l2_normalize",
+            "mean_pool",
+            "vad",
+            "tokenize",
+            "vector_search",
         ],
         Role::Sink => &["parquet", "jsonl", "console", "blackhole"],
     }
@@ -89,6 +139,8 @@ impl Kind {
             (Role::Source, "jsonl") => Kind::JsonlSource(step.options()?),
             (Role::Source, "csv") => Kind::CsvSource(step.options()?),
             (Role::Source, "files") => Kind::FilesSource(step.options()?),
+            (Role::Source, "text") => Kind::TextSource(step.options()?),
+            (Role::Source, "values") => Kind::ValuesSource(step.options()?),
             (Role::Op, "filter") => Kind::Filter(step.options()?),
             (Role::Op, "select") => Kind::Select(step.options()?),
             (Role::Op, "rename") => Kind::Rename(step.options()?),
@@ -98,6 +150,19 @@ impl Kind {
             (Role::Op, "key_by") => Kind::KeyBy(step.options()?),
             (Role::Op, "rebalance") => Kind::Rebalance(step.options()?),
             (Role::Op, "broadcast") => Kind::Broadcast(step.options()?),
+            (Role::Op, "fetch") => Kind::Fetch(step.options()?),
+            (Role::Op, "decode_image") => Kind::DecodeImage(step.options()?),
+            (Role::Op, "resize") => Kind::Resize(step.options()?),
+            (Role::Op, "center_crop") => Kind::CenterCrop(step.options()?),
+            (Role::Op, "to_tensor") => Kind::ToTensor(step.options()?),
+            (Role::Op, "decode_audio") => Kind::DecodeAudio(step.options()?),
+            (Role::Op, "infer") => Kind::Infer(Box::new(step.options()?)),
+            (Role::Op, "top_k") => Kind::TopK(step.options()?),
+            (Role::Op, "l2_normalize") => Kind::L2Normalize(step.options()?),
+            (Role::Op, "mean_pool") => Kind::MeanPool(step.options()?),
+            (Role::Op, "vad") => Kind::Vad(step.options()?),
+            (Role::Op, "tokenize") => Kind::Tokenize(step.options()?),
+            (Role::Op, "vector_search") => Kind::VectorSearch(step.options()?),
             (Role::Sink, "parquet") => Kind::ParquetSink(step.options()?),
             (Role::Sink, "jsonl") => Kind::JsonlSink(step.options()?),
             (Role::Sink, "console") => Kind::ConsoleSink(step.options()?),
@@ -121,6 +186,8 @@ impl Kind {
             Kind::JsonlSource(s) => s.describe(),
             Kind::CsvSource(s) => s.describe(),
             Kind::FilesSource(s) => s.describe(),
+            Kind::TextSource(s) => s.describe(),
+            Kind::ValuesSource(s) => s.describe(),
             Kind::Filter(s) => s.describe(),
             Kind::Select(s) => s.describe(),
             Kind::Rename(s) => s.describe(),
@@ -130,6 +197,19 @@ impl Kind {
             Kind::KeyBy(k) => format!("key_by {}", k.keys.join(", ")),
             Kind::Rebalance(_) => "rebalance".into(),
             Kind::Broadcast(_) => "broadcast".into(),
+            Kind::Fetch(s) => s.describe(),
+            Kind::DecodeImage(s) => s.describe(),
+            Kind::Resize(s) => s.describe(),
+            Kind::CenterCrop(s) => s.describe(),
+            Kind::ToTensor(s) => s.describe(),
+            Kind::DecodeAudio(s) => s.describe(),
+            Kind::Infer(s) => s.describe(),
+            Kind::TopK(s) => s.describe(),
+            Kind::L2Normalize(s) => s.describe(),
+            Kind::MeanPool(s) => s.describe(),
+            Kind::Vad(s) => s.describe(),
+            Kind::Tokenize(s) => s.describe(),
+            Kind::VectorSearch(s) => s.describe(),
             Kind::ParquetSink(s) => s.describe(),
             Kind::JsonlSink(s) => s.describe(),
             Kind::ConsoleSink(s) => s.describe(),
@@ -144,6 +224,8 @@ impl Kind {
             Kind::JsonlSource(s) => s.schema(),
             Kind::CsvSource(s) => s.schema(),
             Kind::FilesSource(s) => s.schema(),
+            Kind::TextSource(s) => s.schema(),
+            Kind::ValuesSource(s) => s.schema(),
             _ => Err(Error::internal("source_schema called on a non-source")),
         }
     }
@@ -174,6 +256,19 @@ impl Kind {
                 Ok(first.clone())
             }
             Kind::Rebalance(_) | Kind::Broadcast(_) => Ok(first.clone()),
+            Kind::Fetch(s) => s.output_schema(first),
+            Kind::DecodeImage(s) => s.output_schema(first),
+            Kind::Resize(s) => s.output_schema(first),
+            Kind::CenterCrop(s) => s.output_schema(first),
+            Kind::ToTensor(s) => s.output_schema(first),
+            Kind::DecodeAudio(s) => s.output_schema(first),
+            Kind::Infer(s) => s.output_schema(first),
+            Kind::TopK(s) => s.output_schema(first),
+            Kind::L2Normalize(s) => s.output_schema(first),
+            Kind::MeanPool(s) => s.output_schema(first),
+            Kind::Vad(s) => s.output_schema(first),
+            Kind::Tokenize(s) => s.output_schema(first),
+            Kind::VectorSearch(s) => s.output_schema(first),
             _ => Err(Error::internal("output_schema called on a source or sink")),
         }
     }
@@ -195,6 +290,8 @@ impl Kind {
                 Kind::JsonlSource(s) => s.create(info, schema.clone()),
                 Kind::CsvSource(s) => s.create(info, schema.clone()),
                 Kind::FilesSource(s) => s.create(info, schema.clone()),
+                Kind::TextSource(s) => s.create(info, schema.clone()),
+                Kind::ValuesSource(s) => s.create(info, schema.clone()),
                 _ => Err(Error::internal("source factory of a non-source")),
             }
         })
@@ -214,6 +311,19 @@ impl Kind {
                 Kind::WithColumn(s) => s.create(&input),
                 Kind::Union(s) => s.create(&input),
                 Kind::Limit(s) => s.create(&input),
+                Kind::Fetch(s) => s.create(&input),
+                Kind::DecodeImage(s) => s.create(&input),
+                Kind::Resize(s) => s.create(&input),
+                Kind::CenterCrop(s) => s.create(&input),
+                Kind::ToTensor(s) => s.create(&input),
+                Kind::DecodeAudio(s) => s.create(&input),
+                Kind::Infer(s) => s.create(&input),
+                Kind::TopK(s) => s.create(&input),
+                Kind::L2Normalize(s) => s.create(&input),
+                Kind::MeanPool(s) => s.create(&input),
+                Kind::Vad(s) => s.create(&input),
+                Kind::Tokenize(s) => s.create(&input),
+                Kind::VectorSearch(s) => s.create(&input),
                 Kind::ParquetSink(s) => s.create(info, input.clone()),
                 Kind::JsonlSink(s) => s.create(info, input.clone()),
                 Kind::ConsoleSink(s) => s.create(info, input.clone()),

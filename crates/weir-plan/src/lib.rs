@@ -13,4 +13,4 @@ pub mod kinds;
 pub mod plan;
 pub mod spec;
 
-pub use plan::{Plan, PlanOptions, PlannedStep, plan_file, plan_str};
+pub use plan::{CheckpointPlan, Plan, PlanOptions, PlannedStep, Restart, plan_file, plan_str};

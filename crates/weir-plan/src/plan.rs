@@ -47,6 +47,50 @@ pub struct Plan {
     pub graph: JobGraph,
     /// Per-step decisions, in spec order.
     pub steps: Vec<PlannedStep>,
+    /// Checkpoint settings, when the spec has a `checkpoint:` section.
+    pub checkpoint: Option<CheckpointPlan>,
+    /// Restarts after a failure.
+    pub restart: Restart,
+}
+
+/// Where and how a job checkpoints.
+#[derive(Debug, Clone)]
+pub struct CheckpointPlan {
+    /// A directory or object-store URL.
+    pub store: String,
+    /// Interval, timeout, mode, retention.
+    pub config: weir_checkpoint::CheckpointConfig,
+}
+
+/// The restart strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Restart {
+    /// Restarts allowed.
+    pub attempts: u32,
+    /// Wait before the first restart (doubled each time).
+    pub backoff: std::time::Duration,
+}
+
+fn checkpoint_plan(name: &str, section: &Mapping) -> Result<CheckpointPlan> {
+    let mut m = section.clone();
+    let store = match m.remove("store") {
+        None => format!(".weir/checkpoints/{name}"),
+        Some(Value::String(s)) => s,
+        Some(v) => {
+            return Err(Error::config(format!(
+                "key 'checkpoint.store': expected a directory or URL, found {v:?}"
+            )));
+        }
+    };
+    let config: weir_checkpoint::CheckpointConfig =
+        crate::spec::from_value(Value::Mapping(m), "key 'checkpoint'")?;
+    config.validate()?;
+    if config.mode == weir_checkpoint::CheckpointMode::Unaligned {
+        return Err(Error::config(
+            "key 'checkpoint.mode': unaligned checkpoints are not supported yet; use aligned",
+        ));
+    }
+    Ok(CheckpointPlan { store, config })
 }
 
 /// Reads and plans the spec at `path`.
@@ -204,9 +248,27 @@ fn build(spec: &ParsedSpec, opts: &PlanOptions) -> Result<Plan> {
         });
     }
     graph.validate()?;
+    let checkpoint = p
+        .checkpoint
+        .as_ref()
+        .map(|c| checkpoint_plan(&p.name, c))
+        .transpose()?;
+    let restart = match &p.restart {
+        None => Restart::default(),
+        Some(r) => Restart {
+            attempts: r.attempts,
+            backoff: humantime::parse_duration(&r.backoff).map_err(|e| {
+                Error::config(format!(
+                    "key 'restart.backoff': expected a duration like 1s: {e}"
+                ))
+            })?,
+        },
+    };
     Ok(Plan {
         graph,
         steps: planned,
+        checkpoint,
+        restart,
     })
 }
 

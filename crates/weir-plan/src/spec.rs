@@ -78,8 +78,38 @@ pub struct PipelineSpec {
     /// Bytes each channel between two tasks may hold before the producer waits. Default: `16MiB`.
     #[serde(default = "default_channel_capacity")]
     pub channel_capacity: String,
+    /// Checkpoints (exactly-once results, `--resume`): absent means no checkpoints. Keys: `store`
+    /// (a directory or object-store URL; default `.weir/checkpoints/<name>`) and the options of
+    /// `weir_checkpoint::CheckpointConfig` (`interval` 10s, `timeout` 10m, `max_concurrent` 1,
+    /// `min_pause` 0s, `mode` aligned, `retain` 3).
+    #[serde(default)]
+    pub checkpoint: Option<Mapping>,
+    /// What to do when the job fails: restart it in this process from the newest complete
+    /// checkpoint. Default: no restarts.
+    #[serde(default)]
+    pub restart: Option<RestartSpec>,
     /// The steps, in order.
     pub steps: Vec<Mapping>,
+}
+
+fn default_backoff() -> String {
+    "1s".into()
+}
+
+/// The restart strategy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    /// Restarts allowed before the job fails for good. Default: 3.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Wait before the first restart, doubled for each further one. Default: `1s`.
+    #[serde(default = "default_backoff")]
+    pub backoff: String,
+}
+
+fn default_attempts() -> u32 {
+    3
 }
 
 /// One step, with its common keys taken out.
