@@ -498,10 +498,10 @@ impl Source for FilesSource {
     }
 
     async fn next(&mut self, ctx: &mut OperatorContext) -> Result<SourceEvent> {
-        if self.fetched.is_empty() {
-            if let Some(ev) = self.fetch_next(ctx).await? {
-                return Ok(ev);
-            }
+        if self.fetched.is_empty()
+            && let Some(ev) = self.fetch_next(ctx).await?
+        {
+            return Ok(ev);
         }
         // Emit the longest prefix of what was read that fits the byte budget (at least one file).
         let mut contents: Vec<Fetched> = Vec::new();

@@ -13,6 +13,7 @@ use crate::file_source::{
 use crate::sink_util::{
     binary_as_text, create_file, ensure_dir, inprogress_path, publish, text_schema, with_schema,
 };
+use crate::two_phase::{Layout, TwoPhase, blocking};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_runtime::{Emitter, Operator, OperatorContext, Source, TaskInfo};
-use weir_types::{Error, Result};
+use weir_types::{Barrier, CheckpointId, Error, Result};
 
 const EXTENSIONS: &[&str] = &["jsonl", "ndjson", "json"];
 
@@ -325,6 +326,13 @@ impl FileReader for JsonlReader {
 /// `part-{subtask:03}.jsonl` in it. Output goes to a hidden `.{name}.inprogress` file first and is
 /// renamed at the end of the input. A subtask that receives no rows writes an empty file.
 ///
+/// When the job takes checkpoints the output is exactly-once (two-phase commit). In directory
+/// mode each checkpoint's rows of a subtask become `part-{subtask:03}-{checkpoint:06}-000.jsonl`,
+/// published when the checkpoint completes (a subtask writes no file for a checkpoint without
+/// rows). In single-file mode (the dead-letter output) the file grows: each completed
+/// checkpoint's rows are appended to it, idempotently (a replay truncates to the length before
+/// the checkpoint first), and it exists (maybe empty) once the job has ended.
+///
 /// ```yaml
 /// sink: { type: jsonl, path: out/errors.jsonl }
 /// ```
@@ -358,7 +366,19 @@ impl JsonlSinkSpec {
     /// One running instance for subtask `info.subtask`, writing batches of schema `input`.
     pub fn create(&self, info: &TaskInfo, input: SchemaRef) -> Result<Box<dyn Operator>> {
         let path = self.output_path(info.subtask, info.parallelism);
+        let layout = if self.is_file() && info.parallelism <= 1 {
+            Layout::Append { file: path.clone() }
+        } else {
+            Layout::Parts {
+                dir: PathBuf::from(&self.path),
+                ext: "jsonl",
+            }
+        };
         Ok(Box::new(JsonlSink {
+            info: info.clone(),
+            layout,
+            tp: None,
+            writing: PathBuf::new(),
             name: info.node.clone(),
             tmp: inprogress_path(&path),
             path,
@@ -385,6 +405,13 @@ type JsonWriter =
     arrow::json::Writer<std::io::BufWriter<std::fs::File>, arrow::json::writer::LineDelimited>;
 
 struct JsonlSink {
+    info: TaskInfo,
+    /// Where the output goes under checkpoints.
+    layout: Layout,
+    /// The two-phase bookkeeping, when the job takes checkpoints (set in `open`).
+    tp: Option<TwoPhase>,
+    /// The file the open writer writes.
+    writing: PathBuf,
     name: String,
     path: PathBuf,
     tmp: PathBuf,
@@ -394,16 +421,55 @@ struct JsonlSink {
 }
 
 impl JsonlSink {
-    fn open_writer(&self) -> Result<JsonWriter> {
-        if let Some(dir) = self.path.parent()
+    fn open_writer(&mut self) -> Result<JsonWriter> {
+        self.writing = match &mut self.tp {
+            Some(tp) => tp.new_tmp(),
+            None => self.tmp.clone(),
+        };
+        if let Some(dir) = self.writing.parent()
             && !dir.as_os_str().is_empty()
         {
             ensure_dir(dir)?;
         }
-        let f = create_file(&self.tmp)?;
+        let f = create_file(&self.writing)?;
         Ok(arrow::json::WriterBuilder::new()
             .with_explicit_nulls(true)
             .build(std::io::BufWriter::with_capacity(1 << 20, f)))
+    }
+
+    /// Finishes the open writer (opening an empty one first when `always`): publishes the file,
+    /// or, under checkpoints, hands it over to be staged at the next barrier.
+    async fn close_writer(&mut self, ctx: &OperatorContext, always: bool) -> Result<()> {
+        let writer = match self.writer.take() {
+            Some(w) => w,
+            None if always => self.open_writer()?,
+            None => return Ok(()),
+        };
+        let tmp = self.writing.clone();
+        let publish_as = if self.tp.is_some() {
+            None
+        } else {
+            Some(self.path.clone())
+        };
+        let t = tmp.clone();
+        ctx.spawn_cpu(move || {
+            let mut writer = writer;
+            writer.finish().map_err(|e| {
+                Error::io(format!("cannot write json file {}", t.display())).with_source(e)
+            })?;
+            writer.into_inner().flush().map_err(|e| {
+                Error::io(format!("cannot write json file {}", t.display())).with_source(e)
+            })?;
+            match publish_as {
+                Some(path) => publish(&t, &path),
+                None => Ok(()),
+            }
+        })
+        .await??;
+        if let Some(tp) = &mut self.tp {
+            tp.closed(tmp);
+        }
+        Ok(())
     }
 }
 
@@ -433,26 +499,64 @@ impl Operator for JsonlSink {
             .await?;
         self.writer = Some(writer);
         res.map_err(|e| {
-            Error::io(format!("cannot write json file {}", self.tmp.display())).with_source(e)
+            Error::io(format!("cannot write json file {}", self.writing.display())).with_source(e)
         })
     }
 
-    async fn finish(&mut self, ctx: &mut OperatorContext, _out: &mut Emitter) -> Result<()> {
-        let writer = match self.writer.take() {
-            Some(w) => w,
-            None => self.open_writer()?,
-        };
-        let (tmp, path) = (self.tmp.clone(), self.path.clone());
-        ctx.spawn_cpu(move || {
-            let mut writer = writer;
-            writer.finish().map_err(|e| {
-                Error::io(format!("cannot write json file {}", tmp.display())).with_source(e)
-            })?;
-            writer.into_inner().flush().map_err(|e| {
-                Error::io(format!("cannot write json file {}", tmp.display())).with_source(e)
-            })?;
-            publish(&tmp, &path)
+    async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        if !ctx.checkpointing() {
+            return Ok(());
+        }
+        self.tp = Some(TwoPhase::new(self.layout.clone(), &self.info));
+        if let Some(state) = ctx.restored_state().cloned() {
+            let published = blocking(&mut self.tp, ctx, move |tp| tp.restore(&state)).await?;
+            tracing::info!(
+                node = %self.name,
+                subtask = self.info.subtask,
+                "restored: published {} json files staged before the crash",
+                published.unwrap_or(0)
+            );
+        }
+        Ok(())
+    }
+
+    async fn snapshot(
+        &mut self,
+        barrier: &Barrier,
+        ctx: &mut OperatorContext,
+        _out: &mut Emitter,
+    ) -> Result<weir_runtime::StateSnapshot> {
+        if self.tp.is_none() {
+            return Ok(weir_runtime::StateSnapshot::new());
+        }
+        // Pre-commit: close the open file and stage it for this checkpoint.
+        self.close_writer(ctx, false).await?;
+        let id = barrier.checkpoint_id;
+        let snap = blocking(&mut self.tp, ctx, move |tp| {
+            tp.stage(id)?;
+            tp.snapshot(id)
         })
-        .await?
+        .await?;
+        Ok(snap.unwrap_or_default())
+    }
+
+    async fn notify_checkpoint_complete(
+        &mut self,
+        id: CheckpointId,
+        ctx: &mut OperatorContext,
+    ) -> Result<()> {
+        blocking(&mut self.tp, ctx, move |tp| tp.publish_upto(id)).await?;
+        Ok(())
+    }
+
+    async fn finish(&mut self, ctx: &mut OperatorContext, _out: &mut Emitter) -> Result<()> {
+        // Without checkpoints every subtask publishes a file, maybe empty. Under checkpoints the
+        // file is only closed here (the final checkpoint stages and publishes it); the single
+        // output file always gets one, so it exists at the end even without rows.
+        let always = match self.layout {
+            Layout::Append { .. } => true,
+            Layout::Parts { .. } => self.tp.is_none(),
+        };
+        self.close_writer(ctx, always).await
     }
 }

@@ -27,6 +27,7 @@ pub mod jsonl;
 pub mod parquet;
 mod sink_util;
 pub mod text;
+mod two_phase;
 pub mod values;
 
 pub use blackhole::BlackholeSinkSpec;

@@ -7,6 +7,7 @@ use crate::file_source::{
     ReadPosition, conform, first_file, match_columns,
 };
 use crate::sink_util::{create_file, ensure_dir, inprogress_path, publish, with_schema};
+use crate::two_phase::{Layout, TwoPhase, blocking};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_runtime::{Emitter, Operator, OperatorContext, Source, TaskInfo};
-use weir_types::{Barrier, Error, Result};
+use weir_types::{Barrier, CheckpointId, Error, Result};
 
 const EXTENSIONS: &[&str] = &["parquet", "parq", "pq"];
 
@@ -281,6 +282,12 @@ fn default_max_file_size() -> u64 {
 /// over, or at the end of the input). Files with the same names from an earlier run are replaced.
 /// A subtask that receives no rows writes no file.
 ///
+/// When the job takes checkpoints the output is exactly-once (two-phase commit): files are closed
+/// at every checkpoint barrier (and when rolled over) into hidden staged files, and published as
+/// `part-{subtask:03}-{checkpoint:06}-{seq:03}.parquet` only when that checkpoint completes; a
+/// restored job publishes what the crashed one had staged and removes its leftovers. See
+/// `two_phase` for the names and the state.
+///
 /// ```yaml
 /// sink: { type: parquet, path: out/, max_file_size: 256MiB, rollover_interval: 60s }
 /// ```
@@ -323,6 +330,8 @@ impl ParquetSinkSpec {
             .set_compression(self.compression.codec())
             .build();
         Ok(Box::new(ParquetSink {
+            info: info.clone(),
+            tp: None,
             name: info.node.clone(),
             dir: PathBuf::from(&self.path),
             subtask: info.subtask,
@@ -354,7 +363,8 @@ impl ParquetSinkSpec {
 struct OpenFile {
     writer: ArrowWriter<std::fs::File>,
     tmp: PathBuf,
-    path: PathBuf,
+    /// Where it is published when closed; `None` under checkpoints (it is staged instead).
+    path: Option<PathBuf>,
     opened: Instant,
 }
 
@@ -363,15 +373,19 @@ impl OpenFile {
         (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
     }
 
-    /// Flushes, writes the footer and publishes the file under its final name.
-    fn close(self) -> Result<()> {
+    /// Flushes and writes the footer; publishes the file under its final name, or, under
+    /// checkpoints, returns the closed in-progress file to be staged.
+    fn close(self) -> Result<Option<PathBuf>> {
         let OpenFile {
             writer, tmp, path, ..
         } = self;
         writer.close().map_err(|e| {
             Error::io(format!("cannot finish parquet file {}", tmp.display())).with_source(e)
         })?;
-        publish(&tmp, &path)
+        match path {
+            Some(path) => publish(&tmp, &path).map(|()| None),
+            None => Ok(Some(tmp)),
+        }
     }
 }
 
@@ -379,6 +393,9 @@ impl OpenFile {
 const MAX_ROW_GROUP_BYTES: usize = 64 << 20;
 
 struct ParquetSink {
+    info: TaskInfo,
+    /// The two-phase bookkeeping, when the job takes checkpoints (set in `open`).
+    tp: Option<TwoPhase>,
     name: String,
     dir: PathBuf,
     subtask: u32,
@@ -390,17 +407,22 @@ struct ParquetSink {
     open: Option<OpenFile>,
     /// A file being closed on a blocking thread (kept here so that a dropped `poll_pending` loses
     /// nothing).
-    closing: Option<tokio::task::JoinHandle<Result<()>>>,
+    closing: Option<tokio::task::JoinHandle<Result<Option<PathBuf>>>>,
 }
 
 impl ParquetSink {
     fn new_file(&mut self) -> Result<OpenFile> {
         ensure_dir(&self.dir)?;
-        let path = self
-            .dir
-            .join(format!("part-{:03}-{:05}.parquet", self.subtask, self.seq));
-        self.seq += 1;
-        let tmp = inprogress_path(&path);
+        let (tmp, path) = match &mut self.tp {
+            Some(tp) => (tp.new_tmp(), None),
+            None => {
+                let path = self
+                    .dir
+                    .join(format!("part-{:03}-{:05}.parquet", self.subtask, self.seq));
+                self.seq += 1;
+                (inprogress_path(&path), Some(path))
+            }
+        };
         let file = create_file(&tmp)?;
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))
             .map_err(|e| {
@@ -419,11 +441,14 @@ impl ParquetSink {
         if let Some(h) = &mut self.closing {
             let res = h.await;
             self.closing = None;
-            return res.map_err(|e| {
+            let closed = res.map_err(|e| {
                 Error::internal("closing a parquet file panicked")
                     .with_source(e)
                     .in_operator(self.name.clone())
-            })?;
+            })??;
+            if let (Some(tmp), Some(tp)) = (closed, &mut self.tp) {
+                tp.closed(tmp);
+            }
         }
         Ok(())
     }
@@ -510,17 +535,59 @@ impl Operator for ParquetSink {
         self.await_closing().await
     }
 
+    async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        if !ctx.checkpointing() {
+            return Ok(());
+        }
+        let layout = Layout::Parts {
+            dir: self.dir.clone(),
+            ext: "parquet",
+        };
+        self.tp = Some(TwoPhase::new(layout, &self.info));
+        if let Some(state) = ctx.restored_state().cloned() {
+            let published = blocking(&mut self.tp, ctx, move |tp| tp.restore(&state)).await?;
+            tracing::info!(
+                node = %self.name,
+                subtask = self.subtask,
+                "restored: published {} parquet files staged before the crash",
+                published.unwrap_or(0)
+            );
+        }
+        Ok(())
+    }
+
     async fn snapshot(
         &mut self,
-        _barrier: &Barrier,
-        _ctx: &mut OperatorContext,
+        barrier: &Barrier,
+        ctx: &mut OperatorContext,
         _out: &mut Emitter,
     ) -> Result<weir_runtime::StateSnapshot> {
         self.await_closing().await?;
-        Ok(weir_runtime::StateSnapshot::new())
+        if self.tp.is_none() {
+            return Ok(weir_runtime::StateSnapshot::new());
+        }
+        // Pre-commit: close the open file and stage everything closed since the last barrier.
+        self.roll().await?;
+        let id = barrier.checkpoint_id;
+        let snap = blocking(&mut self.tp, ctx, move |tp| {
+            tp.stage(id)?;
+            tp.snapshot(id)
+        })
+        .await?;
+        Ok(snap.unwrap_or_default())
+    }
+
+    async fn notify_checkpoint_complete(
+        &mut self,
+        id: CheckpointId,
+        ctx: &mut OperatorContext,
+    ) -> Result<()> {
+        blocking(&mut self.tp, ctx, move |tp| tp.publish_upto(id)).await?;
+        Ok(())
     }
 
     async fn finish(&mut self, _ctx: &mut OperatorContext, _out: &mut Emitter) -> Result<()> {
+        // Under checkpoints this only closes the file; the final checkpoint stages and publishes.
         self.roll().await
     }
 }

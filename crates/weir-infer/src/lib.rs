@@ -14,9 +14,10 @@ pub mod tensor;
 pub use backend::{Backend, BackendFactory, BackendOptions, HostTensor, OrtBackend};
 pub use model::{ElementType, ModelInfo, TensorInfo, init_ort_from, ort_environment};
 pub mod operator;
+mod results_log;
 pub mod spec;
 
-pub use operator::{InFlight, InferOperator, RowRef};
+pub use operator::{InFlight, InferCounters, InferOperator, RowRef};
 pub use spec::{BatchSpec, InferPlan, InferSpec};
 pub mod postprocess;
 

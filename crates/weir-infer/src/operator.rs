@@ -6,6 +6,9 @@
 
 use crate::backend::{BackendFactory, HostTensor};
 use crate::batching::{AdaptiveController, Clock, SystemClock, batch_ready, bucket_by_length};
+use crate::results_log::{
+    LoadedLog, LogWriter, delete_before, log_schema, model_identity, row_identity,
+};
 use crate::spec::{InferPlan, InferSpec};
 use crate::tensor::{InputBinding, OutputBinding};
 use arrow::array::{Array, ArrayRef, BooleanArray};
@@ -13,12 +16,44 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use weir_runtime::{Emitter, Operator, OperatorContext};
-use weir_types::{Error, Result};
+use weir_runtime::{Emitter, Operator, OperatorContext, StateSnapshot};
+use weir_types::{Barrier, CheckpointId, Error, Result};
+
+/// Prefix of the union state entries holding the rows in flight at a checkpoint:
+/// `infer-inflight-<subtask>-<checkpoint>`.
+const INFLIGHT: &str = "infer-inflight-";
+
+/// Counters of the results log (shared, so a test or a report can read them while the operator
+/// runs inside the runtime).
+#[derive(Debug, Default)]
+pub struct InferCounters {
+    rows_from_log: AtomicU64,
+    reinferred_rows: AtomicU64,
+    model_rows: AtomicU64,
+}
+
+impl InferCounters {
+    /// Rows answered from the results log instead of the model (after a restore).
+    pub fn rows_from_log(&self) -> u64 {
+        self.rows_from_log.load(Ordering::Relaxed)
+    }
+
+    /// Rows run through the model although the results log loaded at restore already held their
+    /// result (0 when the log works).
+    pub fn reinferred_rows(&self) -> u64 {
+        self.reinferred_rows.load(Ordering::Relaxed)
+    }
+
+    /// Rows the model answered.
+    pub fn model_rows(&self) -> u64 {
+        self.model_rows.load(Ordering::Relaxed)
+    }
+}
 
 /// A row of an input batch: the batch's sequence number and the row's index in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,6 +133,8 @@ struct Entry {
     bad: Vec<bool>,
     results: Vec<Option<(u64, u32)>>,
     waiting: usize,
+    /// Row identities (for the results log; empty when it is off).
+    keys: Vec<u64>,
 }
 
 /// Outputs of an answered request, kept until the rows using them are emitted.
@@ -228,6 +265,11 @@ pub struct InferOperator {
     model: String,
     /// (rows, latency) of every batch run, for tests and reports.
     batch_log: Vec<(usize, Duration)>,
+    /// The open results log segment (when the log is on).
+    log: Option<LogWriter>,
+    /// Results loaded from the log on restore.
+    loaded: LoadedLog,
+    counters: Arc<InferCounters>,
 }
 
 impl std::fmt::Debug for InferOperator {
@@ -269,7 +311,170 @@ impl InferOperator {
             flushing: false,
             model,
             batch_log: Vec::new(),
+            log: None,
+            loaded: LoadedLog::default(),
+            counters: Arc::default(),
         }
+    }
+
+    /// The results-log counters (shared; they keep counting while the operator runs).
+    pub fn counters(&self) -> Arc<InferCounters> {
+        self.counters.clone()
+    }
+
+    /// Opens the results log (when on), loading it on restore, and re-admits the rows that were in
+    /// flight at the restored checkpoint.
+    async fn restore(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        let dir = match (&self.spec.results_log, ctx.checkpointing()) {
+            (Some(d), _) => Some(d.clone()),
+            (None, true) => Some(std::path::PathBuf::from(".weir/infer-log").join(ctx.name())),
+            (None, false) => None,
+        };
+        if let Some(dir) = dir {
+            let outputs: Vec<(String, String)> = self
+                .plan
+                .outputs
+                .iter()
+                .map(|o| (o.output.clone(), o.column.clone()))
+                .collect();
+            let fields: Vec<arrow::datatypes::Field> = self
+                .plan
+                .outputs
+                .iter()
+                .map(|o| o.field.as_ref().clone())
+                .collect();
+            let schema = log_schema(&fields);
+            let path = self.spec.model.clone();
+            let restoring = ctx.restored_state().is_some();
+            let (model_id, loaded) = {
+                let (dir, schema) = (dir.clone(), schema.clone());
+                ctx.spawn_cpu(move || -> Result<(u64, LoadedLog)> {
+                    let id = model_identity(&path, &outputs)?;
+                    let loaded = if restoring {
+                        LoadedLog::load(&dir, &schema, id)?
+                    } else {
+                        LoadedLog::default()
+                    };
+                    Ok((id, loaded))
+                })
+                .await??
+            };
+            if restoring {
+                tracing::info!(
+                    model = %self.model,
+                    dir = %dir.display(),
+                    results = loaded.len(),
+                    "loaded the inference results log"
+                );
+            }
+            self.loaded = loaded;
+            let mut w = LogWriter::new(dir, ctx.info().subtask, schema, model_id);
+            w.rotate(0)?;
+            self.log = Some(w);
+        }
+        let Some(state) = ctx.restored_state() else {
+            return Ok(());
+        };
+        let (me, par) = (ctx.info().subtask, ctx.info().parallelism.max(1));
+        let mut mine: Vec<(u32, Vec<u8>)> = Vec::new();
+        for (name, bytes) in state.unions() {
+            let Some(rest) = name.strip_prefix(INFLIGHT) else {
+                continue;
+            };
+            let old: u32 = rest
+                .split('-')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    Error::internal(format!("malformed in-flight state entry '{name}'"))
+                })?;
+            if old % par == me {
+                mine.push((old, bytes.to_vec()));
+            }
+        }
+        mine.sort_by_key(|(old, _)| *old);
+        let mut batches = Vec::new();
+        for (_, bytes) in mine {
+            let reader =
+                arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+            for b in reader {
+                batches.push(b?);
+            }
+        }
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if rows > 0 {
+            tracing::info!(model = %self.model, rows, "re-issuing inference requests in flight at the restored checkpoint");
+        }
+        for b in batches {
+            self.admit(b, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// The rows admitted and not yet emitted, per held input batch in output order (bad rows,
+    /// already reported, left out), as one Arrow IPC stream.
+    fn encode_in_flight(&self) -> Result<Option<Vec<u8>>> {
+        let mut held = Vec::new();
+        for (_, e) in &self.entries {
+            let batch = if e.bad.iter().any(|b| *b) {
+                let mask = BooleanArray::from(e.bad.iter().map(|b| !b).collect::<Vec<_>>());
+                arrow::compute::filter_record_batch(&e.batch, &mask)?
+            } else {
+                e.batch.clone()
+            };
+            if batch.num_rows() > 0 {
+                held.push(batch);
+            }
+        }
+        let Some(first) = held.first() else {
+            return Ok(None);
+        };
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &first.schema())?;
+        for b in &held {
+            w.write(b)?;
+        }
+        Ok(Some(w.into_inner()?))
+    }
+
+    /// Rows computed but not yet emitted: their identities and outputs (for a new log segment).
+    fn computed_not_emitted(&self) -> Result<(Vec<u64>, Vec<ArrayRef>)> {
+        let mut keys = Vec::new();
+        let mut order: Vec<u64> = Vec::new();
+        let mut indices = Vec::new();
+        for (_, e) in &self.entries {
+            for (r, res) in e.results.iter().enumerate() {
+                let (Some((req, k)), Some(key)) = (res, e.keys.get(r)) else {
+                    continue;
+                };
+                let pos = match order.iter().position(|q| q == req) {
+                    Some(p) => p,
+                    None => {
+                        order.push(*req);
+                        order.len() - 1
+                    }
+                };
+                indices.push((pos, *k as usize));
+                keys.push(*key);
+            }
+        }
+        let mut outputs = Vec::new();
+        if keys.is_empty() {
+            return Ok((keys, outputs));
+        }
+        for j in 0..self.plan.outputs.len() {
+            let arrays: Vec<&dyn Array> = order
+                .iter()
+                .map(|q| {
+                    self.done
+                        .get(q)
+                        .and_then(|d| d.outputs.get(j))
+                        .map(|a| a.as_ref())
+                        .ok_or_else(|| Error::internal("a finished request's outputs are gone"))
+                })
+                .collect::<Result<_>>()?;
+            outputs.push(arrow::compute::interleave(&arrays, &indices)?);
+        }
+        Ok((keys, outputs))
     }
 
     /// The output schema.
@@ -322,6 +527,7 @@ impl InferOperator {
             bad: vec![false; n],
             results: vec![None; n],
             waiting: 0,
+            keys: Vec::new(),
             batch,
         };
         let now = self.clock.now();
@@ -331,6 +537,8 @@ impl InferOperator {
             .iter()
             .map(|b| entry.batch.column(b.index).clone())
             .collect();
+        let logging = self.log.is_some();
+        let mut hits: Vec<(usize, u64)> = Vec::new();
         for row in 0..n {
             let mut len = 0;
             let mut problem = None;
@@ -353,6 +561,17 @@ impl InferOperator {
                 )?;
                 continue;
             }
+            if logging {
+                let key = row_identity(&self.plan.inputs, &columns, row)?;
+                if entry.keys.is_empty() {
+                    entry.keys = vec![0; n];
+                }
+                entry.keys[row] = key;
+                if self.loaded.contains(key) {
+                    hits.push((row, key));
+                    continue;
+                }
+            }
             entry.waiting += 1;
             self.state.queue.push_back(Queued {
                 row: RowRef {
@@ -362,6 +581,26 @@ impl InferOperator {
                 len,
                 at: now,
             });
+        }
+        if !hits.is_empty() {
+            // Answered from the results log, as a request of its own that needs no model.
+            let keys: Vec<u64> = hits.iter().map(|(_, k)| *k).collect();
+            let outputs = self.loaded.outputs(&keys, self.plan.outputs.len())?;
+            let id = self.state.next_request;
+            self.state.next_request += 1;
+            for (k, (row, _)) in hits.iter().enumerate() {
+                entry.results[*row] = Some((id, k as u32));
+            }
+            self.done.insert(
+                id,
+                Done {
+                    outputs,
+                    uses: hits.len(),
+                },
+            );
+            self.counters
+                .rows_from_log
+                .fetch_add(hits.len() as u64, Ordering::Relaxed);
         }
         self.entries.push_back((seq, entry));
         Ok(())
@@ -530,6 +769,28 @@ impl InferOperator {
                 self.controller.observe(rows, reply.run, latency);
                 ctx.metrics().record_batch(rows, latency);
                 self.batch_log.push((rows, latency));
+                self.counters
+                    .model_rows
+                    .fetch_add(rows as u64, Ordering::Relaxed);
+                if self.log.is_some() {
+                    let mut keys = Vec::with_capacity(rows);
+                    for r in &req.batch.rows {
+                        let e = self.entry(r.input)?;
+                        let key = e
+                            .keys
+                            .get(r.row as usize)
+                            .copied()
+                            .ok_or_else(|| Error::internal("a logged row has no identity"))?;
+                        keys.push(key);
+                    }
+                    let again = keys.iter().filter(|k| self.loaded.contains(**k)).count();
+                    self.counters
+                        .reinferred_rows
+                        .fetch_add(again as u64, Ordering::Relaxed);
+                    if let Some(log) = self.log.as_mut() {
+                        log.append(keys, &reply.outputs)?;
+                    }
+                }
                 for (k, r) in req.batch.rows.iter().enumerate() {
                     let e = self.entry_mut(r.input)?;
                     e.results[r.row as usize] = Some((id, k as u32));
@@ -688,8 +949,10 @@ impl InferOperator {
 
 #[async_trait]
 impl Operator for InferOperator {
-    async fn open(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
-        self.start_instances().await
+    async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        self.restore(ctx).await?;
+        self.start_instances().await?;
+        self.pump()
     }
 
     async fn process_batch(
@@ -714,7 +977,8 @@ impl Operator for InferOperator {
     }
 
     fn has_pending(&self) -> bool {
-        !self.state.requests.is_empty()
+        self.entries.front().is_some_and(|(_, e)| e.waiting == 0)
+            || !self.state.requests.is_empty()
             || !self.state.queue.is_empty()
             || !self.state.formed.is_empty()
     }
@@ -722,6 +986,9 @@ impl Operator for InferOperator {
     async fn poll_pending(&mut self, ctx: &mut OperatorContext, out: &mut Emitter) -> Result<()> {
         if !self.has_pending() {
             return std::future::pending().await;
+        }
+        if self.entries.front().is_some_and(|(_, e)| e.waiting == 0) {
+            return self.emit_ready(out);
         }
         self.wait_one(ctx).await?;
         self.drain_ready(ctx)?;
@@ -756,6 +1023,61 @@ impl Operator for InferOperator {
             }
         })
         .await?;
+        if self.log.is_some() {
+            tracing::info!(
+                model = %self.model,
+                node = ctx.name(),
+                subtask = ctx.info().subtask,
+                rows_from_log = self.counters.rows_from_log(),
+                reinferred_rows = self.counters.reinferred_rows(),
+                model_rows = self.counters.model_rows(),
+                "inference results log"
+            );
+        }
+        Ok(())
+    }
+
+    /// Stores every row admitted and not yet emitted (queued, batched, dispatched or answered but
+    /// waiting for an earlier row) without waiting for them, and starts a new log segment that
+    /// holds the results already computed for them.
+    async fn snapshot(
+        &mut self,
+        barrier: &Barrier,
+        ctx: &mut OperatorContext,
+        _out: &mut Emitter,
+    ) -> Result<StateSnapshot> {
+        let mut state = StateSnapshot::new();
+        if let Some(bytes) = self.encode_in_flight()? {
+            state.push_union(
+                format!("{INFLIGHT}{}-{}", ctx.info().subtask, barrier.checkpoint_id),
+                bytes,
+            );
+        }
+        if self.log.is_some() {
+            let (keys, outputs) = self.computed_not_emitted()?;
+            if let Some(log) = self.log.as_mut() {
+                log.rotate(barrier.checkpoint_id)?;
+                log.append(keys, &outputs)?;
+                log.sync()?;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Deletes the log segments a restore from `id` (or later) no longer needs.
+    async fn notify_checkpoint_complete(
+        &mut self,
+        id: CheckpointId,
+        ctx: &mut OperatorContext,
+    ) -> Result<()> {
+        if let Some(dir) = self.log.as_ref().map(|l| l.dir().to_path_buf()) {
+            let deleted = ctx.spawn_cpu(move || delete_before(&dir, id)).await?;
+            tracing::debug!(
+                checkpoint = id,
+                deleted,
+                "inference results log segments deleted"
+            );
+        }
         Ok(())
     }
 }

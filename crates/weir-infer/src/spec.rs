@@ -102,6 +102,14 @@ pub struct InferSpec {
     /// before batching; output order is unchanged. Default: true when an input is ragged.
     #[serde(default)]
     pub sort_by_length: Option<bool>,
+    /// Directory of the results log: model outputs are logged there (keyed by input and model
+    /// identity) before they are emitted, so that a restore from a checkpoint answers the
+    /// requests it re-issues from the log instead of running the model again. Default: none,
+    /// which disables the log when the job takes no checkpoints and means
+    /// `.weir/infer-log/<node>` (relative to the working directory) when it does. See
+    /// `results_log.rs` for the layout and clean-up.
+    #[serde(default)]
+    pub results_log: Option<PathBuf>,
 }
 
 /// What planning an [`InferSpec`] against an input schema found.
@@ -133,6 +141,7 @@ impl InferSpec {
             max_in_flight: 2,
             pad_value: 0.0,
             sort_by_length: None,
+            results_log: None,
         }
     }
 

@@ -22,6 +22,7 @@ pub mod filter;
 pub mod limit;
 pub mod rename;
 pub mod select;
+pub mod throttle;
 pub mod union;
 pub mod with_column;
 
@@ -30,6 +31,7 @@ pub use filter::{Filter, FilterSpec};
 pub use limit::{Limit, LimitSpec};
 pub use rename::{Rename, RenameSpec};
 pub use select::{Select, SelectSpec};
+pub use throttle::{Throttle, ThrottleSpec};
 pub use union::{Union, UnionSpec};
 pub use with_column::{WithColumn, WithColumnSpec};
 

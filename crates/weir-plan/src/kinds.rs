@@ -44,6 +44,8 @@ pub enum Kind {
     Union(ops::UnionSpec),
     /// `op: limit`
     Limit(ops::LimitSpec),
+    /// `op: throttle`
+    Throttle(ops::ThrottleSpec),
     /// `op: key_by`: routes rows by key to the next step (not a node of its own).
     KeyBy(KeyBySpec),
     /// `op: rebalance`: routes batches round robin to the next step (not a node of its own).
@@ -110,6 +112,7 @@ pub fn kind_names(role: Role) -> &'static [&'static str] {
             "with_column",
             "union",
             "limit",
+            "throttle",
             "key_by",
             "rebalance",
             "broadcast",
@@ -147,6 +150,7 @@ impl Kind {
             (Role::Op, "with_column") => Kind::WithColumn(step.options()?),
             (Role::Op, "union") => Kind::Union(step.options()?),
             (Role::Op, "limit") => Kind::Limit(step.options()?),
+            (Role::Op, "throttle") => Kind::Throttle(step.options()?),
             (Role::Op, "key_by") => Kind::KeyBy(step.options()?),
             (Role::Op, "rebalance") => Kind::Rebalance(step.options()?),
             (Role::Op, "broadcast") => Kind::Broadcast(step.options()?),
@@ -194,6 +198,7 @@ impl Kind {
             Kind::WithColumn(s) => s.describe(),
             Kind::Union(s) => s.describe(),
             Kind::Limit(s) => s.describe(),
+            Kind::Throttle(s) => s.describe(),
             Kind::KeyBy(k) => format!("key_by {}", k.keys.join(", ")),
             Kind::Rebalance(_) => "rebalance".into(),
             Kind::Broadcast(_) => "broadcast".into(),
@@ -242,6 +247,7 @@ impl Kind {
             Kind::WithColumn(s) => s.output_schema(first),
             Kind::Union(s) => s.output_schema_union(inputs),
             Kind::Limit(s) => s.output_schema(first),
+            Kind::Throttle(s) => s.output_schema(first),
             Kind::KeyBy(k) => {
                 for key in &k.keys {
                     if first.column_with_name(key).is_none() {
@@ -311,6 +317,7 @@ impl Kind {
                 Kind::WithColumn(s) => s.create(&input),
                 Kind::Union(s) => s.create(&input),
                 Kind::Limit(s) => s.create(&input),
+                Kind::Throttle(s) => s.create(&input),
                 Kind::Fetch(s) => s.create(&input),
                 Kind::DecodeImage(s) => s.create(&input),
                 Kind::Resize(s) => s.create(&input),
