@@ -21,10 +21,11 @@ TARGET=${CARGO_TARGET_DIR:-target}
 bash scripts/setup-models.sh >/dev/null
 # shellcheck disable=SC1091
 source .weir/env.sh
-cargo build --profile "$PROFILE" -p weir-cli -p weir-bench --bin weir --bin gen-large-images
+cargo build --profile "$PROFILE" --workspace --bins
 WEIR="$TARGET/$PROFILE/weir"
 
-have=$(find "$DATA/all" -name 'large_*.jpg' 2>/dev/null | wc -l)
+mkdir -p "$DATA/all"
+have=$(find "$DATA/all" -name 'large_*.jpg' | wc -l)
 if [ "$have" -lt "$N" ]; then
   "$TARGET/$PROFILE/gen-large-images" --photos "$WEIR_DATA/photos" --out "$DATA/all" --count "$N"
 fi

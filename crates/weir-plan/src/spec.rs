@@ -290,7 +290,15 @@ fn parse_step(index: usize, m: &Mapping) -> Result<StepSpec> {
         }
     };
     let one = options.remove("input");
-    let many = options.remove("inputs");
+    // `inputs` as a list names input steps; as a mapping it is the kind's own option (the
+    // model-input binding of `op: infer`) and stays with the options.
+    let many = match options.remove("inputs") {
+        Some(v @ Value::Mapping(_)) => {
+            options.insert(Value::String("inputs".into()), v);
+            None
+        }
+        other => other,
+    };
     let inputs = match (one, many) {
         (Some(_), Some(_)) => {
             return Err(Error::config(format!(

@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 use weir_checkpoint::{StateSnapshot, TaskKey};
 use weir_types::{Error, Result};
 
+/// How the whole job ended: whether a stop ended it early, and what its checkpoints did.
+type Outcome = (bool, Option<CheckpointStats>);
+
 /// What a task or the checkpoint driver ended with.
 enum Ended {
     Task(TaskEnd),
@@ -190,7 +193,7 @@ pub struct JobHandle {
     name: String,
     metrics: MetricsRegistry,
     stop: CancellationToken,
-    supervisor: Option<tokio::task::JoinHandle<Result<(bool, Option<CheckpointStats>)>>>,
+    supervisor: Option<tokio::task::JoinHandle<Result<Outcome>>>,
     started: Instant,
     description: String,
 }
@@ -254,7 +257,7 @@ impl Drop for JobHandle {
 }
 
 /// Joins every task; on the first failure aborts the others and returns the root cause.
-async fn supervise(mut set: JoinSet<Result<Ended>>) -> Result<(bool, Option<CheckpointStats>)> {
+async fn supervise(mut set: JoinSet<Result<Ended>>) -> Result<Outcome> {
     let mut stopped = false;
     let mut stats = None;
     let mut first: Option<Error> = None;
@@ -450,6 +453,7 @@ fn wire(
                 }
             });
             tasks.push(Task {
+                last_snapshot: None,
                 checkpoint: link,
                 head,
                 chain: ops,

@@ -85,6 +85,8 @@ pub(crate) struct Task {
     pub(crate) all_metrics: Vec<Arc<OperatorMetrics>>,
     /// Present when the job checkpoints.
     pub(crate) checkpoint: Option<CheckpointLink>,
+    /// The last checkpoint this task snapshotted.
+    pub(crate) last_snapshot: Option<CheckpointId>,
 }
 
 enum Woken {
@@ -161,6 +163,15 @@ impl Task {
     /// Snapshots the source (if any) and every chained operator for `barrier`, forwards the
     /// barrier downstream when `forward`, and acks the driver.
     async fn snapshot_all(&mut self, barrier: &Barrier, forward: bool) -> Result<()> {
+        // A task whose input ended while a barrier was queued for it may be asked twice for the
+        // same checkpoint (the queued barrier and a direct request): snapshot once.
+        if self
+            .last_snapshot
+            .is_some_and(|l| barrier.checkpoint_id <= l)
+        {
+            return Ok(());
+        }
+        self.last_snapshot = Some(barrier.checkpoint_id);
         let mut states = Vec::new();
         if let Head::Source { source, ctx } = &mut self.head {
             let st = source
@@ -254,6 +265,7 @@ impl Task {
             ctx.metrics().add_busy(started.elapsed());
             let dead = ctx.take_dead_letters();
             self.send_dead_letters(dead).await?;
+            self.emit_ready_pending().await?;
             match ev {
                 SourceEvent::Batch(b) => {
                     let Head::Source { ctx, .. } = &self.head else {
@@ -357,6 +369,26 @@ impl Task {
             ev = gate.next() => Woken::Input(ev),
             ((i, r, out), _, _) = select_all(pending) => Woken::Pending(i, r, out),
         }
+    }
+
+    /// Emits what chained operators with pending work have ready now, without waiting (a source
+    /// task cannot wait on them and on its source at once).
+    async fn emit_ready_pending(&mut self) -> Result<()> {
+        use futures::FutureExt;
+        for i in 0..self.chain.len() {
+            if !self.chain[i].op.has_pending() {
+                continue;
+            }
+            let c = &mut self.chain[i];
+            let mut out = Emitter::default();
+            let ready = c.op.poll_pending(&mut c.ctx, &mut out).now_or_never();
+            if let Some(res) = ready {
+                let name = c.ctx.name().to_string();
+                res.map_err(|e| e.in_operator(name))?;
+                self.after_hook(i, &mut out).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Calls `finish` on each chained operator in order, passing what it emits down the chain, then

@@ -306,3 +306,50 @@ fn a_checkpointed_job_publishes_everything_at_its_end() {
     assert_eq!(Some(latest.checkpoint_id), stats.last_completed);
     assert_eq!(latest.extra.get("final").map(String::as_str), Some("true"));
 }
+
+#[test]
+fn a_full_disk_declines_checkpoints_and_the_job_goes_on() {
+    use object_store::path::Path as StorePath;
+    use weir_checkpoint::FailingStore;
+    let dir = tempfile::tempdir().expect("tmp");
+    let local = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("local store"),
+    );
+    let failing = Arc::new(FailingStore::new(local));
+    // Every state file and manifest of checkpoints 1-3 fails to write, as on a full disk.
+    failing.fail_writes_to("chk-000000000");
+    let store = CheckpointStore::new(failing.clone(), StorePath::from("ckpt"));
+    let committed: Committed = Arc::default();
+    let rt = Runtime::new(2).expect("runtime");
+    let config = CheckpointConfig {
+        interval: Duration::from_millis(20),
+        ..CheckpointConfig::default()
+    };
+    let setup = CheckpointSetup {
+        store: store.clone(),
+        config,
+        restore: None,
+    };
+    let h = rt
+        .start_with(
+            graph(2, &committed, 1, Duration::from_millis(1)),
+            Some(setup),
+        )
+        .expect("start");
+    std::thread::sleep(Duration::from_millis(300));
+    // The disk has room again: later checkpoints (ids of 10 and more) complete, and so does the job.
+    failing.heal();
+    let report = rt
+        .block_on(h.wait())
+        .expect("the job goes on after declined checkpoints");
+    let stats = report.checkpoints.expect("stats");
+    assert!(
+        stats.failed >= 1,
+        "some checkpoints were declined: {stats:?}"
+    );
+    assert!(stats.completed >= 1, "{stats:?}");
+    assert_eq!(
+        all_committed(&committed),
+        (0..4 * PER_SOURCE).collect::<Vec<_>>()
+    );
+}
