@@ -21,7 +21,7 @@ struct Args {
     /// Folder of source photos (*.jpg, *.png).
     #[arg(long)]
     photos: PathBuf,
-    /// Output folder (created; existing `large_*.jpg` files with the same names are replaced).
+    /// Output folder (created; `large_*.jpg` files already there are kept: same seed, same image).
     #[arg(long)]
     out: PathBuf,
     /// Number of images.
@@ -78,20 +78,18 @@ fn load(dir: &Path) -> Result<Vec<Photo>> {
 /// Scales `p` to cover `w`x`h` and crops the centre.
 fn make(p: &Photo, w: u32, h: u32) -> Result<Vec<u8>> {
     let scale = (f64::from(w) / f64::from(p.width)).max(f64::from(h) / f64::from(p.height));
-    let (sw, sh) = (
-        ((f64::from(p.width) * scale).ceil() as u32).max(w),
-        ((f64::from(p.height) * scale).ceil() as u32).max(h),
-    );
     let src = Image::from_vec_u8(p.width, p.height, p.pixels.clone(), PixelType::U8x3)?;
     let mut dst = Image::new(w, h, PixelType::U8x3);
-    // Crop in source coordinates: the window of the scaled image that is kept.
-    let left = f64::from(sw - w) / 2.0 / scale;
-    let top = f64::from(sh - h) / 2.0 / scale;
+    // The window of the source that becomes the output, centred (clamped against rounding).
+    let cw = (f64::from(w) / scale).min(f64::from(p.width));
+    let ch = (f64::from(h) / scale).min(f64::from(p.height));
+    let left = (f64::from(p.width) - cw) / 2.0;
+    let top = (f64::from(p.height) - ch) / 2.0;
     let options = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(
             fast_image_resize::FilterType::Bilinear,
         ))
-        .crop(left, top, f64::from(w) / scale, f64::from(h) / scale);
+        .crop(left, top, cw, ch);
     Resizer::new().resize(&src, &mut dst, &options)?;
     let mut out = Vec::new();
     JpegEncoder::new_with_quality(&mut out, 85).encode(
@@ -122,10 +120,15 @@ fn main() -> Result<()> {
     let bytes: u64 = jobs
         .par_iter()
         .map(|&(i, photo, w, h)| -> Result<u64> {
+            let path = args.out.join(format!("large_{i:05}.jpg"));
+            if let Ok(m) = std::fs::metadata(&path) {
+                return Ok(m.len()); // made by an earlier run with the same seed
+            }
             let jpeg = make(&photos[photo], w, h)
                 .with_context(|| format!("making image {i} from {}", photos[photo].name))?;
-            let path = args.out.join(format!("large_{i:05}.jpg"));
-            std::fs::write(&path, &jpeg).with_context(|| format!("writing {}", path.display()))?;
+            let tmp = args.out.join(format!(".large_{i:05}.jpg.tmp"));
+            std::fs::write(&tmp, &jpeg).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
             Ok(jpeg.len() as u64)
         })
         .sum::<Result<u64>>()?;
