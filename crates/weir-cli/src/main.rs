@@ -113,9 +113,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: u8) {
+    // ONNX Runtime logs every session's graph optimisations at info: keep it to warnings unless
+    // asked for more (`-vv`, or WEIR_LOG=ort=info).
     let default = match verbose {
-        0 => "info",
-        1 => "debug",
+        0 => "info,ort=warn",
+        1 => "debug,ort=warn",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
