@@ -220,7 +220,8 @@ cpu_model=$(lscpu 2>/dev/null | awk -F: '/^Model name/ { gsub(/^ +/, "", $2); pr
             echo "## weir's own summary ($w, last round)"
             echo
             echo '```'
-            tail -n 25 "$TMP/$w-weir.last.log"
+            # the per-operator summary (ONNX Runtime's own INFO lines come before it)
+            sed -n "/^job '/,\$p" "$TMP/$w-weir.last.log" | head -n 40
             echo '```'
         fi
     done
