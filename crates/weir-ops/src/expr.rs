@@ -16,6 +16,7 @@ use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 use weir_runtime::OperatorContext;
@@ -133,6 +134,14 @@ pub fn compile(sql: &str, schema: &SchemaRef) -> Result<CompiledExpr> {
 }
 
 impl CompiledExpr {
+    /// The input columns the expression reads (for projection pushdown at plan time).
+    pub fn columns(&self) -> BTreeSet<String> {
+        datafusion::physical_expr::utils::collect_columns(&self.physical)
+            .into_iter()
+            .map(|c| c.name().to_string())
+            .collect()
+    }
+
     /// The SQL text it was compiled from.
     pub fn sql(&self) -> &str {
         &self.sql

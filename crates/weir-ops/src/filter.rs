@@ -7,6 +7,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use std::collections::BTreeSet;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::{Error, Result};
 
@@ -37,6 +38,11 @@ impl FilterSpec {
     pub fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
         self.compile(input)?;
         Ok(input.clone())
+    }
+
+    /// Plan time: the input columns the predicate reads.
+    pub fn required_columns(&self, input: &SchemaRef) -> Result<BTreeSet<String>> {
+        Ok(self.compile(input)?.columns())
     }
 
     /// Builds one running instance (called once per parallel subtask) for that input schema.

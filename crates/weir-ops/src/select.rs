@@ -51,6 +51,12 @@ impl SelectSpec {
         Ok(self.compile(input)?.1)
     }
 
+    /// Plan time: the input columns the expressions read.
+    pub fn required_columns(&self, input: &SchemaRef) -> Result<BTreeSet<String>> {
+        let (exprs, _) = self.compile(input)?;
+        Ok(exprs.iter().flat_map(CompiledExpr::columns).collect())
+    }
+
     /// Builds one running instance (called once per parallel subtask) for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         let (exprs, schema) = self.compile(input)?;

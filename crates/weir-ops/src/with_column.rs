@@ -5,6 +5,7 @@ use crate::expr::{CompiledExpr, compile, evaluate_batch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use async_trait::async_trait;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::{Error, Result};
@@ -41,6 +42,11 @@ impl WithColumnSpec {
     /// Plan time: checks the spec against the input schema and returns the output schema.
     pub fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
         Ok(self.compile(input)?.2)
+    }
+
+    /// Plan time: the input columns the expression reads.
+    pub fn required_columns(&self, input: &SchemaRef) -> Result<BTreeSet<String>> {
+        Ok(self.compile(input)?.0.columns())
     }
 
     /// Builds one running instance (called once per parallel subtask) for that input schema.

@@ -9,6 +9,7 @@
 use crate::spec::{Role, StepSpec};
 use arrow::datatypes::SchemaRef;
 use serde::Deserialize;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use weir_connectors as conn;
 use weir_infer as infer;
@@ -340,5 +341,76 @@ impl Kind {
                 )),
             }
         })
+    }
+}
+
+/// Which columns of a step's output its consumers read: the currency of projection pushdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Every column (a sink, or an operator that does not say what it reads).
+    All,
+    /// Only these.
+    Columns(BTreeSet<String>),
+}
+
+impl Need {
+    /// Adds what another consumer reads.
+    pub(crate) fn merge(&mut self, other: Need) {
+        match (&mut *self, other) {
+            (Need::All, _) => {}
+            (_, Need::All) => *self = Need::All,
+            (Need::Columns(a), Need::Columns(b)) => a.extend(b),
+        }
+    }
+
+    fn plus(&self, more: BTreeSet<String>) -> Need {
+        match self {
+            Need::All => Need::All,
+            Need::Columns(c) => Need::Columns(c.iter().cloned().chain(more).collect()),
+        }
+    }
+}
+
+impl Kind {
+    /// Plan time, for projection pushdown: the columns of `input` this step reads when its
+    /// consumers read `out` of its output. Kinds that do not know answer [`Need::All`].
+    pub(crate) fn input_need(&self, input: &SchemaRef, out: &Need) -> Result<Need> {
+        Ok(match self {
+            Kind::Filter(s) => out.plus(s.required_columns(input)?),
+            Kind::Select(s) => Need::Columns(s.required_columns(input)?),
+            Kind::WithColumn(s) => match out {
+                Need::All => Need::All,
+                Need::Columns(c) => {
+                    let mut c = c.clone();
+                    c.remove(&s.name);
+                    c.extend(s.required_columns(input)?);
+                    Need::Columns(c)
+                }
+            },
+            Kind::Rename(s) => match out {
+                Need::All => Need::All,
+                Need::Columns(c) => Need::Columns(
+                    c.iter()
+                        .map(|name| {
+                            s.columns
+                                .iter()
+                                .find(|(_, new)| *new == name)
+                                .map_or_else(|| name.clone(), |(old, _)| old.clone())
+                        })
+                        .collect(),
+                ),
+            },
+            Kind::KeyBy(k) => out.plus(k.keys.iter().cloned().collect()),
+            Kind::Limit(_) | Kind::Throttle(_) | Kind::Rebalance(_) | Kind::Broadcast(_) => {
+                out.clone()
+            }
+            _ => Need::All,
+        })
+    }
+
+    /// Whether this source reads only the columns of the schema it is built with (so the planner
+    /// may hand it a projection).
+    pub(crate) fn projects(&self) -> bool {
+        matches!(self, Kind::ParquetSource(_))
     }
 }

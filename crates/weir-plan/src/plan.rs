@@ -2,13 +2,14 @@
 //! (so a wrong column name fails before anything runs), applies parallelism and routing steps, and
 //! wires the dead-letter output.
 
-use crate::kinds::Kind;
+use crate::kinds::{Kind, Need};
 use crate::spec::{OnError, ParsedSpec, Role, StepSpec, parse};
 use arrow::datatypes::SchemaRef;
 use serde_norway::{Mapping, Value};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
+use std::sync::Arc;
 use weir_runtime::{ErrorPolicy, JobConfig, JobGraph, NodeId, Partitioning};
 use weir_types::{Error, Result, dead_letter_schema};
 
@@ -109,6 +110,74 @@ pub fn plan_str(yaml: &str, origin: &str, opts: &PlanOptions) -> Result<Plan> {
 }
 
 fn build(spec: &ParsedSpec, opts: &PlanOptions) -> Result<Plan> {
+    let (plan, inputs) = build_with(spec, opts, &HashMap::new())?;
+    let projections = pushdown(spec, &plan, &inputs)?;
+    if projections.is_empty() {
+        return Ok(plan);
+    }
+    Ok(build_with(spec, opts, &projections)?.0)
+}
+
+/// Projection pushdown: walks the steps backwards from the sinks collecting the columns each step's
+/// consumers read, and returns, for every source that can read a subset of its columns and whose
+/// consumers do not read all of them, the columns to read (in schema order).
+fn pushdown(
+    spec: &ParsedSpec,
+    plan: &Plan,
+    inputs: &[Vec<usize>],
+) -> Result<HashMap<usize, Vec<String>>> {
+    let mut need = vec![Need::Columns(Default::default()); spec.steps.len()];
+    let mut kinds = Vec::with_capacity(spec.steps.len());
+    for step in &spec.steps {
+        kinds.push(Kind::parse(step)?);
+    }
+    for step in spec.steps.iter().rev() {
+        let i = step.index;
+        let out = match step.role {
+            Role::Source => continue,
+            Role::Sink => Need::All,
+            Role::Op => need[i].clone(),
+        };
+        for &input in &inputs[i] {
+            let reads = match (&kinds[i], &plan.steps[input].schema) {
+                (Kind::Union(_), _) | (_, None) => Need::All,
+                (kind, Some(schema)) => kind.input_need(schema, &out)?,
+            };
+            need[input].merge(reads);
+        }
+    }
+    let mut projections = HashMap::new();
+    for step in &spec.steps {
+        let i = step.index;
+        let (Need::Columns(cols), Some(schema)) = (&need[i], &plan.steps[i].schema) else {
+            continue;
+        };
+        if step.role != Role::Source || !kinds[i].projects() || cols.len() >= schema.fields().len()
+        {
+            continue;
+        }
+        let mut read: Vec<String> = schema
+            .fields()
+            .iter()
+            .filter(|f| cols.contains(f.name()))
+            .map(|f| f.name().clone())
+            .collect();
+        if read.is_empty() {
+            // Nothing is read, but rows still count: keep the first column.
+            read.extend(schema.fields().first().map(|f| f.name().clone()));
+        }
+        projections.insert(i, read);
+    }
+    Ok(projections)
+}
+
+/// Plans the spec, reading only `projections[i]` of source `i` where given. Also returns each
+/// step's inputs (indices into the steps), for [`pushdown`].
+fn build_with(
+    spec: &ParsedSpec,
+    opts: &PlanOptions,
+    projections: &HashMap<usize, Vec<String>>,
+) -> Result<(Plan, Vec<Vec<usize>>)> {
     let p = &spec.pipeline;
     let channel_capacity = p
         .channel_capacity
@@ -137,6 +206,7 @@ fn build(spec: &ParsedSpec, opts: &PlanOptions) -> Result<Plan> {
     let mut planned: Vec<PlannedStep> = Vec::new();
     // For routing steps: where their edge starts and how it routes.
     let mut routes: HashMap<usize, (NodeId, Partitioning)> = HashMap::new();
+    let mut step_inputs: Vec<Vec<usize>> = Vec::with_capacity(spec.steps.len());
 
     for step in &spec.steps {
         if by_name.insert(step.name.as_str(), step.index).is_some() {
@@ -147,16 +217,27 @@ fn build(spec: &ParsedSpec, opts: &PlanOptions) -> Result<Plan> {
         }
         let kind = Kind::parse(step)?;
         let inputs = resolve_inputs(step, &by_name, &planned)?;
+        step_inputs.push(inputs.clone());
         let parallelism = if kind.single_instance() {
             1
         } else {
             step.parallelism.unwrap_or(default_par)
         };
         let named = |e: Error| e.in_operator(step.name.clone());
-        let description = kind.describe();
+        let mut description = kind.describe();
         let (schema, node) = match step.role {
             Role::Source => {
-                let schema = kind.source_schema().map_err(named)?;
+                let mut schema = kind.source_schema().map_err(named)?;
+                if let Some(cols) = projections.get(&step.index) {
+                    let indices = cols
+                        .iter()
+                        .map(|c| schema.index_of(c))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .and_then(|ix| schema.project(&ix))
+                        .map_err(|e| Error::internal("projection pushdown").with_source(e))?;
+                    schema = Arc::new(indices);
+                    let _ = write!(description, ", reads only {}", cols.join(", "));
+                }
                 let factory = kind.source_factory(schema.clone())?;
                 let id = graph.add_source(&step.name, parallelism, factory);
                 (Some(schema), Some(id))
@@ -264,12 +345,15 @@ fn build(spec: &ParsedSpec, opts: &PlanOptions) -> Result<Plan> {
             })?,
         },
     };
-    Ok(Plan {
-        graph,
-        steps: planned,
-        checkpoint,
-        restart,
-    })
+    Ok((
+        Plan {
+            graph,
+            steps: planned,
+            checkpoint,
+            restart,
+        },
+        step_inputs,
+    ))
 }
 
 fn default_dead_letter(name: &str) -> Mapping {
