@@ -108,6 +108,14 @@ pub trait Backend: Send {
     /// Runs one batch: `inputs` are (model input name, tensor with the batch dimension first);
     /// returns (model output name, tensor) for every model output. Blocks.
     fn run(&mut self, inputs: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>>;
+
+    /// Whether the backend can still run batches. A backend that talks to a model elsewhere (a
+    /// process, a server) answers `false` once that is gone; an inference service then treats
+    /// the error [`run`](Backend::run) returned as the death of the instance (its requests go to
+    /// other instances) rather than as a failure of the batch. Default: always `true`.
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// Creates the backend of instance `index` (called on that instance's thread).

@@ -15,7 +15,10 @@ pub use backend::{Backend, BackendFactory, BackendOptions, HostTensor, OrtBacken
 pub use model::{ElementType, ModelInfo, TensorInfo, init_ort_from, ort_environment};
 pub mod operator;
 mod results_log;
+pub mod service;
 pub mod spec;
+
+pub use service::{CallOptions, ModelService, ServiceStatus, Tensors};
 
 pub use operator::{InFlight, InferCounters, InferOperator, RowRef};
 pub use spec::{BatchSpec, InferPlan, InferSpec};

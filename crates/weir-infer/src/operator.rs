@@ -2,18 +2,24 @@
 //! buckets), sends them to instance threads, and emits results in input order.
 //!
 //! Requests in flight are plain data ([`InFlight`]: request id + input rows), so they can be
-//! checkpointed and re-issued; only the reply channels are not.
+//! checkpointed and re-issued; only the reply futures are not.
+//!
+//! With `service:` the operator starts no instances of its own: every formed batch becomes one
+//! asynchronous call to a [`ModelService`] (at most `max_in_flight` at a time), whose future the
+//! operator polls like an instance's reply.
 
 use crate::backend::{BackendFactory, HostTensor};
 use crate::batching::{AdaptiveController, Clock, SystemClock, batch_ready, bucket_by_length};
 use crate::results_log::{
     LoadedLog, LogWriter, delete_before, log_schema, model_identity, row_identity,
 };
+use crate::service::{CallOptions, ModelService};
 use crate::spec::{InferPlan, InferSpec};
 use crate::tensor::{InputBinding, OutputBinding};
 use arrow::array::{Array, ArrayRef, BooleanArray};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,7 +80,6 @@ pub struct FormedBatch {
 }
 
 /// A request sent to an instance and not yet answered.
-#[derive(Debug)]
 pub struct Request {
     /// Request id (unique in this operator instance).
     pub id: u64,
@@ -84,7 +89,18 @@ pub struct Request {
     pub instance: usize,
     /// When it was sent.
     pub sent: Instant,
-    reply: oneshot::Receiver<Result<Reply>>,
+    reply: BoxFuture<'static, Result<Reply>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("id", &self.id)
+            .field("batch", &self.batch)
+            .field("instance", &self.instance)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A row admitted and waiting for a batch.
@@ -171,11 +187,15 @@ struct Instance {
     in_flight: usize,
 }
 
-fn run_job(backend: &mut dyn crate::backend::Backend, b: &Bindings, job: &Job) -> Result<Reply> {
-    let rows = job.inputs.first().map(|r| r.len()).unwrap_or(0);
+/// A batch's model inputs, gathered from its rows: (inputs, rows, ragged lengths per symbol).
+type Gathered = (Vec<(String, HostTensor)>, usize, Vec<(String, Vec<usize>)>);
+
+/// Stacks the rows of `job_inputs` (per model input: (column, row)) into model inputs.
+fn gather(b: &Bindings, job_inputs: &[Vec<(ArrayRef, usize)>]) -> Result<Gathered> {
+    let rows = job_inputs.first().map(|r| r.len()).unwrap_or(0);
     let mut inputs = Vec::with_capacity(b.inputs.len());
     let mut lengths: Vec<(String, Vec<usize>)> = Vec::new();
-    for (binding, rows) in b.inputs.iter().zip(&job.inputs) {
+    for (binding, rows) in b.inputs.iter().zip(job_inputs) {
         if let (true, Some(sym)) = (binding.ragged(), &binding.symbol)
             && !lengths.iter().any(|(s, _)| s == sym)
         {
@@ -195,9 +215,18 @@ fn run_job(backend: &mut dyn crate::backend::Backend, b: &Bindings, job: &Job) -
         }
         inputs.push((binding.input.clone(), binding.gather(rows)?));
     }
-    let started = Instant::now();
-    let mut out: HashMap<String, HostTensor> = backend.run(inputs)?.into_iter().collect();
-    let run = started.elapsed();
+    Ok((inputs, rows, lengths))
+}
+
+/// Turns model outputs into the bound output columns.
+fn scatter(
+    b: &Bindings,
+    out: Vec<(String, HostTensor)>,
+    rows: usize,
+    lengths: &[(String, Vec<usize>)],
+    run: Duration,
+) -> Result<Reply> {
+    let mut out: HashMap<String, HostTensor> = out.into_iter().collect();
     let mut outputs = Vec::with_capacity(b.outputs.len());
     for o in &b.outputs {
         let t = out.remove(&o.output).ok_or_else(|| {
@@ -206,9 +235,32 @@ fn run_job(backend: &mut dyn crate::backend::Backend, b: &Bindings, job: &Job) -
                 b.model, o.output
             ))
         })?;
-        outputs.push(o.scatter(&t, rows, &lengths, &b.model)?);
+        outputs.push(o.scatter(&t, rows, lengths, &b.model)?);
     }
     Ok(Reply { outputs, run })
+}
+
+fn run_job(backend: &mut dyn crate::backend::Backend, b: &Bindings, job: &Job) -> Result<Reply> {
+    let (inputs, rows, lengths) = gather(b, &job.inputs)?;
+    let started = Instant::now();
+    let out = backend.run(inputs)?;
+    scatter(b, out, rows, &lengths, started.elapsed())
+}
+
+/// One call to a service: gathers the rows, calls, and turns the answer into output columns.
+fn call_service(
+    service: Arc<dyn ModelService>,
+    bindings: Arc<Bindings>,
+    job_inputs: Vec<Vec<(ArrayRef, usize)>>,
+    options: CallOptions,
+) -> BoxFuture<'static, Result<Reply>> {
+    Box::pin(async move {
+        let (inputs, rows, lengths) = gather(&bindings, &job_inputs)?;
+        drop(job_inputs);
+        let started = Instant::now();
+        let out = service.call(inputs, &options).await?;
+        scatter(&bindings, out, rows, &lengths, started.elapsed())
+    })
 }
 
 impl Instance {
@@ -252,7 +304,11 @@ impl Instance {
 pub struct InferOperator {
     spec: InferSpec,
     plan: InferPlan,
-    factory: BackendFactory,
+    factory: Option<BackendFactory>,
+    /// The service called instead of instances of the operator's own.
+    service: Option<Arc<dyn ModelService>>,
+    /// Whether [`ModelService::attach`] succeeded and is not yet matched by a detach.
+    attached: bool,
     bindings: Arc<Bindings>,
     instances: Vec<Instance>,
     controller: AdaptiveController,
@@ -283,6 +339,28 @@ impl std::fmt::Debug for InferOperator {
 
 impl InferOperator {
     pub(crate) fn new(spec: InferSpec, plan: InferPlan, factory: BackendFactory) -> Self {
+        Self::build(spec, plan, Some(factory), None)
+    }
+
+    /// The operator calling `service` instead of running instances of its own; batches are no
+    /// larger than the service accepts.
+    pub fn with_service(
+        mut spec: InferSpec,
+        plan: InferPlan,
+        service: Arc<dyn ModelService>,
+    ) -> Self {
+        if let Some(max) = service.max_batch() {
+            spec.batch.max_size = spec.batch.max_size.min(max.max(1));
+        }
+        Self::build(spec, plan, None, Some(service))
+    }
+
+    fn build(
+        spec: InferSpec,
+        plan: InferPlan,
+        factory: Option<BackendFactory>,
+        service: Option<Arc<dyn ModelService>>,
+    ) -> Self {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let controller = AdaptiveController::new(
             spec.batch.max_size,
@@ -300,6 +378,8 @@ impl InferOperator {
             spec,
             plan,
             factory,
+            service,
+            attached: false,
             bindings,
             instances: Vec::new(),
             controller,
@@ -344,7 +424,7 @@ impl InferOperator {
                 .map(|o| o.field.as_ref().clone())
                 .collect();
             let schema = log_schema(&fields);
-            let path = self.spec.model.clone();
+            let path = self.plan.info.path.clone();
             let restoring = ctx.restored_state().is_some();
             let (model_id, loaded) = {
                 let (dir, schema) = (dir.clone(), schema.clone());
@@ -493,15 +573,26 @@ impl InferOperator {
     }
 
     async fn start_instances(&mut self) -> Result<()> {
+        if let Some(service) = &self.service {
+            if !self.attached {
+                service.attach()?;
+                self.attached = true;
+            }
+            return Ok(());
+        }
         if !self.instances.is_empty() {
             return Ok(());
         }
+        let factory = self
+            .factory
+            .clone()
+            .ok_or_else(|| Error::internal("an inline infer operator has no backend factory"))?;
         let mut loads = Vec::new();
         for i in 0..self.spec.instances {
             let (tx, rx) = oneshot::channel();
             self.instances.push(Instance::start(
                 i,
-                self.factory.clone(),
+                factory.clone(),
                 self.bindings.clone(),
                 tx,
             )?);
@@ -607,6 +698,11 @@ impl InferOperator {
     }
 
     fn free_instance(&self) -> Option<usize> {
+        if self.service.is_some() {
+            // One lane for the whole service: `instance` is then `usize::MAX`.
+            return (self.attached && self.state.requests.len() < self.spec.max_in_flight)
+                .then_some(usize::MAX);
+        }
         self.instances
             .iter()
             .enumerate()
@@ -675,22 +771,39 @@ impl InferOperator {
                 }
                 inputs.push(rows);
             }
-            let (tx, rx) = oneshot::channel();
             let id = self.state.next_request;
             self.state.next_request += 1;
-            let sender = self.instances[inst].jobs.as_ref().ok_or_else(|| {
-                Error::internal(format!(
-                    "inference instance {inst} of {} is closed",
-                    self.model
-                ))
-            })?;
-            sender.send(Job { inputs, reply: tx }).map_err(|_| {
-                Error::external(format!(
-                    "inference instance {inst} of {} stopped unexpectedly",
-                    self.model
-                ))
-            })?;
-            self.instances[inst].in_flight += 1;
+            let reply = if let Some(service) = &self.service {
+                call_service(
+                    service.clone(),
+                    self.bindings.clone(),
+                    inputs,
+                    self.spec.call_options(),
+                )
+            } else {
+                let (tx, rx) = oneshot::channel();
+                let sender = self.instances[inst].jobs.as_ref().ok_or_else(|| {
+                    Error::internal(format!(
+                        "inference instance {inst} of {} is closed",
+                        self.model
+                    ))
+                })?;
+                sender.send(Job { inputs, reply: tx }).map_err(|_| {
+                    Error::external(format!(
+                        "inference instance {inst} of {} stopped unexpectedly",
+                        self.model
+                    ))
+                })?;
+                self.instances[inst].in_flight += 1;
+                let fut: BoxFuture<'static, Result<Reply>> = Box::pin(async move {
+                    rx.await.unwrap_or_else(|_| {
+                        Err(Error::external(format!(
+                            "inference instance {inst} stopped unexpectedly (its thread ended)"
+                        )))
+                    })
+                });
+                fut
+            };
             self.state.requests.insert(
                 id,
                 Request {
@@ -698,42 +811,51 @@ impl InferOperator {
                     batch,
                     instance: inst,
                     sent: self.clock.now(),
-                    reply: rx,
+                    reply,
                 },
             );
         }
         Ok(())
     }
 
+    // Entries are held in increasing sequence order; unordered emission removes them from the
+    // middle, so they are found by binary search.
     fn entry(&self, seq: u64) -> Result<&Entry> {
-        let front = self.entries.front().map(|(s, _)| *s).unwrap_or(0);
         self.entries
-            .get(seq.wrapping_sub(front) as usize)
-            .filter(|(s, _)| *s == seq)
+            .binary_search_by_key(&seq, |(s, _)| *s)
+            .ok()
+            .and_then(|i| self.entries.get(i))
             .map(|(_, e)| e)
             .ok_or_else(|| Error::internal(format!("input batch {seq} is no longer held")))
     }
 
     fn entry_mut(&mut self, seq: u64) -> Result<&mut Entry> {
-        let front = self.entries.front().map(|(s, _)| *s).unwrap_or(0);
         self.entries
-            .get_mut(seq.wrapping_sub(front) as usize)
-            .filter(|(s, _)| *s == seq)
+            .binary_search_by_key(&seq, |(s, _)| *s)
+            .ok()
+            .and_then(|i| self.entries.get_mut(i))
             .map(|(_, e)| e)
             .ok_or_else(|| Error::internal(format!("input batch {seq} is no longer held")))
+    }
+
+    /// The position of the next input batch that may be emitted: the front one when it is
+    /// complete, or (unordered) any complete one.
+    fn next_emittable(&self) -> Option<usize> {
+        if self.spec.ordered {
+            return self
+                .entries
+                .front()
+                .is_some_and(|(_, e)| e.waiting == 0)
+                .then_some(0);
+        }
+        self.entries.iter().position(|(_, e)| e.waiting == 0)
     }
 
     /// Polls every request's reply; takes the first that is ready.
     fn poll_reply(&mut self, cx: &mut std::task::Context<'_>) -> Poll<(u64, Result<Reply>)> {
         let mut ready = None;
         for (id, r) in self.state.requests.iter_mut() {
-            if let Poll::Ready(res) = std::pin::Pin::new(&mut r.reply).poll(cx) {
-                let res = res.unwrap_or_else(|_| {
-                    Err(Error::external(format!(
-                        "inference instance {} stopped unexpectedly (its thread ended)",
-                        r.instance
-                    )))
-                });
+            if let Poll::Ready(res) = r.reply.as_mut().poll(cx) {
                 ready = Some((*id, res));
                 break;
             }
@@ -846,8 +968,8 @@ impl InferOperator {
 
     /// Emits every finished input batch at the front, in input order.
     fn emit_ready(&mut self, out: &mut Emitter) -> Result<()> {
-        while self.entries.front().is_some_and(|(_, e)| e.waiting == 0) {
-            let Some((_, e)) = self.entries.pop_front() else {
+        while let Some(pos) = self.next_emittable() {
+            let Some((_, e)) = self.entries.remove(pos) else {
                 break;
             };
             let keep: Vec<usize> = (0..e.batch.num_rows()).filter(|r| !e.bad[*r]).collect();
@@ -977,7 +1099,7 @@ impl Operator for InferOperator {
     }
 
     fn has_pending(&self) -> bool {
-        self.entries.front().is_some_and(|(_, e)| e.waiting == 0)
+        self.next_emittable().is_some()
             || !self.state.requests.is_empty()
             || !self.state.queue.is_empty()
             || !self.state.formed.is_empty()
@@ -987,7 +1109,7 @@ impl Operator for InferOperator {
         if !self.has_pending() {
             return std::future::pending().await;
         }
-        if self.entries.front().is_some_and(|(_, e)| e.waiting == 0) {
+        if self.next_emittable().is_some() {
             return self.emit_ready(out);
         }
         self.wait_one(ctx).await?;
@@ -1023,6 +1145,10 @@ impl Operator for InferOperator {
             }
         })
         .await?;
+        if let (Some(service), true) = (&self.service, self.attached) {
+            service.detach();
+            self.attached = false;
+        }
         if self.log.is_some() {
             tracing::info!(
                 model = %self.model,
@@ -1088,6 +1214,9 @@ impl Drop for InferOperator {
         // joined here, to never block an executor thread.
         for i in &mut self.instances {
             i.jobs = None;
+        }
+        if let (Some(service), true) = (&self.service, self.attached) {
+            service.detach();
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::backend::{BackendFactory, BackendOptions, OrtBackend};
 use crate::model::{ModelInfo, model_name};
+use crate::service::{CallOptions, ModelService};
 use crate::tensor::{ColumnTensor, InputBinding, Layout, OutputBinding};
 use arrow::datatypes::{Schema, SchemaRef};
 use serde::{Deserialize, Deserializer};
@@ -55,6 +56,15 @@ fn default_one() -> usize {
 fn default_in_flight() -> usize {
     2
 }
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(100)
+}
 
 impl Default for BatchSpec {
     fn default() -> Self {
@@ -71,8 +81,29 @@ impl Default for BatchSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InferSpec {
-    /// Path of the `.onnx` model file. Required.
+    /// Path of the `.onnx` model file, run inline (instances of the operator's own). Required
+    /// unless `service` is given; the two exclude each other.
+    #[serde(default)]
     pub model: PathBuf,
+    /// Name of a model service declared in the spec's `services:` section: the rows are sent to
+    /// its instances instead of running the model inline. Default: none (inline).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// With `service`: longest wait for one attempt of a call before it is abandoned and
+    /// retried. Default `60s`.
+    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// With `service`: further attempts of a call after a timeout or a retryable error.
+    /// Default 2.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// With `service`: wait before the first retry, doubled for each further one. Default `100ms`.
+    #[serde(default = "default_backoff", deserialize_with = "duration")]
+    pub backoff: Duration,
+    /// Whether output batches keep the input order (`true`), or each input batch is emitted as
+    /// soon as all its rows are answered (`false`). Default true.
+    #[serde(default = "default_true")]
+    pub ordered: bool,
     /// Model input name → column. Default: a model with a single input binds it to column
     /// `tensor`; a model with several inputs binds each to the column of the same name.
     #[serde(default)]
@@ -92,7 +123,8 @@ pub struct InferSpec {
     /// Batching. Defaults: see [`BatchSpec`].
     #[serde(default)]
     pub batch: BatchSpec,
-    /// Batches in flight per instance (so the next batch is prepared while one runs). Default 2.
+    /// Batches in flight per instance (so the next batch is prepared while one runs); with
+    /// `service`, requests in flight to the service from each instance of the operator. Default 2.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
     /// Value ragged rows are padded with. Default 0.
@@ -132,6 +164,11 @@ impl InferSpec {
     pub fn new(model: impl Into<PathBuf>) -> Self {
         InferSpec {
             model: model.into(),
+            service: None,
+            timeout: default_timeout(),
+            retries: default_retries(),
+            backoff: default_backoff(),
+            ordered: true,
             inputs: BTreeMap::new(),
             outputs: BTreeMap::new(),
             cpus: 1,
@@ -145,8 +182,35 @@ impl InferSpec {
         }
     }
 
+    /// A spec with every default calling the service `name`.
+    pub fn with_service(name: impl Into<String>) -> Self {
+        let mut spec = InferSpec::new(PathBuf::new());
+        spec.service = Some(name.into());
+        spec
+    }
+
     fn name(&self) -> String {
-        model_name(&self.model)
+        match &self.service {
+            Some(s) => format!("service '{s}'"),
+            None => model_name(&self.model),
+        }
+    }
+
+    /// The options of calls to the service.
+    pub fn call_options(&self) -> CallOptions {
+        CallOptions {
+            timeout: self.timeout,
+            retries: self.retries,
+            backoff: self.backoff,
+        }
+    }
+
+    /// The service this step calls, from the registry (`None` when the model runs inline).
+    pub fn resolve_service(&self) -> Result<Option<Arc<dyn ModelService>>> {
+        match &self.service {
+            None => Ok(None),
+            Some(name) => Ok(Some(crate::service::service(name)?)),
+        }
     }
 
     /// Checks the spec's numbers.
@@ -164,13 +228,27 @@ impl InferSpec {
                 )));
             }
         }
-        Ok(())
+        match (&self.service, self.model.as_os_str().is_empty()) {
+            (Some(s), false) => Err(Error::config(format!(
+                "infer: give either model ({}) or service ({s}), not both",
+                self.model.display()
+            ))),
+            (None, true) => Err(Error::config("infer: key 'model' or 'service' is required")),
+            (Some(_), true) if self.timeout.is_zero() => Err(Error::config(format!(
+                "infer {name}: timeout must be more than 0"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Plan time: loads the model's metadata (one session), checks every bound input column's
     /// dtype and per-row shape against the model input, and works out the output columns.
     pub fn plan(&self, input: &SchemaRef) -> Result<InferPlan> {
         self.validate()?;
+        if let Some(service) = self.resolve_service()? {
+            let info = service.info()?;
+            return self.plan_with(info, input);
+        }
         if self.gpus > 0 {
             // Opening a session with the devices checks that they exist; fail at plan time.
             crate::backend::open_session(&self.model, 1, self.gpus)?;
@@ -340,6 +418,13 @@ impl InferSpec {
     /// Creates the operator with ONNX Runtime instances (loaded when the operator opens).
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn weir_runtime::Operator>> {
         let plan = self.plan(input)?;
+        if let Some(service) = self.resolve_service()? {
+            return Ok(Box::new(crate::operator::InferOperator::with_service(
+                self.clone(),
+                plan,
+                service,
+            )));
+        }
         let factory = OrtBackend::factory(
             &self.model,
             BackendOptions {
@@ -381,6 +466,21 @@ impl InferSpec {
                     .join(",")
             }
         };
+        if let Some(s) = &self.service {
+            return format!(
+                "infer service={s} inputs={} outputs={} batch<={} wait={:?}{} in_flight={} timeout={:?} retries={} backoff={:?}{}",
+                map(&self.inputs, "<-"),
+                map(&self.outputs, "->"),
+                self.batch.max_size,
+                self.batch.max_wait,
+                if self.batch.adaptive { " adaptive" } else { "" },
+                self.max_in_flight,
+                self.timeout,
+                self.retries,
+                self.backoff,
+                if self.ordered { "" } else { " unordered" }
+            );
+        }
         format!(
             "infer model={} inputs={} outputs={} instances={} cpus={} gpus={} batch<={} wait={:?}{} budget={:?} in_flight={}",
             self.name(),

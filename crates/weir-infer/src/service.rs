@@ -1,0 +1,240 @@
+//! The contract between the `infer` operator and an inference *service* ([`ModelService`]): a
+//! model deployed apart from the data plane, with instances of its own, that the operator calls
+//! asynchronously with batches of tensors. Also the options of one call ([`CallOptions`]), a
+//! service's state for progress displays ([`ServiceStatus`]) and the process's registry of
+//! services by name ([`register_service`], [`service`]).
+//!
+//! The trait lives here, and its implementation in `weir-serve`, so that dependencies point down:
+//! `weir-serve` depends on `weir-infer` for the [`Backend`](crate::Backend) its instances run, and
+//! the `infer` operator finds a service through the registry, which `weir-plan` fills from the
+//! spec's `services:` section.
+
+use crate::backend::HostTensor;
+use crate::model::ModelInfo;
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use weir_types::{Error, Result};
+
+/// Named tensors: (model input or output name, tensor with the batch dimension first).
+pub type Tensors = Vec<(String, HostTensor)>;
+
+/// How one caller calls a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOptions {
+    /// Longest wait for one attempt's answer; an attempt that takes longer is abandoned (and the
+    /// instance running it is treated as hung and replaced).
+    pub timeout: Duration,
+    /// Further attempts after a retryable failure (a timeout, an external error).
+    pub retries: u32,
+    /// Wait before the first retry, doubled for each further one.
+    pub backoff: Duration,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            timeout: Duration::from_secs(60),
+            retries: 2,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why a service is slow or waiting, for progress displays and metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceStatus {
+    /// The service's name.
+    pub name: String,
+    /// Instances the service wants.
+    pub target: usize,
+    /// Instances loading their model or running their warm-up batch (not routable yet).
+    pub loading: usize,
+    /// Instances receiving requests.
+    pub ready: usize,
+    /// Instances finishing their in-flight requests before they stop (not routable).
+    pub draining: usize,
+    /// Requests waiting for an instance.
+    pub queued: usize,
+    /// Requests sent to instances and not answered yet.
+    pub in_flight: usize,
+    /// Fraction of the last measuring interval the ready instances spent running batches.
+    pub utilisation: f64,
+    /// Requests answered so far.
+    pub answered: u64,
+    /// Attempts retried after a timeout or a retryable error.
+    pub retries: u64,
+    /// Instances that died (panicked, exited, were killed, hung) and were replaced.
+    pub deaths: u64,
+    /// Requests given up on (answered with an error).
+    pub failed: u64,
+}
+
+impl ServiceStatus {
+    /// One lowercase phrase saying why callers wait, or `None` when nothing holds them up:
+    /// `service 'clf' saturated: 40 requests queued, 3/3 instances busy`.
+    pub fn why_slow(&self) -> Option<String> {
+        let name = &self.name;
+        if self.ready == 0 && self.loading > 0 {
+            return Some(format!(
+                "service '{name}' has no ready instance: {} loading (model load and warm-up)",
+                self.loading
+            ));
+        }
+        if self.ready == 0 && self.queued > 0 {
+            return Some(format!(
+                "service '{name}' has no instance: {} requests queued",
+                self.queued
+            ));
+        }
+        if self.queued > 0 && self.loading > 0 {
+            return Some(format!(
+                "service '{name}' scaling out: {} requests queued, {} instances loading",
+                self.queued, self.loading
+            ));
+        }
+        if self.queued > self.ready {
+            return Some(format!(
+                "service '{name}' saturated: {} requests queued, {}/{} instances busy ({:.0}% utilisation)",
+                self.queued,
+                self.ready,
+                self.target,
+                self.utilisation * 100.0
+            ));
+        }
+        None
+    }
+}
+
+impl fmt::Display for ServiceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "service '{}': {} ready, {} loading, {} draining (target {}), {} queued, {} in flight, {:.0}% busy, {} answered, {} retries, {} instance deaths, {} failed",
+            self.name,
+            self.ready,
+            self.loading,
+            self.draining,
+            self.target,
+            self.queued,
+            self.in_flight,
+            self.utilisation * 100.0,
+            self.answered,
+            self.retries,
+            self.deaths,
+            self.failed
+        )
+    }
+}
+
+/// A model deployed as a service: instances of its own (threads or processes) that load the model,
+/// warm up, and then answer batches routed to them by load.
+///
+/// Contract:
+/// - [`info`](ModelService::info) is available before any instance runs (read from the model
+///   file once, then cached), so a plan can be checked without starting the service.
+/// - [`attach`](ModelService::attach) counts a caller and starts the instances when the service is
+///   not running; it does not wait for them to load. Every successful `attach` is matched by one
+///   [`detach`](ModelService::detach); a per-job service stops its instances when the last caller
+///   detaches, a shared one keeps them.
+/// - [`call`](ModelService::call) never blocks: it returns a `'static` future that resolves
+///   **exactly once**, to one tensor per model output with the batch dimension equal to the input
+///   rows, or to an error once timeouts, retries and re-dispatches are used up. An error whose
+///   kind is not retryable concerns this batch only; the service stays usable. Dropping the future
+///   cancels the request: an answer arriving later is discarded, never delivered twice.
+/// - A request is answered at most once even when the instance running it dies: it is then
+///   re-dispatched to another instance, at most a bounded number of times, after which the call
+///   fails with the reason (so a poison input never loops forever).
+/// - Methods may be called from any thread, including async executor threads.
+pub trait ModelService: Send + Sync + fmt::Debug {
+    /// The service's name (`services[].name` in the spec).
+    fn name(&self) -> &str;
+
+    /// A description of the definition; two services with equal definitions are interchangeable
+    /// (a shared service defined again by another job is reused).
+    fn definition(&self) -> String;
+
+    /// The model's inputs, outputs and metadata.
+    fn info(&self) -> Result<ModelInfo>;
+
+    /// The largest batch (rows) a caller should send, if the service limits it.
+    fn max_batch(&self) -> Option<usize>;
+
+    /// Counts a caller; starts the instances when the service is not running.
+    fn attach(&self) -> Result<()>;
+
+    /// Uncounts a caller (see the contract).
+    fn detach(&self);
+
+    /// Whether a caller is attached.
+    fn in_use(&self) -> bool;
+
+    /// Sends one batch; see the contract.
+    fn call(&self, inputs: Tensors, options: &CallOptions) -> BoxFuture<'static, Result<Tensors>>;
+
+    /// Sets the number of instances (within the service's bounds): new instances receive traffic
+    /// once loaded and warmed up; removed ones stop receiving requests, finish the ones they have,
+    /// then stop.
+    fn scale(&self, instances: usize) -> Result<()>;
+
+    /// The current state (cheap; for progress displays).
+    fn status(&self) -> ServiceStatus;
+}
+
+type Registry = Mutex<BTreeMap<String, Arc<dyn ModelService>>>;
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Registers `service` under its name and returns the service to use: an already registered
+/// service with an equal definition is kept (so jobs share it); one with another definition is
+/// replaced unless a caller is attached to it, which is an error naming the service.
+pub fn register_service(service: Arc<dyn ModelService>) -> Result<Arc<dyn ModelService>> {
+    let mut map = registry()
+        .lock()
+        .map_err(|_| Error::internal("the service registry lock is poisoned"))?;
+    let name = service.name().to_string();
+    if let Some(existing) = map.get(&name) {
+        if existing.definition() == service.definition() {
+            return Ok(existing.clone());
+        }
+        if existing.in_use() {
+            return Err(Error::config(format!(
+                "service '{name}' is already running with another definition ({}); give the new one another name",
+                existing.definition()
+            )));
+        }
+    }
+    map.insert(name, service.clone());
+    Ok(service)
+}
+
+/// The service registered as `name`; the error lists the registered names.
+pub fn service(name: &str) -> Result<Arc<dyn ModelService>> {
+    let map = registry()
+        .lock()
+        .map_err(|_| Error::internal("the service registry lock is poisoned"))?;
+    map.get(name).cloned().ok_or_else(|| {
+        let names: Vec<&str> = map.keys().map(String::as_str).collect();
+        Error::config(format!(
+            "no service named '{name}' is declared (declared: {}); add it to the spec's services section",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ))
+    })
+}
+
+/// Every registered service, by name.
+pub fn services() -> Vec<Arc<dyn ModelService>> {
+    registry()
+        .lock()
+        .map(|m| m.values().cloned().collect())
+        .unwrap_or_default()
+}

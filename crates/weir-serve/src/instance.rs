@@ -1,0 +1,200 @@
+//! An in-process instance: one OS thread that loads its backend, runs one warm-up batch, tells
+//! the service it is ready, then runs the requests routed to it one at a time.
+//!
+//! A panic in the backend (while loading or running) is caught at the thread's edge and reported
+//! as the instance's death with the panic message; the backend is dropped and the thread ends.
+//! A backend that reports itself unhealthy after an error (a remote model that went away) dies
+//! the same way. Either way the service re-dispatches the instance's requests and starts a
+//! replacement.
+
+use crate::service::Shared;
+use arrow::array::Int8Array;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
+use weir_infer::model::format_shape;
+use weir_infer::{Backend, HostTensor, ModelInfo, Tensors};
+use weir_types::{Error, Result};
+
+/// A request as an instance receives it.
+#[derive(Debug)]
+pub(crate) struct Work {
+    pub(crate) id: u64,
+    pub(crate) rows: usize,
+    pub(crate) inputs: Arc<Tensors>,
+}
+
+/// Reports the instance dead if its thread ends any other way than through [`run`]'s returns.
+struct ExitGuard {
+    shared: Option<Arc<Shared>>,
+    id: u64,
+}
+
+impl ExitGuard {
+    fn disarm(&mut self) {
+        self.shared = None;
+    }
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.shared.take() {
+            s.on_death(
+                self.id,
+                format!("instance {}'s thread ended unexpectedly", self.id),
+            );
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The body of instance `id`'s thread.
+pub(crate) fn run(shared: Arc<Shared>, id: u64, jobs: mpsc::Receiver<Work>) {
+    let mut guard = ExitGuard {
+        shared: Some(shared.clone()),
+        id,
+    };
+    let loaded = catch_unwind(AssertUnwindSafe(|| load(&shared, id)));
+    let mut backend = match loaded {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            guard.disarm();
+            shared.on_load_failed(id, e);
+            return;
+        }
+        Err(p) => {
+            guard.disarm();
+            shared.on_load_failed(
+                id,
+                Error::external(format!(
+                    "instance {id} panicked while loading: {}",
+                    panic_message(p.as_ref())
+                )),
+            );
+            return;
+        }
+    };
+    if !shared.on_ready(id) {
+        guard.disarm();
+        return;
+    }
+    while let Ok(work) = jobs.recv() {
+        if !shared.take_work(id, work.id, work.rows) {
+            continue;
+        }
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            backend.run(work.inputs.as_ref().clone())
+        }));
+        let run = started.elapsed();
+        match result {
+            Err(p) => {
+                guard.disarm();
+                drop(backend);
+                shared.on_death(
+                    id,
+                    format!("instance {id} panicked: {}", panic_message(p.as_ref())),
+                );
+                return;
+            }
+            Ok(Err(e)) if !backend.healthy() => {
+                guard.disarm();
+                shared.on_death(id, format!("instance {id} is gone: {}", e.message()));
+                return;
+            }
+            Ok(result) => {
+                let result = result.and_then(|out| {
+                    check_outputs(&shared.spec.name, backend.info(), work.rows, out)
+                });
+                shared.on_complete(id, work.id, work.rows, result, run);
+            }
+        }
+    }
+    // The channel closed: the service stopped this instance.
+    guard.disarm();
+}
+
+/// Loads the backend and runs the warm-up batch.
+fn load(shared: &Shared, id: u64) -> Result<Box<dyn Backend>> {
+    let index = usize::try_from(id).unwrap_or(usize::MAX);
+    let mut backend = (shared.factory)(index)?;
+    let inputs = warmup_inputs(backend.info())?;
+    let out = backend.run(inputs).map_err(|e| {
+        Error::new(
+            e.kind(),
+            format!(
+                "instance {id} of service '{}' failed its warm-up batch: {}",
+                shared.spec.name,
+                e.message()
+            ),
+        )
+    })?;
+    check_outputs(&shared.spec.name, backend.info(), 1, out)?;
+    Ok(backend)
+}
+
+/// One row of zeros for every model input (dynamic dimensions set to 1).
+pub fn warmup_inputs(info: &ModelInfo) -> Result<Tensors> {
+    let mut inputs = Vec::with_capacity(info.inputs.len());
+    for t in &info.inputs {
+        let shape: Vec<usize> = t.shape.iter().map(|d| d.unwrap_or(1)).collect();
+        let n: usize = shape.iter().product();
+        let dt = t.element.to_arrow().ok_or_else(|| {
+            Error::config(format!(
+                "model {}: input '{}' has element type {}, which weir cannot feed",
+                info.file_name(),
+                t.name,
+                t.element
+            ))
+        })?;
+        let zeros = arrow::compute::cast(&Int8Array::from(vec![0i8; n]), &dt)?;
+        inputs.push((t.name.clone(), HostTensor::try_new(shape, zeros)?));
+    }
+    Ok(inputs)
+}
+
+/// Checks a backend's answer against the model's declared outputs: every output present, the
+/// batch dimension equal to `rows`, fixed dimensions as declared.
+pub fn check_outputs(
+    service: &str,
+    info: &ModelInfo,
+    rows: usize,
+    out: Tensors,
+) -> Result<Tensors> {
+    let model = info.file_name();
+    for t in &info.outputs {
+        let Some((_, got)) = out.iter().find(|(n, _)| *n == t.name) else {
+            return Err(Error::input(format!(
+                "service '{service}': model {model} returned no output '{}' (it returned: {})",
+                t.name,
+                out.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let fits = got.shape.len() == t.shape.len()
+            && got.shape.first() == Some(&rows)
+            && got
+                .shape
+                .iter()
+                .zip(&t.shape)
+                .skip(1)
+                .all(|(g, d)| d.is_none_or(|d| d == *g));
+        if !fits {
+            return Err(Error::input(format!(
+                "service '{service}': model {model} returned output '{}' with the wrong shape {:?} for a batch of {rows} rows (the model declares {})",
+                t.name,
+                got.shape,
+                format_shape(&t.shape, Some(&t.symbols))
+            )));
+        }
+    }
+    Ok(out)
+}

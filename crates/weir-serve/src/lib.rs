@@ -1,0 +1,24 @@
+//! weir's inference services: a model deployed apart from the data plane, with instances of its
+//! own, that `infer` steps call asynchronously (`service: NAME`).
+//!
+//! A [`Service`] (declared by a [`ServiceSpec`], one entry of the spec's `services:` section)
+//! implements `weir_infer::ModelService`. Its instances are threads running a
+//! `weir_infer::Backend`; an instance receives requests only once its model has loaded and a
+//! warm-up batch has run. Requests wait in the service's queue and go to the ready instance with
+//! the least outstanding work (at most `window` each); membership changes are pushed through a
+//! `tokio::sync::watch` channel ([`Service::members`]). `scale` (or the autoscaler, within
+//! `[min, max]`, from queue depth and utilisation) adds instances, or stops routing to some,
+//! lets them finish what they hold, then stops them. A dead instance (panic, exit, hang) has its
+//! requests re-dispatched and is replaced; a request that killed `max_deaths` instances fails
+//! with the reason. Callers get per-attempt timeouts and retries with backoff.
+
+#![warn(missing_docs)]
+
+pub mod autoscale;
+pub mod fault;
+pub mod instance;
+pub mod service;
+pub mod spec;
+
+pub use service::{Membership, Service};
+pub use spec::{AutoscaleSpec, InstancesSpec, Lifecycle, ResourcesSpec, ServiceSpec};
