@@ -11,6 +11,7 @@
 
 pub mod kinds;
 pub mod plan;
+pub mod services;
 pub mod spec;
 
 pub use plan::{CheckpointPlan, Plan, PlanOptions, PlannedStep, Restart, plan_file, plan_str};

@@ -88,6 +88,10 @@ pub struct PipelineSpec {
     /// checkpoint. Default: no restarts.
     #[serde(default)]
     pub restart: Option<RestartSpec>,
+    /// Model services (`weir_serve::ServiceSpec` each) that `infer` steps call by name with
+    /// `service: NAME`. Default: none.
+    #[serde(default)]
+    pub services: Vec<Mapping>,
     /// The steps, in order.
     pub steps: Vec<Mapping>,
 }
@@ -250,6 +254,7 @@ pub fn parse(yaml: &str, origin: &str, overrides: &[String]) -> Result<ParsedSpe
         .enumerate()
         .map(|(i, m)| parse_step(i, m))
         .collect::<Result<Vec<_>>>()?;
+    crate::services::declare(&pipeline.services, origin)?;
     Ok(ParsedSpec { pipeline, steps })
 }
 
