@@ -11,11 +11,17 @@
 //! lets them finish what they hold, then stops them. A dead instance (panic, exit, hang) has its
 //! requests re-dispatched and is replaced; a request that killed `max_deaths` instances fails
 //! with the reason. Callers get per-attempt timeouts and retries with backoff.
+//!
+//! Out-of-process instances ([`flight`]) are the same threads running a `FlightBackend` that
+//! talks Arrow Flight over loopback to a `weir serve-model` process (or any server speaking the
+//! same wire format); the process dying or shutting down makes its instance die, with the same
+//! re-dispatch and replacement.
 
 #![warn(missing_docs)]
 
 pub mod autoscale;
 pub mod fault;
+pub mod flight;
 pub mod instance;
 pub mod service;
 pub mod spec;
