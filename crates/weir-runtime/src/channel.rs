@@ -3,17 +3,29 @@
 //! The capacity is a budget of bytes. Sending a message takes as many credits as the message's
 //! [`Message::size_bytes`] (at most the whole capacity, so one huge batch still passes on an empty
 //! channel); receiving it returns them. Control messages cost a nominal 64 bytes.
+//!
+//! Unaligned checkpoint barriers ([`BarrierKind::Unaligned`]) take a second, unbounded lane that
+//! the receiver always reads first, so they overtake the queued data and never wait for credits.
+//! Such a barrier carries how many messages the sender had put on the data lane before it; the
+//! receiver uses that count to tell which of the messages it reads after the barrier were sent
+//! before it (those are the checkpoint's in-flight data). A data message is never delivered ahead
+//! of a barrier that was sent before it: after taking a message off the data lane the receiver
+//! looks at the barrier lane again, and delivers a barrier found there first.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use weir_types::Message;
+use weir_types::{Barrier, BarrierKind, Message};
 
 /// The sending half. Cloning is not offered: each channel has exactly one producer subtask.
 #[derive(Debug)]
 pub struct Sender {
     tx: mpsc::UnboundedSender<(Message, OwnedSemaphorePermit)>,
+    priority: mpsc::UnboundedSender<(Barrier, u64)>,
+    /// Messages put on the data lane so far.
+    sent: AtomicU64,
     credits: Arc<Semaphore>,
     capacity: u32,
 }
@@ -22,8 +34,28 @@ pub struct Sender {
 #[derive(Debug)]
 pub struct Receiver {
     rx: mpsc::UnboundedReceiver<(Message, OwnedSemaphorePermit)>,
+    priority: mpsc::UnboundedReceiver<(Barrier, u64)>,
+    /// A data-lane message taken off the lane but held back behind a barrier.
+    held: Option<Option<(Message, OwnedSemaphorePermit)>>,
+    /// Messages taken off the data lane so far.
+    received: u64,
     credits: Arc<Semaphore>,
     capacity: u32,
+}
+
+/// What [`Receiver::poll_next`] yields.
+#[derive(Debug)]
+pub enum Received {
+    /// The next message of the data lane, with its sequence number (1 for the first).
+    Message(Message, u64),
+    /// An unaligned barrier that overtook the data lane; the sender had put `before` messages on
+    /// the data lane before it.
+    Overtaking {
+        /// The barrier.
+        barrier: Barrier,
+        /// Data-lane messages sent before it.
+        before: u64,
+    },
 }
 
 /// The receiver is gone (its task ended or failed).
@@ -35,14 +67,20 @@ pub fn channel(capacity_bytes: usize) -> (Sender, Receiver) {
     let capacity = capacity_bytes.clamp(1, u32::MAX as usize) as u32;
     let credits = Arc::new(Semaphore::new(capacity as usize));
     let (tx, rx) = mpsc::unbounded_channel();
+    let (ptx, prx) = mpsc::unbounded_channel();
     (
         Sender {
             tx,
+            priority: ptx,
+            sent: AtomicU64::new(0),
             credits: credits.clone(),
             capacity,
         },
         Receiver {
             rx,
+            priority: prx,
+            held: None,
+            received: 0,
             credits,
             capacity,
         },
@@ -51,7 +89,16 @@ pub fn channel(capacity_bytes: usize) -> (Sender, Receiver) {
 
 impl Sender {
     /// Sends `msg`, waiting while the channel is full. Returns how long it waited for room.
+    ///
+    /// An unaligned barrier is not queued behind the data: it takes the barrier lane, at once.
     pub async fn send(&self, msg: Message) -> Result<Duration, Closed> {
+        if let Message::Barrier(b) = &msg
+            && b.kind == BarrierKind::Unaligned
+        {
+            let before = self.sent.load(Ordering::Acquire);
+            self.priority.send((*b, before)).map_err(|_| Closed)?;
+            return Ok(Duration::ZERO);
+        }
         let need = (msg.size_bytes().min(self.capacity as usize)) as u32;
         let (permit, waited) = match self.credits.clone().try_acquire_many_owned(need) {
             Ok(p) => (p, Duration::ZERO),
@@ -66,6 +113,8 @@ impl Sender {
                 (p, start.elapsed())
             }
         };
+        // Counted before it is visible to the receiver, so a barrier sent after it counts it.
+        self.sent.fetch_add(1, Ordering::AcqRel);
         self.tx.send((msg, permit)).map_err(|_| Closed)?;
         Ok(waited)
     }
@@ -79,17 +128,61 @@ impl Sender {
 impl Receiver {
     /// Receives the next message; `None` when the sender is gone and the queue is empty.
     pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await.map(|(m, _permit)| m)
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// Polls for the next message (cancel-safe).
+    /// Polls for the next message (cancel-safe); an overtaking barrier comes as a plain barrier.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|(m, _permit)| m))
+        self.poll_next(cx).map(|o| {
+            o.map(|r| match r {
+                Received::Message(m, _) => m,
+                Received::Overtaking { barrier, .. } => Message::Barrier(barrier),
+            })
+        })
+    }
+
+    /// Polls for the next message or overtaking barrier (cancel-safe). `None` when the sender is
+    /// gone and both lanes are empty.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Received>> {
+        if let Ok((barrier, before)) = self.priority.try_recv() {
+            return Poll::Ready(Some(Received::Overtaking { barrier, before }));
+        }
+        let next = match self.held.take() {
+            Some(held) => held,
+            None => match self.rx.poll_recv(cx) {
+                Poll::Ready(m) => {
+                    // A barrier sent before this message is visible now: it goes first.
+                    if let Ok((barrier, before)) = self.priority.try_recv() {
+                        self.held = Some(m);
+                        return Poll::Ready(Some(Received::Overtaking { barrier, before }));
+                    }
+                    m
+                }
+                Poll::Pending => {
+                    // Register for the barrier lane too, then look once more.
+                    return match self.priority.poll_recv(cx) {
+                        Poll::Ready(Some((barrier, before))) => {
+                            Poll::Ready(Some(Received::Overtaking { barrier, before }))
+                        }
+                        _ => Poll::Pending,
+                    };
+                }
+            },
+        };
+        Poll::Ready(next.map(|(m, _permit)| {
+            self.received += 1;
+            Received::Message(m, self.received)
+        }))
     }
 
     /// Bytes currently queued.
     pub fn queued_bytes(&self) -> usize {
         self.capacity as usize - self.credits.available_permits()
+    }
+
+    /// Messages taken off the data lane so far.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// The channel's capacity in bytes.

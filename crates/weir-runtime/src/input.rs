@@ -3,8 +3,15 @@
 //!
 //! Operators never see raw channel messages: they see the events this gate yields, so barrier
 //! alignment lives here once.
+//!
+//! Unaligned barriers are not aligned: the first one of a checkpoint to arrive (it overtook the
+//! queued data, see [`crate::channel`]) is yielded at once, and from then on the gate records every
+//! data batch that was sent before that checkpoint's barrier on its input — data the operators have
+//! not seen at the snapshot, and which the checkpoint must therefore carry. Once every input has
+//! delivered its barrier and everything sent before it, the gate yields the recording
+//! ([`InputEvent::InFlight`]).
 
-use crate::channel::Receiver;
+use crate::channel::{Received, Receiver};
 use arrow::record_batch::RecordBatch;
 use std::future::poll_fn;
 use std::task::Poll;
@@ -22,8 +29,18 @@ pub enum InputEvent {
     },
     /// The minimum watermark over all live inputs advanced.
     Watermark(Watermark),
-    /// A barrier has arrived on every live input (aligned).
+    /// A barrier has arrived on every live input (aligned), or the first barrier of an unaligned
+    /// checkpoint has arrived on any input.
     Barrier(Barrier),
+    /// The data that was in flight at an unaligned checkpoint: every batch sent before the
+    /// barrier on its input and read after the snapshot (already yielded as data too), in
+    /// arrival order, with the index of its input.
+    InFlight {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// The recorded batches.
+        batches: Vec<(usize, RecordBatch)>,
+    },
     /// Every input has ended.
     End,
 }
@@ -44,8 +61,18 @@ pub struct InputGate {
     watermarks: Vec<Option<Watermark>>,
     combined: Option<Watermark>,
     pending_barrier: Option<Barrier>,
+    recording: Option<Recording>,
     next: usize,
     ended: bool,
+}
+
+/// An unaligned checkpoint whose in-flight data is being recorded.
+#[derive(Debug)]
+struct Recording {
+    checkpoint: CheckpointId,
+    /// Per input: data-lane messages sent before its barrier, once that barrier arrived.
+    upto: Vec<Option<u64>>,
+    batches: Vec<(usize, RecordBatch)>,
 }
 
 impl InputGate {
@@ -58,6 +85,7 @@ impl InputGate {
             watermarks: vec![None; n],
             combined: None,
             pending_barrier: None,
+            recording: None,
             next: 0,
             ended: n == 0,
         }
@@ -72,24 +100,90 @@ impl InputGate {
     /// After [`InputEvent::End`] it keeps returning `End`.
     pub async fn next(&mut self) -> Result<InputEvent> {
         loop {
+            if let Some(ev) = self.take_recording() {
+                return Ok(ev);
+            }
             if self.ended {
                 return Ok(InputEvent::End);
             }
-            let (idx, msg) = poll_fn(|cx| self.poll_any(cx)).await;
+            let (idx, received) = poll_fn(|cx| self.poll_any(cx)).await;
+            let msg = match received {
+                Some(Received::Overtaking { barrier, before }) => {
+                    if let Some(ev) = self.on_overtaking(idx, barrier, before)? {
+                        return Ok(ev);
+                    }
+                    continue;
+                }
+                Some(Received::Message(m, seq)) => {
+                    if let (Message::Data(b), Some(r)) = (&m, &mut self.recording)
+                        && r.upto[idx].is_none_or(|upto| seq <= upto)
+                    {
+                        r.batches.push((idx, b.clone()));
+                    }
+                    Some(m)
+                }
+                None => None,
+            };
             if let Some(ev) = self.on_message(idx, msg)? {
                 return Ok(ev);
             }
         }
     }
 
-    fn poll_any(&mut self, cx: &mut std::task::Context<'_>) -> Poll<(usize, Option<Message>)> {
+    /// An unaligned barrier on input `idx`, sent after `before` data-lane messages.
+    fn on_overtaking(
+        &mut self,
+        idx: usize,
+        barrier: Barrier,
+        before: u64,
+    ) -> Result<Option<InputEvent>> {
+        match &mut self.recording {
+            Some(r) if r.checkpoint == barrier.checkpoint_id => {
+                r.upto[idx] = Some(before);
+                Ok(None)
+            }
+            Some(r) => Err(Error::internal(format!(
+                "unaligned barrier {} arrived while checkpoint {} is still recording",
+                barrier.checkpoint_id, r.checkpoint
+            ))),
+            None => {
+                let mut upto = vec![None; self.inputs.len()];
+                upto[idx] = Some(before);
+                self.recording = Some(Recording {
+                    checkpoint: barrier.checkpoint_id,
+                    upto,
+                    batches: Vec::new(),
+                });
+                Ok(Some(InputEvent::Barrier(barrier)))
+            }
+        }
+    }
+
+    /// The recording, once every input delivered its barrier and all data sent before it.
+    fn take_recording(&mut self) -> Option<InputEvent> {
+        let r = self.recording.as_ref()?;
+        let done = (0..self.inputs.len()).all(|i| {
+            self.states[i] == InputState::Ended
+                || r.upto[i].is_some_and(|upto| self.inputs[i].received() >= upto)
+        });
+        if !done {
+            return None;
+        }
+        let r = self.recording.take()?;
+        Some(InputEvent::InFlight {
+            checkpoint: r.checkpoint,
+            batches: r.batches,
+        })
+    }
+
+    fn poll_any(&mut self, cx: &mut std::task::Context<'_>) -> Poll<(usize, Option<Received>)> {
         let n = self.inputs.len();
         for k in 0..n {
             let i = (self.next + k) % n;
             if self.states[i] != InputState::Open {
                 continue;
             }
-            if let Poll::Ready(m) = self.inputs[i].poll_recv(cx) {
+            if let Poll::Ready(m) = self.inputs[i].poll_next(cx) {
                 self.next = (i + 1) % n;
                 return Poll::Ready((i, m));
             }
@@ -214,11 +308,71 @@ mod tests {
                     seen.push(format!("d{}", a.value(0)));
                 }
                 InputEvent::Barrier(b) => seen.push(format!("b{}", b.checkpoint_id)),
-                InputEvent::Watermark(_) => {}
+                InputEvent::Watermark(_) | InputEvent::InFlight { .. } => {}
                 InputEvent::End => break,
             }
         }
         assert_eq!(seen, vec!["d1", "b1", "d10"]);
+    }
+
+    fn value(b: &RecordBatch) -> i32 {
+        b.column(0)
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .expect("i32")
+            .value(0)
+    }
+
+    #[tokio::test]
+    async fn an_unaligned_barrier_overtakes_queued_data_and_the_gate_records_it() {
+        let unaligned = Message::Barrier(Barrier {
+            checkpoint_id: 1,
+            kind: BarrierKind::Unaligned,
+            triggered_at_ms: 0,
+        });
+        let (t0, r0) = channel(1 << 20);
+        let (t1, r1) = channel(1 << 20);
+        let mut gate = InputGate::new(vec![r0, r1]);
+        for m in [
+            data(1),
+            data(2),
+            unaligned.clone(),
+            data(3),
+            Message::EndOfStream,
+        ] {
+            t0.send(m).await.expect("send");
+        }
+        for m in [data(10), unaligned, data(11), Message::EndOfStream] {
+            t1.send(m).await.expect("send");
+        }
+        let mut events = Vec::new();
+        let mut recorded = Vec::new();
+        loop {
+            match gate.next().await.expect("event") {
+                InputEvent::Data { batch, .. } => events.push(format!("d{}", value(&batch))),
+                InputEvent::Barrier(b) => events.push(format!("b{}", b.checkpoint_id)),
+                InputEvent::InFlight {
+                    checkpoint,
+                    batches,
+                } => {
+                    assert_eq!(checkpoint, 1);
+                    events.push("recorded".into());
+                    recorded = batches.iter().map(|(i, b)| (*i, value(b))).collect();
+                }
+                InputEvent::Watermark(_) => {}
+                InputEvent::End => break,
+            }
+        }
+        // The barrier comes before everything that was queued ahead of it.
+        assert_eq!(events[0], "b1", "{events:?}");
+        recorded.sort();
+        // Exactly what was sent before each input's barrier is recorded; nothing sent after it.
+        assert_eq!(recorded, vec![(0, 1), (0, 2), (1, 10)], "{events:?}");
+        let pos = |e: &str| events.iter().position(|x| x == e).expect(e);
+        assert!(pos("recorded") > pos("d2") && pos("recorded") > pos("d10"));
+        let mut data: Vec<_> = events.iter().filter(|e| e.starts_with('d')).collect();
+        data.sort();
+        assert_eq!(data, ["d1", "d10", "d11", "d2", "d3"]);
     }
 
     #[tokio::test]

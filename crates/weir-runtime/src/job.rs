@@ -8,19 +8,22 @@
 use crate::channel::{Receiver, Sender, channel};
 use crate::checkpointing::{CheckpointSetup, CheckpointStats, Driver, TaskHandle};
 use crate::graph::{JobGraph, NodeKind, Partitioning};
+use crate::inflight::InputKeys;
 use crate::input::InputGate;
 use crate::metrics::{MetricsRegistry, NodeMetrics, NodeRole, OperatorMetrics};
 use crate::operator::{OperatorContext, TaskInfo};
 use crate::partition::EdgeRouter;
 use crate::physical::{PhysicalPlan, plan};
-use crate::task::{ChainedOperator, CheckpointLink, Head, Outputs, Task, TaskEnd, is_secondary};
+use crate::task::{
+    ChainedOperator, CheckpointLink, Head, InFlightSetup, Outputs, Task, TaskEnd, is_secondary,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use weir_checkpoint::{StateSnapshot, TaskKey};
-use weir_types::{Error, Result};
+use weir_types::{Error, KeyGroupRange, Result};
 
 /// How the whole job ended: whether a stop ended it early, and what its checkpoints did.
 type Outcome = (bool, Option<CheckpointStats>);
@@ -80,6 +83,20 @@ impl Runtime {
         checkpoint: Option<CheckpointSetup>,
     ) -> Result<JobHandle> {
         let plan = plan(&graph)?;
+        let unaligned = checkpoint
+            .as_ref()
+            .is_some_and(|c| c.config.mode == weir_checkpoint::CheckpointMode::Unaligned);
+        if unaligned
+            && let Some(e) = graph
+                .edges
+                .iter()
+                .find(|e| e.partitioning == Partitioning::Broadcast)
+        {
+            return Err(Error::config(format!(
+                "unaligned checkpoints do not support broadcast edges yet (from '{}' to '{}'); use 'checkpoint.mode: aligned'",
+                graph.nodes[e.from].name, graph.nodes[e.to].name
+            )));
+        }
         let metrics = MetricsRegistry::default();
         let stop = CancellationToken::new();
         let restored = match checkpoint
@@ -89,13 +106,15 @@ impl Runtime {
             Some((setup, manifest)) => {
                 let mut states = HashMap::new();
                 for n in &graph.nodes {
-                    if manifest.node(&n.name).is_some() {
-                        let s = self.io.block_on(setup.store.restore_node(
-                            manifest,
-                            &n.name,
-                            n.parallelism,
-                        ))?;
-                        states.insert(n.name.clone(), s);
+                    for name in [n.name.clone(), crate::inflight::node_name(&n.name)] {
+                        if manifest.node(&name).is_some() {
+                            let s = self.io.block_on(setup.store.restore_node(
+                                manifest,
+                                &name,
+                                n.parallelism,
+                            ))?;
+                            states.insert(name, s);
+                        }
                     }
                 }
                 states
@@ -104,7 +123,9 @@ impl Runtime {
         };
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut handles = BTreeMap::new();
-        let link = checkpoint.as_ref().map(|_| (events_tx, &mut handles));
+        let link = checkpoint
+            .as_ref()
+            .map(|_| (events_tx, &mut handles, unaligned));
         let tasks = wire(
             &graph,
             &plan,
@@ -116,11 +137,19 @@ impl Runtime {
         )?;
         let mut set = JoinSet::new();
         if let Some(setup) = &checkpoint {
-            let parallelism = graph
+            let mut parallelism: HashMap<String, u32> = graph
                 .nodes
                 .iter()
                 .map(|n| (n.name.clone(), n.parallelism))
                 .collect();
+            if unaligned {
+                for c in &plan.chains {
+                    let head = &graph.nodes[c.nodes[0]];
+                    if !matches!(head.kind, NodeKind::Source(_)) {
+                        parallelism.insert(crate::inflight::node_name(&head.name), c.parallelism);
+                    }
+                }
+            }
             let driver = Driver::new(
                 graph.config.name.clone(),
                 graph.config.max_parallelism,
@@ -302,8 +331,11 @@ fn wire(
     mut checkpoint: Option<(
         tokio::sync::mpsc::UnboundedSender<crate::task::TaskEvent>,
         &mut BTreeMap<TaskKey, TaskHandle>,
+        bool,
     )>,
 ) -> Result<Vec<Task>> {
+    // The third element: whether checkpoints are unaligned.
+    let unaligned = checkpoint.as_ref().is_some_and(|c| c.2);
     let checkpointing = checkpoint.is_some();
     let cfg = &graph.config;
     // Metrics per node and subtask, registered in graph order.
@@ -365,7 +397,19 @@ fn wire(
             .map(|(i, s)| EdgeRouter::new(partitioning.clone(), s, i, cfg.max_parallelism))
             .collect::<Vec<_>>()
     };
+    // Per chain: how each of its input channels maps rows to key groups (in receiver order).
+    let mut in_keys: Vec<Vec<InputKeys>> = vec![Vec::new(); plan.chains.len()];
+    let keys_of = |p: &Partitioning| match p {
+        Partitioning::Hash { keys } => InputKeys::Hash(keys.clone()),
+        _ => InputKeys::Any,
+    };
     for e in &plan.edges {
+        let n = if e.partitioning == Partitioning::Forward {
+            1
+        } else {
+            plan.chains[e.from].parallelism as usize
+        };
+        in_keys[e.to].extend(std::iter::repeat_n(keys_of(&e.partitioning), n));
         for (i, r) in connect(e.from, e.to, &e.partitioning, &mut inputs)
             .into_iter()
             .enumerate()
@@ -378,6 +422,10 @@ fn wire(
             if c == dl {
                 continue;
             }
+            in_keys[dl].extend(std::iter::repeat_n(
+                InputKeys::Any,
+                plan.chains[c].parallelism as usize,
+            ));
             for (i, r) in connect(c, dl, &Partitioning::Rebalance, &mut inputs)
                 .into_iter()
                 .enumerate()
@@ -435,7 +483,7 @@ fn wire(
                 ops.push(ChainedOperator { op, ctx });
             }
             let head_node = &graph.nodes[chain.nodes[0]];
-            let link = checkpoint.as_mut().map(|(events, handles)| {
+            let link = checkpoint.as_mut().map(|(events, handles, _)| {
                 let key = TaskKey::new(head_node.name.clone(), subtask);
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let is_source = matches!(head_node.kind, NodeKind::Source(_));
@@ -452,7 +500,27 @@ fn wire(
                     events: events.clone(),
                 }
             });
+            let in_flight = (unaligned && matches!(head, Head::Input(_))).then(|| {
+                let node = crate::inflight::node_name(&head_node.name);
+                InFlightSetup {
+                    replay: restored
+                        .get(&node)
+                        .and_then(|s| s.get(subtask as usize))
+                        .cloned(),
+                    node,
+                    subtask,
+                    inputs: in_keys[ci].clone(),
+                    range: KeyGroupRange::for_subtask(
+                        cfg.max_parallelism,
+                        chain.parallelism,
+                        subtask,
+                    ),
+                    max_parallelism: cfg.max_parallelism,
+                }
+            });
             tasks.push(Task {
+                in_flight,
+                pending_ack: None,
                 last_snapshot: None,
                 checkpoint: link,
                 head,

@@ -75,6 +75,7 @@
 pub mod channel;
 pub mod checkpointing;
 pub mod graph;
+mod inflight;
 pub mod input;
 pub mod job;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! The task loop: runs a chain of operators (optionally headed by a source) for one subtask, feeds
 //! them the input gate's events, routes what they emit, forwards control messages and keeps metrics.
 
+use crate::inflight::{self, InputKeys};
 use crate::input::{InputEvent, InputGate};
 use crate::metrics::OperatorMetrics;
 use crate::operator::{Emitter, Operator, OperatorContext};
@@ -13,7 +14,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_checkpoint::{StateSnapshot, TaskKey};
-use weir_types::{Barrier, CheckpointId, Error, ErrorKind, Message, Result, dead_letter_batch};
+use weir_types::{
+    Barrier, BarrierKind, CheckpointId, Error, ErrorKind, KeyGroupRange, Message, Result,
+    dead_letter_batch,
+};
 
 /// What the checkpoint driver tells a task.
 #[derive(Debug, Clone)]
@@ -25,6 +29,9 @@ pub(crate) enum Control {
     /// Checkpoint `id` is complete; `last` says it was the final one and the task may end.
     Complete { id: CheckpointId, last: bool },
 }
+
+/// States of the nodes of a task for one checkpoint: (node, subtask, state).
+pub(crate) type NodeStates = Vec<(String, u32, StateSnapshot)>;
 
 /// What a task tells the checkpoint driver.
 #[derive(Debug)]
@@ -87,6 +94,22 @@ pub(crate) struct Task {
     pub(crate) checkpoint: Option<CheckpointLink>,
     /// The last checkpoint this task snapshotted.
     pub(crate) last_snapshot: Option<CheckpointId>,
+    /// How this task records the in-flight data of unaligned checkpoints (input tasks only).
+    pub(crate) in_flight: Option<InFlightSetup>,
+    /// An unaligned checkpoint snapshotted but not yet acked: its in-flight data is recording.
+    pub(crate) pending_ack: Option<(CheckpointId, NodeStates)>,
+}
+
+/// Where an input task's in-flight data goes (see [`crate::inflight`]).
+pub(crate) struct InFlightSetup {
+    /// The pseudo node name.
+    pub(crate) node: String,
+    pub(crate) subtask: u32,
+    pub(crate) inputs: Vec<InputKeys>,
+    pub(crate) range: KeyGroupRange,
+    pub(crate) max_parallelism: u32,
+    /// Restored in-flight data, replayed before the input is read.
+    pub(crate) replay: Option<StateSnapshot>,
 }
 
 enum Woken {
@@ -200,14 +223,68 @@ impl Task {
         if forward {
             self.broadcast(&Message::Barrier(*barrier), true).await?;
         }
+        // Unaligned, on an input task: the ack waits for the in-flight data the gate records.
+        if forward && barrier.kind == BarrierKind::Unaligned && self.in_flight.is_some() {
+            self.pending_ack = Some((barrier.checkpoint_id, states));
+            return Ok(());
+        }
+        self.ack(barrier.checkpoint_id, states)
+    }
+
+    /// Sends the driver the states of checkpoint `id`.
+    fn ack(&self, id: CheckpointId, states: NodeStates) -> Result<()> {
         if let Some(link) = &self.checkpoint {
             link.events
                 .send(TaskEvent::Ack {
                     task: link.key.clone(),
-                    id: barrier.checkpoint_id,
+                    id,
                     states,
                 })
                 .map_err(|_| coordinator_gone())?;
+        }
+        Ok(())
+    }
+
+    /// The gate recorded checkpoint `id`'s in-flight data: store it with the snapshot and ack.
+    fn on_in_flight(&mut self, id: CheckpointId, batches: &[(usize, RecordBatch)]) -> Result<()> {
+        let Some((pending, mut states)) = self.pending_ack.take() else {
+            return Err(Error::internal(format!(
+                "in-flight data of checkpoint {id} without its snapshot"
+            )));
+        };
+        if pending != id {
+            return Err(Error::internal(format!(
+                "in-flight data of checkpoint {id} while checkpoint {pending} waits"
+            )));
+        }
+        let Some(setup) = &self.in_flight else {
+            return Err(Error::internal(
+                "in-flight data on a task that does not record it",
+            ));
+        };
+        let snapshot = inflight::encode(batches, &setup.inputs, setup.range, setup.max_parallelism)
+            .map_err(|e| e.in_operator(setup.node.clone()))?;
+        states.push((setup.node.clone(), setup.subtask, snapshot));
+        self.ack(id, states)
+    }
+
+    /// Replays the in-flight data restored from an unaligned checkpoint through the chain.
+    async fn replay_in_flight(&mut self) -> Result<()> {
+        let Some(snapshot) = self.in_flight.as_mut().and_then(|s| s.replay.take()) else {
+            return Ok(());
+        };
+        let node = self
+            .in_flight
+            .as_ref()
+            .map(|s| s.node.clone())
+            .unwrap_or_default();
+        let batches = inflight::decode(&snapshot).map_err(|e| e.in_operator(node.clone()))?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows > 0 {
+            tracing::info!(node = %node, "replaying {rows} in-flight rows from the checkpoint");
+        }
+        for b in batches {
+            self.push(0, b).await?;
         }
         Ok(())
     }
@@ -302,6 +379,7 @@ impl Task {
     }
 
     async fn run_input(&mut self) -> Result<TaskEnd> {
+        self.replay_in_flight().await?;
         loop {
             let waited = Instant::now();
             let woken = self.wait().await;
@@ -328,6 +406,10 @@ impl Task {
                         self.broadcast(&Message::Watermark(w), false).await?;
                     }
                     InputEvent::Barrier(b) => self.snapshot_all(&b, true).await?,
+                    InputEvent::InFlight {
+                        checkpoint,
+                        batches,
+                    } => self.on_in_flight(checkpoint, &batches)?,
                     InputEvent::End => break,
                 },
             }

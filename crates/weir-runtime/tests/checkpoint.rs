@@ -90,6 +90,8 @@ struct TxnSink {
     buffer: Vec<i64>,
     staged: BTreeMap<CheckpointId, (String, Vec<i64>)>,
     run: u64,
+    /// Time spent on every batch (a slow sink backs the channel up).
+    slow: Duration,
 }
 
 fn encode(rows: &[i64]) -> Vec<u8> {
@@ -127,6 +129,9 @@ impl Operator for TxnSink {
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| Error::internal("i64"))?;
+        if !self.slow.is_zero() {
+            tokio::time::sleep(self.slow).await;
+        }
         self.buffer.extend((0..n.len()).map(|i| n.value(i)));
         Ok(())
     }
@@ -174,10 +179,25 @@ impl Operator for TxnSink {
 }
 
 fn graph(par: u32, committed: &Committed, run: u64, delay: Duration) -> JobGraph {
-    let mut g = JobGraph::new(JobConfig {
+    graph_with(par, committed, run, delay, Duration::ZERO, None)
+}
+
+fn graph_with(
+    par: u32,
+    committed: &Committed,
+    run: u64,
+    delay: Duration,
+    slow: Duration,
+    channel_bytes: Option<usize>,
+) -> JobGraph {
+    let mut config = JobConfig {
         name: "ckpt".into(),
         ..JobConfig::default()
-    });
+    };
+    if let Some(b) = channel_bytes {
+        config.channel_capacity_bytes = b;
+    }
+    let mut g = JobGraph::new(config);
     let s = g.add_source("seq", par, move |_| {
         Ok(Box::new(Seq {
             splits: 4,
@@ -193,6 +213,7 @@ fn graph(par: u32, committed: &Committed, run: u64, delay: Duration) -> JobGraph
             buffer: vec![],
             staged: BTreeMap::new(),
             run,
+            slow,
         }))
     });
     g.connect(s, k, Partitioning::Rebalance);
@@ -351,5 +372,68 @@ fn a_full_disk_declines_checkpoints_and_the_job_goes_on() {
     assert_eq!(
         all_committed(&committed),
         (0..4 * PER_SOURCE).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn unaligned_checkpoints_store_the_overtaken_data_and_restore_it_exactly_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let committed: Committed = Arc::default();
+    let rt = Runtime::new(2).expect("runtime");
+    let unaligned = |restore: bool| {
+        let mut s = setup(dir.path(), restore, &rt);
+        s.config.mode = weir_checkpoint::CheckpointMode::Unaligned;
+        s
+    };
+    // A fast source, a slow sink and small channels: the channels stay full, and every barrier
+    // overtakes the batches queued in them.
+    let h = rt
+        .start_with(
+            graph_with(
+                2,
+                &committed,
+                1,
+                Duration::ZERO,
+                Duration::from_millis(3),
+                Some(8 << 10),
+            ),
+            Some(unaligned(false)),
+        )
+        .expect("start");
+    std::thread::sleep(Duration::from_millis(800));
+    drop(h);
+    let before = all_committed(&committed).len();
+    assert!(before > 0, "checkpoints completed under backpressure");
+    assert!(
+        before < 4 * PER_SOURCE as usize,
+        "the kill lands mid-stream"
+    );
+
+    // The newest complete checkpoint carries the data its barriers overtook.
+    let s = unaligned(true);
+    let manifest = s.restore.clone().expect("a complete checkpoint");
+    let in_flight = rt
+        .io_handle()
+        .block_on(s.store.restore_node(&manifest, "sink.in-flight", 1))
+        .expect("in-flight state");
+    let stored: usize = in_flight.iter().map(|s| s.entries.len()).sum();
+    assert!(
+        stored > 0,
+        "checkpoint {} stored no in-flight data",
+        manifest.checkpoint_id
+    );
+
+    // Restored at another parallelism, to the end: every row exactly once.
+    let report = rt
+        .run_with(graph(3, &committed, 2, Duration::ZERO), Some(s))
+        .expect("restored run");
+    assert_eq!(
+        report.checkpoints.expect("stats").restored_from,
+        Some(manifest.checkpoint_id)
+    );
+    assert_eq!(
+        all_committed(&committed),
+        (0..4 * PER_SOURCE).collect::<Vec<_>>(),
+        "rows lost or duplicated"
     );
 }
