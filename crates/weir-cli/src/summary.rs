@@ -107,6 +107,7 @@ struct JsonCheckpoints {
     failed: u64,
     last_completed: Option<u64>,
     restored_from: Option<u64>,
+    first_completed_ms: Option<u64>,
     durations_ms: Vec<u64>,
 }
 
@@ -131,6 +132,7 @@ pub fn to_json(r: &JobReport) -> String {
             failed: c.failed,
             last_completed: c.last_completed,
             restored_from: c.restored_from,
+            first_completed_ms: c.first_completed_ms,
             durations_ms: c.durations_ms.clone(),
         }),
     };

@@ -41,6 +41,9 @@ pub struct CheckpointStats {
     pub durations_ms: Vec<u64>,
     /// The checkpoint the job was restored from.
     pub restored_from: Option<CheckpointId>,
+    /// Milliseconds from the job's start to its first completed checkpoint (after a restore:
+    /// the time to recover, state loaded, models up and data flowing again).
+    pub first_completed_ms: Option<u64>,
 }
 
 pub(crate) struct TaskHandle {
@@ -63,6 +66,7 @@ pub(crate) struct Driver {
     files: BTreeMap<CheckpointId, Vec<(String, FileEntry)>>,
     final_id: Option<CheckpointId>,
     final_attempts: u32,
+    started: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -108,6 +112,7 @@ impl Driver {
             kinds: BTreeMap::new(),
             files: BTreeMap::new(),
             final_id: None,
+            started: Instant::now(),
             final_attempts: 0,
         })
     }
@@ -352,6 +357,16 @@ impl Driver {
         }
         self.stats.completed += 1;
         self.stats.last_completed = Some(id);
+        if self.stats.first_completed_ms.is_none() {
+            let after = self.started.elapsed();
+            self.stats.first_completed_ms = Some(after.as_millis() as u64);
+            if let Some(from) = self.stats.restored_from {
+                tracing::info!(
+                    "recovered: checkpoint {id}, the first since the restore from checkpoint {from}, completed {} ms after the start",
+                    after.as_millis()
+                );
+            }
+        }
         if let Some((_, _, started)) = self.kinds.remove(&id) {
             self.stats
                 .durations_ms
