@@ -36,6 +36,44 @@ enum Command {
     /// Show the checkpoints a pipeline has stored.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
+    /// Serve a model as an out-of-process inference instance: Arrow Flight on 127.0.0.1, prints
+    /// `listening on ADDR` once the model has loaded and warmed up; SIGTERM drains and exits.
+    ServeModel(ServeModelArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeModelArgs {
+    /// The model file.
+    #[arg(long)]
+    model: std::path::PathBuf,
+    /// Intra-op threads.
+    #[arg(long, default_value_t = 1)]
+    cpus: usize,
+    /// GPUs (CUDA execution provider); 0 runs on CPU.
+    #[arg(long, default_value_t = 0)]
+    gpus: usize,
+    /// Port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// After SIGTERM, longest time to finish the requests in flight before exiting.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: std::time::Duration,
+}
+
+fn serve_model(args: ServeModelArgs) -> weir_types::Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| {
+        weir_types::Error::internal("cannot start the tokio runtime").with_source(e)
+    })?;
+    rt.block_on(weir_serve::flight::serve_model(
+        weir_serve::flight::ServeModelOptions {
+            model: args.model,
+            cpus: args.cpus,
+            gpus: args.gpus,
+            port: args.port,
+            grace: args.grace,
+        },
+    ))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +137,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate(args),
         Command::Run(args) => run(args),
         Command::Checkpoints(cmd) => checkpoints::command(cmd),
+        Command::ServeModel(args) => serve_model(args),
     };
     match result {
         Ok(code) => code,
