@@ -500,3 +500,79 @@ fn twenty_kill_9s_of_an_inference_pipeline_change_nothing() {
         );
     }
 }
+
+/// Crashes injected at each phase of a checkpoint (`WEIR_CRASH_AT`, a fault-injection stand-in
+/// that aborts the process like `kill -9`), then a crash during the restore itself: every time the
+/// resumed job ends with exactly the output of a straight run.
+#[test]
+fn crashes_at_every_checkpoint_phase_and_during_restore_change_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    write_input(d);
+    let st = weir()
+        .arg("run")
+        .arg(spec(d, "straight", None, 1_000_000))
+        .args(["-p", "1", "--progress", "off"])
+        .output()
+        .expect("run");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let want = outputs(d, "straight");
+
+    for (phase, mode) in [
+        ("snapshot", "aligned"),
+        ("snapshot", "unaligned"),
+        ("state-files", "aligned"),
+        ("manifest", "aligned"),
+        ("manifest", "unaligned"),
+    ] {
+        let out = format!("crash-{phase}-{mode}");
+        let job = spec(d, &out, Some(mode), 1500);
+        let _ = std::fs::remove_dir_all(d.join(format!("store-{mode}")));
+        let run = |crash: Option<&str>, fast: bool| {
+            let mut c = weir();
+            c.arg("run")
+                .arg(&job)
+                .args(["-p", "2", "--progress", "off", "--resume"]);
+            if fast {
+                c.args(["--set", "steps.pace.rows_per_second=1000000"]);
+            }
+            match crash {
+                Some(at) => c.env("WEIR_CRASH_AT", at),
+                None => c.env_remove("WEIR_CRASH_AT"),
+            };
+            c.output().expect("run")
+        };
+        let crashed = run(Some(&format!("{phase}:3")), false);
+        let err = String::from_utf8_lossy(&crashed.stderr);
+        assert!(
+            !crashed.status.success(),
+            "{phase}/{mode}: did not crash:\n{err}"
+        );
+        assert!(
+            err.contains(&format!("crashing at phase '{phase}' of checkpoint 3")),
+            "{phase}/{mode}:\n{err}"
+        );
+        // A crash while restoring, then a clean resume to the end.
+        let crashed = run(Some("restore:*"), true);
+        let err = String::from_utf8_lossy(&crashed.stderr);
+        assert!(
+            !crashed.status.success() && err.contains("crashing at phase 'restore'"),
+            "{phase}/{mode}: the restore did not crash:\n{err}"
+        );
+        let fin = run(None, true);
+        let err = String::from_utf8_lossy(&fin.stderr);
+        assert!(fin.status.success(), "{phase}/{mode}:\n{err}");
+        let got = outputs(d, &out);
+        assert_eq!(got.1, want.1, "{phase}/{mode}: dead letters differ");
+        assert_eq!(
+            got.0.len(),
+            want.0.len(),
+            "{phase}/{mode}: row count differs"
+        );
+        assert_eq!(got.0, want.0, "{phase}/{mode}: rows differ");
+    }
+}

@@ -333,6 +333,7 @@ impl Driver {
     }
 
     async fn finalize(&mut self, id: CheckpointId) -> Result<()> {
+        crate::fault::crash_point("state-files", id);
         let mut m = Manifest::new(self.job.clone(), id, now_ms(), self.max_parallelism);
         for (node, p) in &self.parallelism {
             m.add_node(node, *p);
@@ -355,6 +356,7 @@ impl Driver {
             self.forget(id).await;
             return self.apply(actions).await;
         }
+        crate::fault::crash_point("manifest", id);
         self.stats.completed += 1;
         self.stats.last_completed = Some(id);
         if self.stats.first_completed_ms.is_none() {

@@ -117,6 +117,7 @@ impl Runtime {
                         }
                     }
                 }
+                crate::fault::crash_point("restore", manifest.checkpoint_id);
                 states
             }
             None => HashMap::new(),

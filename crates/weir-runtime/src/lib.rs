@@ -74,6 +74,7 @@
 
 pub mod channel;
 pub mod checkpointing;
+pub mod fault;
 pub mod graph;
 mod inflight;
 pub mod input;

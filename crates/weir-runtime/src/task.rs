@@ -228,6 +228,7 @@ impl Task {
             self.pending_ack = Some((barrier.checkpoint_id, states));
             return Ok(());
         }
+        crate::fault::crash_point("snapshot", barrier.checkpoint_id);
         self.ack(barrier.checkpoint_id, states)
     }
 
@@ -265,6 +266,7 @@ impl Task {
         let snapshot = inflight::encode(batches, &setup.inputs, setup.range, setup.max_parallelism)
             .map_err(|e| e.in_operator(setup.node.clone()))?;
         states.push((setup.node.clone(), setup.subtask, snapshot));
+        crate::fault::crash_point("snapshot", id);
         self.ack(id, states)
     }
 
