@@ -105,10 +105,15 @@ enum Phase {
 }
 
 /// Chooses the next batch size from observed (rows, run time, latency) per batch: maximise rows/s
-/// while the p95 latency stays within the budget.
+/// while the p95 model run time of one batch stays within the budget.
+///
+/// The budget is held against the run time, not against the time from dispatch to result: the
+/// latter also counts the wait behind other batches at a busy instance, which grows with the load
+/// whatever the batch size, and shrinking batches then only lowers throughput and makes the wait
+/// longer (a saturated model would be driven down to batches of one).
 ///
 /// Policy: start at a quarter of `max_size`; after `samples_per_step` batches at a size, compute
-/// its throughput (rows / model time) and p95 latency. Over budget → halve and remember the size
+/// its throughput (rows / model time) and p95 run time. Over budget → halve and remember the size
 /// as a ceiling. Otherwise, while throughput improved by more than 5% over the best size so far,
 /// double (bounded by `max_size` and the ceiling); when it did not, settle on the best size seen.
 /// While settled, latency is still watched (over budget halves again) and after `reprobe_after`
@@ -187,8 +192,9 @@ impl AdaptiveController {
         }
     }
 
-    /// Records a finished batch of `rows`: `run` is the model time, `latency` the time from
-    /// dispatch to result (including queueing at the instance).
+    /// Records a finished batch of `rows`: `run` is the model time (what the budget is held
+    /// against), `latency` the time from dispatch to result (including queueing at the instance;
+    /// kept for the reported p95 latency only).
     pub fn observe(&mut self, rows: usize, run: Duration, latency: Duration) {
         self.recent.push_back(latency);
         while self.recent.len() > RECENT {
@@ -199,7 +205,7 @@ impl AdaptiveController {
         }
         self.step_rows += rows;
         self.step_run += run;
-        self.step_latencies.push(latency);
+        self.step_latencies.push(run);
         if self.step_latencies.len() < self.samples_per_step.max(1) {
             return;
         }

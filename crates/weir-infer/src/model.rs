@@ -193,10 +193,28 @@ impl ModelInfo {
         self.outputs.iter().find(|t| t.name == name)
     }
 
-    /// Loads the metadata of the model at `path` (opens one session, single-threaded).
+    /// Loads the metadata of the model at `path` (opens one session, single-threaded). The
+    /// result is cached for the process by path, size and modification time, so planning a step,
+    /// creating each of its instances and reading label metadata open the file once.
     pub fn load(path: &Path) -> Result<ModelInfo> {
+        type Key = (std::path::PathBuf, u64, std::time::SystemTime);
+        static CACHE: std::sync::LazyLock<
+            std::sync::Mutex<std::collections::HashMap<Key, ModelInfo>>,
+        > = std::sync::LazyLock::new(Default::default);
+        let key: Option<Key> = std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((path.to_path_buf(), m.len(), m.modified().ok()?)));
+        if let Some(k) = &key
+            && let Some(info) = CACHE.lock().ok().and_then(|c| c.get(k).cloned())
+        {
+            return Ok(info);
+        }
         let session = crate::backend::open_session(path, 1, 0)?;
-        Self::from_session(path, &session)
+        let info = Self::from_session(path, &session)?;
+        if let (Some(k), Ok(mut c)) = (key, CACHE.lock()) {
+            c.insert(k, info.clone());
+        }
+        Ok(info)
     }
 
     pub(crate) fn from_session(path: &Path, session: &ort::session::Session) -> Result<ModelInfo> {

@@ -33,7 +33,9 @@ pub struct BatchSpec {
     /// `max_size`). Default true.
     #[serde(default = "default_true")]
     pub adaptive: bool,
-    /// p95 latency (dispatch to result) the adaptive batch size must stay within. Default `500ms`.
+    /// p95 model run time of one batch the adaptive batch size must stay within (queueing at a
+    /// busy instance is not counted: it depends on the load, not on the batch size). Default
+    /// `500ms`.
     #[serde(default = "default_budget", deserialize_with = "duration")]
     pub latency_budget: Duration,
 }
