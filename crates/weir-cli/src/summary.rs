@@ -67,6 +67,17 @@ pub fn render(r: &JobReport) -> String {
     for n in r.nodes.iter().filter(|n| n.role == NodeRole::Sink) {
         let _ = writeln!(s, "written: {} received {} rows", n.name, n.totals.rows_in);
     }
+    for n in r.nodes.iter().filter(|n| n.totals.model_instances > 0) {
+        let t = &n.totals;
+        let capacity = (t.model_instances as f64 * r.elapsed.as_secs_f64() * 1000.0).max(1.0);
+        let _ = writeln!(
+            s,
+            "models: {} kept {} model instance(s) {:.0}% busy running batches (the rest of the time they waited for rows)",
+            n.name,
+            t.model_instances,
+            (t.model_busy_ms as f64 / capacity * 100.0).min(100.0)
+        );
+    }
     if let Some(c) = &r.checkpoints {
         let mut d = c.durations_ms.clone();
         d.sort_unstable();

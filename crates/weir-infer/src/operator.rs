@@ -890,6 +890,7 @@ impl InferOperator {
                 let latency = self.clock.now().saturating_duration_since(req.sent);
                 self.controller.observe(rows, reply.run, latency);
                 ctx.metrics().record_batch(rows, latency);
+                ctx.metrics().add_model_busy(reply.run);
                 self.batch_log.push((rows, latency));
                 self.counters
                     .model_rows
@@ -1074,6 +1075,9 @@ impl Operator for InferOperator {
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         self.restore(ctx).await?;
         self.start_instances().await?;
+        if self.service.is_none() {
+            ctx.metrics().set_model_instances(self.spec.instances);
+        }
         self.pump()
     }
 

@@ -26,6 +26,8 @@ pub struct OperatorMetrics {
     finished: AtomicU64,
     batch_rows_last: AtomicU64,
     batch_latency_us_ewma: AtomicU64,
+    model_busy_ns: AtomicU64,
+    model_instances: AtomicU64,
 }
 
 impl OperatorMetrics {
@@ -78,6 +80,15 @@ impl OperatorMetrics {
         let new = if old == 0 { us } else { old - old / 8 + us / 8 };
         self.batch_latency_us_ewma.store(new, Relaxed);
     }
+    /// Operators that run models: adds time a model instance spent running a batch (so the
+    /// summary can say how busy the models were, apart from the operator's task).
+    pub fn add_model_busy(&self, d: Duration) {
+        self.model_busy_ns.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+    /// Operators that run models: the number of model instances this operator instance keeps.
+    pub fn set_model_instances(&self, n: usize) {
+        self.model_instances.store(n as u64, Relaxed);
+    }
     /// Marks the instance as finished.
     pub fn set_finished(&self) {
         self.finished.store(1, Relaxed);
@@ -101,6 +112,8 @@ impl OperatorMetrics {
             subtasks: 1,
             batch_rows_last: self.batch_rows_last.load(Relaxed),
             batch_latency_us_ewma: self.batch_latency_us_ewma.load(Relaxed),
+            model_busy_ms: self.model_busy_ns.load(Relaxed) / 1_000_000,
+            model_instances: self.model_instances.load(Relaxed),
         }
     }
 }
@@ -152,6 +165,10 @@ pub struct MetricsSnapshot {
     pub batch_rows_last: u64,
     /// Batching operators: average batch latency in microseconds (maximum over instances).
     pub batch_latency_us_ewma: u64,
+    /// Model operators: milliseconds model instances spent running batches, summed.
+    pub model_busy_ms: u64,
+    /// Model operators: model instances, summed.
+    pub model_instances: u64,
 }
 
 impl MetricsSnapshot {
@@ -172,6 +189,8 @@ impl MetricsSnapshot {
         self.subtasks += o.subtasks;
         self.batch_rows_last += o.batch_rows_last;
         self.batch_latency_us_ewma = self.batch_latency_us_ewma.max(o.batch_latency_us_ewma);
+        self.model_busy_ms += o.model_busy_ms;
+        self.model_instances += o.model_instances;
     }
 }
 
