@@ -66,6 +66,14 @@ fn invalid_specs_name_the_key_and_exit_2() {
             "steps:\n  - source: csv\n    path: examples/orders/orders.csv\n",
             "has no output: connect it to a sink",
         ),
+        (
+            "checkpoint: {mode: unaligned, max_concurrent: 2}\nsteps:\n  - source: csv\n    path: examples/orders/orders.csv\n  - sink: blackhole\n",
+            "key 'checkpoint.max_concurrent': unaligned checkpoints are taken one at a time",
+        ),
+        (
+            "checkpoint: {mode: sideways}\nsteps:\n  - source: csv\n    path: examples/orders/orders.csv\n  - sink: blackhole\n",
+            "sideways",
+        ),
     ];
     for (spec, want) in cases {
         let p = write_spec(dir.path(), spec);

@@ -86,6 +86,14 @@ fn checkpoint_plan(name: &str, section: &Mapping) -> Result<CheckpointPlan> {
     let config: weir_checkpoint::CheckpointConfig =
         crate::spec::from_value(Value::Mapping(m), "key 'checkpoint'")?;
     config.validate()?;
+    if config.mode == weir_checkpoint::CheckpointMode::Unaligned && config.max_concurrent > 1 {
+        return Err(Error::config(format!(
+            "key 'checkpoint.max_concurrent': unaligned checkpoints are taken one at a time \
+             (each records the data its barriers overtook until every input delivered it); \
+             found {}, use 1",
+            config.max_concurrent
+        )));
+    }
     Ok(CheckpointPlan { store, config })
 }
 
