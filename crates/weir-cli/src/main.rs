@@ -1,9 +1,11 @@
 //! The `weir` binary: one executable whose subcommands are its roles.
 //!
 //! `weir run FILE` plans and runs a pipeline with live progress and an end-of-run summary;
-//! `weir validate FILE` plans it and prints the graph without running anything.
+//! `weir validate FILE` plans it and prints the graph without running anything;
+//! `weir scale SERVICE N` and `weir services` talk to a running job's control endpoint.
 
 mod checkpoints;
+mod control;
 mod progress;
 mod summary;
 
@@ -39,6 +41,11 @@ enum Command {
     /// Serve a model as an out-of-process inference instance: Arrow Flight on 127.0.0.1, prints
     /// `listening on ADDR` once the model has loaded and warmed up; SIGTERM drains and exits.
     ServeModel(ServeModelArgs),
+    /// Set the number of instances of a running job's inference service (within its
+    /// `instances.min`..`max`), through the job's control endpoint.
+    Scale(control::ScaleArgs),
+    /// Show the status of a running job's inference services (instances, queue, why slow).
+    Services(control::JobArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +135,14 @@ struct RunArgs {
     /// where it left off; output staged but not yet published is published).
     #[arg(long)]
     resume: bool,
+    /// Port of the control endpoint on 127.0.0.1 (`weir scale`, `weir services`), opened when the
+    /// spec declares services; 0 takes any free port.
+    #[arg(long, default_value_t = 0)]
+    control_port: u16,
+    /// Where to write the control endpoint's address and token (mode 0600; removed when the job
+    /// ends). Default: `.weir/control/JOB.json` in the working directory.
+    #[arg(long, value_name = "FILE")]
+    control_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +153,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Checkpoints(cmd) => checkpoints::command(cmd),
         Command::ServeModel(args) => serve_model(args),
+        Command::Scale(args) => control::scale(args),
+        Command::Services(args) => control::services(args),
     };
     match result {
         Ok(code) => code,
@@ -215,6 +232,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         };
         restore = checkpoints::newest_complete(&runtime, store)?;
     }
+    let _control = control::open(&plan, args.control_port, args.control_file.as_deref())?;
     tracing::info!(
         "running {} on {threads} thread(s)",
         args.spec.file.display()

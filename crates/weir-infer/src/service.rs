@@ -70,6 +70,9 @@ pub struct ServiceStatus {
     pub deaths: u64,
     /// Requests given up on (answered with an error).
     pub failed: u64,
+    /// Process ids of the instance processes started so far, oldest first (out-of-process
+    /// instances only; empty for threads).
+    pub processes: Vec<u32>,
 }
 
 impl ServiceStatus {

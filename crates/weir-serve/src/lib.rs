@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod autoscale;
+pub mod control;
 pub mod fault;
 pub mod flight;
 pub mod instance;
@@ -27,4 +28,9 @@ pub mod service;
 pub mod spec;
 
 pub use service::{Membership, Service};
-pub use spec::{AutoscaleSpec, InstancesSpec, Lifecycle, ResourcesSpec, ServiceSpec};
+pub use spec::{AutoscaleSpec, InstancesSpec, Lifecycle, Placement, ResourcesSpec, ServiceSpec};
+
+/// Every inference service registered in this process (by the plans of the specs read so far).
+pub fn registered_services() -> Vec<std::sync::Arc<dyn weir_infer::ModelService>> {
+    weir_infer::service::services()
+}

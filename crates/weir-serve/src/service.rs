@@ -10,7 +10,7 @@
 
 use crate::autoscale::{self, Observation};
 use crate::instance::{self, Work};
-use crate::spec::{Lifecycle, ServiceSpec};
+use crate::spec::{Lifecycle, Placement, ServiceSpec};
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
@@ -130,6 +130,8 @@ pub(crate) struct Shared {
     info: OnceLock<std::result::Result<ModelInfo, (ErrorKind, String)>>,
     state: Mutex<State>,
     members: watch::Sender<Membership>,
+    /// Process ids of the instance processes started so far (`placement: process`).
+    processes: Option<Arc<Mutex<Vec<u32>>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -620,8 +622,30 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service running `spec.model` on ONNX Runtime. Starts nothing until a caller attaches.
+    /// A service running `spec.model` on ONNX Runtime, in threads of this process or (with
+    /// `placement: process`) in one instance process each. Starts nothing until a caller
+    /// attaches.
     pub fn new(spec: ServiceSpec) -> Result<Self> {
+        if spec.placement == Placement::Process {
+            let mut command = match &spec.command {
+                Some(c) => c.clone(),
+                None => default_instance_command(&spec.name)?,
+            };
+            command.push("--grace".into());
+            command.push(humantime::format_duration(spec.grace).to_string());
+            if spec.resources.gpus > 0 {
+                command.push("--gpus".into());
+                command.push(spec.resources.gpus.to_string());
+            }
+            let pids = Arc::new(Mutex::new(Vec::new()));
+            let factory = crate::flight::process_factory(
+                command,
+                spec.model.clone(),
+                spec.resources.cpus,
+                pids.clone(),
+            );
+            return Self::build(spec, factory, Some(pids));
+        }
         let factory = OrtBackend::factory(
             &spec.model,
             BackendOptions {
@@ -635,6 +659,14 @@ impl Service {
     /// A service whose instances run backends from `factory` (another backend, or a
     /// fault-injection stand-in); the model file is still read for its metadata.
     pub fn with_backend(spec: ServiceSpec, factory: BackendFactory) -> Result<Self> {
+        Self::build(spec, factory, None)
+    }
+
+    fn build(
+        spec: ServiceSpec,
+        factory: BackendFactory,
+        processes: Option<Arc<Mutex<Vec<u32>>>>,
+    ) -> Result<Self> {
         spec.validate()?;
         let now = Instant::now();
         let state = State {
@@ -666,6 +698,7 @@ impl Service {
                 info: OnceLock::new(),
                 state: Mutex::new(state),
                 members,
+                processes,
             }),
         })
     }
@@ -851,6 +884,30 @@ impl ModelService for Service {
             retries: st.retries,
             deaths: st.deaths,
             failed: st.failed,
+            processes: self
+                .shared
+                .processes
+                .as_ref()
+                .and_then(|p| p.lock().ok().map(|p| p.clone()))
+                .unwrap_or_default(),
         }
     }
+}
+
+/// `[this weir binary, "serve-model"]`: the default instance command of `placement: process`,
+/// available only when the job runs in the `weir` binary itself.
+fn default_instance_command(service: &str) -> Result<Vec<String>> {
+    let exe = std::env::current_exe().map_err(|e| {
+        Error::config(format!(
+            "service '{service}': placement: process: cannot find this executable to start `weir serve-model`; set `command:`"
+        ))
+        .with_source(e)
+    })?;
+    if exe.file_stem().and_then(|s| s.to_str()) != Some("weir") {
+        return Err(Error::config(format!(
+            "service '{service}': placement: process starts `weir serve-model` by default, but this program is {}, not weir; set the service's `command:` (e.g. [/path/to/weir, serve-model])",
+            exe.display()
+        )));
+    }
+    Ok(vec![exe.display().to_string(), "serve-model".into()])
 }

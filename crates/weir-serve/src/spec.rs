@@ -20,6 +20,18 @@ pub enum BackendKind {
     Onnx,
 }
 
+/// Where the instances run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// Threads of the job's process.
+    #[default]
+    Thread,
+    /// One process per instance (`weir serve-model`, or `command`), reached over Arrow Flight on
+    /// loopback; killing it kills only that instance.
+    Process,
+}
+
 /// Whether the service outlives the job that declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -155,6 +167,19 @@ pub struct ServiceSpec {
     /// The backend the instances run. Default `onnx`.
     #[serde(default)]
     pub backend: BackendKind,
+    /// `thread` (default) or `process`.
+    #[serde(default)]
+    pub placement: Placement,
+    /// With `placement: process`: the executable and its first arguments, to which
+    /// `--grace`, `--model`, `--cpus` and `--port 0` are appended; it must print
+    /// `listening on 127.0.0.1:PORT` once ready and speak the tensor wire format of
+    /// `weir_serve::flight`. Default: this `weir` binary with `serve-model`.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// With `placement: process`: how long an instance process that gets SIGTERM may take to
+    /// finish the requests it holds before it exits (the rest are handed back). Default `10s`.
+    #[serde(default = "default_grace", deserialize_with = "duration")]
+    pub grace: Duration,
     /// How many instances. Defaults: see [`InstancesSpec`].
     #[serde(default)]
     pub instances: InstancesSpec,
@@ -207,6 +232,9 @@ fn default_in_util() -> f64 {
 fn default_cooldown() -> Duration {
     Duration::from_secs(5)
 }
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_window() -> usize {
     2
 }
@@ -224,6 +252,9 @@ impl ServiceSpec {
             name: name.into(),
             model: model.into(),
             backend: BackendKind::default(),
+            placement: Placement::default(),
+            command: None,
+            grace: default_grace(),
             instances: InstancesSpec::default(),
             resources: ResourcesSpec::default(),
             batch: ServiceBatchSpec::default(),
@@ -272,6 +303,14 @@ impl ServiceSpec {
                 ),
             ));
         }
+        if let Some(c) = &self.command {
+            if self.placement != Placement::Process {
+                return Err(at("command", "is only used with placement: process"));
+            }
+            if c.is_empty() {
+                return Err(at("command", "must name an executable"));
+            }
+        }
         if let Some(m) = &self.resources.memory {
             m.parse::<bytesize::ByteSize>()
                 .map_err(|e| at("resources.memory", &format!("'{m}' is not a size: {e}")))?;
@@ -293,10 +332,13 @@ impl ServiceSpec {
     /// One line for plans, logs and the registry's definition check.
     pub fn describe(&self) -> String {
         format!(
-            "service {} model={} backend={:?} instances={}..{} (initial {}) cpus={} gpus={} memory={} batch<={} lifecycle={:?} autoscale={} window={} max_deaths={}",
+            "service {} model={} backend={:?} placement={:?} command={:?} grace={:?} instances={}..{} (initial {}) cpus={} gpus={} memory={} batch<={} lifecycle={:?} autoscale={} window={} max_deaths={}",
             self.name,
             self.model.display(),
             self.backend,
+            self.placement,
+            self.command,
+            self.grace,
             self.instances.min,
             self.instances.max(),
             self.instances.initial,
@@ -349,5 +391,17 @@ mod tests {
         );
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("resources.memory"), "{e}");
+
+        let s: ServiceSpec = serde_norway::from_str(
+            "name: a\nmodel: m\nplacement: process\ncommand: [python3, inst.py]\ngrace: 2s\n",
+        )
+        .unwrap();
+        assert_eq!(s.placement, Placement::Process);
+        assert_eq!(s.grace, Duration::from_secs(2));
+        s.validate().unwrap();
+        let s: ServiceSpec =
+            serde_norway::from_str("name: a\nmodel: m\ncommand: [python3]\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("key 'command'"), "{e}");
     }
 }

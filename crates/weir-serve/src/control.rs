@@ -1,0 +1,509 @@
+//! The control endpoint of a running job: an Arrow Flight server on 127.0.0.1 whose `DoAction`
+//! calls change and report the job's inference services while the pipeline runs
+//! ([`ControlEndpoint`]), and the client that `weir scale` and `weir services` use ([`scale`],
+//! [`status`]).
+//!
+//! It listens on loopback only, and every call must carry the endpoint's token in the
+//! `authorization` header (`Bearer TOKEN`); a call without it, or with another token, is refused
+//! with `UNAUTHENTICATED` before anything is looked at. The token is drawn from the operating
+//! system's random source when the endpoint starts and handed to clients through a control file
+//! ([`ControlFile`], readable by its owner only), which also names the address.
+//!
+//! Actions (bodies are JSON):
+//! - `scale` `{"service": NAME, "instances": N}` → one result: a line saying what changed. The
+//!   service's bounds (`instances.min` / `max`) apply; an unknown service or an out-of-bounds
+//!   number is `INVALID_ARGUMENT` with the reason.
+//! - `status` (empty body) → one result per registered service: a JSON object with the fields of
+//!   `weir_infer::ServiceStatus` plus `why_slow`.
+
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightClient, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status, Streaming};
+use weir_infer::ServiceStatus;
+use weir_types::{Error, Result};
+
+/// What a client needs to reach a running job's control endpoint; written as JSON to the
+/// control file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlFile {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// The bearer token every call must carry.
+    pub token: String,
+    /// The job's process id.
+    pub pid: u32,
+    /// The job's name.
+    pub job: String,
+}
+
+impl ControlFile {
+    /// Writes the file (mode 0600, created with that mode), creating its directory.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::io(format!("cannot create the directory {}", dir.display())).with_source(e)
+            })?;
+        }
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::internal("cannot encode the control file").with_source(e))?;
+        let _ = std::fs::remove_file(path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                Error::io(format!("cannot write the control file {}", path.display()))
+                    .with_source(e)
+            })?;
+        f.write_all(json.as_bytes()).map_err(|e| {
+            Error::io(format!("cannot write the control file {}", path.display())).with_source(e)
+        })
+    }
+
+    /// Reads a control file; the error names the file and says how to get one.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!(
+                "cannot read the control file {} (is the job running? `weir run` writes it when the spec declares services)",
+                path.display()
+            ))
+            .with_source(e)
+        })?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::config(format!("{} is not a weir control file", path.display())).with_source(e)
+        })
+    }
+}
+
+/// A fresh token: 32 hex digits from `/dev/urandom`.
+pub fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::io("cannot read /dev/urandom for a control token").with_source(e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[derive(Debug, Deserialize)]
+struct ScaleBody {
+    service: String,
+    instances: usize,
+}
+
+/// A service's status as the `status` action answers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// The service's name.
+    pub name: String,
+    /// Instances the service wants.
+    pub target: usize,
+    /// Instances loading or warming up.
+    pub loading: usize,
+    /// Instances receiving requests.
+    pub ready: usize,
+    /// Instances draining.
+    pub draining: usize,
+    /// Requests waiting for an instance.
+    pub queued: usize,
+    /// Requests on instances.
+    pub in_flight: usize,
+    /// Busy fraction of the ready instances.
+    pub utilisation: f64,
+    /// Requests answered.
+    pub answered: u64,
+    /// Attempts retried.
+    pub retries: u64,
+    /// Instances that died and were replaced.
+    pub deaths: u64,
+    /// Requests given up on.
+    pub failed: u64,
+    /// Process ids of the instance processes started so far.
+    pub processes: Vec<u32>,
+    /// Why callers wait, if they do (`ServiceStatus::why_slow`).
+    pub why_slow: Option<String>,
+}
+
+impl From<&ServiceStatus> for StatusReply {
+    fn from(s: &ServiceStatus) -> Self {
+        StatusReply {
+            name: s.name.clone(),
+            target: s.target,
+            loading: s.loading,
+            ready: s.ready,
+            draining: s.draining,
+            queued: s.queued,
+            in_flight: s.in_flight,
+            utilisation: s.utilisation,
+            answered: s.answered,
+            retries: s.retries,
+            deaths: s.deaths,
+            failed: s.failed,
+            processes: s.processes.clone(),
+            why_slow: s.why_slow(),
+        }
+    }
+}
+
+struct ControlServer {
+    token: String,
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl ControlServer {
+    fn check<T>(&self, r: &Request<T>) -> std::result::Result<(), Status> {
+        let got = r
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if same(got.as_bytes(), self.token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "missing or wrong control token (read it from the job's control file)",
+            ))
+        }
+    }
+}
+
+fn act(action: &Action) -> std::result::Result<Vec<Vec<u8>>, Status> {
+    match action.r#type.as_str() {
+        "scale" => {
+            let body: ScaleBody = serde_json::from_slice(&action.body).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "scale: expected {{\"service\": NAME, \"instances\": N}}: {e}"
+                ))
+            })?;
+            let svc = weir_infer::service::service(&body.service)
+                .map_err(|e| Status::invalid_argument(e.report()))?;
+            let before = svc.status();
+            svc.scale(body.instances)
+                .map_err(|e| Status::invalid_argument(e.report()))?;
+            tracing::info!(
+                service = body.service,
+                from = before.target,
+                to = body.instances,
+                "scaled through the control endpoint"
+            );
+            Ok(vec![
+                format!(
+                    "service '{}': {} -> {} instances ({} ready, {} loading now)",
+                    body.service, before.target, body.instances, before.ready, before.loading
+                )
+                .into_bytes(),
+            ])
+        }
+        "status" => weir_infer::service::services()
+            .iter()
+            .map(|s| {
+                serde_json::to_vec(&StatusReply::from(&s.status()))
+                    .map_err(|e| Status::internal(format!("cannot encode a status: {e}")))
+            })
+            .collect(),
+        other => Err(Status::invalid_argument(format!(
+            "unknown action '{other}' (known: scale, status)"
+        ))),
+    }
+}
+
+type FlightStream<T> = BoxStream<'static, std::result::Result<T, Status>>;
+
+#[tonic::async_trait]
+impl FlightService for ControlServer {
+    type HandshakeStream = FlightStream<HandshakeResponse>;
+    type ListFlightsStream = FlightStream<FlightInfo>;
+    type DoGetStream = FlightStream<FlightData>;
+    type DoPutStream = FlightStream<PutResult>;
+    type DoExchangeStream = FlightStream<FlightData>;
+    type DoActionStream = FlightStream<arrow_flight::Result>;
+    type ListActionsStream = FlightStream<ActionType>;
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        self.check(&request)?;
+        let results = act(request.get_ref())?;
+        let stream = futures::stream::iter(
+            results
+                .into_iter()
+                .map(|body| Ok(arrow_flight::Result { body: body.into() })),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<Empty>,
+    ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
+        self.check(&request)?;
+        let actions = [
+            (
+                "scale",
+                "{\"service\": NAME, \"instances\": N}: set a service's instances",
+            ),
+            ("status", "every service's status, one JSON object each"),
+        ]
+        .map(|(t, d)| {
+            Ok(ActionType {
+                r#type: t.into(),
+                description: d.into(),
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(actions))))
+    }
+
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented("handshake"))
+    }
+    async fn list_flights(
+        &self,
+        _: Request<Criteria>,
+    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented("list_flights"))
+    }
+    async fn get_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented("get_flight_info"))
+    }
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("poll_flight_info"))
+    }
+    async fn get_schema(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("get_schema"))
+    }
+    async fn do_get(
+        &self,
+        _: Request<Ticket>,
+    ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        Err(Status::unimplemented("do_get"))
+    }
+    async fn do_put(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("do_put"))
+    }
+    async fn do_exchange(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("do_exchange"))
+    }
+}
+
+/// A running control endpoint: a thread serving Flight on 127.0.0.1. Dropping it stops the
+/// server and removes the control file it wrote, if any.
+#[derive(Debug)]
+pub struct ControlEndpoint {
+    addr: SocketAddr,
+    token: String,
+    file: Option<PathBuf>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlEndpoint {
+    /// Listens on `127.0.0.1:port` (0: any free port) with a fresh token.
+    pub fn start(port: u16) -> Result<Self> {
+        let token = new_token()?;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
+            Error::io(format!("cannot listen on 127.0.0.1:{port} for control")).with_source(e)
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("cannot set the control socket non-blocking").with_source(e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("cannot read the control address").with_source(e))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                Error::internal("cannot build the control endpoint's runtime").with_source(e)
+            })?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = ControlServer {
+            token: token.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("weir-control".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!("control endpoint not started: {e}");
+                            return;
+                        }
+                    };
+                    let r = tonic::transport::Server::builder()
+                        .add_service(FlightServiceServer::new(server))
+                        .serve_with_incoming_shutdown(
+                            tonic::transport::server::TcpIncoming::from(listener),
+                            async {
+                                let _ = stop_rx.await;
+                            },
+                        )
+                        .await;
+                    if let Err(e) = r {
+                        tracing::warn!("control endpoint failed: {e}");
+                    }
+                });
+            })
+            .map_err(|e| Error::internal("cannot start the control thread").with_source(e))?;
+        Ok(ControlEndpoint {
+            addr,
+            token,
+            file: None,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The token calls must carry.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Writes the control file for job `job` at `path`; it is removed when the endpoint stops.
+    pub fn write_file(&mut self, path: &Path, job: &str) -> Result<()> {
+        ControlFile {
+            addr: self.addr.to_string(),
+            token: self.token.clone(),
+            pid: std::process::id(),
+            job: job.to_string(),
+        }
+        .write(path)?;
+        self.file = Some(path.to_path_buf());
+        Ok(())
+    }
+}
+
+impl Drop for ControlEndpoint {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(f) = self.file.take() {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// Runs one action against the endpoint at `addr` with `token`; returns the result bodies.
+pub fn call(addr: &str, token: &str, action: &str, body: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Error::internal("cannot build a runtime for the control client").with_source(e)
+        })?;
+    let url = format!("http://{addr}");
+    rt.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(url.clone())
+            .map_err(|e| Error::config(format!("bad control address {url}")).with_source(e))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| {
+                Error::external(format!(
+                    "cannot reach the job's control endpoint at {addr} (has the job ended?)"
+                ))
+                .with_source(e)
+            })?;
+        let mut client = FlightClient::new(channel);
+        client
+            .add_header("authorization", &format!("Bearer {token}"))
+            .map_err(|e| Error::config("the control token is not a valid header").with_source(e))?;
+        let stream = client
+            .do_action(Action {
+                r#type: action.into(),
+                body: body.into(),
+            })
+            .await
+            .map_err(|e| control_error(action, e))?;
+        let out: Vec<_> = stream
+            .try_collect()
+            .await
+            .map_err(|e| control_error(action, e))?;
+        Ok(out.into_iter().map(|b| b.to_vec()).collect())
+    })
+}
+
+fn control_error(action: &str, e: arrow_flight::error::FlightError) -> Error {
+    match e {
+        arrow_flight::error::FlightError::Tonic(s) => match s.code() {
+            tonic::Code::Unauthenticated => {
+                Error::config(format!("control {action}: refused: {}", s.message()))
+            }
+            tonic::Code::InvalidArgument => {
+                Error::config(format!("control {action}: {}", s.message()))
+            }
+            _ => Error::external(format!("control {action}: {}", s.message())),
+        },
+        other => Error::external(format!("control {action}: {other}")),
+    }
+}
+
+/// Sets service `service` to `instances` instances in the job whose endpoint is at `addr`.
+pub fn scale(addr: &str, token: &str, service: &str, instances: usize) -> Result<String> {
+    let body = serde_json::json!({"service": service, "instances": instances}).to_string();
+    let out = call(addr, token, "scale", body.into_bytes())?;
+    Ok(out
+        .into_iter()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Every service's status in the job whose endpoint is at `addr`.
+pub fn status(addr: &str, token: &str) -> Result<Vec<StatusReply>> {
+    call(addr, token, "status", Vec::new())?
+        .iter()
+        .map(|b| {
+            serde_json::from_slice(b).map_err(|e| {
+                Error::external("the control endpoint sent a status that is not JSON")
+                    .with_source(e)
+            })
+        })
+        .collect()
+}
