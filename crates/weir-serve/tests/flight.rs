@@ -1,7 +1,10 @@
 //! Out-of-process instances: `weir-serve-model` processes (the server of `weir serve-model`)
 //! speaking Arrow Flight over loopback, running the real page-orientation model. `kill -9` of an
 //! instance process under load: its requests are re-dispatched and a replacement starts; SIGTERM:
-//! the instance finishes what it holds, refuses new work, exits, and nothing is lost.
+//! the instance finishes what it holds, refuses new work, exits, and nothing is lost. With the
+//! slower ResNet-50 model a request is provably in flight when SIGTERM arrives: within the grace
+//! period it is answered by the preempted instance; past it, it is handed back and answered by
+//! the replacement.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -25,7 +28,7 @@ fn remote(name: &str, n: usize) -> (Service, Arc<Mutex<Vec<u32>>>) {
     };
     let pids = Arc::new(Mutex::new(Vec::new()));
     let factory = process_factory(
-        vec![env!("CARGO_BIN_EXE_weir-serve-model").to_string()],
+        instance_command(env!("CARGO_BIN_EXE_weir-serve-model")),
         model,
         1,
         pids.clone(),
@@ -117,4 +120,166 @@ fn sigterm_drains_the_instance_which_exits_and_nothing_is_lost() {
     for pid in pids.lock().unwrap().iter() {
         wait_until(LONG, "instance processes to end", || !alive(*pid));
     }
+}
+
+/// The real ResNet-50 classifier (`opennsfw`): slow enough (tens of milliseconds a row) that a
+/// large request is still running when the instance gets its SIGTERM.
+fn resnet() -> std::path::PathBuf {
+    let model = orientation()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("opennsfw/open-nsfw.onnx");
+    assert!(
+        model.is_file(),
+        "model not found at {}: run scripts/setup-models.sh",
+        model.display()
+    );
+    model
+}
+
+/// A request of `n` images for the classifier (`input:0`, NHWC).
+fn resnet_request(n: usize) -> weir_infer::Tensors {
+    let values: Vec<f32> = (0..n * 224 * 224 * 3)
+        .map(|i| ((i * 7919) % 255) as f32 - 120.0)
+        .collect();
+    vec![(
+        "input:0".to_string(),
+        weir_infer::HostTensor::try_new(
+            vec![n, 224, 224, 3],
+            Arc::new(arrow::array::Float32Array::from(values)),
+        )
+        .unwrap(),
+    )]
+}
+
+const SLOW_ROWS: usize = 96;
+
+/// CPU time (clock ticks, user + system) process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    // Fields after the command: state is the first; utime and stime are the 12th and 13th.
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum()
+}
+
+/// Waits until the idle instance process `pid` has used CPU for a request: it counts a request
+/// in flight from the moment it starts receiving it, and the model then needs over a second.
+fn wait_busy(pid: u32) {
+    let idle = cpu_ticks(pid);
+    wait_until(LONG, "the instance to work on the request", || {
+        cpu_ticks(pid) >= idle + 10
+    });
+}
+
+#[test]
+fn sigterm_with_a_request_in_flight_finishes_it_within_the_grace_period_then_exits() {
+    use std::io::BufRead;
+    use weir_infer::Backend;
+    let model = resnet();
+    let dir = tempfile::tempdir().unwrap();
+    let err_path = dir.path().join("stderr");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir-serve-model"))
+        .env("ORT_DYLIB_PATH", ort_lib())
+        .args(["--grace", "60s", "--port", "0", "--model"])
+        .arg(&model)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let info = weir_infer::ModelInfo::load(&model).unwrap();
+    let mut slow = weir_serve::flight::FlightBackend::connect(&addr, info.clone(), None).unwrap();
+    let mut late = weir_serve::flight::FlightBackend::connect(&addr, info, None).unwrap();
+
+    std::thread::scope(|s| {
+        let running = s.spawn(move || slow.run(resnet_request(SLOW_ROWS)));
+        // The instance is working on the request, which takes it over a second: preempt now.
+        wait_busy(pid);
+        signal(pid, "-TERM");
+        wait_until(LONG, "the shutdown notice", || {
+            std::fs::read_to_string(&err_path)
+                .unwrap()
+                .contains("shutting down")
+        });
+        // New work is refused while the held request finishes.
+        let refused = late.run(resnet_request(1)).unwrap_err().to_string();
+        assert!(refused.contains("shutting down"), "{refused}");
+        let out = running
+            .join()
+            .unwrap()
+            .expect("the held request is answered");
+        assert_eq!(out[0].1.shape, vec![SLOW_ROWS, 2]);
+    });
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(err.contains("1 requests in flight"), "{err}");
+    assert!(err.contains("(0 requests handed back)"), "{err}");
+}
+
+#[test]
+fn sigterm_with_a_request_longer_than_the_grace_period_hands_it_back_to_another_instance() {
+    let model = resnet();
+    let mut spec = ServiceSpec::new("flight-grace", &model);
+    spec.instances = InstancesSpec {
+        initial: 1,
+        min: 1,
+        max: Some(1),
+    };
+    let pids = Arc::new(Mutex::new(Vec::new()));
+    let factory = process_factory(
+        [
+            instance_command(env!("CARGO_BIN_EXE_weir-serve-model")),
+            vec!["--grace".into(), "100ms".into()],
+        ]
+        .concat(),
+        model,
+        1,
+        pids.clone(),
+    );
+    let svc = Service::with_backend(spec, factory).unwrap();
+    svc.attach().unwrap();
+    wait_ready(&svc, 1);
+    let first = pids.lock().unwrap()[0];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let call = svc.call(
+        resnet_request(SLOW_ROWS),
+        &CallOptions {
+            timeout: Duration::from_secs(120),
+            ..CallOptions::default()
+        },
+    );
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            wait_until(LONG, "the request to be sent", || {
+                svc.status().in_flight == 1
+            });
+            wait_busy(first);
+            signal(first, "-TERM");
+        });
+        let out = rt.block_on(call).expect("answered by the replacement");
+        assert_eq!(out[0].1.shape, vec![SLOW_ROWS, 2]);
+    });
+    wait_until(LONG, "the preempted process to exit", || !alive(first));
+    let st = svc.status();
+    assert_eq!((st.answered, st.failed, st.deaths), (1, 0, 1), "{st}");
+    assert_eq!(pids.lock().unwrap().len(), 2, "one replacement process");
+    svc.detach();
 }

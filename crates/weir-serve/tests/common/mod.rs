@@ -41,6 +41,26 @@ pub fn orientation() -> PathBuf {
     model
 }
 
+/// The ONNX Runtime library the tests use (`$ORT_DYLIB_PATH` or `.weir/lib`).
+pub fn ort_lib() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.weir/lib/libonnxruntime.so.1.32.0")
+        })
+}
+
+/// The command of an instance process running `exe`, with `ORT_DYLIB_PATH` set for it whether
+/// or not the test's environment has it.
+pub fn instance_command(exe: &str) -> Vec<String> {
+    vec![
+        "env".into(),
+        format!("ORT_DYLIB_PATH={}", ort_lib().display()),
+        exe.into(),
+    ]
+}
+
 /// Deterministic pseudo-random values for row `id` (image-like range).
 pub fn row_values(id: u64) -> Vec<f32> {
     let n: usize = SHAPE.iter().product();
