@@ -115,6 +115,52 @@ fn outputs(dir: &Path, out: &str) -> (Vec<String>, Vec<String>) {
     (rows, dead)
 }
 
+/// Starts the command again and again, killing it with SIGKILL after a seeded random time in
+/// `min_ms..min_ms + spread_ms`, until it has been killed `WEIR_SOAK_KILLS` (default 20) times or
+/// finishes on its own. Returns the kills; fails when fewer than 20 landed or it took too long.
+fn kill_again_and_again(
+    command: impl Fn() -> Command,
+    mut seed: u64,
+    (min_ms, spread_ms): (u64, u64),
+) -> usize {
+    let kills_wanted: usize = std::env::var("WEIR_SOAK_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut kills = 0;
+    let started = Instant::now();
+    while kills < kills_wanted {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the soak took too long ({kills} kills)"
+        );
+        let mut child = command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(min_ms + (seed >> 33) % spread_ms));
+        if child.try_wait().expect("wait").is_some() {
+            break; // it finished on its own: no more input to crash on
+        }
+        let ok = Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        let _ = child.wait();
+        kills += 1;
+    }
+    assert!(
+        kills >= kills_wanted.min(20),
+        "only {kills} kills landed before the input ran out"
+    );
+    kills
+}
+
 #[test]
 fn twenty_kill_9s_and_a_rescale_change_nothing() {
     kill_and_rescale("aligned");
@@ -150,46 +196,17 @@ fn kill_and_rescale(mode: &str) {
     );
 
     // (b) Parallelism 2 with checkpoints, killed again and again.
-    let kills_wanted: usize = std::env::var("WEIR_SOAK_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
     let paced = spec(d, "crashy", Some(mode), 1500);
-    let mut seed: u64 = 7;
-    let mut kills = 0;
-    let started = Instant::now();
-    while kills < kills_wanted {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the soak took too long ({kills} kills)"
-        );
-        let mut child = weir()
-            .arg("run")
-            .arg(&paced)
-            .args(["-p", "2", "--progress", "off", "--resume"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let after = Duration::from_millis(150 + (seed >> 33) % 350);
-        std::thread::sleep(after);
-        if child.try_wait().expect("wait").is_some() {
-            break; // it finished on its own: no more input to crash on
-        }
-        let ok = Command::new("kill")
-            .args(["-KILL", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-        let _ = child.wait();
-        kills += 1;
-    }
-    assert!(
-        kills >= kills_wanted.min(20),
-        "only {kills} kills landed before the input ran out"
+    let kills = kill_again_and_again(
+        || {
+            let mut c = weir();
+            c.arg("run")
+                .arg(&paced)
+                .args(["-p", "2", "--progress", "off", "--resume"]);
+            c
+        },
+        7,
+        (150, 350),
     );
 
     // (c) Finish after a restore at parallelism 3.
@@ -424,44 +441,9 @@ fn twenty_kill_9s_of_an_inference_pipeline_change_nothing() {
     );
 
     // (b) Parallelism 2 with checkpoints, killed again and again.
-    let kills_wanted: usize = std::env::var("WEIR_SOAK_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
     let paced = infer_spec(d, "crashy", true, 6);
-    let mut seed: u64 = 11;
-    let mut kills = 0;
-    let started = Instant::now();
-    while kills < kills_wanted {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the soak took too long ({kills} kills)"
-        );
-        let mut child = run(&paced, &["-p", "2", "--resume"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        // Long enough for start-up, the model load and a checkpoint or two (slow photos at 12/s).
-        std::thread::sleep(Duration::from_millis(700 + (seed >> 33) % 800));
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        let ok = Command::new("kill")
-            .args(["-KILL", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-        let _ = child.wait();
-        kills += 1;
-    }
-    assert!(
-        kills >= kills_wanted.min(20),
-        "only {kills} kills landed before the input ran out"
-    );
+    // Long enough for start-up, the model load and a checkpoint or two (slow photos at 12/s).
+    let kills = kill_again_and_again(|| run(&paced, &["-p", "2", "--resume"]), 11, (700, 800));
 
     // (c) Finish after a restore at parallelism 3.
     let fin = run(

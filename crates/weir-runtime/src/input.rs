@@ -125,6 +125,13 @@ impl InputGate {
                 None => None,
             };
             if let Some(ev) = self.on_message(idx, msg)? {
+                // The last input ended while a recording was open: it is whole now, and must be
+                // yielded before the end (the next call yields `End`).
+                if matches!(ev, InputEvent::End)
+                    && let Some(recorded) = self.take_recording()
+                {
+                    return Ok(recorded);
+                }
                 return Ok(ev);
             }
         }
@@ -373,6 +380,40 @@ mod tests {
         let mut data: Vec<_> = events.iter().filter(|e| e.starts_with('d')).collect();
         data.sort();
         assert_eq!(data, ["d1", "d10", "d11", "d2", "d3"]);
+    }
+
+    #[tokio::test]
+    async fn a_recording_open_when_every_input_ends_comes_before_the_end() {
+        let unaligned = Message::Barrier(Barrier {
+            checkpoint_id: 7,
+            kind: BarrierKind::Unaligned,
+            triggered_at_ms: 0,
+        });
+        let (t0, r0) = channel(1 << 20);
+        let (t1, r1) = channel(1 << 20);
+        let mut gate = InputGate::new(vec![r0, r1]);
+        // Input 0 delivers its barrier; input 1 ends without one (its task finished earlier).
+        for m in [data(1), unaligned, Message::EndOfStream] {
+            t0.send(m).await.expect("send");
+        }
+        for m in [data(2), Message::EndOfStream] {
+            t1.send(m).await.expect("send");
+        }
+        let mut events = Vec::new();
+        loop {
+            match gate.next().await.expect("event") {
+                InputEvent::InFlight { checkpoint, .. } => events.push(format!("r{checkpoint}")),
+                InputEvent::Barrier(b) => events.push(format!("b{}", b.checkpoint_id)),
+                InputEvent::Data { batch, .. } => events.push(format!("d{}", value(&batch))),
+                InputEvent::Watermark(_) => {}
+                InputEvent::End => break,
+            }
+        }
+        assert_eq!(events.first().map(String::as_str), Some("b7"), "{events:?}");
+        assert!(
+            events.contains(&"r7".to_string()),
+            "recording lost: {events:?}"
+        );
     }
 
     #[tokio::test]

@@ -416,6 +416,11 @@ impl Task {
                 },
             }
         }
+        if let Some((id, _)) = &self.pending_ack {
+            return Err(Error::internal(format!(
+                "the input ended while the in-flight data of checkpoint {id} was still recording"
+            )));
+        }
         self.finish_chain().await?;
         Ok(TaskEnd::Finished)
     }

@@ -34,17 +34,23 @@ fn write(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
     p
 }
 
+/// Writes the orders CSV as Parquet under `work/pq/orders`; returns `work/pq`.
+fn orders_as_parquet(work: &Path) -> std::path::PathBuf {
+    let to_parquet = write(
+        work,
+        "to_parquet.yaml",
+        "name: to-parquet\nsteps:\n  - source: csv\n    path: ${ROOT}/examples/orders/orders.csv\n  - sink: parquet\n    path: ${OUT}/orders\n",
+    );
+    let pq = work.join("pq");
+    run_spec(&to_parquet, &pq, 1, &[]).unwrap_or_else(|e| panic!("{}", e.report()));
+    pq
+}
+
 #[test]
 fn parquet_source_reads_only_needed_columns_and_results_are_unchanged() {
     let work = tempfile::tempdir().expect("tempdir");
     // 1. The orders CSV as Parquet (a sink reads every column: no pushdown here).
-    let to_parquet = write(
-        work.path(),
-        "to_parquet.yaml",
-        "name: to-parquet\nsteps:\n  - source: csv\n    path: ${ROOT}/examples/orders/orders.csv\n  - sink: parquet\n    path: ${OUT}/orders\n",
-    );
-    let pq = work.path().join("pq");
-    run_spec(&to_parquet, &pq, 1, &[]).unwrap_or_else(|e| panic!("{}", e.report()));
+    let pq = orders_as_parquet(work.path());
 
     // 2. The plan reads only the columns the chain uses.
     let pq_spec = format!(
@@ -107,13 +113,7 @@ fn parquet_source_reads_only_needed_columns_and_results_are_unchanged() {
 #[test]
 fn a_sink_after_the_source_reads_every_column() {
     let work = tempfile::tempdir().expect("tempdir");
-    let to_parquet = write(
-        work.path(),
-        "to_parquet.yaml",
-        "name: to-parquet\nsteps:\n  - source: csv\n    path: ${ROOT}/examples/orders/orders.csv\n  - sink: parquet\n    path: ${OUT}/orders\n",
-    );
-    let pq = work.path().join("pq");
-    run_spec(&to_parquet, &pq, 1, &[]).unwrap_or_else(|e| panic!("{}", e.report()));
+    let pq = orders_as_parquet(work.path());
     // One branch selects a column, the other writes everything: the union of needs is all.
     let spec = format!(
         "name: both\nsteps:\n  - name: orders\n    source: parquet\n    path: {}\n  - name: ids\n    op: select\n    columns: [order_id]\n  - name: ids_out\n    sink: blackhole\n  - name: all_out\n    input: orders\n    sink: blackhole\n",
