@@ -7,6 +7,7 @@
 //! `{name: utf8, dtype: utf8, shape: utf8, data: binary}`, one row per chunk of a tensor's
 //! elements (little-endian, at most [`CHUNK`] bytes per row, a tensor's chunks in order).
 //! `dtype` is weir's element name (`f32`, `i64`, ...), `shape` the dimensions joined by commas.
+//! A request's first message carries a descriptor with the command [`DESCRIPTOR`].
 //! Chunking keeps every Flight message under the transport's limit however large the tensors;
 //! any Arrow Flight implementation (pyarrow.flight, for one) can speak it. Errors come back as
 //! gRPC statuses: `INVALID_ARGUMENT` for errors of the batch (not retried), `INTERNAL` for
@@ -39,6 +40,9 @@ use weir_infer::{
     Tensors,
 };
 use weir_types::{Error, ErrorKind, Result};
+
+/// The command of the descriptor on a request's first message.
+pub const DESCRIPTOR: &str = "weir-tensors-v1";
 
 /// Largest chunk of tensor bytes in one row (and so, roughly, in one Flight message).
 pub const CHUNK: usize = 1 << 20;
@@ -499,7 +503,9 @@ impl Backend for FlightBackend {
         let client = &mut self.client;
         let addr = &self.addr;
         let result: std::result::Result<Vec<RecordBatch>, FlightError> = self.rt.block_on(async {
+            // The descriptor on the first message is required by some servers (pyarrow.flight).
             let data = FlightDataEncoderBuilder::new()
+                .with_flight_descriptor(Some(FlightDescriptor::new_cmd(DESCRIPTOR)))
                 .build(futures::stream::iter([Ok(batch)]))
                 .map(|r| r.map_err(|e| FlightError::ExternalError(Box::new(e))));
             let data: Vec<std::result::Result<FlightData, FlightError>> = data.collect().await;
