@@ -8,6 +8,7 @@ mod checkpoints;
 mod control;
 mod progress;
 mod summary;
+mod why;
 
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -270,9 +271,11 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
             Err(e) => return Err(e),
         }
     };
-    eprint!("{}", summary::render(&report));
+    let (report, slow) = report;
+    let services = why::service_statuses();
+    eprint!("{}", summary::render(&report, &services, &slow));
     if let Some(path) = &args.metrics_json {
-        let json = summary::to_json(&report);
+        let json = summary::to_json(&report, &services, &slow);
         std::fs::write(path, json).map_err(|e| {
             weir_types::Error::io(format!("cannot write metrics to {}", path.display()))
                 .with_source(e)
@@ -281,13 +284,14 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the planned job once, with progress, until it ends.
+/// Runs the planned job once, with progress, until it ends; returns its report and how long each
+/// reason for slowness held.
 fn run_once(
     runtime: &Runtime,
     plan: &weir_plan::Plan,
     setup: Option<CheckpointSetup>,
     args: &RunArgs,
-) -> weir_types::Result<weir_runtime::JobReport> {
+) -> weir_types::Result<(weir_runtime::JobReport, Vec<why::Held>)> {
     let handle = runtime.start_with(plan.graph.clone(), setup)?;
     tracing::debug!("physical plan:\n{}", handle.description());
     let metrics = handle.metrics().clone();
@@ -297,19 +301,22 @@ fn run_once(
     let steps = plan.steps.clone();
     runtime.block_on(async move {
         let signals = tokio::spawn(watch_signals(stop));
-        let mut display = progress::Progress::new(mode, metrics, &steps, handle.started());
+        let mut display = progress::Progress::new(mode, metrics.clone(), &steps, handle.started());
+        let mut sampler = why::Sampler::new(metrics);
         let mut tick = tokio::time::interval(display.tick(interval));
+        let mut look = tokio::time::interval(why::INTERVAL);
         let wait = handle.wait();
         tokio::pin!(wait);
         let result = loop {
             tokio::select! {
                 r = &mut wait => break r,
-                _ = tick.tick() => display.update(),
+                _ = tick.tick() => display.update(sampler.current()),
+                _ = look.tick() => sampler.sample(),
             }
         };
         signals.abort();
-        display.finish();
-        result
+        display.finish(sampler.current());
+        result.map(|r| (r, sampler.held()))
     })
 }
 

@@ -1,6 +1,7 @@
 //! The live progress display: on a terminal, one line per source and sink (rows, rows/s, bytes,
 //! progress and ETA for bounded inputs) plus a line naming busy and backpressured operators; when
-//! the output is not a terminal, one plain log line per interval.
+//! the output is not a terminal, one plain log line per interval. Both end with why the pipeline
+//! is slow, when something holds it up (`why.rs`).
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::time::{Duration, Instant};
@@ -103,8 +104,9 @@ impl Progress {
         }
     }
 
-    /// Reads the metrics and redraws (or logs).
-    pub fn update(&mut self) {
+    /// Reads the metrics and redraws (or logs), naming `why` the pipeline is slow, if anything
+    /// holds it up.
+    pub fn update(&mut self, why: &[crate::why::Reason]) {
         if matches!(self.mode, Mode::Off | Mode::Auto) {
             return;
         }
@@ -173,7 +175,7 @@ impl Progress {
             lines.push((n.name.clone(), n.role, line));
         }
         let elapsed = fmt_secs(now.duration_since(self.started).as_secs_f64());
-        let status = format!(
+        let mut status = format!(
             "elapsed {elapsed}  busy: {}  backpressured: {}",
             if busy.is_empty() {
                 "-".into()
@@ -186,6 +188,15 @@ impl Progress {
                 pressured.join(", ")
             }
         );
+        if !why.is_empty() {
+            status.push_str("  why slow: ");
+            status.push_str(
+                &why.iter()
+                    .map(|r| r.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+        }
         match self.mode {
             Mode::Bar => {
                 for (bar, (_, _, line)) in self.bars.iter().zip(&lines) {
@@ -213,9 +224,9 @@ impl Progress {
     }
 
     /// Clears the live display.
-    pub fn finish(&mut self) {
+    pub fn finish(&mut self, why: &[crate::why::Reason]) {
         if self.mode == Mode::Bar {
-            self.update();
+            self.update(why);
             for b in &self.bars {
                 b.finish();
             }

@@ -2,8 +2,10 @@
 //! JSON form written by `--metrics-json`.
 
 use crate::progress::fmt_secs;
+use crate::why::Held;
 use serde::Serialize;
 use std::fmt::Write;
+use weir_infer::ServiceStatus;
 use weir_runtime::{JobReport, NodeMetrics, NodeRole};
 
 fn pct(part: u64, whole: u64) -> String {
@@ -14,8 +16,8 @@ fn pct(part: u64, whole: u64) -> String {
     }
 }
 
-/// The summary as text.
-pub fn render(r: &JobReport) -> String {
+/// The summary as text, with the services' final counters and what held the pipeline up.
+pub fn render(r: &JobReport, services: &[ServiceStatus], slow: &[Held]) -> String {
     let mut s = String::new();
     let how = if r.stopped_early {
         "stopped early (inputs not fully read)"
@@ -102,6 +104,22 @@ pub fn render(r: &JobReport) -> String {
         }
         let _ = writeln!(s);
     }
+    for svc in services {
+        let _ = writeln!(
+            s,
+            "service '{}': {} answered, {} retries, {} instance deaths, {} failed",
+            svc.name, svc.answered, svc.retries, svc.deaths, svc.failed
+        );
+    }
+    for h in slow.iter().filter(|h| h.seconds >= 1.0) {
+        let _ = writeln!(
+            s,
+            "slow: {} for {} (last: {})",
+            h.reason,
+            fmt_secs(h.seconds),
+            h.last
+        );
+    }
     let dead: u64 = r.nodes.iter().map(|n| n.totals.dead_letters).sum();
     if dead > 0 {
         let _ = writeln!(
@@ -129,10 +147,25 @@ struct JsonReport<'a> {
     stopped_early: bool,
     nodes: &'a [NodeMetrics],
     checkpoints: Option<JsonCheckpoints>,
+    services: Vec<JsonService>,
+    /// What held the pipeline up, and for how long, longest first.
+    slow: &'a [Held],
+}
+
+#[derive(Serialize)]
+struct JsonService {
+    name: String,
+    target: usize,
+    ready: usize,
+    answered: u64,
+    retries: u64,
+    deaths: u64,
+    failed: u64,
+    processes: Vec<u32>,
 }
 
 /// The report as pretty JSON.
-pub fn to_json(r: &JobReport) -> String {
+pub fn to_json(r: &JobReport, services: &[ServiceStatus], slow: &[Held]) -> String {
     let j = JsonReport {
         job: &r.name,
         elapsed_s: r.elapsed.as_secs_f64(),
@@ -146,6 +179,20 @@ pub fn to_json(r: &JobReport) -> String {
             first_completed_ms: c.first_completed_ms,
             durations_ms: c.durations_ms.clone(),
         }),
+        services: services
+            .iter()
+            .map(|s| JsonService {
+                name: s.name.clone(),
+                target: s.target,
+                ready: s.ready,
+                answered: s.answered,
+                retries: s.retries,
+                deaths: s.deaths,
+                failed: s.failed,
+                processes: s.processes.clone(),
+            })
+            .collect(),
+        slow,
     };
     serde_json::to_string_pretty(&j).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }

@@ -4,6 +4,8 @@
 //! is scaled 2 → 3 → 1 with `weir scale` through the job's token-authenticated control endpoint,
 //! and the test checks: checkpoints keep completing after the kill, the job never restarts,
 //! every photo is classified exactly once, and a wrong token or an out-of-bounds scale is refused.
+//! The metrics JSON counts the instance deaths and says why the pipeline was slow (instances
+//! loading, instances dying).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -318,6 +320,25 @@ steps:
         m["checkpoints"]["completed"].as_u64().unwrap_or(0) > at_kill + 3,
         "{m}"
     );
+    // The services' counters and why the pipeline was slow.
+    let svc = &m["services"][0];
+    assert_eq!(svc["name"], "orient", "{m}");
+    assert!(svc["deaths"].as_u64().unwrap_or(0) >= 1, "{m}");
+    assert_eq!(svc["failed"].as_u64(), Some(0), "{m}");
+    assert!(svc["processes"].as_array().map_or(0, Vec::len) >= 4, "{m}");
+    let slow: Vec<&str> = m["slow"]
+        .as_array()
+        .expect("slow")
+        .iter()
+        .filter_map(|h| h["reason"].as_str())
+        .collect();
+    for want in [
+        "service 'orient' has no ready instance",
+        "service 'orient' instances dying",
+    ] {
+        assert!(slow.contains(&want), "{want} not in {slow:?}");
+    }
+    assert!(log.contains("why slow: "), "{log}");
     // The killed process is gone and so are the others once the job ended.
     assert!(!alive(victim));
 }
