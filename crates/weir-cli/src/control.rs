@@ -11,6 +11,9 @@ use weir_types::{Error, Result};
 /// Which running job to talk to.
 #[derive(Debug, Args)]
 pub struct JobArgs {
+    /// Print each service's status as one JSON object per line (with the latency histogram).
+    #[arg(long)]
+    json: bool,
     /// The job's name (its control file is `.weir/control/JOB.json`). Default: the only job
     /// with a control file there.
     #[arg(long)]
@@ -100,8 +103,14 @@ pub fn scale(args: ScaleArgs) -> Result<ExitCode> {
 pub fn services(args: JobArgs) -> Result<ExitCode> {
     let f = find(&args)?;
     for s in control::status(&f.addr, &f.token)? {
+        if args.json {
+            let line = serde_json::to_string(&s)
+                .map_err(|e| Error::internal("cannot encode a service status").with_source(e))?;
+            println!("{line}");
+            continue;
+        }
         println!(
-            "{}: {} ready, {} loading, {} draining (target {}), {} queued, {} in flight, {:.0}% busy, {} answered, {} retries, {} deaths, {} failed{}{}",
+            "{}: {} ready, {} loading, {} draining (target {}), {} queued, {} in flight, {:.0}% busy, {} answered, p99 {}, {} retries, {} deaths, {} failed{}{}",
             s.name,
             s.ready,
             s.loading,
@@ -111,6 +120,8 @@ pub fn services(args: JobArgs) -> Result<ExitCode> {
             s.in_flight,
             s.utilisation * 100.0,
             s.answered,
+            s.latency_p99_ms
+                .map_or("-".into(), |v| format!("{v:.0} ms")),
             s.retries,
             s.deaths,
             s.failed,

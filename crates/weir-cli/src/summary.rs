@@ -16,6 +16,10 @@ fn pct(part: u64, whole: u64) -> String {
     }
 }
 
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0} ms"))
+}
+
 /// The summary as text, with the services' final counters and what held the pipeline up.
 pub fn render(r: &JobReport, services: &[ServiceStatus], slow: &[Held]) -> String {
     let mut s = String::new();
@@ -107,8 +111,21 @@ pub fn render(r: &JobReport, services: &[ServiceStatus], slow: &[Held]) -> Strin
     for svc in services {
         let _ = writeln!(
             s,
-            "service '{}': {} answered, {} retries, {} instance deaths, {} failed",
-            svc.name, svc.answered, svc.retries, svc.deaths, svc.failed
+            "service '{}': {} answered ({} rows), latency p50 {} p99 {}, {} retries, {} instance deaths, {} failed",
+            svc.name,
+            svc.answered,
+            svc.answered_rows,
+            ms(weir_infer::service::latency_quantile_ms(
+                &svc.latency_buckets,
+                0.5
+            )),
+            ms(weir_infer::service::latency_quantile_ms(
+                &svc.latency_buckets,
+                0.99
+            )),
+            svc.retries,
+            svc.deaths,
+            svc.failed
         );
     }
     for h in slow.iter().filter(|h| h.seconds >= 1.0) {
@@ -162,6 +179,9 @@ struct JsonService {
     deaths: u64,
     failed: u64,
     processes: Vec<u32>,
+    answered_rows: u64,
+    latency_p50_ms: Option<f64>,
+    latency_p99_ms: Option<f64>,
 }
 
 /// The report as pretty JSON.
@@ -190,6 +210,9 @@ pub fn to_json(r: &JobReport, services: &[ServiceStatus], slow: &[Held]) -> Stri
                 deaths: s.deaths,
                 failed: s.failed,
                 processes: s.processes.clone(),
+                answered_rows: s.answered_rows,
+                latency_p50_ms: weir_infer::service::latency_quantile_ms(&s.latency_buckets, 0.5),
+                latency_p99_ms: weir_infer::service::latency_quantile_ms(&s.latency_buckets, 0.99),
             })
             .collect(),
         slow,

@@ -4,8 +4,8 @@
 //! is scaled 2 → 3 → 1 with `weir scale` through the job's token-authenticated control endpoint,
 //! and the test checks: checkpoints keep completing after the kill, the job never restarts,
 //! every photo is classified exactly once, and a wrong token or an out-of-bounds scale is refused.
-//! The metrics JSON counts the instance deaths and says why the pipeline was slow (instances
-//! loading, instances dying).
+//! The metrics JSON counts the instance deaths and names them among the reasons the pipeline was
+//! slow.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -332,13 +332,10 @@ steps:
         .iter()
         .filter_map(|h| h["reason"].as_str())
         .collect();
-    for want in [
-        "service 'orient' has no ready instance",
-        "service 'orient' instances dying",
-    ] {
-        assert!(slow.contains(&want), "{want} not in {slow:?}");
-    }
-    assert!(log.contains("why slow: "), "{log}");
+    assert!(
+        slow.contains(&"service 'orient' instances dying"),
+        "{slow:?}"
+    );
     // The killed process is gone and so are the others once the job ended.
     assert!(!alive(victim));
 }

@@ -73,6 +73,52 @@ pub struct ServiceStatus {
     /// Process ids of the instance processes started so far, oldest first (out-of-process
     /// instances only; empty for threads).
     pub processes: Vec<u32>,
+    /// Rows of the calls answered so far.
+    pub answered_rows: u64,
+    /// Latency of the calls answered so far, from the first attempt to the answer (queueing,
+    /// re-dispatches and retries included): `latency_buckets[i]` counts the calls that took at
+    /// most [`latency_bound_ms`]`(i)` and more than the bound before; the last bucket has no
+    /// upper bound. Counts only grow, so two statuses subtracted give one interval's latencies.
+    pub latency_buckets: Vec<u64>,
+}
+
+/// Number of latency buckets in [`ServiceStatus::latency_buckets`].
+pub const LATENCY_BUCKETS: usize = 90;
+
+/// Upper bound (milliseconds) of latency bucket `i`: 1.15^i, from 1 ms to about 3.5 minutes; the
+/// last bucket is unbounded.
+pub fn latency_bound_ms(i: usize) -> f64 {
+    if i + 1 >= LATENCY_BUCKETS {
+        f64::INFINITY
+    } else {
+        1.15f64.powi(i32::try_from(i).unwrap_or(i32::MAX))
+    }
+}
+
+/// The bucket of a latency.
+pub fn latency_bucket(d: Duration) -> usize {
+    let ms = d.as_secs_f64() * 1000.0;
+    (0..LATENCY_BUCKETS)
+        .find(|&i| ms <= latency_bound_ms(i))
+        .unwrap_or(LATENCY_BUCKETS - 1)
+}
+
+/// The `q` quantile (0..=1) of bucketed latencies, as its bucket's upper bound in milliseconds
+/// (at most 15% above the true value); `None` without any call.
+pub fn latency_quantile_ms(buckets: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(latency_bound_ms(i));
+        }
+    }
+    None
 }
 
 impl ServiceStatus {
@@ -240,4 +286,33 @@ pub fn services() -> Vec<Arc<dyn ModelService>> {
         .lock()
         .map(|m| m.values().cloned().collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_and_quantiles() {
+        assert_eq!(latency_bucket(Duration::from_micros(500)), 0);
+        assert_eq!(latency_bucket(Duration::from_millis(1)), 0);
+        let b = latency_bucket(Duration::from_millis(100));
+        assert!(latency_bound_ms(b) >= 100.0 && latency_bound_ms(b - 1) < 100.0);
+        assert_eq!(
+            latency_bucket(Duration::from_secs(3600)),
+            LATENCY_BUCKETS - 1
+        );
+        assert!(latency_bound_ms(LATENCY_BUCKETS - 2) > 200_000.0);
+
+        let mut h = vec![0u64; LATENCY_BUCKETS];
+        assert_eq!(latency_quantile_ms(&h, 0.99), None);
+        for ms in 1..=100u64 {
+            h[latency_bucket(Duration::from_millis(ms * 10))] += 1;
+        }
+        // 100 calls of 10..1000 ms: the median is 500 ms, the 99th 990 ms, each within 15%.
+        let p50 = latency_quantile_ms(&h, 0.5).unwrap_or(0.0);
+        let p99 = latency_quantile_ms(&h, 0.99).unwrap_or(0.0);
+        assert!((500.0..=575.0).contains(&p50), "{p50}");
+        assert!((990.0..=1139.0).contains(&p99), "{p99}");
+    }
 }

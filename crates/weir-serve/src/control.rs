@@ -135,6 +135,14 @@ pub struct StatusReply {
     pub processes: Vec<u32>,
     /// Why callers wait, if they do (`ServiceStatus::why_slow`).
     pub why_slow: Option<String>,
+    /// Rows of the answered calls.
+    pub answered_rows: u64,
+    /// Cumulative latency histogram of answered calls (`ServiceStatus::latency_buckets`).
+    pub latency_buckets: Vec<u64>,
+    /// Median call latency so far (ms, bucket bound).
+    pub latency_p50_ms: Option<f64>,
+    /// 99th percentile call latency so far (ms, bucket bound).
+    pub latency_p99_ms: Option<f64>,
 }
 
 impl From<&ServiceStatus> for StatusReply {
@@ -154,6 +162,10 @@ impl From<&ServiceStatus> for StatusReply {
             failed: s.failed,
             processes: s.processes.clone(),
             why_slow: s.why_slow(),
+            answered_rows: s.answered_rows,
+            latency_buckets: s.latency_buckets.clone(),
+            latency_p50_ms: weir_infer::service::latency_quantile_ms(&s.latency_buckets, 0.5),
+            latency_p99_ms: weir_infer::service::latency_quantile_ms(&s.latency_buckets, 0.99),
         }
     }
 }

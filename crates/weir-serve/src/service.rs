@@ -87,6 +87,8 @@ struct State {
     retries: u64,
     deaths: u64,
     failed: u64,
+    answered_rows: u64,
+    latency: Vec<u64>,
     busy: Duration,
     window_start: Instant,
     last_change: Instant,
@@ -525,6 +527,15 @@ impl Shared {
         self.lock().failed += 1;
     }
 
+    fn count_answer(&self, rows: usize, latency: Duration) {
+        let mut st = self.lock();
+        st.answered_rows += rows as u64;
+        let b = weir_infer::service::latency_bucket(latency);
+        if let Some(n) = st.latency.get_mut(b) {
+            *n += 1;
+        }
+    }
+
     // ---- lifecycle ----
 
     fn start(self: &Arc<Self>, st: &mut State) {
@@ -685,6 +696,8 @@ impl Service {
             retries: 0,
             deaths: 0,
             failed: 0,
+            answered_rows: 0,
+            latency: vec![0; weir_infer::service::LATENCY_BUCKETS],
             busy: Duration::ZERO,
             window_start: now,
             last_change: now,
@@ -748,6 +761,11 @@ impl Drop for CancelOnDrop {
 }
 
 async fn call(shared: Arc<Shared>, inputs: Arc<Tensors>, options: CallOptions) -> Result<Tensors> {
+    let started = Instant::now();
+    let rows = inputs
+        .first()
+        .and_then(|(_, t)| t.shape.first().copied())
+        .unwrap_or(0);
     let mut backoff = options.backoff;
     let mut attempt: u32 = 0;
     loop {
@@ -761,7 +779,10 @@ async fn call(shared: Arc<Shared>, inputs: Arc<Tensors>, options: CallOptions) -
         let outcome = tokio::time::timeout(options.timeout, rx).await;
         guard.armed = false;
         let err = match outcome {
-            Ok(Ok(Ok(out))) => return Ok(out),
+            Ok(Ok(Ok(out))) => {
+                shared.count_answer(rows, started.elapsed());
+                return Ok(out);
+            }
             Ok(Ok(Err(e))) => e,
             Ok(Err(_)) => Error::external(format!(
                 "service '{}' dropped the request (stopped)",
@@ -890,6 +911,8 @@ impl ModelService for Service {
                 .as_ref()
                 .and_then(|p| p.lock().ok().map(|p| p.clone()))
                 .unwrap_or_default(),
+            answered_rows: st.answered_rows,
+            latency_buckets: st.latency.clone(),
         }
     }
 }
