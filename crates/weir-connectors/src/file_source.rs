@@ -355,6 +355,32 @@ struct Current {
     reader: Box<dyn FileReader>,
     reported: u64,
     pos: FilePosition,
+    /// Chunks read ahead (with the reader's position after each), not yet emitted.
+    ahead: VecDeque<(Result<Option<Chunk>>, ReadPosition)>,
+}
+
+/// Most chunks one trip to the CPU pool reads ahead: fewer hand-overs between threads per row.
+const READ_AHEAD_CHUNKS: usize = 4;
+/// ... and at most this many bytes of batches (a chunk of large values counts alone).
+const READ_AHEAD_BYTES: usize = 8 << 20;
+
+/// Reads up to [`READ_AHEAD_CHUNKS`] chunks (stopping after the end, an error, or
+/// [`READ_AHEAD_BYTES`]), each with the reader's position after it.
+fn read_ahead(reader: &mut dyn FileReader) -> VecDeque<(Result<Option<Chunk>>, ReadPosition)> {
+    let mut out = VecDeque::new();
+    let mut bytes = 0;
+    while out.len() < READ_AHEAD_CHUNKS && bytes < READ_AHEAD_BYTES {
+        let r = reader.next_chunk();
+        let stop = !matches!(r, Ok(Some(_)));
+        if let Ok(Some(c)) = &r {
+            bytes += c.batch.as_ref().map_or(0, |b| b.get_array_memory_size());
+        }
+        out.push_back((r, reader.position()));
+        if stop {
+            break;
+        }
+    }
+    out
 }
 
 /// A running file source: one subtask's share of the files, read one chunk per `next`.
@@ -541,6 +567,7 @@ impl Source for FileSource {
                                 reader,
                                 reported,
                                 pos,
+                                ahead: VecDeque::new(),
                             })
                         }
                         Err(e) => self.file_failed(ctx, &file, 0, e)?,
@@ -568,13 +595,21 @@ impl Source for FileSource {
                 mut reader,
                 mut reported,
                 mut pos,
+                mut ahead,
             } = cur;
-            let (reader, res) = ctx
-                .spawn_cpu(move || {
-                    let r = reader.next_chunk();
-                    (reader, r)
-                })
-                .await?;
+            if ahead.is_empty() {
+                let (r, a) = ctx
+                    .spawn_cpu(move || {
+                        let a = read_ahead(reader.as_mut());
+                        (reader, a)
+                    })
+                    .await?;
+                reader = r;
+                ahead = a;
+            }
+            let Some((res, at)) = ahead.pop_front() else {
+                return Err(Error::internal("a file reader returned nothing"));
+            };
             match res {
                 Ok(Some(chunk)) => {
                     let bytes = chunk.bytes.min(file.size.saturating_sub(reported));
@@ -583,13 +618,14 @@ impl Source for FileSource {
                     let name = file.name();
                     pos.rows += chunk.batch.as_ref().map_or(0, |b| b.num_rows() as u64);
                     pos.bad += chunk.bad_rows.len() as u64;
-                    pos.at = reader.position();
+                    pos.at = at;
                     self.positions.insert(name.clone(), pos);
                     self.current = Some(Current {
                         file,
                         reader,
                         reported,
                         pos,
+                        ahead,
                     });
                     for bad in chunk.bad_rows {
                         ctx.bad_row(bad.error, Some(name.clone()), Some(bad.position), bad.raw)?;
@@ -603,7 +639,7 @@ impl Source for FileSource {
                 Ok(None) => {
                     ctx.metrics()
                         .add_progress(file.size.saturating_sub(reported));
-                    pos.at = reader.position();
+                    pos.at = at;
                     pos.done = true;
                     self.positions.insert(file.name(), pos);
                 }
