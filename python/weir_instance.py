@@ -3,7 +3,7 @@
 onnxruntime, speaking the same wire format as `weir serve-model`, so that it can be an instance
 of a weir inference service (`placement: process` with `command:` naming this script).
 
-    python weir_instance.py --model M.onnx [--cpus 1] [--port 0] [--grace 10s]
+    python weir_instance.py --model M.onnx [--cpus 1] [--port 0] [--grace 10s] [--exit-with-parent]
 
 Contract with weir (see crates/weir-serve/src/flight.rs, "weir tensors v1"):
 
@@ -18,6 +18,8 @@ Contract with weir (see crates/weir-serve/src/flight.rs, "weir tensors v1"):
 - Errors: a request that does not fit the model is INVALID_ARGUMENT (weir fails those rows
   without retrying); a model failure is INTERNAL (weir retries it); while shutting down, new
   requests get UNAVAILABLE (weir sends them to another instance).
+- With `--exit-with-parent` (weir passes it), stdin is a pipe held by the job: its end (the job
+  ended, even by `kill -9`) counts as SIGTERM.
 - SIGTERM or SIGINT: refuse new requests, finish the ones in flight for at most `--grace`, then
   exit; requests still running then are handed back (the connection closes, weir re-dispatches).
 
@@ -177,6 +179,11 @@ def main():
     p.add_argument("--gpus", type=int, default=0)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--grace", type=parse_duration, default=10.0)
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="shut down when stdin closes (weir holds the pipe: the instance ends with the job)",
+    )
     a = p.parse_args()
 
     opts = ort.SessionOptions()
@@ -192,6 +199,14 @@ def main():
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if a.exit_with_parent:
+
+        def watch_parent():
+            while sys.stdin.buffer.read(65536):
+                pass
+            stop.set()
+
+        threading.Thread(target=watch_parent, daemon=True).start()
     while not stop.wait(0.1):
         pass
     with server.lock:

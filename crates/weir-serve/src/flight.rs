@@ -325,6 +325,9 @@ pub struct ServeModelOptions {
     pub port: u16,
     /// After SIGTERM: longest time to finish the requests in flight before exiting.
     pub grace: Duration,
+    /// Shut down (as on SIGTERM) when stdin reaches its end: the process that started this one
+    /// holds the other end of the pipe, so the instance ends with it even after a `kill -9`.
+    pub exit_with_parent: bool,
 }
 
 /// Runs `weir serve-model`: loads the model and runs a warm-up batch, listens on 127.0.0.1,
@@ -399,10 +402,25 @@ pub async fn serve_model(opts: ServeModelOptions) -> Result<()> {
     let mut serve = Box::pin(serve);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::internal("cannot install the SIGTERM handler").with_source(e))?;
+    let (orphan_tx, orphan_rx) = oneshot::channel::<()>();
+    // Without the watcher the sender stays here, so the branch below never fires.
+    let mut _unwatched = None;
+    if opts.exit_with_parent {
+        std::thread::Builder::new()
+            .name("weir-serve-parent".into())
+            .spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+                let _ = orphan_tx.send(());
+            })
+            .map_err(|e| Error::internal("cannot start the stdin watcher").with_source(e))?;
+    } else {
+        _unwatched = Some(orphan_tx);
+    }
     tokio::select! {
         r = &mut serve => return r.map_err(|e| Error::external("the flight server failed").with_source(e)),
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+        Ok(()) = orphan_rx => eprintln!("serve-model: stdin closed (the parent ended)"),
     }
     draining.store(true, Ordering::SeqCst);
     let n = in_flight.load(Ordering::SeqCst);
@@ -543,8 +561,10 @@ impl Backend for FlightBackend {
 
 /// A factory starting one `weir serve-model` process per instance: `command` is the executable
 /// and the arguments before the model options (`weir serve-model`, or a Python instance's
-/// interpreter and script); `--model`, `--cpus` and `--port 0` are appended. It waits for the
-/// `listening on ADDR` line, connects, and records each process id in `pids`.
+/// interpreter and script); `--model`, `--cpus`, `--port 0` and `--exit-with-parent` are
+/// appended. Its stdin is a pipe this process holds open (so it ends when this process does,
+/// however that happens). It waits for the `listening on ADDR` line, connects, and records each
+/// process id in `pids`.
 pub fn process_factory(
     command: Vec<String>,
     model: PathBuf,
@@ -564,7 +584,8 @@ pub fn process_factory(
             .arg("--port")
             .arg("0")
             .stdout(std::process::Stdio::piped())
-            .stdin(std::process::Stdio::null())
+            .arg("--exit-with-parent")
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| {
                 Error::external(format!("cannot start instance {index} ({exe})")).with_source(e)

@@ -1,7 +1,7 @@
 //! `weir-serve-model`: the same Flight model server as `weir serve-model`, as a binary of this
 //! crate so that its tests start instance processes without building the CLI.
 //!
-//! Usage: `weir-serve-model --model PATH [--cpus N] [--port P] [--grace 10s]`.
+//! Usage: `weir-serve-model --model PATH [--cpus N] [--port P] [--grace 10s] [--exit-with-parent]`.
 
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ async fn main() {
         gpus: parse("--gpus", "0").parse().unwrap_or(0),
         port: parse("--port", "0").parse().unwrap_or(0),
         grace,
+        exit_with_parent: args.iter().any(|a| a == "--exit-with-parent"),
     };
     if let Err(e) = weir_serve::flight::serve_model(opts).await {
         eprintln!("error: {}", e.report());
