@@ -360,7 +360,7 @@ struct Current {
 }
 
 /// Most chunks one trip to the CPU pool reads ahead: fewer hand-overs between threads per row.
-const READ_AHEAD_CHUNKS: usize = 4;
+const READ_AHEAD_CHUNKS: usize = 16;
 /// ... and at most this many bytes of batches (a chunk of large values counts alone).
 const READ_AHEAD_BYTES: usize = 8 << 20;
 
