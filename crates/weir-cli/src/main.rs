@@ -4,7 +4,6 @@
 //! `weir validate FILE` plans it and prints the graph without running anything;
 //! `weir scale SERVICE N` and `weir services` talk to a running job's control endpoint.
 
-mod allocator;
 mod checkpoints;
 mod control;
 mod progress;
