@@ -31,7 +31,7 @@ cat data/generated/events.parquet > /dev/null
 IMAGES=data/generated/checkpoint-images-$IMAGES_N
 if [[ ! -d $IMAGES ]]; then
     mkdir -p "$IMAGES"
-    find data/generated/images -name '*.jpg' | sort | head -n "$IMAGES_N" |
+    find data/generated/images -name '*.jpg' | sort | sed -n "1,${IMAGES_N}p" |
         while read -r f; do ln -s "$(realpath "$f")" "$IMAGES/"; done
 fi
 
