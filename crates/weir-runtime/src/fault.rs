@@ -21,7 +21,11 @@ fn target() -> Option<&'static (String, Option<CheckpointId>)> {
         .get_or_init(|| {
             let v = std::env::var(CRASH_AT).ok()?;
             let (phase, id) = v.split_once(':')?;
-            let id = if id == "*" { None } else { Some(id.parse().ok()?) };
+            let id = if id == "*" {
+                None
+            } else {
+                Some(id.parse().ok()?)
+            };
             Some((phase.to_string(), id))
         })
         .as_ref()
