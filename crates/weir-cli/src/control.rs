@@ -102,13 +102,14 @@ pub fn scale(args: ScaleArgs) -> Result<ExitCode> {
 /// `weir services`: one line per service, then the process ids of out-of-process instances.
 pub fn services(args: JobArgs) -> Result<ExitCode> {
     let f = find(&args)?;
-    for s in control::status(&f.addr, &f.token)? {
+    for reply in control::status(&f.addr, &f.token)? {
         if args.json {
-            let line = serde_json::to_string(&s)
+            let line = serde_json::to_string(&reply)
                 .map_err(|e| Error::internal("cannot encode a service status").with_source(e))?;
             println!("{line}");
             continue;
         }
+        let s = &reply.status;
         println!(
             "{}: {} ready, {} loading, {} draining (target {}), {} queued, {} in flight, {:.0}% busy, {} answered, p99 {}, {} retries, {} deaths, {} failed{}{}",
             s.name,
@@ -120,7 +121,8 @@ pub fn services(args: JobArgs) -> Result<ExitCode> {
             s.in_flight,
             s.utilisation * 100.0,
             s.answered,
-            s.latency_p99_ms
+            reply
+                .latency_p99_ms
                 .map_or("-".into(), |v| format!("{v:.0} ms")),
             s.retries,
             s.deaths,
@@ -137,7 +139,11 @@ pub fn services(args: JobArgs) -> Result<ExitCode> {
                         .join(" ")
                 )
             },
-            s.why_slow.map(|w| format!("; {w}")).unwrap_or_default()
+            reply
+                .why_slow
+                .as_deref()
+                .map(|w| format!("; {w}"))
+                .unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)

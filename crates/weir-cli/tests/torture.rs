@@ -115,6 +115,23 @@ fn outputs(dir: &Path, out: &str) -> (Vec<String>, Vec<String>) {
     (rows, dead)
 }
 
+/// The reference: the pipeline run straight at parallelism 1, without checkpoints or pacing;
+/// returns its rows and dead letters.
+fn straight_run(d: &Path) -> (Vec<String>, Vec<String>) {
+    let st = weir()
+        .arg("run")
+        .arg(spec(d, "straight", None, 1_000_000))
+        .args(["-p", "1", "--progress", "off"])
+        .output()
+        .expect("run");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    outputs(d, "straight")
+}
+
 /// Starts the command again and again, killing it with SIGKILL after a seeded random time in
 /// `min_ms..min_ms + spread_ms`, until it has been killed `WEIR_SOAK_KILLS` (default 20) times or
 /// finishes on its own. Returns the kills; fails when fewer than 20 landed or it took too long.
@@ -177,19 +194,7 @@ fn kill_and_rescale(mode: &str) {
     write_input(d);
 
     // (a) Straight, parallelism 1, no checkpoints, no pacing.
-    let straight = spec(d, "straight", None, 1_000_000);
-    let st = weir()
-        .arg("run")
-        .arg(&straight)
-        .args(["-p", "1", "--progress", "off"])
-        .output()
-        .expect("run");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let want = outputs(d, "straight");
+    let want = straight_run(d);
     assert!(
         want.0.len() > ROWS / 2 && !want.1.is_empty(),
         "the straight run produced rows and dead letters"
@@ -491,18 +496,7 @@ fn crashes_at_every_checkpoint_phase_and_during_restore_change_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     write_input(d);
-    let st = weir()
-        .arg("run")
-        .arg(spec(d, "straight", None, 1_000_000))
-        .args(["-p", "1", "--progress", "off"])
-        .output()
-        .expect("run");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let want = outputs(d, "straight");
+    let want = straight_run(d);
 
     for (phase, mode) in [
         ("snapshot", "aligned"),

@@ -44,7 +44,7 @@ impl Default for CallOptions {
 }
 
 /// Why a service is slow or waiting, for progress displays and metrics.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceStatus {
     /// The service's name.
     pub name: String,

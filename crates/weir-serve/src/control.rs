@@ -104,41 +104,15 @@ struct ScaleBody {
     instances: usize,
 }
 
-/// A service's status as the `status` action answers it.
+/// A service's status as the `status` action answers it: the service's own status (its fields
+/// at the top level of the JSON) plus what is derived from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
-    /// The service's name.
-    pub name: String,
-    /// Instances the service wants.
-    pub target: usize,
-    /// Instances loading or warming up.
-    pub loading: usize,
-    /// Instances receiving requests.
-    pub ready: usize,
-    /// Instances draining.
-    pub draining: usize,
-    /// Requests waiting for an instance.
-    pub queued: usize,
-    /// Requests on instances.
-    pub in_flight: usize,
-    /// Busy fraction of the ready instances.
-    pub utilisation: f64,
-    /// Requests answered.
-    pub answered: u64,
-    /// Attempts retried.
-    pub retries: u64,
-    /// Instances that died and were replaced.
-    pub deaths: u64,
-    /// Requests given up on.
-    pub failed: u64,
-    /// Process ids of the instance processes started so far.
-    pub processes: Vec<u32>,
+    /// The counters and instance states.
+    #[serde(flatten)]
+    pub status: ServiceStatus,
     /// Why callers wait, if they do (`ServiceStatus::why_slow`).
     pub why_slow: Option<String>,
-    /// Rows of the answered calls.
-    pub answered_rows: u64,
-    /// Cumulative latency histogram of answered calls (`ServiceStatus::latency_buckets`).
-    pub latency_buckets: Vec<u64>,
     /// Median call latency so far (ms, bucket bound).
     pub latency_p50_ms: Option<f64>,
     /// 99th percentile call latency so far (ms, bucket bound).
@@ -148,22 +122,8 @@ pub struct StatusReply {
 impl From<&ServiceStatus> for StatusReply {
     fn from(s: &ServiceStatus) -> Self {
         StatusReply {
-            name: s.name.clone(),
-            target: s.target,
-            loading: s.loading,
-            ready: s.ready,
-            draining: s.draining,
-            queued: s.queued,
-            in_flight: s.in_flight,
-            utilisation: s.utilisation,
-            answered: s.answered,
-            retries: s.retries,
-            deaths: s.deaths,
-            failed: s.failed,
-            processes: s.processes.clone(),
+            status: s.clone(),
             why_slow: s.why_slow(),
-            answered_rows: s.answered_rows,
-            latency_buckets: s.latency_buckets.clone(),
             latency_p50_ms: weir_infer::service::latency_quantile_ms(&s.latency_buckets, 0.5),
             latency_p99_ms: weir_infer::service::latency_quantile_ms(&s.latency_buckets, 0.99),
         }
