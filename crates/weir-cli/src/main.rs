@@ -4,6 +4,7 @@
 //! `weir validate FILE` plans it and prints the graph without running anything;
 //! `weir scale SERVICE N` and `weir services` talk to a running job's control endpoint.
 
+mod alloc;
 mod checkpoints;
 mod control;
 mod progress;
@@ -154,6 +155,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    alloc::tune();
     let result = match cli.command {
         Command::Validate(args) => validate(args),
         Command::Run(args) => run(args),

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_runtime::{OperatorContext, Source, SourceEvent, TaskInfo};
+use weir_runtime::{CpuTask, OperatorContext, Source, SourceEvent, TaskInfo};
 use weir_types::{Barrier, Error, Result};
 
 /// One input file found by a listing.
@@ -352,11 +352,21 @@ pub struct FileSourceOptions {
 
 struct Current {
     file: ListedFile,
-    reader: Box<dyn FileReader>,
+    reader: ReaderSlot,
     reported: u64,
     pos: FilePosition,
     /// Chunks read ahead (with the reader's position after each), not yet emitted.
     ahead: VecDeque<(Result<Option<Chunk>>, ReadPosition)>,
+}
+
+/// Chunks read ahead, each with the reader's position after it.
+type ReadAhead = VecDeque<(Result<Option<Chunk>>, ReadPosition)>;
+
+/// Where the open file's reader is: idle on the task, or reading the next chunks on the CPU pool
+/// while the task emits the ones read before (so decoding overlaps with the operators downstream).
+enum ReaderSlot {
+    Idle(Box<dyn FileReader>),
+    Reading(CpuTask<(Box<dyn FileReader>, ReadAhead)>),
 }
 
 /// Most chunks one trip to the CPU pool reads ahead: fewer hand-overs between threads per row.
@@ -366,7 +376,7 @@ const READ_AHEAD_BYTES: usize = 8 << 20;
 
 /// Reads up to [`READ_AHEAD_CHUNKS`] chunks (stopping after the end, an error, or
 /// [`READ_AHEAD_BYTES`]), each with the reader's position after it.
-fn read_ahead(reader: &mut dyn FileReader) -> VecDeque<(Result<Option<Chunk>>, ReadPosition)> {
+fn read_ahead(reader: &mut dyn FileReader) -> ReadAhead {
     let mut out = VecDeque::new();
     let mut bytes = 0;
     while out.len() < READ_AHEAD_CHUNKS && bytes < READ_AHEAD_BYTES {
@@ -564,7 +574,7 @@ impl Source for FileSource {
                             ctx.metrics().add_progress(reported);
                             self.current = Some(Current {
                                 file,
-                                reader,
+                                reader: ReaderSlot::Idle(reader),
                                 reported,
                                 pos,
                                 ahead: VecDeque::new(),
@@ -598,14 +608,27 @@ impl Source for FileSource {
                 mut ahead,
             } = cur;
             if ahead.is_empty() {
-                let (r, a) = ctx
-                    .spawn_cpu(move || {
-                        let a = read_ahead(reader.as_mut());
-                        (reader, a)
-                    })
-                    .await?;
-                reader = r;
+                let (mut r, a) = match reader {
+                    ReaderSlot::Idle(mut r) => {
+                        ctx.spawn_cpu(move || {
+                            let a = read_ahead(r.as_mut());
+                            (r, a)
+                        })
+                        .await?
+                    }
+                    ReaderSlot::Reading(task) => task.join().await?,
+                };
                 ahead = a;
+                // More to read: start on the next chunks now, while these are emitted. Positions
+                // still advance only as chunks are emitted, so a checkpoint never covers them early.
+                reader = if matches!(ahead.back(), Some((Ok(Some(_)), _))) {
+                    ReaderSlot::Reading(ctx.start_cpu(move || {
+                        let a = read_ahead(r.as_mut());
+                        (r, a)
+                    }))
+                } else {
+                    ReaderSlot::Idle(r)
+                };
             }
             let Some((res, at)) = ahead.pop_front() else {
                 return Err(Error::internal("a file reader returned nothing"));

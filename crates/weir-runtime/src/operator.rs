@@ -199,6 +199,21 @@ impl OperatorContext {
         &self.io
     }
 
+    /// Starts CPU-heavy `work` on a blocking thread without waiting for it, so that it overlaps
+    /// with what the task does next (read-ahead while the task processes the previous chunks).
+    /// [`CpuTask::join`] awaits the result; dropping the handle lets `work` run to its end and
+    /// discards the result.
+    pub fn start_cpu<T, F>(&self, work: F) -> CpuTask<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        CpuTask {
+            handle: tokio::task::spawn_blocking(work),
+            node: self.info.node.clone(),
+        }
+    }
+
     /// Runs CPU-heavy `work` on a blocking thread, so the task's executor thread stays free, and
     /// awaits its result. Panics inside `work` become an internal error naming this operator.
     pub async fn spawn_cpu<T, F>(&self, work: F) -> Result<T>
@@ -210,6 +225,25 @@ impl OperatorContext {
             Error::internal("cpu work panicked")
                 .with_source(e)
                 .in_operator(self.info.node.clone())
+        })
+    }
+}
+
+/// CPU work started by [`OperatorContext::start_cpu`] and not yet awaited.
+#[derive(Debug)]
+pub struct CpuTask<T> {
+    handle: tokio::task::JoinHandle<T>,
+    node: String,
+}
+
+impl<T> CpuTask<T> {
+    /// Waits for the work's result; a panic inside it becomes an internal error naming the
+    /// operator that started it.
+    pub async fn join(self) -> Result<T> {
+        self.handle.await.map_err(|e| {
+            Error::internal("cpu work panicked")
+                .with_source(e)
+                .in_operator(self.node)
         })
     }
 }
