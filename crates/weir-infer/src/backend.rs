@@ -154,12 +154,6 @@ pub(crate) fn open_session(path: &Path, cpus: usize, gpus: usize) -> Result<ort:
     builder = builder
         .with_intra_threads(cpus.max(1))
         .map_err(|e| fail("set intra-op threads", &e))?;
-    // The engine decodes and preprocesses the next batches on other threads while the model runs:
-    // intra-op threads that spin between kernels would take those cores away.
-    let spin = std::env::var("WEIR_ORT_SPIN").is_ok_and(|v| v == "1");
-    builder = builder
-        .with_intra_op_spinning(spin)
-        .map_err(|e| fail("set intra-op spinning", &e))?;
     if gpus > 0 {
         let devices: Vec<_> = env
             .devices()
