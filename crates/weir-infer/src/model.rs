@@ -209,7 +209,8 @@ impl ModelInfo {
         {
             return Ok(info);
         }
-        let session = crate::backend::open_session(path, 1, 0)?;
+        let session =
+            crate::backend::open_session(path, 1, 0, crate::backend::SessionUse::Metadata)?;
         let info = Self::from_session(path, &session)?;
         if let (Some(k), Ok(mut c)) = (key, CACHE.lock()) {
             c.insert(k, info.clone());

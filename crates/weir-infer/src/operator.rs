@@ -311,6 +311,8 @@ pub struct InferOperator {
     attached: bool,
     bindings: Arc<Bindings>,
     instances: Vec<Instance>,
+    /// Instances started by `open` whose model load has not been awaited yet.
+    loading: Vec<(usize, oneshot::Receiver<Result<()>>)>,
     controller: AdaptiveController,
     clock: Arc<dyn Clock>,
     state: InFlight,
@@ -382,6 +384,7 @@ impl InferOperator {
             attached: false,
             bindings,
             instances: Vec::new(),
+            loading: Vec::new(),
             controller,
             clock,
             state: InFlight::default(),
@@ -580,14 +583,29 @@ impl InferOperator {
             }
             return Ok(());
         }
-        if !self.instances.is_empty() {
+        self.begin_instances()?;
+        for (i, rx) in std::mem::take(&mut self.loading) {
+            rx.await.map_err(|_| {
+                Error::internal(format!(
+                    "inference instance {i} of {} died while loading",
+                    self.model
+                ))
+            })??;
+        }
+        Ok(())
+    }
+
+    /// Starts the instances' threads (each loads the model) without waiting for the loads:
+    /// `open` calls this so that loading overlaps with the upstream work on the first batch;
+    /// [`Self::start_instances`] waits for them before the first batch is admitted.
+    fn begin_instances(&mut self) -> Result<()> {
+        if self.service.is_some() || !self.instances.is_empty() {
             return Ok(());
         }
         let factory = self
             .factory
             .clone()
             .ok_or_else(|| Error::internal("an inline infer operator has no backend factory"))?;
-        let mut loads = Vec::new();
         for i in 0..self.spec.instances {
             let (tx, rx) = oneshot::channel();
             self.instances.push(Instance::start(
@@ -596,15 +614,7 @@ impl InferOperator {
                 self.bindings.clone(),
                 tx,
             )?);
-            loads.push(rx);
-        }
-        for (i, rx) in loads.into_iter().enumerate() {
-            rx.await.map_err(|_| {
-                Error::internal(format!(
-                    "inference instance {i} of {} died while loading",
-                    self.model
-                ))
-            })??;
+            self.loading.push((i, rx));
         }
         Ok(())
     }
@@ -1074,7 +1084,14 @@ impl InferOperator {
 impl Operator for InferOperator {
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         self.restore(ctx).await?;
-        self.start_instances().await?;
+        if self.has_pending() || self.service.is_some() {
+            // Restored requests are dispatched right away: their instances must be up.
+            self.start_instances().await?;
+        } else {
+            // The loads overlap with the upstream work on the first batch; process_batch and
+            // finish wait for them (and report a failed load) before admitting rows.
+            self.begin_instances()?;
+        }
         if self.service.is_none() {
             ctx.metrics().set_model_instances(self.spec.instances);
         }

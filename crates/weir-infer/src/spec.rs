@@ -253,7 +253,12 @@ impl InferSpec {
         }
         if self.gpus > 0 {
             // Opening a session with the devices checks that they exist; fail at plan time.
-            crate::backend::open_session(&self.model, 1, self.gpus)?;
+            crate::backend::open_session(
+                &self.model,
+                1,
+                self.gpus,
+                crate::backend::SessionUse::Metadata,
+            )?;
         }
         let info = ModelInfo::load(&self.model)?;
         self.plan_with(info, input)

@@ -2,8 +2,9 @@
 //! smaller than the window in either direction is a bad row.
 
 use crate::common::{
-    DecodedColumn, ImageBuf, ImageView, check_decoded_image, column_index, decoded_image_field,
-    emit_images, report_bad_rows, schema_with,
+    DecodedColumn, ImageBuf, ImageView, MadeImages, check_decoded_image, column_index,
+    decoded_image_field, emit_image_column, emit_images, images_into_buffer, report_bad_rows,
+    schema_with,
 };
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -101,6 +102,26 @@ pub(crate) fn crop_view(src: ImageView<'_>, width: u32, height: u32) -> Result<I
     })
 }
 
+/// Copies the centre `width × height` of `src` into `out` (exactly that many pixels); `false`
+/// when `src` is smaller or `out` has the wrong size.
+fn crop_into(src: ImageView<'_>, width: u32, height: u32, out: &mut [u8]) -> bool {
+    if src.width < width || src.height < height {
+        return false;
+    }
+    let c = src.mode.channels();
+    let left = ((src.width - width) / 2) as usize;
+    let top = ((src.height - height) / 2) as usize;
+    let (sw, w) = (src.width as usize * c, width as usize * c);
+    if out.len() != w * height as usize {
+        return false;
+    }
+    for (y, dst) in out.chunks_exact_mut(w).enumerate() {
+        let s = (top + y) * sw + left * c;
+        dst.copy_from_slice(&src.pixels[s..s + w]);
+    }
+    true
+}
+
 /// Crops one decoded image (a helper for callers outside a pipeline, e.g. benchmarks).
 pub fn center_crop_image(img: &ImageBuf, width: u32, height: u32) -> Result<ImageBuf> {
     crop_view(
@@ -128,14 +149,40 @@ impl Operator for CenterCrop {
         })?;
         let (name, width, height) = (self.column.clone(), self.width, self.height);
         // Copying rows is cheap but not free for big batches: keep it off the executor thread.
-        let results = ctx
-            .spawn_cpu(move || -> Result<Vec<Result<ImageBuf>>> {
+        let made = ctx
+            .spawn_cpu(move || -> Result<MadeImages> {
                 let images = DecodedColumn::new(&column, &name)?;
-                Ok((0..images.len())
-                    .map(|row| crop_view(images.get(row)?, width, height))
-                    .collect())
+                let planned = images_into_buffer(
+                    images.len(),
+                    |row| {
+                        let src = images.get(row).ok()?;
+                        (src.width >= width && src.height >= height)
+                            .then_some((width, height, src.mode))
+                    },
+                    || (),
+                    |(), row, out| {
+                        images
+                            .get(row)
+                            .is_ok_and(|src| crop_into(src, width, height, out))
+                    },
+                );
+                if let Some(made) = planned {
+                    let (col, lengths) = made?;
+                    return Ok(MadeImages::Contiguous(col, lengths));
+                }
+                Ok(MadeImages::Each(
+                    (0..images.len())
+                        .map(|row| crop_view(images.get(row)?, width, height))
+                        .collect(),
+                ))
             })
             .await??;
+        let results = match made {
+            MadeImages::Contiguous(col, lengths) => {
+                return emit_image_column(&batch, &self.schema, &self.column, &col, &lengths, out);
+            }
+            MadeImages::Each(results) => results,
+        };
         let mut bad = Vec::new();
         let mut images = Vec::with_capacity(results.len());
         for (row, r) in results.into_iter().enumerate() {

@@ -381,6 +381,97 @@ pub(crate) fn decoded_image_array(images: &[ImageBuf]) -> Result<ArrayRef> {
     )?))
 }
 
+/// Builds a decoded-image struct column whose pixels are already laid out back to back in
+/// `pixels` (row `i` has `lengths[i]` bytes, all in `mode`), without copying them.
+pub(crate) fn decoded_image_array_from_buffer(
+    pixels: Vec<u8>,
+    lengths: &[usize],
+    dims: &[(u32, u32, ImageMode)],
+) -> Result<ArrayRef> {
+    let offsets = arrow::buffer::OffsetBuffer::<i32>::from_lengths(lengths.iter().copied());
+    let values = arrow::buffer::Buffer::from_vec(pixels);
+    let pixels = arrow::array::BinaryArray::try_new(offsets, values, None)?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(pixels),
+        Arc::new(StringArray::from_iter_values(
+            dims.iter().map(|d| d.2.as_str()),
+        )),
+        Arc::new(UInt32Array::from_iter_values(dims.iter().map(|d| d.1))),
+        Arc::new(UInt32Array::from_iter_values(dims.iter().map(|d| d.0))),
+    ];
+    Ok(Arc::new(StructArray::try_new(
+        image_decoded_fields(),
+        columns,
+        None::<NullBuffer>,
+    )?))
+}
+
+/// Images made by an operator for one batch.
+pub(crate) enum MadeImages {
+    /// Every row written straight into one buffer: the image column (no copy) and each row's
+    /// number of pixel bytes.
+    Contiguous(ArrayRef, Vec<usize>),
+    /// Row by row, with each row's error.
+    Each(Vec<Result<ImageBuf>>),
+}
+
+/// Makes one image per row straight into one shared buffer, in parallel. `plan(row)` gives the
+/// row's output (width, height, mode), or `None` when the row cannot be made (the caller then
+/// goes row by row and reports the error); `fill(state, row, out)` writes the row's pixels into
+/// its slice and says whether it could, with `state` made by `init` once per worker thread.
+/// Returns `None` when any row cannot go this way.
+pub(crate) fn images_into_buffer<S>(
+    rows: usize,
+    plan: impl Fn(usize) -> Option<(u32, u32, ImageMode)> + Sync,
+    init: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [u8]) -> bool + Sync + Send,
+) -> Option<Result<(ArrayRef, Vec<usize>)>> {
+    use rayon::prelude::*;
+    let dims: Vec<(u32, u32, ImageMode)> = (0..rows).map(&plan).collect::<Option<_>>()?;
+    let lengths: Vec<usize> = dims
+        .iter()
+        .map(|(w, h, m)| *w as usize * *h as usize * m.channels())
+        .collect();
+    let mut buf = vec![0u8; lengths.iter().sum()];
+    let mut slices = Vec::with_capacity(rows);
+    let mut rest = buf.as_mut_slice();
+    for len in &lengths {
+        let (head, tail) = rest.split_at_mut(*len);
+        slices.push(head);
+        rest = tail;
+    }
+    let all = slices
+        .into_par_iter()
+        .enumerate()
+        .map_init(init, |state, (row, out)| fill(state, row, out))
+        .collect::<Vec<bool>>()
+        .into_iter()
+        .all(|ok| ok);
+    if !all {
+        return None;
+    }
+    Some(decoded_image_array_from_buffer(buf, &lengths, &dims).map(|col| (col, lengths)))
+}
+
+/// Emits `batch` with `column` (one image per row, `sizes` bytes of pixels each) as column
+/// `name`, split so no batch carries more than [`MAX_BATCH_PAYLOAD`] bytes of pixels (slices, no
+/// copies).
+pub(crate) fn emit_image_column(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    name: &str,
+    column: &ArrayRef,
+    sizes: &[usize],
+    out: &mut weir_runtime::Emitter,
+) -> Result<()> {
+    for range in payload_groups(sizes) {
+        let part = batch.slice(range.start, range.len());
+        let col = column.slice(range.start, range.len());
+        out.emit(assemble(&part, None, schema, name, col)?);
+    }
+    Ok(())
+}
+
 /// Splits `items` (with their payload sizes) into consecutive groups of at most
 /// [`MAX_BATCH_PAYLOAD`] bytes (a single larger item gets a group of its own).
 pub(crate) fn payload_groups(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {

@@ -13,8 +13,9 @@
 //! `max_batch_bytes` of pixels.
 
 use crate::common::{
-    BytesColumn, ImageBuf, check_bytes_field, column_index, decoded_image_field, emit_images,
-    parse_size, preview, report_bad_rows, schema_with,
+    BytesColumn, ImageBuf, check_bytes_field, column_index, decoded_image_array_from_buffer,
+    decoded_image_field, emit_image_column, emit_images, parse_size, preview, report_bad_rows,
+    schema_with,
 };
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -198,22 +199,17 @@ impl Operator for DecodeImage {
         for range in budget_groups(&sizes, self.max_batch_bytes) {
             let part = batch.slice(range.start, range.len());
             let col = column.slice(range.start, range.len());
-            let results = ctx
-                .spawn_cpu(
-                    move || -> Result<Vec<std::result::Result<ImageBuf, (Error, Vec<u8>)>>> {
-                        let bytes = BytesColumn::new(&col).ok_or_else(|| {
-                            Error::internal("decode_image: input is not a bytes column")
-                        })?;
-                        Ok((0..col.len())
-                            .into_par_iter()
-                            .map(|row| match bytes.get(row) {
-                                None => Err((Error::input("image bytes are null"), Vec::new())),
-                                Some(b) => decode(b, mode, max_pixels).map_err(|e| (e, preview(b))),
-                            })
-                            .collect())
-                    },
-                )
+            let predicted: Vec<usize> = sizes[range].iter().map(|s| *s as usize).collect();
+            let decoded = ctx
+                .spawn_cpu(move || decode_group(&col, &predicted, mode, max_pixels))
                 .await??;
+            let results = match decoded {
+                Decoded::Contiguous { column, lengths } => {
+                    emit_image_column(&part, &self.schema, &self.output, &column, &lengths, out)?;
+                    continue;
+                }
+                Decoded::Each(results) => results,
+            };
             let mut bad = Vec::new();
             let mut images = Vec::with_capacity(results.len());
             for (row, r) in results.into_iter().enumerate() {
@@ -230,6 +226,107 @@ impl Operator for DecodeImage {
         }
         Ok(())
     }
+}
+
+/// One group of rows decoded.
+enum Decoded {
+    /// Every row decoded straight into one buffer (the common case: JPEGs that need no rotation
+    /// or conversion): the image column, built without copying pixels, and each row's length.
+    Contiguous {
+        column: arrow::array::ArrayRef,
+        lengths: Vec<usize>,
+    },
+    /// Row by row: each image, or the error and a preview of the input.
+    Each(Vec<std::result::Result<ImageBuf, (Error, Vec<u8>)>>),
+}
+
+/// Decodes the rows of `col` in parallel. First tries to decode every row straight into its place
+/// in one buffer laid out by the `predicted` sizes; when any row cannot go that way (not a JPEG, a
+/// rotation or mode conversion, a corrupt file, a wrong prediction) the group is decoded row by row
+/// with [`decode`], which gives every row its own result and error.
+fn decode_group(
+    col: &arrow::array::ArrayRef,
+    predicted: &[usize],
+    mode: ImageMode,
+    max_pixels: u64,
+) -> Result<Decoded> {
+    let bytes = BytesColumn::new(col)
+        .ok_or_else(|| Error::internal("decode_image: input is not a bytes column"))?;
+    let total: usize = predicted.iter().sum();
+    if total > 0 && predicted.iter().all(|p| *p > 0) {
+        let mut buf = vec![0u8; total];
+        let mut slices = Vec::with_capacity(predicted.len());
+        let mut rest = buf.as_mut_slice();
+        for p in predicted {
+            let (head, tail) = rest.split_at_mut(*p);
+            slices.push(head);
+            rest = tail;
+        }
+        let dims: Vec<Option<(u32, u32, ImageMode)>> = slices
+            .into_par_iter()
+            .enumerate()
+            .map(|(row, out)| {
+                let (w, h) = decode_jpeg_into(bytes.get(row)?, mode, max_pixels, out)?;
+                Some((w, h, mode))
+            })
+            .collect();
+        if let Some(dims) = dims.into_iter().collect::<Option<Vec<_>>>() {
+            let column = decoded_image_array_from_buffer(buf, predicted, &dims)?;
+            return Ok(Decoded::Contiguous {
+                column,
+                lengths: predicted.to_vec(),
+            });
+        }
+    }
+    Ok(Decoded::Each(
+        (0..col.len())
+            .into_par_iter()
+            .map(|row| match bytes.get(row) {
+                None => Err((Error::input("image bytes are null"), Vec::new())),
+                Some(b) => decode(b, mode, max_pixels).map_err(|e| (e, preview(b))),
+            })
+            .collect(),
+    ))
+}
+
+/// Decodes a JPEG straight into `out` when it needs nothing afterwards: RGB or L output, no EXIF
+/// rotation, and exactly `out.len()` bytes of pixels. Returns the (width, height), or `None` when
+/// this path does not apply or the decode fails (the caller then decodes the row with [`decode`],
+/// which reports the error).
+fn decode_jpeg_into(
+    bytes: &[u8],
+    mode: ImageMode,
+    max_pixels: u64,
+    out: &mut [u8],
+) -> Option<(u32, u32)> {
+    if sniff_format(bytes) != Some(ImageFormat::Jpeg) {
+        return None;
+    }
+    let want = match mode {
+        ImageMode::Rgb => ColorSpace::RGB,
+        ImageMode::L => ColorSpace::Luma,
+        ImageMode::Rgba => return None,
+    };
+    let mut dec = jpeg_decoder(bytes, want);
+    dec.decode_headers().ok()?;
+    let (w, h) = dec.dimensions()?;
+    check_pixels(w as u64, h as u64, max_pixels).ok()?;
+    if mode == ImageMode::L
+        && !matches!(
+            dec.input_colorspace(),
+            Some(ColorSpace::YCbCr | ColorSpace::Luma)
+        )
+    {
+        return None;
+    }
+    if dec.exif().is_some_and(|e| exif_orientation(e) != 1)
+        || dec.output_colorspace() != Some(want)
+        || dec.output_buffer_size() != Some(out.len())
+    {
+        return None;
+    }
+    dec.decode_into(out).ok()?;
+    Some((w as u32, h as u32))
 }
 
 /// The decoded size in bytes of an encoded image in `mode` (width × height × channels), read from

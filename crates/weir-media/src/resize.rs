@@ -2,8 +2,9 @@
 //! side has a given length (aspect kept) or to a given width and/or height.
 
 use crate::common::{
-    DecodedColumn, ImageBuf, ImageView, check_decoded_image, column_index, decoded_image_field,
-    emit_images, report_bad_rows, schema_with,
+    DecodedColumn, ImageBuf, ImageView, MadeImages, check_decoded_image, column_index,
+    decoded_image_field, emit_image_column, emit_images, images_into_buffer, report_bad_rows,
+    schema_with,
 };
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -213,6 +214,32 @@ pub(crate) fn resize_view(
     })
 }
 
+/// Resizes `src` to its `target` size straight into `out` (exactly the output's size).
+fn resize_into(
+    resizer: &mut Resizer,
+    src: ImageView<'_>,
+    target: Target,
+    alg: ResizeAlg,
+    out: &mut [u8],
+) -> Result<()> {
+    let (width, height) = target.size(src.width, src.height);
+    if src.width == width && src.height == height {
+        if out.len() != src.pixels.len() {
+            return Err(Error::internal("resize: output slice of the wrong size"));
+        }
+        out.copy_from_slice(src.pixels);
+        return Ok(());
+    }
+    let pt = pixel_type(src.mode);
+    let from = ImageRef::new(src.width, src.height, src.pixels, pt)
+        .map_err(|e| Error::input(format!("image buffer does not fit its size: {e}")))?;
+    let mut to = Image::from_slice_u8(width, height, out, pt)
+        .map_err(|e| Error::internal(format!("resize: output slice does not fit: {e}")))?;
+    resizer
+        .resize(&from, &mut to, &ResizeOptions::new().resize_alg(alg))
+        .map_err(|e| Error::input(format!("resizing failed: {e}")))
+}
+
 /// Resizes one decoded image (a helper for callers outside a pipeline, e.g. benchmarks).
 pub fn resize_image(img: &ImageBuf, target: Target, filter: &str) -> Result<ImageBuf> {
     let alg = parse_filter(filter)?;
@@ -238,19 +265,45 @@ impl Operator for Resize {
             Error::internal(format!("resize: column '{}' is missing", self.column))
         })?;
         let (name, target, alg) = (self.column.clone(), self.target, self.alg);
-        let results = ctx
-            .spawn_cpu(move || -> Result<Vec<Result<ImageBuf>>> {
+        let made = ctx
+            .spawn_cpu(move || -> Result<MadeImages> {
                 let images = DecodedColumn::new(&column, &name)?;
-                Ok((0..images.len())
-                    .into_par_iter()
-                    .map_init(Resizer::new, |resizer, row| {
-                        let src = images.get(row)?;
+                let planned = images_into_buffer(
+                    images.len(),
+                    |row| {
+                        let src = images.get(row).ok()?;
                         let (w, h) = target.size(src.width, src.height);
-                        resize_view(resizer, src, w, h, alg)
-                    })
-                    .collect())
+                        Some((w, h, src.mode))
+                    },
+                    Resizer::new,
+                    |resizer, row, out| {
+                        images
+                            .get(row)
+                            .is_ok_and(|src| resize_into(resizer, src, target, alg, out).is_ok())
+                    },
+                );
+                if let Some(made) = planned {
+                    let (col, lengths) = made?;
+                    return Ok(MadeImages::Contiguous(col, lengths));
+                }
+                Ok(MadeImages::Each(
+                    (0..images.len())
+                        .into_par_iter()
+                        .map_init(Resizer::new, |resizer, row| {
+                            let src = images.get(row)?;
+                            let (w, h) = target.size(src.width, src.height);
+                            resize_view(resizer, src, w, h, alg)
+                        })
+                        .collect(),
+                ))
             })
             .await??;
+        let results = match made {
+            MadeImages::Contiguous(col, lengths) => {
+                return emit_image_column(&batch, &self.schema, &self.column, &col, &lengths, out);
+            }
+            MadeImages::Each(results) => results,
+        };
         let mut bad = Vec::new();
         let mut images = Vec::with_capacity(results.len());
         for (row, r) in results.into_iter().enumerate() {
