@@ -221,4 +221,51 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn a_batch_crops_into_one_buffer_like_row_by_row() {
+        let imgs = [
+            ImageBuf {
+                pixels: (0..60).collect(),
+                mode: ImageMode::Rgb,
+                height: 4,
+                width: 5,
+            },
+            ImageBuf {
+                pixels: (100..127).collect(),
+                mode: ImageMode::Rgb,
+                height: 3,
+                width: 3,
+            },
+        ];
+        let column = crate::common::decoded_image_array(&imgs).unwrap();
+        let images = DecodedColumn::new(&column, "image").unwrap();
+        let (col, lengths) = images_into_buffer(
+            images.len(),
+            |row| Some((2, 2, images.get(row).ok()?.mode)),
+            || (),
+            |(), row, out| images.get(row).is_ok_and(|src| crop_into(src, 2, 2, out)),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(lengths, vec![12, 12]);
+        let got = DecodedColumn::new(&col, "image").unwrap();
+        for (row, img) in imgs.iter().enumerate() {
+            let want = center_crop_image(img, 2, 2).unwrap();
+            assert_eq!(got.get(row).unwrap().pixels, &want.pixels[..], "row {row}");
+        }
+        // A row smaller than the crop cannot be planned: the caller goes row by row.
+        assert!(
+            images_into_buffer(
+                images.len(),
+                |row| {
+                    let src = images.get(row).ok()?;
+                    (src.width >= 4).then_some((4, 2, src.mode))
+                },
+                || (),
+                |(), row, out| images.get(row).is_ok_and(|src| crop_into(src, 4, 2, out)),
+            )
+            .is_none()
+        );
+    }
 }

@@ -700,6 +700,75 @@ mod tests {
         assert_eq!(apply_orientation(i, 7).pixels, vec![5, 2, 4, 1, 3, 0]);
     }
 
+    fn jpeg(w: u32, h: u32, seed: u8) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x as u8).wrapping_mul(7).wrapping_add(seed),
+                (y as u8).wrapping_mul(3),
+                seed,
+            ])
+        });
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Jpeg)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_group_decodes_into_one_buffer_with_the_same_pixels() {
+        use arrow::array::{ArrayRef, BinaryArray};
+        let files = vec![jpeg(40, 30, 1), jpeg(17, 23, 2), jpeg(64, 8, 3)];
+        let col: ArrayRef = std::sync::Arc::new(BinaryArray::from_iter_values(files.iter()));
+        let predicted: Vec<usize> = files
+            .iter()
+            .map(|f| predicted_size(f, ImageMode::Rgb).unwrap() as usize)
+            .collect();
+        let Decoded::Contiguous { column, lengths } =
+            decode_group(&col, &predicted, ImageMode::Rgb, 1 << 30).unwrap()
+        else {
+            panic!("plain RGB JPEGs should decode into one buffer");
+        };
+        assert_eq!(lengths, predicted);
+        let images = crate::common::DecodedColumn::new(&column, "image").unwrap();
+        for (row, f) in files.iter().enumerate() {
+            let want = decode(f, ImageMode::Rgb, 1 << 30).unwrap();
+            let got = images.get(row).unwrap();
+            assert_eq!((got.width, got.height), (want.width, want.height));
+            assert_eq!(got.pixels, &want.pixels[..], "row {row}");
+        }
+
+        // A corrupt row sends the group row by row: only that row fails.
+        let mut bad = files.clone();
+        let half = bad[1].len() / 2;
+        bad[1].truncate(half);
+        let col: ArrayRef = std::sync::Arc::new(BinaryArray::from_iter_values(bad.iter()));
+        let predicted: Vec<usize> = bad
+            .iter()
+            .map(|f| predicted_size(f, ImageMode::Rgb).unwrap_or(0) as usize)
+            .collect();
+        let Decoded::Each(rows) = decode_group(&col, &predicted, ImageMode::Rgb, 1 << 30).unwrap()
+        else {
+            panic!("a corrupt row must not go into the shared buffer");
+        };
+        assert!(rows[0].is_ok() && rows[2].is_ok());
+        assert!(rows[1].is_err());
+
+        // Grayscale output also goes into one buffer, with L pixels.
+        let col: ArrayRef = std::sync::Arc::new(BinaryArray::from_iter_values(files.iter()));
+        let predicted: Vec<usize> = files
+            .iter()
+            .map(|f| predicted_size(f, ImageMode::L).unwrap() as usize)
+            .collect();
+        let Decoded::Contiguous { column, .. } =
+            decode_group(&col, &predicted, ImageMode::L, 1 << 30).unwrap()
+        else {
+            panic!("grayscale from YCbCr JPEGs should decode into one buffer");
+        };
+        let images = crate::common::DecodedColumn::new(&column, "image").unwrap();
+        let want = decode(&files[2], ImageMode::L, 1 << 30).unwrap();
+        assert_eq!(images.get(2).unwrap().pixels, &want.pixels[..]);
+    }
+
     #[test]
     fn exif_orientation_is_read_in_both_byte_orders() {
         let mut le = b"II*\0\x08\0\0\0\x01\0".to_vec();
