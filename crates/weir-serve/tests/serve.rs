@@ -166,10 +166,9 @@ fn scale_1_3_1_under_continuous_load() {
         wait_until(LONG, "3 ready instances", || {
             members.borrow().ready.len() == 3
         });
-        let a = s.status().answered;
-        wait_until(LONG, "answers from 3 instances", || {
-            s.status().answered >= a + 30
-        });
+        // Least-outstanding routing under continuous load reaches every ready instance (how
+        // soon depends on the batch sizes the caller's controller picks, so wait for it).
+        wait_until(LONG, "answers from 3 instances", || s.served().len() == 3);
         s.scale(1).unwrap();
         wait_until(LONG, "back to 1 instance", || {
             let m = members.borrow();
