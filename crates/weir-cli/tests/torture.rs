@@ -115,6 +115,15 @@ fn outputs(dir: &Path, out: &str) -> (Vec<String>, Vec<String>) {
     (rows, dead)
 }
 
+/// Fails the test with the run's stderr unless it exited successfully.
+fn assert_succeeded(run: &std::process::Output) {
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 /// The reference: the pipeline run straight at parallelism 1, without checkpoints or pacing;
 /// returns its rows and dead letters.
 fn straight_run(d: &Path) -> (Vec<String>, Vec<String>) {
@@ -124,11 +133,7 @@ fn straight_run(d: &Path) -> (Vec<String>, Vec<String>) {
         .args(["-p", "1", "--progress", "off"])
         .output()
         .expect("run");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    assert_succeeded(&st);
     outputs(d, "straight")
 }
 
@@ -431,11 +436,7 @@ fn twenty_kill_9s_of_an_inference_pipeline_change_nothing() {
     let st = run(&infer_spec(d, "straight", false, 1_000_000), &["-p", "1"])
         .output()
         .expect("run");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    assert_succeeded(&st);
     let want = classified(d, "straight");
     assert!(want.0.len() > 100, "photos classified: {}", want.0.len());
     assert!(

@@ -393,6 +393,12 @@ fn read_ahead(reader: &mut dyn FileReader) -> ReadAhead {
     out
 }
 
+/// [`read_ahead`] on an owned reader, for the CPU pool.
+fn read_more(mut reader: Box<dyn FileReader>) -> (Box<dyn FileReader>, ReadAhead) {
+    let ahead = read_ahead(reader.as_mut());
+    (reader, ahead)
+}
+
 /// A running file source: one subtask's share of the files, read one chunk per `next`.
 pub struct FileSource {
     opts: FileSourceOptions,
@@ -608,24 +614,16 @@ impl Source for FileSource {
                 mut ahead,
             } = cur;
             if ahead.is_empty() {
-                let (mut r, a) = match reader {
-                    ReaderSlot::Idle(mut r) => {
-                        ctx.spawn_cpu(move || {
-                            let a = read_ahead(r.as_mut());
-                            (r, a)
-                        })
-                        .await?
-                    }
-                    ReaderSlot::Reading(task) => task.join().await?,
+                let task = match reader {
+                    ReaderSlot::Idle(r) => ctx.start_cpu(|| read_more(r)),
+                    ReaderSlot::Reading(task) => task,
                 };
+                let (r, a) = task.join().await?;
                 ahead = a;
                 // More to read: start on the next chunks now, while these are emitted. Positions
                 // still advance only as chunks are emitted, so a checkpoint never covers them early.
                 reader = if matches!(ahead.back(), Some((Ok(Some(_)), _))) {
-                    ReaderSlot::Reading(ctx.start_cpu(move || {
-                        let a = read_ahead(r.as_mut());
-                        (r, a)
-                    }))
+                    ReaderSlot::Reading(ctx.start_cpu(|| read_more(r)))
                 } else {
                     ReaderSlot::Idle(r)
                 };

@@ -415,6 +415,18 @@ pub(crate) enum MadeImages {
     Each(Vec<Result<ImageBuf>>),
 }
 
+/// Cuts `buf` into consecutive slices of `lengths` (which must add up to at most its length).
+pub(crate) fn row_slices<'a>(buf: &'a mut [u8], lengths: &[usize]) -> Vec<&'a mut [u8]> {
+    let mut slices = Vec::with_capacity(lengths.len());
+    let mut rest = buf;
+    for len in lengths {
+        let (head, tail) = rest.split_at_mut(*len);
+        slices.push(head);
+        rest = tail;
+    }
+    slices
+}
+
 /// Makes one image per row straight into one shared buffer, in parallel. `plan(row)` gives the
 /// row's output (width, height, mode), or `None` when the row cannot be made (the caller then
 /// goes row by row and reports the error); `fill(state, row, out)` writes the row's pixels into
@@ -433,14 +445,7 @@ pub(crate) fn images_into_buffer<S>(
         .map(|(w, h, m)| *w as usize * *h as usize * m.channels())
         .collect();
     let mut buf = vec![0u8; lengths.iter().sum()];
-    let mut slices = Vec::with_capacity(rows);
-    let mut rest = buf.as_mut_slice();
-    for len in &lengths {
-        let (head, tail) = rest.split_at_mut(*len);
-        slices.push(head);
-        rest = tail;
-    }
-    let all = slices
+    let all = row_slices(&mut buf, &lengths)
         .into_par_iter()
         .enumerate()
         .map_init(init, |state, (row, out)| fill(state, row, out))

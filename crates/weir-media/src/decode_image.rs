@@ -15,7 +15,7 @@
 use crate::common::{
     BytesColumn, ImageBuf, check_bytes_field, column_index, decoded_image_array_from_buffer,
     decoded_image_field, emit_image_column, emit_images, parse_size, preview, report_bad_rows,
-    schema_with,
+    row_slices, schema_with,
 };
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -255,14 +255,7 @@ fn decode_group(
     let total: usize = predicted.iter().sum();
     if total > 0 && predicted.iter().all(|p| *p > 0) {
         let mut buf = vec![0u8; total];
-        let mut slices = Vec::with_capacity(predicted.len());
-        let mut rest = buf.as_mut_slice();
-        for p in predicted {
-            let (head, tail) = rest.split_at_mut(*p);
-            slices.push(head);
-            rest = tail;
-        }
-        let dims: Vec<Option<(u32, u32, ImageMode)>> = slices
+        let dims: Vec<Option<(u32, u32, ImageMode)>> = row_slices(&mut buf, predicted)
             .into_par_iter()
             .enumerate()
             .map(|(row, out)| {
