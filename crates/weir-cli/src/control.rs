@@ -1,11 +1,13 @@
 //! The control side of `weir`: `weir run` opens the job's control endpoint when the spec declares
 //! services ([`open`]); `weir scale SERVICE N` and `weir services` find it through the control
-//! file and call it with its token.
+//! file and call it with its token. With `--shared` they talk to shared-service hosts instead,
+//! found through the service registry directory (`weir_serve::host`).
 
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use weir_serve::control::{self, ControlEndpoint, ControlFile};
+use weir_serve::host::HostEntry;
 use weir_types::{Error, Result};
 
 /// Which running job to talk to.
@@ -21,6 +23,13 @@ pub struct JobArgs {
     /// The job's control file (overrides `--job`).
     #[arg(long, value_name = "FILE")]
     control_file: Option<PathBuf>,
+    /// Talk to shared-service hosts (`lifecycle: shared`) instead of a job.
+    #[arg(long, conflicts_with_all = ["job", "control_file"])]
+    shared: bool,
+    /// With `--shared`: the service registry directory. Default: `$WEIR_SERVICES_DIR`, else
+    /// `.weir/services`.
+    #[arg(long, value_name = "DIR", requires = "shared")]
+    services_dir: Option<PathBuf>,
 }
 
 /// `weir scale`.
@@ -43,14 +52,14 @@ fn default_file(job: &str) -> PathBuf {
 /// Starts the control endpoint when the plan registered services, and writes its control file.
 pub fn open(
     plan: &weir_plan::Plan,
-    port: u16,
+    bind: std::net::SocketAddr,
     file: Option<&Path>,
 ) -> Result<Option<ControlEndpoint>> {
     if weir_serve::registered_services().is_empty() {
         return Ok(None);
     }
     let job = &plan.graph.config.name;
-    let mut ep = ControlEndpoint::start(port)?;
+    let mut ep = ControlEndpoint::start_on(bind, None)?;
     let path = file.map_or_else(|| default_file(job), Path::to_path_buf);
     ep.write_file(&path, job)?;
     tracing::info!(
@@ -60,6 +69,32 @@ pub fn open(
         path.display()
     );
     Ok(Some(ep))
+}
+
+/// The live shared-service hosts, as control files (one per host).
+fn shared_hosts(args: &JobArgs, service: Option<&str>) -> Result<Vec<ControlFile>> {
+    let dir = args
+        .services_dir
+        .clone()
+        .unwrap_or_else(weir_serve::host::registry_dir);
+    let hosts: Vec<ControlFile> = HostEntry::list(&dir)
+        .into_iter()
+        .filter(|e| e.alive() && service.is_none_or(|s| s == e.service))
+        .map(|e| ControlFile {
+            addr: e.control_addr,
+            token: e.token,
+            pid: e.pid,
+            job: e.service,
+        })
+        .collect();
+    if hosts.is_empty() {
+        return Err(Error::config(format!(
+            "no running shared-service host{} in {}",
+            service.map(|s| format!(" for '{s}'")).unwrap_or_default(),
+            dir.display()
+        )));
+    }
+    Ok(hosts)
 }
 
 fn find(args: &JobArgs) -> Result<ControlFile> {
@@ -93,7 +128,11 @@ fn find(args: &JobArgs) -> Result<ControlFile> {
 
 /// `weir scale SERVICE N`.
 pub fn scale(args: ScaleArgs) -> Result<ExitCode> {
-    let f = find(&args.job)?;
+    let f = if args.job.shared {
+        shared_hosts(&args.job, Some(&args.service))?.remove(0)
+    } else {
+        find(&args.job)?
+    };
     let said = control::scale(&f.addr, &f.token, &args.service, args.instances)?;
     println!("{said}");
     Ok(ExitCode::SUCCESS)
@@ -101,8 +140,17 @@ pub fn scale(args: ScaleArgs) -> Result<ExitCode> {
 
 /// `weir services`: one line per service, then the process ids of out-of-process instances.
 pub fn services(args: JobArgs) -> Result<ExitCode> {
-    let f = find(&args)?;
-    for reply in control::status(&f.addr, &f.token)? {
+    let replies = if args.shared {
+        let mut all = Vec::new();
+        for f in shared_hosts(&args, None)? {
+            all.extend(control::status(&f.addr, &f.token)?);
+        }
+        all
+    } else {
+        let f = find(&args)?;
+        control::status(&f.addr, &f.token)?
+    };
+    for reply in replies {
         if args.json {
             let line = serde_json::to_string(&reply)
                 .map_err(|e| Error::internal("cannot encode a service status").with_source(e))?;

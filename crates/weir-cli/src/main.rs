@@ -2,11 +2,14 @@
 //!
 //! `weir run FILE` plans and runs a pipeline with live progress and an end-of-run summary;
 //! `weir validate FILE` plans it and prints the graph without running anything;
-//! `weir scale SERVICE N` and `weir services` talk to a running job's control endpoint.
+//! `weir scale SERVICE N` and `weir services` talk to a running job's control endpoint;
+//! `weir serve-model` is one out-of-process instance; `weir serve-service` hosts a shared service
+//! for several jobs and `weir stop-service` stops one.
 
 mod alloc;
 mod checkpoints;
 mod control;
+mod host;
 mod progress;
 mod summary;
 mod why;
@@ -46,8 +49,15 @@ enum Command {
     /// Set the number of instances of a running job's inference service (within its
     /// `instances.min`..`max`), through the job's control endpoint.
     Scale(control::ScaleArgs),
-    /// Show the status of a running job's inference services (instances, queue, why slow).
+    /// Show the status of a running job's inference services (instances, queue, why slow), or
+    /// with `--shared` of every running shared-service host.
     Services(control::JobArgs),
+    /// Host a shared inference service (`lifecycle: shared`) for any number of jobs: its
+    /// instances, routing and scaling in this process, announced in the service registry
+    /// directory. Jobs start one on their own when none runs; start it by hand to place it.
+    ServeService(host::ServeServiceArgs),
+    /// Stop a shared service's host (it drains the calls in flight, then exits).
+    StopService(host::StopServiceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -142,10 +152,14 @@ struct RunArgs {
     /// where it left off; output staged but not yet published is published).
     #[arg(long)]
     resume: bool,
-    /// Port of the control endpoint on 127.0.0.1 (`weir scale`, `weir services`), opened when the
-    /// spec declares services; 0 takes any free port.
+    /// Port of the control endpoint (`weir scale`, `weir services`), opened when the spec
+    /// declares services; 0 takes any free port.
     #[arg(long, default_value_t = 0)]
     control_port: u16,
+    /// Address the control endpoint binds to. Default loopback only; another address makes it
+    /// reachable from the network, protected by its token (no TLS), and is logged as a warning.
+    #[arg(long, default_value = "127.0.0.1")]
+    control_host: std::net::IpAddr,
     /// Where to write the control endpoint's address and token (mode 0600; removed when the job
     /// ends). Default: `.weir/control/JOB.json` in the working directory.
     #[arg(long, value_name = "FILE")]
@@ -163,6 +177,8 @@ fn main() -> ExitCode {
         Command::ServeModel(args) => serve_model(args),
         Command::Scale(args) => control::scale(args),
         Command::Services(args) => control::services(args),
+        Command::ServeService(args) => host::serve(args),
+        Command::StopService(args) => host::stop(args),
     };
     match result {
         Ok(code) => code,
@@ -240,7 +256,11 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         };
         restore = checkpoints::newest_complete(&runtime, store)?;
     }
-    let _control = control::open(&plan, args.control_port, args.control_file.as_deref())?;
+    let _control = control::open(
+        &plan,
+        std::net::SocketAddr::new(args.control_host, args.control_port),
+        args.control_file.as_deref(),
+    )?;
     tracing::info!(
         "running {} on {threads} thread(s)",
         args.spec.file.display()

