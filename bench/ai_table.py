@@ -16,6 +16,7 @@ from collections import defaultdict
 LABELS = {
     "weir": "weir",
     "loop": "hand-written Rust loop",
+    "loop-nospin": "Rust loop, spinning off",
     "python": "plain Python loop",
     "daft": "Daft 0.7.26",
     "ray": "Ray Data 2.60.0",

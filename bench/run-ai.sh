@@ -15,7 +15,8 @@
 # Environment:
 #   RUNS=3            rounds (each round runs every variant once, in the order below)
 #   IMAGES=3000       generated JPEGs          SENTENCES=20000  generated sentences
-#   VARIANTS="weir loop python daft ray"       which variants, in run order
+#   VARIANTS="weir loop python daft ray"       which variants, in run order (also: loop-nospin,
+#                                              the Rust loop with ONNX Runtime's spinning off)
 #   BATCH=32          batch size of every variant (weir: batch.max_size)
 #   THREADS=2         ONNX Runtime intra-op threads of every variant (weir: cpus)
 #   LOAD_MAX=1.0      wait until the 1-minute load average is below this before each run
@@ -97,18 +98,20 @@ command_of() {
     case $1/$2 in
     images/weir) echo "$WEIR run bench/images/weir.yaml --set steps.images.url=$IMG_DIR --set steps.results.path=$o --set steps.nsfw.cpus=$THREADS --set steps.nsfw.batch.max_size=$BATCH --metrics-json $o.metrics.json" ;;
     images/loop) echo "$BIN/images-loop --dir $IMG_DIR --batch-size $BATCH --threads $THREADS --out $o.parquet" ;;
+    images/loop-nospin) echo "$BIN/images-loop --dir $IMG_DIR --batch-size $BATCH --threads $THREADS --no-spin --out $o.parquet" ;;
     images/python) echo ".venv-bench-py/bin/python bench/python/images_loop.py $IMG_DIR $o.parquet" ;;
     images/daft) echo ".venv-bench-daft/bin/python bench/daft/images.py $IMG_DIR $o" ;;
     images/ray) echo ".venv-bench-ray/bin/python bench/ray/images.py $IMG_DIR $o" ;;
     text/weir) echo "$WEIR run bench/text/weir.yaml --set steps.sentences.path=$TXT --set steps.results.path=$o --set steps.minilm.cpus=$THREADS --set steps.minilm.batch.max_size=$BATCH --metrics-json $o.metrics.json" ;;
     text/loop) echo "$BIN/text-loop --input $TXT --batch-size $BATCH --threads $THREADS --out $o.parquet" ;;
+    text/loop-nospin) echo "$BIN/text-loop --input $TXT --batch-size $BATCH --threads $THREADS --no-spin --out $o.parquet" ;;
     text/python) echo ".venv-bench-py/bin/python bench/python/text_loop.py $TXT $o.parquet" ;;
     text/daft) echo ".venv-bench-daft/bin/python bench/daft/text.py $JSONL $o" ;;
     text/ray) echo ".venv-bench-ray/bin/python bench/ray/text.py $JSONL $o" ;;
     esac
 }
 output_of() {
-    case $2 in loop | python) echo "$RES/$1-$2.parquet" ;; *) echo "$RES/$1-$2" ;; esac
+    case $2 in loop | loop-nospin | python) echo "$RES/$1-$2.parquet" ;; *) echo "$RES/$1-$2" ;; esac
 }
 
 load1() { cut -d' ' -f1 /proc/loadavg; }

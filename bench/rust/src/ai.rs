@@ -46,12 +46,19 @@ pub fn ort_environment() -> Result<Environment> {
 
 /// A session on `model` with `threads` intra-op threads and every other option at its default
 /// (what weir's `infer` does with `cpus: threads`).
-pub fn open_session(env: &Environment, model: &Path, threads: usize) -> Result<Session> {
+pub fn open_session(
+    env: &Environment,
+    model: &Path,
+    threads: usize,
+    spin: bool,
+) -> Result<Session> {
     let err = |what: &str, e: &dyn std::fmt::Display| anyhow!("{what} ({}): {e}", model.display());
     Session::builder(env)
         .map_err(|e| err("session builder", &e))?
         .with_intra_threads(threads.max(1))
         .map_err(|e| err("intra-op threads", &e))?
+        .with_intra_op_spinning(spin)
+        .map_err(|e| err("intra-op spinning", &e))?
         .commit_from_file(model)
         .map_err(|e| err("loading the model", &e))
 }

@@ -92,6 +92,9 @@ pub struct BackendOptions {
     pub cpus: usize,
     /// GPUs to use (0: CPU only).
     pub gpus: usize,
+    /// Whether the intra-op threads spin while waiting for work (ONNX Runtime's default); off,
+    /// they sleep and leave the cores to the other steps.
+    pub spin: bool,
 }
 
 /// A model loaded for one inference instance.
@@ -151,6 +154,7 @@ pub(crate) fn open_session(
     path: &Path,
     cpus: usize,
     gpus: usize,
+    spin: bool,
     usage: SessionUse,
 ) -> Result<ort::session::Session> {
     let name = model_name(path);
@@ -169,6 +173,9 @@ pub(crate) fn open_session(
     builder = builder
         .with_intra_threads(cpus.max(1))
         .map_err(|e| fail("set intra-op threads", &e))?;
+    builder = builder
+        .with_intra_op_spinning(spin)
+        .map_err(|e| fail("set intra-op spinning", &e))?;
     if usage == SessionUse::Metadata {
         builder = builder
             .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Disable)
@@ -207,7 +214,13 @@ pub(crate) fn open_session(
 impl OrtBackend {
     /// Loads the model at `path` (one session). Blocks for the duration of the load.
     pub fn load(path: &Path, options: &BackendOptions) -> Result<Self> {
-        let session = open_session(path, options.cpus, options.gpus, SessionUse::Run)?;
+        let session = open_session(
+            path,
+            options.cpus,
+            options.gpus,
+            options.spin,
+            SessionUse::Run,
+        )?;
         let info = ModelInfo::from_session(path, &session)?;
         Ok(OrtBackend {
             session,

@@ -210,7 +210,7 @@ impl ModelInfo {
             return Ok(info);
         }
         let session =
-            crate::backend::open_session(path, 1, 0, crate::backend::SessionUse::Metadata)?;
+            crate::backend::open_session(path, 1, 0, false, crate::backend::SessionUse::Metadata)?;
         let info = Self::from_session(path, &session)?;
         if let (Some(k), Ok(mut c)) = (key, CACHE.lock()) {
             c.insert(k, info.clone());

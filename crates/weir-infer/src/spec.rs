@@ -119,6 +119,11 @@ pub struct InferSpec {
     /// Model instances (each an OS thread with its own session). Default 1.
     #[serde(default = "default_one")]
     pub instances: usize,
+    /// Whether ONNX Runtime's intra-op threads spin while they wait for work. Spinning lowers
+    /// the latency of tiny models a little, but burns the cores that decoding and preprocessing
+    /// share with the model, so it is off by default.
+    #[serde(default)]
+    pub spin: bool,
     /// GPUs per instance (CUDA execution provider); 0 runs on CPU. Default 0.
     #[serde(default)]
     pub gpus: usize,
@@ -175,6 +180,7 @@ impl InferSpec {
             outputs: BTreeMap::new(),
             cpus: 1,
             instances: 1,
+            spin: false,
             gpus: 0,
             batch: BatchSpec::default(),
             max_in_flight: 2,
@@ -257,6 +263,7 @@ impl InferSpec {
                 &self.model,
                 1,
                 self.gpus,
+                false,
                 crate::backend::SessionUse::Metadata,
             )?;
         }
@@ -437,6 +444,7 @@ impl InferSpec {
             BackendOptions {
                 cpus: self.cpus,
                 gpus: self.gpus,
+                spin: self.spin,
             },
         );
         Ok(Box::new(crate::operator::InferOperator::new(

@@ -455,6 +455,7 @@ impl VadOperator {
         let opts = BackendOptions {
             cpus: self.spec.cpus,
             gpus: 0,
+            spin: false,
         };
         let b = ctx
             .spawn_cpu(move || OrtBackend::load(&path, &opts))

@@ -242,7 +242,14 @@ fn graph(committed: &Committed, run: u64, log: &Path, probe: &Probe) -> JobGraph
     let inf = g.add_operator("infer", 1, move |_| {
         let (calls, rows, path) = (p.calls.clone(), p.rows.clone(), model.clone());
         let factory: BackendFactory = Arc::new(move |_| {
-            let inner = OrtBackend::load(&path, &BackendOptions { cpus: 1, gpus: 0 })?;
+            let inner = OrtBackend::load(
+                &path,
+                &BackendOptions {
+                    cpus: 1,
+                    gpus: 0,
+                    spin: false,
+                },
+            )?;
             Ok(Box::new(SlowBackend {
                 inner,
                 delay: Duration::from_millis(40),

@@ -100,6 +100,7 @@ fn nsfw_scores(
                 weir_infer::BackendOptions {
                     cpus: spec.cpus,
                     gpus: 0,
+                    spin: false,
                 },
             ),
         )

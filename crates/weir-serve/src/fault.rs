@@ -28,6 +28,8 @@ pub struct Faults {
     pub poison: Mutex<Option<f32>>,
     /// Runs done (any outcome).
     pub runs: AtomicUsize,
+    /// Rows of every run, in order (to see how requests were batched).
+    pub batch_rows: Mutex<Vec<usize>>,
 }
 
 fn take(counter: &AtomicUsize) -> bool {
@@ -96,6 +98,9 @@ impl Backend for FaultyBackend {
     fn run(&mut self, inputs: Tensors) -> Result<Tensors> {
         let f = &self.faults;
         f.runs.fetch_add(1, Ordering::SeqCst);
+        if let (Ok(mut seen), Some((_, t))) = (f.batch_rows.lock(), inputs.first()) {
+            seen.push(t.shape.first().copied().unwrap_or(0));
+        }
         if f.poisoned(&inputs) {
             panic!("fault injection: poison row");
         }

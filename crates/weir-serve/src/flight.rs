@@ -295,6 +295,7 @@ pub async fn serve_model(opts: ServeModelOptions) -> Result<()> {
     let backend_opts = BackendOptions {
         cpus: opts.cpus,
         gpus: opts.gpus,
+        spin: false,
     };
     let (jobs, rx) = mpsc::channel::<Job>();
     let (loaded_tx, loaded_rx) = oneshot::channel::<Result<()>>();

@@ -16,12 +16,84 @@ use weir_infer::model::format_shape;
 use weir_infer::{Backend, HostTensor, ModelInfo, Tensors};
 use weir_types::{Error, Result};
 
-/// A request as an instance receives it.
+/// One request of a [`Work`].
 #[derive(Debug)]
-pub(crate) struct Work {
+pub(crate) struct Part {
     pub(crate) id: u64,
     pub(crate) rows: usize,
     pub(crate) inputs: Arc<Tensors>,
+}
+
+/// What an instance runs as one model batch: one request, or several merged (their inputs
+/// concatenated along the batch dimension, the outputs split back by rows).
+#[derive(Debug)]
+pub(crate) struct Work {
+    pub(crate) parts: Vec<Part>,
+}
+
+impl Work {
+    pub(crate) fn rows(&self) -> usize {
+        self.parts.iter().map(|p| p.rows).sum()
+    }
+
+    /// The model's inputs: the one request's, or the requests' concatenated.
+    fn inputs(&self) -> Result<Tensors> {
+        match self.parts.as_slice() {
+            [one] => Ok(one.inputs.as_ref().clone()),
+            parts => concat(parts),
+        }
+    }
+}
+
+/// Whether `b` can join a batch with `a`: the same inputs, element types and row shapes.
+pub(crate) fn mergeable(a: &Tensors, b: &Tensors) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((na, ta), (nb, tb))| {
+            na == nb
+                && ta.data.data_type() == tb.data.data_type()
+                && ta.shape.get(1..) == tb.shape.get(1..)
+        })
+}
+
+fn concat(parts: &[Part]) -> Result<Tensors> {
+    let Some(first) = parts.first() else {
+        return Ok(Vec::new());
+    };
+    let rows: usize = parts.iter().map(|p| p.rows).sum();
+    let mut out = Vec::with_capacity(first.inputs.len());
+    for (i, (name, t)) in first.inputs.iter().enumerate() {
+        let arrays: Vec<&dyn arrow::array::Array> = parts
+            .iter()
+            .filter_map(|p| p.inputs.get(i).map(|(_, t)| t.data.as_ref()))
+            .collect();
+        let data = arrow::compute::concat(&arrays)?;
+        let mut shape = t.shape.clone();
+        if let Some(d) = shape.first_mut() {
+            *d = rows;
+        }
+        out.push((name.clone(), HostTensor::try_new(shape, data)?));
+    }
+    Ok(out)
+}
+
+/// Splits the outputs of a merged batch into `rows[i]`-row pieces, in order.
+pub(crate) fn split(out: &Tensors, rows: &[usize]) -> Result<Vec<Tensors>> {
+    let mut pieces: Vec<Tensors> = vec![Vec::with_capacity(out.len()); rows.len()];
+    for (name, t) in out {
+        let total = t.shape.first().copied().unwrap_or(0);
+        let per_row = if total == 0 { 0 } else { t.data.len() / total };
+        let mut at = 0;
+        for (piece, &n) in pieces.iter_mut().zip(rows) {
+            let mut shape = t.shape.clone();
+            if let Some(d) = shape.first_mut() {
+                *d = n;
+            }
+            let data = t.data.slice(at * per_row, n * per_row);
+            at += n;
+            piece.push((name.clone(), HostTensor::try_new(shape, data)?));
+        }
+    }
+    Ok(pieces)
 }
 
 /// Reports the instance dead if its thread ends any other way than through [`run`]'s returns.
@@ -85,12 +157,13 @@ pub(crate) fn run(shared: Arc<Shared>, id: u64, jobs: mpsc::Receiver<Work>) {
         return;
     }
     while let Ok(work) = jobs.recv() {
-        if !shared.take_work(id, work.id, work.rows) {
+        if !shared.take_work(id, &work) {
             continue;
         }
+        let rows = work.rows();
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            backend.run(work.inputs.as_ref().clone())
+            work.inputs().and_then(|inputs| backend.run(inputs))
         }));
         let run = started.elapsed();
         match result {
@@ -109,10 +182,9 @@ pub(crate) fn run(shared: Arc<Shared>, id: u64, jobs: mpsc::Receiver<Work>) {
                 return;
             }
             Ok(result) => {
-                let result = result.and_then(|out| {
-                    check_outputs(&shared.spec.name, backend.info(), work.rows, out)
-                });
-                shared.on_complete(id, work.id, work.rows, result, run);
+                let result = result
+                    .and_then(|out| check_outputs(&shared.spec.name, backend.info(), rows, out));
+                shared.on_complete(id, &work, result, run);
             }
         }
     }

@@ -9,7 +9,7 @@
 //! none answered twice" hold through scaling and deaths.
 
 use crate::autoscale::{self, Observation};
-use crate::instance::{self, Work};
+use crate::instance::{self, Part, Work};
 use crate::spec::{Lifecycle, Placement, ServiceSpec};
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -52,8 +52,8 @@ struct Inst {
     outstanding: BTreeSet<u64>,
     /// Rows of those requests: the work the router balances.
     work: usize,
-    /// The request it is running and since when.
-    running: Option<(u64, Instant)>,
+    /// The requests it is running (one batch) and since when.
+    running: Option<(Vec<u64>, Instant)>,
 }
 
 /// A request not answered yet.
@@ -66,6 +66,9 @@ struct Pending {
     on: Option<u64>,
     /// Instances that died while running it.
     deaths: u32,
+    /// Never merged with other requests again: it was in a merged batch that failed or killed
+    /// its instance, so it runs alone to find out whether it is the cause.
+    alone: bool,
 }
 
 /// Everything that changes, behind one mutex.
@@ -118,7 +121,11 @@ impl State {
         let running: Duration = self
             .instances
             .values()
-            .filter_map(|i| i.running.map(|(_, t)| now.saturating_duration_since(t)))
+            .filter_map(|i| {
+                i.running
+                    .as_ref()
+                    .map(|(_, t)| now.saturating_duration_since(*t))
+            })
             .sum();
         let busy = (self.busy + running).as_secs_f64();
         (busy / (elapsed.as_secs_f64() * ready as f64)).min(1.0)
@@ -267,46 +274,77 @@ impl Shared {
                 break;
             };
             st.queue.pop_front();
-            let Some(p) = st.requests.get_mut(&req) else {
+            let Some(p) = st.requests.get(&req) else {
                 continue;
             };
-            let work = Work {
+            let mut parts = vec![Part {
                 id: req,
                 rows: p.rows,
                 inputs: p.inputs.clone(),
-            };
-            let rows = p.rows;
+            }];
+            let mut rows = p.rows;
+            if self.spec.batch.merge && !p.alone {
+                // Requests waiting behind it join its batch while they fit.
+                while let Some(&next) = st.queue.front() {
+                    let Some(q) = st.requests.get(&next) else {
+                        st.queue.pop_front();
+                        continue;
+                    };
+                    if q.alone
+                        || rows + q.rows > self.spec.batch.max_size
+                        || !instance::mergeable(&p.inputs, &q.inputs)
+                    {
+                        break;
+                    }
+                    st.queue.pop_front();
+                    rows += q.rows;
+                    parts.push(Part {
+                        id: next,
+                        rows: q.rows,
+                        inputs: q.inputs.clone(),
+                    });
+                }
+            }
+            let ids: Vec<u64> = parts.iter().map(|p| p.id).collect();
             let Some(inst) = st.instances.get_mut(&inst_id) else {
                 continue;
             };
-            if inst.jobs.send(work).is_err() {
-                // Its thread is gone: put the request back and bury the instance.
-                st.queue.push_front(req);
+            if inst.jobs.send(Work { parts }).is_err() {
+                // Its thread is gone: put the requests back and bury the instance.
+                for r in ids.iter().rev() {
+                    st.queue.push_front(*r);
+                }
                 self.bury(st, inst_id, format!("instance {inst_id}'s thread ended"));
                 continue;
             }
-            inst.outstanding.insert(req);
+            inst.outstanding.extend(ids.iter().copied());
             inst.work += rows;
-            p.on = Some(inst_id);
+            for r in &ids {
+                if let Some(p) = st.requests.get_mut(r) {
+                    p.on = Some(inst_id);
+                }
+            }
         }
     }
 
-    /// Removes a dead instance: the request it was running counts a death (and fails once it has
-    /// killed `max_deaths` instances); its other requests go back to the front of the queue.
+    /// Removes a dead instance: each request it was running counts a death (and fails once it
+    /// has killed `max_deaths` instances) and runs alone from now on; its other requests go back
+    /// to the front of the queue.
     fn bury(self: &Arc<Self>, st: &mut State, id: u64, reason: String) {
         let Some(inst) = st.instances.remove(&id) else {
             return;
         };
         st.deaths += 1;
         tracing::warn!(service = self.name(), instance = id, reason = %reason, "instance died; re-dispatching its requests");
-        let culprit = inst.running.map(|(r, _)| r);
+        let culprits = inst.running.map(|(r, _)| r).unwrap_or_default();
         for req in inst.outstanding.iter().rev() {
             let Some(p) = st.requests.get_mut(req) else {
                 continue;
             };
             p.on = None;
-            if Some(*req) == culprit {
+            if culprits.contains(req) {
                 p.deaths += 1;
+                p.alone = true;
                 if p.deaths >= self.spec.max_deaths {
                     let n = p.deaths;
                     self.fail(
@@ -383,20 +421,26 @@ impl Shared {
         self.publish(&st);
     }
 
-    /// The instance takes request `req` from its channel; false when the request is no longer
-    /// its (cancelled), then it skips it.
-    pub(crate) fn take_work(self: &Arc<Self>, id: u64, req: u64, rows: usize) -> bool {
+    /// The instance takes `work` from its channel; false when none of its requests is still the
+    /// instance's (all cancelled), then it skips it. A batch with some requests cancelled runs
+    /// whole; their answers are dropped.
+    pub(crate) fn take_work(self: &Arc<Self>, id: u64, work: &Work) -> bool {
         let mut st = self.lock();
-        let mine = st.requests.get(&req).is_some_and(|p| p.on == Some(id));
+        let mine = work
+            .parts
+            .iter()
+            .any(|w| st.requests.get(&w.id).is_some_and(|p| p.on == Some(id)));
         let Some(inst) = st.instances.get_mut(&id) else {
             return false;
         };
         if mine {
-            inst.running = Some((req, Instant::now()));
+            inst.running = Some((work.parts.iter().map(|w| w.id).collect(), Instant::now()));
             return true;
         }
-        inst.outstanding.remove(&req);
-        inst.work = inst.work.saturating_sub(rows);
+        for w in &work.parts {
+            inst.outstanding.remove(&w.id);
+        }
+        inst.work = inst.work.saturating_sub(work.rows());
         if inst.phase == Phase::Draining && inst.outstanding.is_empty() {
             st.instances.remove(&id);
         }
@@ -405,11 +449,12 @@ impl Shared {
         false
     }
 
+    /// The instance ran `work`: each request still its own gets its rows of the answer. A merged
+    /// batch that failed is not failed: its requests go back to the queue to run alone.
     pub(crate) fn on_complete(
         self: &Arc<Self>,
         id: u64,
-        req: u64,
-        rows: usize,
+        work: &Work,
         result: Result<Tensors>,
         run: Duration,
     ) {
@@ -420,8 +465,10 @@ impl Shared {
             return;
         };
         inst.running = None;
-        inst.outstanding.remove(&req);
-        inst.work = inst.work.saturating_sub(rows);
+        for w in &work.parts {
+            inst.outstanding.remove(&w.id);
+        }
+        inst.work = inst.work.saturating_sub(work.rows());
         if inst.phase == Phase::Draining && inst.outstanding.is_empty() {
             st.instances.remove(&id);
             tracing::info!(
@@ -430,17 +477,66 @@ impl Shared {
                 "instance drained and stopped"
             );
         }
-        if st.requests.get(&req).is_some_and(|p| p.on == Some(id))
-            && let Some(p) = st.requests.remove(&req)
-        {
-            if result.is_ok() {
-                st.answered += 1;
-                *st.served.entry(id).or_default() += 1;
+        let mine: Vec<usize> = (0..work.parts.len())
+            .filter(|&i| {
+                st.requests
+                    .get(&work.parts[i].id)
+                    .is_some_and(|p| p.on == Some(id))
+            })
+            .collect();
+        match result {
+            Ok(out) if work.parts.len() == 1 => {
+                if !mine.is_empty() {
+                    self.answer(&mut st, id, work.parts[0].id, Ok(out));
+                }
             }
-            let _ = p.reply.send(result);
+            Ok(out) => {
+                let rows: Vec<usize> = work.parts.iter().map(|w| w.rows).collect();
+                match instance::split(&out, &rows) {
+                    Ok(pieces) => {
+                        for (i, piece) in pieces.into_iter().enumerate() {
+                            if mine.contains(&i) {
+                                self.answer(&mut st, id, work.parts[i].id, Ok(piece));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        for &i in &mine {
+                            let err = Error::new(e.kind(), e.report());
+                            self.answer(&mut st, id, work.parts[i].id, Err(err));
+                        }
+                    }
+                }
+            }
+            Err(e) if work.parts.len() == 1 => {
+                if !mine.is_empty() {
+                    self.answer(&mut st, id, work.parts[0].id, Err(e));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(service = self.name(), instance = id, requests = work.parts.len(), error = %e.report(), "a merged batch failed; running its requests one by one");
+                for &i in mine.iter().rev() {
+                    let req = work.parts[i].id;
+                    if let Some(p) = st.requests.get_mut(&req) {
+                        p.on = None;
+                        p.alone = true;
+                        st.queue.push_front(req);
+                    }
+                }
+            }
         }
         self.dispatch(&mut st);
         self.publish(&st);
+    }
+
+    fn answer(&self, st: &mut State, instance: u64, req: u64, result: Result<Tensors>) {
+        if let Some(p) = st.requests.remove(&req) {
+            if result.is_ok() {
+                st.answered += 1;
+                *st.served.entry(instance).or_default() += 1;
+            }
+            let _ = p.reply.send(result);
+        }
     }
 
     pub(crate) fn on_death(self: &Arc<Self>, id: u64, reason: String) {
@@ -481,6 +577,7 @@ impl Shared {
                 reply: tx,
                 on: None,
                 deaths: 0,
+                alone: false,
             },
         );
         st.queue.push_back(id);
@@ -502,7 +599,8 @@ impl Shared {
         let hung = match (timeout, st.instances.get(&on)) {
             (Some(t), Some(inst)) => inst
                 .running
-                .is_some_and(|(r, since)| r == req && since.elapsed() >= t / 2),
+                .as_ref()
+                .is_some_and(|(r, since)| r.contains(&req) && since.elapsed() >= t / 2),
             _ => false,
         };
         if hung {
@@ -662,6 +760,8 @@ impl Service {
             BackendOptions {
                 cpus: spec.resources.cpus,
                 gpus: spec.resources.gpus,
+                // Instances in the job's process share its cores with the other steps.
+                spin: false,
             },
         );
         Self::with_backend(spec, factory)

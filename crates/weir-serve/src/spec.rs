@@ -114,14 +114,26 @@ pub struct ServiceBatchSpec {
     /// batches at this. Default 32.
     #[serde(default = "default_max_size")]
     pub max_size: usize,
+    /// Merge requests that wait in the queue (from any callers) into one model batch of at most
+    /// `max_size` rows when an instance frees up; each caller gets its own rows back. Requests
+    /// only wait when every instance is busy, so merging adds no latency. A merged batch that
+    /// fails or kills its instance is retried request by request, so one bad request fails
+    /// alone. Default true.
+    #[serde(default = "yes")]
+    pub merge: bool,
 }
 
 impl Default for ServiceBatchSpec {
     fn default() -> Self {
         ServiceBatchSpec {
             max_size: default_max_size(),
+            merge: true,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The autoscaler: every `interval` it compares queue depth and utilisation with its thresholds
@@ -343,7 +355,7 @@ impl ServiceSpec {
     /// One line for plans, logs and the registry's definition check.
     pub fn describe(&self) -> String {
         format!(
-            "service {} model={} backend={:?} placement={:?} command={:?} grace={:?} instances={}..{} (initial {}) cpus={} gpus={} memory={} batch<={} lifecycle={:?} autoscale={} window={} max_deaths={} idle_timeout={:?}",
+            "service {} model={} backend={:?} placement={:?} command={:?} grace={:?} instances={}..{} (initial {}) cpus={} gpus={} memory={} batch<={} merge={} lifecycle={:?} autoscale={} window={} max_deaths={} idle_timeout={:?}",
             self.name,
             self.model.display(),
             self.backend,
@@ -357,6 +369,7 @@ impl ServiceSpec {
             self.resources.gpus,
             self.resources.memory.as_deref().unwrap_or("-"),
             self.batch.max_size,
+            self.batch.merge,
             self.lifecycle,
             match &self.autoscale {
                 Some(a) => format!("{a:?}"),

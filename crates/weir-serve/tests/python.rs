@@ -78,7 +78,15 @@ fn a_python_instance_answers_like_the_in_process_model_and_survives_kill_9() {
     };
 
     // Same answers as ONNX Runtime in this process.
-    let mut local = OrtBackend::load(&model, &BackendOptions { cpus: 1, gpus: 0 }).unwrap();
+    let mut local = OrtBackend::load(
+        &model,
+        &BackendOptions {
+            cpus: 1,
+            gpus: 0,
+            spin: false,
+        },
+    )
+    .unwrap();
     let want = local.run(request(0, 5)).unwrap();
     let got = rt.block_on(svc.call(request(0, 5), &opts)).unwrap();
     assert_eq!(got.len(), want.len());

@@ -34,7 +34,14 @@ fn spec(name: &str, initial: usize, max: usize) -> ServiceSpec {
 
 fn faulty(spec: ServiceSpec) -> (Arc<Service>, Arc<Faults>) {
     let faults = Faults::new();
-    let inner = OrtBackend::factory(&spec.model, BackendOptions { cpus: 1, gpus: 0 });
+    let inner = OrtBackend::factory(
+        &spec.model,
+        BackendOptions {
+            cpus: 1,
+            gpus: 0,
+            spin: false,
+        },
+    );
     let svc = Service::with_backend(spec, FaultyBackend::factory(inner, faults.clone())).unwrap();
     (Arc::new(svc), faults)
 }
@@ -77,8 +84,15 @@ fn instances_are_routable_only_after_load_and_warm_up_and_answer_like_the_model(
     let calls: Vec<_> = (0..8).map(|i| svc.call(request(i * 2, 2), &opts)).collect();
     let answers = rt.block_on(futures::future::join_all(calls));
 
-    let mut direct =
-        OrtBackend::load(&orientation(), &BackendOptions { cpus: 1, gpus: 0 }).unwrap();
+    let mut direct = OrtBackend::load(
+        &orientation(),
+        &BackendOptions {
+            cpus: 1,
+            gpus: 0,
+            spin: false,
+        },
+    )
+    .unwrap();
     for (i, a) in answers.into_iter().enumerate() {
         let a = a.unwrap();
         let want = direct.run(request(i as u64 * 2, 2)).unwrap();
@@ -408,4 +422,77 @@ fn the_autoscaler_scales_out_on_queue_depth_and_back_in_when_idle() {
     });
     svc.detach();
     watcher.abort();
+}
+
+/// Requests that wait in the queue while the instance is busy, from several callers, are run as
+/// one model batch (up to `batch.max_size` rows) and each caller gets exactly its own rows back;
+/// a merged batch holding a poison row is retried request by request, so only the poisoned
+/// request fails and the others are answered.
+#[test]
+fn queued_requests_from_several_callers_merge_into_one_batch_and_a_poison_fails_alone() {
+    let mut s = spec("merge", 1, 1);
+    s.batch.max_size = 8;
+    s.max_deaths = 2;
+    let (svc, faults) = faulty(s);
+    svc.attach().unwrap();
+    wait_ready(&svc, 1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opts = CallOptions {
+        timeout: Duration::from_secs(60),
+        retries: 0,
+        backoff: Duration::from_millis(10),
+    };
+    let mut direct = OrtBackend::load(
+        &orientation(),
+        &BackendOptions {
+            cpus: 1,
+            gpus: 0,
+            spin: false,
+        },
+    )
+    .unwrap();
+
+    // The first request hangs a little, so the next ones (one row each) queue behind it.
+    faults.hang_for(Duration::from_millis(600));
+    faults.hang_next.store(1, Ordering::SeqCst);
+    faults.batch_rows.lock().unwrap().clear();
+    let calls: Vec<_> = (0..6).map(|i| svc.call(request(i, 1), &opts)).collect();
+    let answers = rt.block_on(futures::future::join_all(calls));
+    for (i, a) in answers.into_iter().enumerate() {
+        let a = a.unwrap();
+        assert_eq!(a[0].1.shape, vec![1, 4], "request {i} got its own row only");
+        let want = direct.run(request(i as u64, 1)).unwrap();
+        assert_eq!(first_output(&a), first_output(&want), "request {i}");
+    }
+    let seen = faults.batch_rows.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|&n| n >= 3),
+        "queued requests were merged: batches of {seen:?} rows"
+    );
+    assert_eq!(
+        seen.iter().sum::<usize>(),
+        6,
+        "every row ran once: {seen:?}"
+    );
+    assert_eq!(svc.status().answered, 6);
+
+    // Row 13 is poison: its request fails alone, the requests merged with it are answered.
+    *faults.poison.lock().unwrap() = Some(common::row_values(13)[0]);
+    faults.hang_next.store(1, Ordering::SeqCst);
+    let calls: Vec<_> = (10..16).map(|i| svc.call(request(i, 1), &opts)).collect();
+    let answers = rt.block_on(futures::future::join_all(calls));
+    for (i, a) in (10..16).zip(answers) {
+        if i == 13 {
+            let e = a.unwrap_err().to_string();
+            assert!(e.contains("poison row"), "{e}");
+        } else {
+            let want = direct.run(request(i, 1)).unwrap();
+            assert_eq!(
+                first_output(&a.unwrap()),
+                first_output(&want),
+                "request {i}"
+            );
+        }
+    }
+    svc.detach();
 }

@@ -41,6 +41,10 @@ struct Args {
     /// ONNX Runtime intra-op threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Let the intra-op threads sleep instead of spinning while they wait (ONNX Runtime spins by
+    /// default, which is what a hand-written loop gets; weir's `infer` turns it off).
+    #[arg(long)]
+    no_spin: bool,
     /// Prepared batches that may wait for the model (0: no overlap, prepare then run).
     #[arg(long, default_value_t = 2)]
     prefetch: usize,
@@ -101,7 +105,7 @@ fn main() -> Result<()> {
         bail!("no *.jpg in {}", args.dir.display());
     }
     let env = ai::ort_environment()?;
-    let mut session = ai::open_session(&env, &model, args.threads)?;
+    let mut session = ai::open_session(&env, &model, args.threads, !args.no_spin)?;
     let jobs: Vec<Vec<PathBuf>> = paths.chunks(args.batch_size).map(<[_]>::to_vec).collect();
     let (mut names, mut labels, mut nsfw) = (Vec::new(), Vec::new(), Vec::new());
     let mut model_time = 0f64;

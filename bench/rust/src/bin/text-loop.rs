@@ -46,6 +46,10 @@ struct Args {
     /// ONNX Runtime intra-op threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Let the intra-op threads sleep instead of spinning while they wait (ONNX Runtime spins by
+    /// default, which is what a hand-written loop gets; weir's `infer` turns it off).
+    #[arg(long)]
+    no_spin: bool,
     /// Tokenized batches that may wait for the model (0: no overlap).
     #[arg(long, default_value_t = 2)]
     prefetch: usize,
@@ -97,7 +101,7 @@ fn main() -> Result<()> {
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
     let tokenizer = ai::minilm_tokenizer(&tok_path, args.max_length)?;
     let env = ai::ort_environment()?;
-    let mut session = ai::open_session(&env, &model, args.threads)?;
+    let mut session = ai::open_session(&env, &model, args.threads, !args.no_spin)?;
     let jobs: Vec<Vec<String>> = lines.chunks(args.batch_size).map(<[_]>::to_vec).collect();
 
     let prepare = |batch: Vec<String>| -> Result<Prepared> {
