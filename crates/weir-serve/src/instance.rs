@@ -81,7 +81,7 @@ pub(crate) fn split(out: &Tensors, rows: &[usize]) -> Result<Vec<Tensors>> {
     let mut pieces: Vec<Tensors> = vec![Vec::with_capacity(out.len()); rows.len()];
     for (name, t) in out {
         let total = t.shape.first().copied().unwrap_or(0);
-        let per_row = if total == 0 { 0 } else { t.data.len() / total };
+        let per_row = t.data.len().checked_div(total).unwrap_or(0);
         let mut at = 0;
         for (piece, &n) in pieces.iter_mut().zip(rows) {
             let mut shape = t.shape.clone();
