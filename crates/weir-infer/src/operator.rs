@@ -70,6 +70,29 @@ pub struct RowRef {
     pub row: u32,
 }
 
+/// How many queued rows the next batch takes: `target` (or all there are), except that a batch
+/// ends where the head row's input batch ends when that leaves it at least half the target. Once
+/// model batches start at input-batch boundaries, a model batch of consecutive rows of one input
+/// column is passed to the model as a slice of it, without a copy; without this, one batch cut
+/// off-boundary (while the controller probes sizes) would make every later batch straddle two
+/// input batches and be copied.
+fn aligned_take(q: &VecDeque<Queued>, target: usize) -> usize {
+    let take = q.len().min(target);
+    let Some(head) = q.front() else {
+        return take;
+    };
+    let run = q
+        .iter()
+        .take(take)
+        .take_while(|r| r.row.input == head.row.input)
+        .count();
+    if run < take && run * 2 >= target {
+        run
+    } else {
+        take
+    }
+}
+
 /// A batch formed but not yet sent to an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FormedBatch {
@@ -754,7 +777,7 @@ impl InferOperator {
         if !fire {
             return false;
         }
-        let take = q.len().min(target);
+        let take = aligned_take(q, target);
         let rows = q.drain(..take).map(|r| r.row).collect();
         self.state.formed.push_back(FormedBatch {
             rows,
@@ -1239,5 +1262,45 @@ impl Drop for InferOperator {
         if let (Some(service), true) = (&self.service, self.attached) {
             service.detach();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(batches: &[(u64, u32)]) -> VecDeque<Queued> {
+        let at = Instant::now();
+        batches
+            .iter()
+            .flat_map(|&(input, rows)| {
+                (0..rows).map(move |row| Queued {
+                    row: RowRef { input, row },
+                    len: 1,
+                    at,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_realign_with_input_batches() {
+        // 24 rows left of input 0, then input 1: cut at the boundary (24 >= 32 / 2).
+        let mut q = queue(&[(0, 32), (1, 32), (2, 32)]);
+        q.drain(..8);
+        assert_eq!(aligned_take(&q, 32), 24);
+        q.drain(..24);
+        // Aligned: whole input batches from now on.
+        assert_eq!(aligned_take(&q, 32), 32);
+        // Only 8 rows left of the head's batch: too small a batch, take the target.
+        let mut q = queue(&[(0, 32), (1, 32)]);
+        q.drain(..24);
+        assert_eq!(aligned_take(&q, 32), 32);
+        // Input batches larger than the target: the target.
+        assert_eq!(aligned_take(&queue(&[(0, 100)]), 32), 32);
+        // Fewer rows queued than the target: all of them (or up to the boundary).
+        assert_eq!(aligned_take(&queue(&[(0, 5)]), 32), 5);
+        assert_eq!(aligned_take(&queue(&[(0, 20), (1, 5)]), 32), 20);
+        assert_eq!(aligned_take(&VecDeque::new(), 32), 0);
     }
 }
