@@ -20,11 +20,8 @@
 //!   calls, drains the ones in flight and exits.
 
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
-use arrow_flight::{
-    Action, ActionType, Empty, FlightClient, FlightData, FlightInfo, HandshakeResponse, PutResult,
-};
+use arrow_flight::{Action, ActionType, Empty, FlightClient};
 use futures::TryStreamExt;
-use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::net::SocketAddr;
@@ -216,17 +213,9 @@ fn act(
     }
 }
 
-type FlightStream<T> = BoxStream<'static, std::result::Result<T, Status>>;
-
 #[tonic::async_trait]
 impl FlightService for ControlServer {
-    type HandshakeStream = FlightStream<HandshakeResponse>;
-    type ListFlightsStream = FlightStream<FlightInfo>;
-    type DoGetStream = FlightStream<FlightData>;
-    type DoPutStream = FlightStream<PutResult>;
-    type DoExchangeStream = FlightStream<FlightData>;
-    type DoActionStream = FlightStream<arrow_flight::Result>;
-    type ListActionsStream = FlightStream<ActionType>;
+    crate::unimplemented::flight_stream_types!();
 
     async fn do_action(
         &self,

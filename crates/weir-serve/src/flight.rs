@@ -22,10 +22,7 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
-use arrow_flight::{
-    ActionType, FlightClient, FlightData, FlightDescriptor, FlightInfo, HandshakeResponse,
-    PutResult,
-};
+use arrow_flight::{FlightClient, FlightData, FlightDescriptor};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use std::io::BufRead;
@@ -183,13 +180,79 @@ pub fn decode(batches: &[RecordBatch]) -> Result<Tensors> {
     Ok(out)
 }
 
-fn status_of(e: &Error) -> Status {
+/// The gRPC status of an error: `INVALID_ARGUMENT` for errors of the batch (not retried),
+/// `INTERNAL` for the rest (retried).
+pub(crate) fn status_of(e: &Error) -> Status {
     match e.kind() {
         ErrorKind::InvalidInput | ErrorKind::Schema | ErrorKind::Config => {
             Status::invalid_argument(e.report())
         }
         _ => Status::internal(e.report()),
     }
+}
+
+/// The tensors of an exchange's request.
+pub(crate) async fn read_tensors(
+    request: Request<Streaming<FlightData>>,
+) -> std::result::Result<Tensors, Status> {
+    let stream = request
+        .into_inner()
+        .map_err(|s| FlightError::Tonic(Box::new(s)));
+    let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
+        .try_collect()
+        .await
+        .map_err(|e| Status::invalid_argument(format!("cannot read the request: {e}")))?;
+    decode(&batches).map_err(|e| status_of(&e))
+}
+
+/// An exchange's response carrying `out`.
+pub(crate) fn tensors_response(
+    out: &Tensors,
+) -> std::result::Result<Response<FlightStream<FlightData>>, Status> {
+    let batch = encode(out).map_err(|e| status_of(&e))?;
+    let data = FlightDataEncoderBuilder::new()
+        .build(futures::stream::iter([Ok(batch)]))
+        .map_err(Status::from);
+    Ok(Response::new(data.boxed()))
+}
+
+/// How one exchange ended.
+pub(crate) enum Outcome {
+    /// The server's answer.
+    Answer(Tensors),
+    /// The server refused the batch (`INVALID_ARGUMENT`: an input error, not retried) or its model
+    /// failed (`INTERNAL`: retried).
+    Failed(Error),
+    /// The server is gone or going (any other status, or the transport failed): why.
+    Gone(String),
+}
+
+/// Sends `inputs` in one `DoExchange` call and reads the answer. The first message carries the
+/// [`DESCRIPTOR`] command (some servers, pyarrow.flight's, need a descriptor).
+pub(crate) async fn exchange(client: &mut FlightClient, inputs: &Tensors) -> Result<Outcome> {
+    let batch = encode(inputs)?;
+    let data = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_cmd(DESCRIPTOR)))
+        .build(futures::stream::iter([Ok(batch)]))
+        .map(|r| r.map_err(|e| FlightError::ExternalError(Box::new(e))));
+    let data: Vec<std::result::Result<FlightData, FlightError>> = data.collect().await;
+    let result: std::result::Result<Vec<RecordBatch>, FlightError> = async {
+        let response = client.do_exchange(futures::stream::iter(data)).await?;
+        response.try_collect().await
+    }
+    .await;
+    Ok(match result {
+        Ok(batches) => Outcome::Answer(decode(&batches)?),
+        Err(FlightError::Tonic(s)) => {
+            let msg = s.message().to_string();
+            match s.code() {
+                tonic::Code::InvalidArgument => Outcome::Failed(Error::input(msg)),
+                tonic::Code::Internal => Outcome::Failed(Error::external(msg)),
+                code => Outcome::Gone(format!("{code:?}: {msg}")),
+            }
+        }
+        Err(e) => Outcome::Gone(e.to_string()),
+    })
 }
 
 type Job = (Tensors, oneshot::Sender<Result<Tensors>>);
@@ -209,17 +272,12 @@ impl Drop for InFlightGuard {
     }
 }
 
-type FlightStream<T> = BoxStream<'static, std::result::Result<T, Status>>;
+/// The stream type of every Flight method's answer.
+pub(crate) type FlightStream<T> = BoxStream<'static, std::result::Result<T, Status>>;
 
 #[tonic::async_trait]
 impl FlightService for ModelServer {
-    type HandshakeStream = FlightStream<HandshakeResponse>;
-    type ListFlightsStream = FlightStream<FlightInfo>;
-    type DoGetStream = FlightStream<FlightData>;
-    type DoPutStream = FlightStream<PutResult>;
-    type DoExchangeStream = FlightStream<FlightData>;
-    type DoActionStream = FlightStream<arrow_flight::Result>;
-    type ListActionsStream = FlightStream<ActionType>;
+    crate::unimplemented::flight_stream_types!();
 
     async fn do_exchange(
         &self,
@@ -230,14 +288,7 @@ impl FlightService for ModelServer {
         }
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlightGuard(self.in_flight.clone());
-        let stream = request
-            .into_inner()
-            .map_err(|s| FlightError::Tonic(Box::new(s)));
-        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
-            .try_collect()
-            .await
-            .map_err(|e| Status::invalid_argument(format!("cannot read the request: {e}")))?;
-        let inputs = decode(&batches).map_err(|e| status_of(&e))?;
+        let inputs = read_tensors(request).await?;
         let (tx, rx) = oneshot::channel();
         self.jobs
             .lock()
@@ -248,12 +299,8 @@ impl FlightService for ModelServer {
             .await
             .map_err(|_| Status::unavailable("the model thread has stopped"))?
             .map_err(|e| status_of(&e))?;
-        let batch = encode(&out).map_err(|e| status_of(&e))?;
         drop(guard);
-        let data = FlightDataEncoderBuilder::new()
-            .build(futures::stream::iter([Ok(batch)]))
-            .map_err(Status::from);
-        Ok(Response::new(data.boxed()))
+        tensors_response(&out)
     }
 
     crate::unimplemented::flight_unimplemented!(
@@ -475,38 +522,14 @@ impl Backend for FlightBackend {
     }
 
     fn run(&mut self, inputs: Tensors) -> Result<Tensors> {
-        let batch = encode(&inputs)?;
-        let client = &mut self.client;
         let addr = &self.addr;
-        let result: std::result::Result<Vec<RecordBatch>, FlightError> = self.rt.block_on(async {
-            // The descriptor on the first message is required by some servers (pyarrow.flight).
-            let data = FlightDataEncoderBuilder::new()
-                .with_flight_descriptor(Some(FlightDescriptor::new_cmd(DESCRIPTOR)))
-                .build(futures::stream::iter([Ok(batch)]))
-                .map(|r| r.map_err(|e| FlightError::ExternalError(Box::new(e))));
-            let data: Vec<std::result::Result<FlightData, FlightError>> = data.collect().await;
-            let response = client.do_exchange(futures::stream::iter(data)).await?;
-            response.try_collect().await
-        });
-        match result {
-            Ok(batches) => decode(&batches),
-            Err(FlightError::Tonic(s)) => {
-                let msg = s.message().to_string();
-                match s.code() {
-                    tonic::Code::InvalidArgument => Err(Error::input(msg)),
-                    tonic::Code::Internal => Err(Error::external(msg)),
-                    code => {
-                        self.healthy = false;
-                        Err(Error::external(format!(
-                            "the instance at {addr} is gone ({code:?}: {msg})"
-                        )))
-                    }
-                }
-            }
-            Err(e) => {
+        match self.rt.block_on(exchange(&mut self.client, &inputs))? {
+            Outcome::Answer(out) => Ok(out),
+            Outcome::Failed(e) => Err(e),
+            Outcome::Gone(why) => {
                 self.healthy = false;
                 Err(Error::external(format!(
-                    "the instance at {addr} is gone: {e}"
+                    "the instance at {addr} is gone ({why})"
                 )))
             }
         }

@@ -20,17 +20,11 @@
 //! flight, then stops its instances.
 
 use crate::control::{ControlEndpoint, ShutdownHook};
-use crate::flight::{decode, encode};
+use crate::flight::{read_tensors, status_of, tensors_response};
 use crate::service::Service;
 use crate::spec::ServiceSpec;
-use arrow::record_batch::RecordBatch;
-use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
+use arrow_flight::FlightData;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
-use arrow_flight::{ActionType, FlightData, FlightInfo, HandshakeResponse, PutResult};
-use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status, Streaming};
 use weir_infer::{CallOptions, ModelService};
-use weir_types::{Error, ErrorKind, Result};
+use weir_types::{Error, Result};
 
 /// Header carrying the caller's per-attempt timeout, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "weir-timeout-ms";
@@ -195,26 +189,9 @@ impl Drop for CallGuard {
     }
 }
 
-fn status_of(e: &Error) -> Status {
-    match e.kind() {
-        ErrorKind::InvalidInput | ErrorKind::Schema | ErrorKind::Config => {
-            Status::invalid_argument(e.report())
-        }
-        _ => Status::internal(e.report()),
-    }
-}
-
-type FlightStream<T> = BoxStream<'static, std::result::Result<T, Status>>;
-
 #[tonic::async_trait]
 impl FlightService for HostServer {
-    type HandshakeStream = FlightStream<HandshakeResponse>;
-    type ListFlightsStream = FlightStream<FlightInfo>;
-    type DoGetStream = FlightStream<FlightData>;
-    type DoPutStream = FlightStream<PutResult>;
-    type DoExchangeStream = FlightStream<FlightData>;
-    type DoActionStream = FlightStream<arrow_flight::Result>;
-    type ListActionsStream = FlightStream<ActionType>;
+    crate::unimplemented::flight_stream_types!();
 
     async fn do_exchange(
         &self,
@@ -234,14 +211,7 @@ impl FlightService for HostServer {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(CallOptions::default().timeout, Duration::from_millis);
-        let stream = request
-            .into_inner()
-            .map_err(|s| FlightError::Tonic(Box::new(s)));
-        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
-            .try_collect()
-            .await
-            .map_err(|e| Status::invalid_argument(format!("cannot read the request: {e}")))?;
-        let inputs = decode(&batches).map_err(|e| status_of(&e))?;
+        let inputs = read_tensors(request).await?;
         // The caller retries; the host makes one attempt (re-dispatching it if an instance dies).
         let options = CallOptions {
             timeout,
@@ -253,12 +223,8 @@ impl FlightService for HostServer {
             .call(inputs, &options)
             .await
             .map_err(|e| status_of(&e))?;
-        let batch = encode(&out).map_err(|e| status_of(&e))?;
         drop(guard);
-        let data = FlightDataEncoderBuilder::new()
-            .build(futures::stream::iter([Ok(batch)]))
-            .map_err(Status::from);
-        Ok(Response::new(data.boxed()))
+        tensors_response(&out)
     }
 
     crate::unimplemented::flight_unimplemented!(

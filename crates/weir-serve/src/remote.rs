@@ -10,15 +10,12 @@
 //! `infer` operator emits a row only for an answer.
 
 use crate::control::{self, StatusReply};
-use crate::flight::{DESCRIPTOR, decode, encode};
+use crate::flight::{Outcome, exchange};
 use crate::host::{HostEntry, TIMEOUT_HEADER};
 use crate::spec::ServiceSpec;
-use arrow::record_batch::RecordBatch;
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
-use arrow_flight::{FlightClient, FlightData, FlightDescriptor};
+use arrow_flight::FlightClient;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, TryStreamExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -233,37 +230,13 @@ impl Inner {
         client
             .add_header(TIMEOUT_HEADER, &timeout.as_millis().to_string())
             .map_err(|e| Error::internal("cannot set the timeout header").with_source(e))?;
-        let batch = encode(inputs)?;
-        let data = FlightDataEncoderBuilder::new()
-            .with_flight_descriptor(Some(FlightDescriptor::new_cmd(DESCRIPTOR)))
-            .build(futures::stream::iter([Ok(batch)]))
-            .map(|r| r.map_err(|e| FlightError::ExternalError(Box::new(e))));
-        let data: Vec<std::result::Result<FlightData, FlightError>> = data.collect().await;
-        let result: std::result::Result<Vec<RecordBatch>, FlightError> = async {
-            let response = client.do_exchange(futures::stream::iter(data)).await?;
-            response.try_collect().await
-        }
-        .await;
-        match result {
-            Ok(batches) => decode(&batches),
-            Err(FlightError::Tonic(s)) => {
-                let msg = s.message().to_string();
-                match s.code() {
-                    tonic::Code::InvalidArgument => Err(Error::input(msg)),
-                    tonic::Code::Internal => Err(Error::external(msg)),
-                    code => {
-                        self.forget_connection();
-                        Err(Error::external(format!(
-                            "the host of shared service '{}' is gone or going ({code:?}: {msg})",
-                            self.name()
-                        )))
-                    }
-                }
-            }
-            Err(e) => {
+        match exchange(&mut client, inputs).await? {
+            Outcome::Answer(out) => Ok(out),
+            Outcome::Failed(e) => Err(e),
+            Outcome::Gone(why) => {
                 self.forget_connection();
                 Err(Error::external(format!(
-                    "the host of shared service '{}' is unreachable: {e}",
+                    "the host of shared service '{}' is gone or going ({why})",
                     self.name()
                 )))
             }

@@ -1,6 +1,7 @@
-//! The Flight methods weir's servers do not offer, answered with `UNIMPLEMENTED`: one macro
-//! instead of the same ten-line stubs in every server (`flight_unimplemented!(do_get, do_put)`
-//! inside an `impl FlightService for ...` block writes those methods).
+//! What every Flight server of weir (instance, service host, control endpoint) writes the same
+//! way: the associated stream types (`flight_stream_types!()`) and the methods it does not offer,
+//! answered with `UNIMPLEMENTED` (`flight_unimplemented!(do_get, do_put)` inside an
+//! `impl FlightService for ...` block writes those methods).
 
 /// Writes the named `FlightService` methods, each answering `Status::unimplemented(NAME)`. Used
 /// inside a `#[tonic::async_trait] impl FlightService for X` block that declares the associated
@@ -71,4 +72,19 @@ macro_rules! flight_unimplemented {
     };
 }
 
+/// Writes the associated stream types of a `FlightService` impl: every method answers with a
+/// boxed stream of its message type ([`crate::flight::FlightStream`]).
+macro_rules! flight_stream_types {
+    () => {
+        type HandshakeStream = $crate::flight::FlightStream<arrow_flight::HandshakeResponse>;
+        type ListFlightsStream = $crate::flight::FlightStream<arrow_flight::FlightInfo>;
+        type DoGetStream = $crate::flight::FlightStream<arrow_flight::FlightData>;
+        type DoPutStream = $crate::flight::FlightStream<arrow_flight::PutResult>;
+        type DoExchangeStream = $crate::flight::FlightStream<arrow_flight::FlightData>;
+        type DoActionStream = $crate::flight::FlightStream<arrow_flight::Result>;
+        type ListActionsStream = $crate::flight::FlightStream<arrow_flight::ActionType>;
+    };
+}
+
+pub(crate) use flight_stream_types;
 pub(crate) use flight_unimplemented;
