@@ -226,6 +226,18 @@ pub struct ImageBuf {
     pub width: u32,
 }
 
+impl ImageBuf {
+    /// The image, borrowed.
+    pub(crate) fn view(&self) -> ImageView<'_> {
+        ImageView {
+            pixels: &self.pixels,
+            mode: self.mode,
+            height: self.height,
+            width: self.width,
+        }
+    }
+}
+
 impl std::fmt::Debug for ImageBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

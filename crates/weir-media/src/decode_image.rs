@@ -13,13 +13,15 @@
 //! `max_batch_bytes` of pixels.
 
 use crate::common::{
-    BytesColumn, ImageBuf, check_bytes_field, column_index, decoded_image_array_from_buffer,
-    decoded_image_field, emit_image_column, emit_images, parse_size, preview, report_bad_rows,
-    row_slices, schema_with,
+    BytesColumn, ImageBuf, ImageView, check_bytes_field, column_index,
+    decoded_image_array_from_buffer, decoded_image_field, emit_image_column, emit_images,
+    parse_size, preview, report_bad_rows, row_slices, schema_with,
 };
+use crate::resize::{Target, resize_into, resize_view};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use fast_image_resize::{ResizeAlg, Resizer};
 use rayon::prelude::*;
 use std::io::Cursor;
 use weir_runtime::{Emitter, Operator, OperatorContext};
@@ -70,6 +72,11 @@ pub struct DecodeImageSpec {
     /// of its own). Default `64MiB`.
     #[serde(default = "default_max_batch_bytes")]
     pub max_batch_bytes: String,
+    /// A `resize` of the output column fused into this step by the planner (not a spec key):
+    /// each image is resized right after it is decoded, so full-size pixels never leave the
+    /// decoding thread. The `resize` step then passes batches through.
+    #[serde(skip)]
+    pub then_resize: Option<crate::resize::ResizeSpec>,
 }
 
 impl Default for DecodeImageSpec {
@@ -80,6 +87,7 @@ impl Default for DecodeImageSpec {
             max_pixels: default_max_pixels(),
             mode: default_mode(),
             max_batch_bytes: default_max_batch_bytes(),
+            then_resize: None,
         }
     }
 }
@@ -113,10 +121,17 @@ impl DecodeImageSpec {
         }
         let i = column_index(input, &self.column, "decode_image")?;
         check_bytes_field(input.field(i), "decode_image")?;
-        Ok(schema_with(
-            input,
-            decoded_image_field(&self.output, Some(mode), None),
-        ))
+        let decoded = schema_with(input, decoded_image_field(&self.output, Some(mode), None));
+        match &self.then_resize {
+            Some(r) => r.output_schema(&decoded),
+            None => Ok(decoded),
+        }
+    }
+
+    /// Whether `resize` can be fused into this step: it resizes this step's output column in
+    /// place.
+    pub fn can_fuse(&self, resize: &crate::resize::ResizeSpec) -> bool {
+        self.then_resize.is_none() && resize.column == self.output
     }
 
     /// Builds one running instance for that input schema.
@@ -128,14 +143,24 @@ impl DecodeImageSpec {
             max_pixels: self.max_pixels,
             mode: self.image_mode()?,
             max_batch_bytes: self.batch_budget()?,
+            resize: self
+                .then_resize
+                .as_ref()
+                .map(crate::resize::ResizeSpec::plan)
+                .transpose()?,
             schema,
         }))
     }
 
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
+        let fused = self
+            .then_resize
+            .as_ref()
+            .map(|r| format!(", then {} (fused)", r.describe()))
+            .unwrap_or_default();
         format!(
-            "decode_image {} -> {} ({}, max {} pixels, output batches up to {})",
+            "decode_image {} -> {} ({}, max {} pixels, output batches up to {}){fused}",
             self.column, self.output, self.mode, self.max_pixels, self.max_batch_bytes
         )
     }
@@ -149,6 +174,8 @@ pub struct DecodeImage {
     max_pixels: u64,
     mode: ImageMode,
     max_batch_bytes: u64,
+    /// A fused `resize`: target and filter.
+    resize: Option<(Target, ResizeAlg)>,
     schema: SchemaRef,
 }
 
@@ -183,25 +210,33 @@ impl Operator for DecodeImage {
         let column = batch.column_by_name(&self.column).cloned().ok_or_else(|| {
             Error::internal(format!("decode_image: column '{}' is missing", self.column))
         })?;
-        let (mode, max_pixels) = (self.mode, self.max_pixels);
-        let sizes: Vec<u64> = {
+        let (mode, max_pixels, resize) = (self.mode, self.max_pixels, self.resize);
+        // Each row's decoded size and dimensions, from its header; with a fused resize, the size
+        // is the resized one (what the output holds).
+        let (sizes, dims): (Vec<u64>, Vec<Option<(u32, u32)>>) = {
             let bytes = BytesColumn::new(&column)
                 .ok_or_else(|| Error::internal("decode_image: input is not a bytes column"))?;
             (0..column.len())
                 .map(|row| {
-                    bytes
-                        .get(row)
-                        .and_then(|b| predicted_size(b, mode))
-                        .unwrap_or(0)
+                    let d = bytes.get(row).and_then(header_dims);
+                    let out = d.map(|(w, h)| match resize {
+                        Some((t, _)) => t.size(w, h),
+                        None => (w, h),
+                    });
+                    let size = out.map_or(0, |(w, h)| {
+                        u64::from(w) * u64::from(h) * mode.channels() as u64
+                    });
+                    (size, d)
                 })
-                .collect()
+                .unzip()
         };
         for range in budget_groups(&sizes, self.max_batch_bytes) {
             let part = batch.slice(range.start, range.len());
             let col = column.slice(range.start, range.len());
-            let predicted: Vec<usize> = sizes[range].iter().map(|s| *s as usize).collect();
+            let predicted: Vec<usize> = sizes[range.clone()].iter().map(|s| *s as usize).collect();
+            let dims = dims[range].to_vec();
             let decoded = ctx
-                .spawn_cpu(move || decode_group(&col, &predicted, mode, max_pixels))
+                .spawn_cpu(move || decode_group(&col, &predicted, &dims, mode, max_pixels, resize))
                 .await??;
             let results = match decoded {
                 Decoded::Contiguous { column, lengths } => {
@@ -240,15 +275,19 @@ enum Decoded {
     Each(Vec<std::result::Result<ImageBuf, (Error, Vec<u8>)>>),
 }
 
-/// Decodes the rows of `col` in parallel. First tries to decode every row straight into its place
-/// in one buffer laid out by the `predicted` sizes; when any row cannot go that way (not a JPEG, a
-/// rotation or mode conversion, a corrupt file, a wrong prediction) the group is decoded row by row
-/// with [`decode`], which gives every row its own result and error.
+/// Decodes the rows of `col` in parallel (and resizes each right after, with a fused `resize`).
+/// First tries to decode every row straight into its place in one buffer laid out by the
+/// `predicted` output sizes (with a resize, each row is decoded into a scratch buffer of its
+/// thread, reused from row to row, and resized into its place); when any row cannot go that way
+/// (not a JPEG, a rotation or mode conversion, a corrupt file, a wrong prediction) the group is
+/// decoded row by row with [`decode`], which gives every row its own result and error.
 fn decode_group(
     col: &arrow::array::ArrayRef,
     predicted: &[usize],
+    header: &[Option<(u32, u32)>],
     mode: ImageMode,
     max_pixels: u64,
+    resize: Option<(Target, ResizeAlg)>,
 ) -> Result<Decoded> {
     let bytes = BytesColumn::new(col)
         .ok_or_else(|| Error::internal("decode_image: input is not a bytes column"))?;
@@ -258,10 +297,28 @@ fn decode_group(
         let dims: Vec<Option<(u32, u32, ImageMode)>> = row_slices(&mut buf, predicted)
             .into_par_iter()
             .enumerate()
-            .map(|(row, out)| {
-                let (w, h) = decode_jpeg_into(bytes.get(row)?, mode, max_pixels, out)?;
-                Some((w, h, mode))
-            })
+            .map_init(
+                || (Vec::new(), Resizer::new()),
+                |(scratch, resizer), (row, out)| {
+                    let Some((target, alg)) = resize else {
+                        let (w, h) = decode_jpeg_into(bytes.get(row)?, mode, max_pixels, out)?;
+                        return Some((w, h, mode));
+                    };
+                    let (hw, hh) = (*header.get(row)?)?;
+                    let n = hw as usize * hh as usize * mode.channels();
+                    scratch.resize(n, 0);
+                    let (w, h) = decode_jpeg_into(bytes.get(row)?, mode, max_pixels, scratch)?;
+                    let src = ImageView {
+                        pixels: scratch,
+                        mode,
+                        height: h,
+                        width: w,
+                    };
+                    resize_into(resizer, src, target, alg, out).ok()?;
+                    let (tw, th) = target.size(w, h);
+                    Some((tw, th, mode))
+                },
+            )
             .collect();
         if let Some(dims) = dims.into_iter().collect::<Option<Vec<_>>>() {
             let column = decoded_image_array_from_buffer(buf, predicted, &dims)?;
@@ -274,9 +331,17 @@ fn decode_group(
     Ok(Decoded::Each(
         (0..col.len())
             .into_par_iter()
-            .map(|row| match bytes.get(row) {
+            .map_init(Resizer::new, |resizer, row| match bytes.get(row) {
                 None => Err((Error::input("image bytes are null"), Vec::new())),
-                Some(b) => decode(b, mode, max_pixels).map_err(|e| (e, preview(b))),
+                Some(b) => decode(b, mode, max_pixels)
+                    .and_then(|img| match resize {
+                        None => Ok(img),
+                        Some((target, alg)) => {
+                            let (tw, th) = target.size(img.width, img.height);
+                            resize_view(resizer, img.view(), tw, th, alg)
+                        }
+                    })
+                    .map_err(|e| (e, preview(b))),
             })
             .collect(),
     ))
@@ -326,15 +391,21 @@ fn decode_jpeg_into(
 /// its header without decoding; `None` when the bytes are not a JPEG, PNG or WebP with a readable
 /// header. EXIF rotation does not change the size.
 pub fn predicted_size(bytes: &[u8], mode: ImageMode) -> Option<u64> {
+    let (w, h) = header_dims(bytes)?;
+    Some(u64::from(w) * u64::from(h) * mode.channels() as u64)
+}
+
+/// The (width, height) an encoded image's header declares (before any EXIF rotation); `None`
+/// when the bytes are not a JPEG, PNG or WebP with a readable header.
+pub fn header_dims(bytes: &[u8]) -> Option<(u32, u32)> {
     let format = match sniff_format(bytes)? {
         ImageFormat::Jpeg => image::ImageFormat::Jpeg,
         ImageFormat::Png => image::ImageFormat::Png,
         ImageFormat::WebP => image::ImageFormat::WebP,
     };
-    let (w, h) = image::ImageReader::with_format(Cursor::new(bytes), format)
+    image::ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
-        .ok()?;
-    Some(u64::from(w) * u64::from(h) * mode.channels() as u64)
+        .ok()
 }
 
 /// Encoded formats this operator reads.

@@ -44,6 +44,10 @@ pub struct ResizeSpec {
     /// `catmullrom`, `mitchell`). Default `bilinear`.
     #[serde(default = "default_filter")]
     pub filter: String,
+    /// Set by the planner when the `decode_image` before this step does the resizing (not a spec
+    /// key); this step then passes batches through with its schema.
+    #[serde(skip)]
+    pub fused: bool,
 }
 
 /// How output sizes are chosen.
@@ -143,8 +147,18 @@ impl ResizeSpec {
         ))
     }
 
+    /// The target and filter, checked.
+    pub fn plan(&self) -> Result<(Target, ResizeAlg)> {
+        Ok((self.target()?, parse_filter(&self.filter)?))
+    }
+
     /// Builds one running instance for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
+        if self.fused {
+            return Ok(Box::new(Fused {
+                schema: self.output_schema(input)?,
+            }));
+        }
         Ok(Box::new(Resize {
             schema: self.output_schema(input)?,
             column: self.column.clone(),
@@ -162,7 +176,35 @@ impl ResizeSpec {
             Ok(Target::Height(h)) => format!("height {h}"),
             Err(_) => "(invalid size)".into(),
         };
-        format!("resize {} to {to} ({})", self.column, self.filter)
+        let fused = if self.fused {
+            " (done by the decode_image before it)"
+        } else {
+            ""
+        };
+        format!("resize {} to {to} ({}){fused}", self.column, self.filter)
+    }
+}
+
+/// A `resize` fused into the `decode_image` before it: its batches are already resized, so it
+/// passes them on under its own schema (the same columns; the image field may carry the size).
+#[derive(Debug)]
+pub struct Fused {
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl Operator for Fused {
+    async fn process_batch(
+        &mut self,
+        batch: RecordBatch,
+        _ctx: &mut OperatorContext,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        out.emit(RecordBatch::try_new(
+            self.schema.clone(),
+            batch.columns().to_vec(),
+        )?);
+        Ok(())
     }
 }
 
@@ -215,7 +257,7 @@ pub(crate) fn resize_view(
 }
 
 /// Resizes `src` to its `target` size straight into `out` (exactly the output's size).
-fn resize_into(
+pub(crate) fn resize_into(
     resizer: &mut Resizer,
     src: ImageView<'_>,
     target: Target,
@@ -244,13 +286,7 @@ fn resize_into(
 pub fn resize_image(img: &ImageBuf, target: Target, filter: &str) -> Result<ImageBuf> {
     let alg = parse_filter(filter)?;
     let (w, h) = target.size(img.width, img.height);
-    let view = ImageView {
-        pixels: &img.pixels,
-        mode: img.mode,
-        height: img.height,
-        width: img.width,
-    };
-    resize_view(&mut Resizer::new(), view, w, h, alg)
+    resize_view(&mut Resizer::new(), img.view(), w, h, alg)
 }
 
 #[async_trait]

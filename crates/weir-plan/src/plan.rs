@@ -211,14 +211,17 @@ fn build_with(
     let mut routes: HashMap<usize, (NodeId, Partitioning)> = HashMap::new();
     let mut step_inputs: Vec<Vec<usize>> = Vec::with_capacity(spec.steps.len());
 
-    for step in &spec.steps {
+    let kinds = fuse(
+        &spec.steps,
+        spec.steps.iter().map(Kind::parse).collect::<Result<_>>()?,
+    );
+    for (step, kind) in spec.steps.iter().zip(kinds) {
         if by_name.insert(step.name.as_str(), step.index).is_some() {
             return Err(Error::config(format!(
                 "steps[{}]: two steps are named '{}'",
                 step.index, step.name
             )));
         }
-        let kind = Kind::parse(step)?;
         let inputs = resolve_inputs(step, &by_name, &planned)?;
         step_inputs.push(inputs.clone());
         let parallelism = if kind.single_instance() {
@@ -357,6 +360,38 @@ fn build_with(
         },
         step_inputs,
     ))
+}
+
+/// Fuses steps that are cheaper as one: a `resize` right after the `decode_image` whose output it
+/// resizes in place (reading only that step, with the same parallelism, and no other step reading
+/// the decoder) is done by the decoder, image by image, while the full-size pixels are still in
+/// the decoding thread's cache; the `resize` step stays in the graph and passes batches through.
+fn fuse(steps: &[StepSpec], mut kinds: Vec<Kind>) -> Vec<Kind> {
+    for i in 0..steps.len().saturating_sub(1) {
+        let (decoder, next) = (&steps[i], &steps[i + 1]);
+        let reads_only_decoder = match &next.inputs {
+            None => true,
+            Some(names) => names.len() == 1 && names[0] == decoder.name,
+        };
+        let read_elsewhere = steps.iter().enumerate().any(|(j, s)| {
+            j != i + 1
+                && s.inputs
+                    .as_ref()
+                    .is_some_and(|names| names.contains(&decoder.name))
+        });
+        if !reads_only_decoder || read_elsewhere || decoder.parallelism != next.parallelism {
+            continue;
+        }
+        let (head, tail) = kinds.split_at_mut(i + 1);
+        if let (Some(Kind::DecodeImage(d)), Some(Kind::Resize(r))) =
+            (head.last_mut(), tail.first_mut())
+            && d.can_fuse(r)
+        {
+            d.then_resize = Some(r.clone());
+            r.fused = true;
+        }
+    }
+    kinds
 }
 
 fn default_dead_letter(name: &str) -> Mapping {

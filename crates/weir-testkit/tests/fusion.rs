@@ -1,0 +1,104 @@
+//! Step fusion: `resize` right after the `decode_image` it reads is done by the decoder, image by
+//! image. The fused pipeline's tensors equal, byte for byte, those of the same pipeline with the
+//! fusion prevented (the resize step given a parallelism of its own), over real photos and the
+//! odd JPEGs that take the decoder's row-by-row path (CMYK, progressive, EXIF-rotated).
+
+use std::path::{Path, PathBuf};
+use weir_plan::{PlanOptions, plan_str};
+use weir_testkit::{read_rows, repo_root, run_spec};
+
+fn spec(images: &Path, resize_parallelism: &str) -> String {
+    format!(
+        r#"name: fusion
+steps:
+  - name: images
+    source: files
+    url: {images}
+    glob: "*.jpg"
+    batch_size: 4
+  - name: decode
+    op: decode_image
+  - name: resize
+    op: resize
+    shorter_side: 80
+{resize_parallelism}  - op: center_crop
+    width: 64
+    height: 64
+  - op: to_tensor
+    output: t
+    dtype: uint8
+  - op: select
+    columns: [uri, t]
+  - sink: jsonl
+    path: ${{OUT}}/out
+"#,
+        images = images.display()
+    )
+}
+
+/// A folder of a few real photos (from the data the set-up installs) and the odd test JPEGs.
+fn images(dir: &Path) -> PathBuf {
+    let folder = dir.join("images");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    let photos = std::env::var_os("WEIR_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".weir/data"))
+        .join("photos");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&photos)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup-models.sh)", photos.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    names.sort();
+    for p in names.iter().take(10) {
+        let name = p.file_name().expect("name");
+        std::fs::copy(p, folder.join(name)).expect("copy photo");
+    }
+    for odd in ["cmyk.jpg", "progressive.jpg", "exif_rotated.jpg"] {
+        std::fs::copy(
+            repo_root().join("crates/weir-media/tests/data").join(odd),
+            folder.join(odd),
+        )
+        .expect("copy test image");
+    }
+    folder
+}
+
+#[test]
+fn a_fused_decode_and_resize_gives_the_same_pixels() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let folder = images(work.path());
+    let fused = spec(&folder, "");
+    let apart = spec(&folder, "    parallelism: 1\n");
+
+    let opts = PlanOptions {
+        vars: [("OUT".to_string(), "/tmp/unused".to_string())].into(),
+        ..PlanOptions::default()
+    };
+    let describe = |text: &str| {
+        plan_str(text, "fusion.yaml", &opts)
+            .unwrap_or_else(|e| panic!("{}", e.report()))
+            .describe()
+            .expect("describe")
+    };
+    let d = describe(&fused);
+    assert!(
+        d.contains("then resize image to shorter side 80 (bilinear) (fused)")
+            && d.contains("(done by the decode_image before it)"),
+        "{d}"
+    );
+    let d = describe(&apart);
+    assert!(!d.contains("(fused)"), "{d}");
+
+    let run = |text: &str, name: &str| {
+        let path = work.path().join(name);
+        std::fs::write(&path, text).expect("write spec");
+        let out = tempfile::tempdir().expect("tempdir");
+        run_spec(&path, out.path(), 1, &[]).unwrap_or_else(|e| panic!("{}", e.report()));
+        read_rows(&out.path().join("out")).expect("rows")
+    };
+    let want = run(&apart, "apart.yaml");
+    assert_eq!(want.len(), 13, "every image made a row");
+    assert_eq!(run(&fused, "fused.yaml"), want);
+}
