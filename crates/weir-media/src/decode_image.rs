@@ -778,6 +778,45 @@ mod tests {
         out
     }
 
+    fn dims(files: &[Vec<u8>]) -> Vec<Option<(u32, u32)>> {
+        files.iter().map(|f| header_dims(f)).collect()
+    }
+
+    #[test]
+    fn a_group_with_a_fused_resize_equals_decode_then_resize() {
+        use arrow::array::{ArrayRef, BinaryArray};
+        let files = vec![jpeg(40, 30, 1), jpeg(17, 23, 2), jpeg(64, 8, 3)];
+        let col: ArrayRef = std::sync::Arc::new(BinaryArray::from_iter_values(files.iter()));
+        let target = Target::ShorterSide(6);
+        let alg = crate::resize::parse_filter("bilinear").unwrap();
+        let predicted: Vec<usize> = dims(&files)
+            .iter()
+            .map(|d| {
+                let (w, h) = target.size(d.unwrap().0, d.unwrap().1);
+                (w * h * 3) as usize
+            })
+            .collect();
+        let Decoded::Contiguous { column, .. } = decode_group(
+            &col,
+            &predicted,
+            &dims(&files),
+            ImageMode::Rgb,
+            1 << 30,
+            Some((target, alg)),
+        )
+        .unwrap() else {
+            panic!("plain RGB JPEGs should decode and resize into one buffer");
+        };
+        let images = crate::common::DecodedColumn::new(&column, "image").unwrap();
+        for (row, f) in files.iter().enumerate() {
+            let full = decode(f, ImageMode::Rgb, 1 << 30).unwrap();
+            let want = crate::resize::resize_image(&full, target, "bilinear").unwrap();
+            let got = images.get(row).unwrap();
+            assert_eq!((got.width, got.height), (want.width, want.height));
+            assert_eq!(got.pixels, &want.pixels[..], "row {row}");
+        }
+    }
+
     #[test]
     fn a_group_decodes_into_one_buffer_with_the_same_pixels() {
         use arrow::array::{ArrayRef, BinaryArray};
@@ -787,9 +826,15 @@ mod tests {
             .iter()
             .map(|f| predicted_size(f, ImageMode::Rgb).unwrap() as usize)
             .collect();
-        let Decoded::Contiguous { column, lengths } =
-            decode_group(&col, &predicted, ImageMode::Rgb, 1 << 30).unwrap()
-        else {
+        let Decoded::Contiguous { column, lengths } = decode_group(
+            &col,
+            &predicted,
+            &dims(&files),
+            ImageMode::Rgb,
+            1 << 30,
+            None,
+        )
+        .unwrap() else {
             panic!("plain RGB JPEGs should decode into one buffer");
         };
         assert_eq!(lengths, predicted);
@@ -810,7 +855,8 @@ mod tests {
             .iter()
             .map(|f| predicted_size(f, ImageMode::Rgb).unwrap_or(0) as usize)
             .collect();
-        let Decoded::Each(rows) = decode_group(&col, &predicted, ImageMode::Rgb, 1 << 30).unwrap()
+        let Decoded::Each(rows) =
+            decode_group(&col, &predicted, &dims(&bad), ImageMode::Rgb, 1 << 30, None).unwrap()
         else {
             panic!("a corrupt row must not go into the shared buffer");
         };
@@ -824,7 +870,7 @@ mod tests {
             .map(|f| predicted_size(f, ImageMode::L).unwrap() as usize)
             .collect();
         let Decoded::Contiguous { column, .. } =
-            decode_group(&col, &predicted, ImageMode::L, 1 << 30).unwrap()
+            decode_group(&col, &predicted, &dims(&files), ImageMode::L, 1 << 30, None).unwrap()
         else {
             panic!("grayscale from YCbCr JPEGs should decode into one buffer");
         };
