@@ -28,6 +28,10 @@ pub struct CenterCropSpec {
     pub width: u32,
     /// Height of the window in pixels. Required.
     pub height: u32,
+    /// Set by the planner when the `decode_image` before this step (directly, or through a fused
+    /// `resize`) does the cropping (not a spec key); this step then passes batches through.
+    #[serde(skip)]
+    pub fused: bool,
 }
 
 impl CenterCropSpec {
@@ -50,6 +54,11 @@ impl CenterCropSpec {
 
     /// Builds one running instance for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
+        if self.fused {
+            return Ok(Box::new(crate::resize::Fused {
+                schema: self.output_schema(input)?,
+            }));
+        }
         Ok(Box::new(CenterCrop {
             schema: self.output_schema(input)?,
             column: self.column.clone(),
@@ -61,8 +70,15 @@ impl CenterCropSpec {
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
         format!(
-            "center_crop {} to {}x{}",
-            self.column, self.width, self.height
+            "center_crop {} to {}x{}{}",
+            self.column,
+            self.width,
+            self.height,
+            if self.fused {
+                " (done by the decode_image before it)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -104,7 +120,7 @@ pub(crate) fn crop_view(src: ImageView<'_>, width: u32, height: u32) -> Result<I
 
 /// Copies the centre `width × height` of `src` into `out` (exactly that many pixels); `false`
 /// when `src` is smaller or `out` has the wrong size.
-fn crop_into(src: ImageView<'_>, width: u32, height: u32, out: &mut [u8]) -> bool {
+pub(crate) fn crop_into(src: ImageView<'_>, width: u32, height: u32, out: &mut [u8]) -> bool {
     if src.width < width || src.height < height {
         return false;
     }

@@ -12,6 +12,7 @@
 //! one `spawn_cpu` call) and each becomes one output batch, so no output batch carries more than
 //! `max_batch_bytes` of pixels.
 
+use crate::center_crop::{crop_into, crop_view};
 use crate::common::{
     BytesColumn, ImageBuf, ImageView, check_bytes_field, column_index,
     decoded_image_array_from_buffer, decoded_image_field, emit_image_column, emit_images,
@@ -77,6 +78,10 @@ pub struct DecodeImageSpec {
     /// decoding thread. The `resize` step then passes batches through.
     #[serde(skip)]
     pub then_resize: Option<crate::resize::ResizeSpec>,
+    /// A `center_crop` of the output column fused into this step (after the fused resize, if
+    /// any) by the planner (not a spec key).
+    #[serde(skip)]
+    pub then_crop: Option<crate::center_crop::CenterCropSpec>,
 }
 
 impl Default for DecodeImageSpec {
@@ -88,6 +93,7 @@ impl Default for DecodeImageSpec {
             mode: default_mode(),
             max_batch_bytes: default_max_batch_bytes(),
             then_resize: None,
+            then_crop: None,
         }
     }
 }
@@ -122,16 +128,26 @@ impl DecodeImageSpec {
         let i = column_index(input, &self.column, "decode_image")?;
         check_bytes_field(input.field(i), "decode_image")?;
         let decoded = schema_with(input, decoded_image_field(&self.output, Some(mode), None));
-        match &self.then_resize {
-            Some(r) => r.output_schema(&decoded),
-            None => Ok(decoded),
+        let resized = match &self.then_resize {
+            Some(r) => r.output_schema(&decoded)?,
+            None => decoded,
+        };
+        match &self.then_crop {
+            Some(c) => c.output_schema(&resized),
+            None => Ok(resized),
         }
     }
 
     /// Whether `resize` can be fused into this step: it resizes this step's output column in
-    /// place.
+    /// place, and nothing is fused yet.
     pub fn can_fuse(&self, resize: &crate::resize::ResizeSpec) -> bool {
-        self.then_resize.is_none() && resize.column == self.output
+        self.then_resize.is_none() && self.then_crop.is_none() && resize.column == self.output
+    }
+
+    /// Whether `crop` can be fused into this step (after its fused resize, if any): it crops
+    /// this step's output column in place.
+    pub fn can_fuse_crop(&self, crop: &crate::center_crop::CenterCropSpec) -> bool {
+        self.then_crop.is_none() && crop.column == self.output
     }
 
     /// Builds one running instance for that input schema.
@@ -148,17 +164,20 @@ impl DecodeImageSpec {
                 .as_ref()
                 .map(crate::resize::ResizeSpec::plan)
                 .transpose()?,
+            crop: self.then_crop.as_ref().map(|c| (c.width, c.height)),
             schema,
         }))
     }
 
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
-        let fused = self
-            .then_resize
-            .as_ref()
-            .map(|r| format!(", then {} (fused)", r.describe()))
-            .unwrap_or_default();
+        let mut fused = String::new();
+        if let Some(r) = &self.then_resize {
+            fused.push_str(&format!(", then {} (fused)", r.describe()));
+        }
+        if let Some(c) = &self.then_crop {
+            fused.push_str(&format!(", then {} (fused)", c.describe()));
+        }
         format!(
             "decode_image {} -> {} ({}, max {} pixels, output batches up to {}){fused}",
             self.column, self.output, self.mode, self.max_pixels, self.max_batch_bytes
@@ -176,6 +195,8 @@ pub struct DecodeImage {
     max_batch_bytes: u64,
     /// A fused `resize`: target and filter.
     resize: Option<(Target, ResizeAlg)>,
+    /// A fused `center_crop`: width and height.
+    crop: Option<(u32, u32)>,
     schema: SchemaRef,
 }
 
@@ -210,7 +231,8 @@ impl Operator for DecodeImage {
         let column = batch.column_by_name(&self.column).cloned().ok_or_else(|| {
             Error::internal(format!("decode_image: column '{}' is missing", self.column))
         })?;
-        let (mode, max_pixels, resize) = (self.mode, self.max_pixels, self.resize);
+        let (mode, max_pixels, resize, crop) = (self.mode, self.max_pixels, self.resize, self.crop);
+        let then = Then { resize, crop };
         // Each row's decoded size and dimensions, from its header; with a fused resize, the size
         // is the resized one (what the output holds).
         let (sizes, dims): (Vec<u64>, Vec<Option<(u32, u32)>>) = {
@@ -219,10 +241,7 @@ impl Operator for DecodeImage {
             (0..column.len())
                 .map(|row| {
                     let d = bytes.get(row).and_then(header_dims);
-                    let out = d.map(|(w, h)| match resize {
-                        Some((t, _)) => t.size(w, h),
-                        None => (w, h),
-                    });
+                    let out = d.map(|(w, h)| then.size(w, h));
                     let size = out.map_or(0, |(w, h)| {
                         u64::from(w) * u64::from(h) * mode.channels() as u64
                     });
@@ -236,7 +255,7 @@ impl Operator for DecodeImage {
             let predicted: Vec<usize> = sizes[range.clone()].iter().map(|s| *s as usize).collect();
             let dims = dims[range].to_vec();
             let decoded = ctx
-                .spawn_cpu(move || decode_group(&col, &predicted, &dims, mode, max_pixels, resize))
+                .spawn_cpu(move || decode_group(&col, &predicted, &dims, mode, max_pixels, then))
                 .await??;
             let results = match decoded {
                 Decoded::Contiguous { column, lengths } => {
@@ -260,6 +279,24 @@ impl Operator for DecodeImage {
             emit_images(&part, &self.schema, &self.output, images, out)?;
         }
         Ok(())
+    }
+}
+
+/// What a `decode_image` does to each image after decoding it: the steps fused into it.
+#[derive(Debug, Clone, Copy)]
+struct Then {
+    resize: Option<(Target, ResizeAlg)>,
+    crop: Option<(u32, u32)>,
+}
+
+impl Then {
+    /// The output size of an image decoded at `w` × `h`.
+    fn size(&self, w: u32, h: u32) -> (u32, u32) {
+        let (w, h) = match self.resize {
+            Some((t, _)) => t.size(w, h),
+            None => (w, h),
+        };
+        self.crop.unwrap_or((w, h))
     }
 }
 
@@ -287,7 +324,7 @@ fn decode_group(
     header: &[Option<(u32, u32)>],
     mode: ImageMode,
     max_pixels: u64,
-    resize: Option<(Target, ResizeAlg)>,
+    then: Then,
 ) -> Result<Decoded> {
     let bytes = BytesColumn::new(col)
         .ok_or_else(|| Error::internal("decode_image: input is not a bytes column"))?;
@@ -298,25 +335,38 @@ fn decode_group(
             .into_par_iter()
             .enumerate()
             .map_init(
-                || (Vec::new(), Resizer::new()),
-                |(scratch, resizer), (row, out)| {
-                    let Some((target, alg)) = resize else {
+                || (Vec::new(), Vec::new(), Resizer::new()),
+                |(decoded, resized, resizer), (row, out)| {
+                    if then.resize.is_none() && then.crop.is_none() {
                         let (w, h) = decode_jpeg_into(bytes.get(row)?, mode, max_pixels, out)?;
                         return Some((w, h, mode));
-                    };
+                    }
                     let (hw, hh) = (*header.get(row)?)?;
-                    let n = hw as usize * hh as usize * mode.channels();
-                    scratch.resize(n, 0);
-                    let (w, h) = decode_jpeg_into(bytes.get(row)?, mode, max_pixels, scratch)?;
-                    let src = ImageView {
-                        pixels: scratch,
+                    decoded.resize(hw as usize * hh as usize * mode.channels(), 0);
+                    let (w, h) = decode_jpeg_into(bytes.get(row)?, mode, max_pixels, decoded)?;
+                    let mut view = ImageView {
+                        pixels: decoded,
                         mode,
                         height: h,
                         width: w,
                     };
-                    resize_into(resizer, src, target, alg, out).ok()?;
-                    let (tw, th) = target.size(w, h);
-                    Some((tw, th, mode))
+                    if let Some((target, alg)) = then.resize {
+                        let (tw, th) = target.size(w, h);
+                        if then.crop.is_none() {
+                            resize_into(resizer, view, target, alg, out).ok()?;
+                            return Some((tw, th, mode));
+                        }
+                        resized.resize(tw as usize * th as usize * mode.channels(), 0);
+                        resize_into(resizer, view, target, alg, resized).ok()?;
+                        view = ImageView {
+                            pixels: resized,
+                            mode,
+                            height: th,
+                            width: tw,
+                        };
+                    }
+                    let (cw, ch) = then.crop?;
+                    crop_into(view, cw, ch, out).then_some((cw, ch, mode))
                 },
             )
             .collect();
@@ -334,12 +384,16 @@ fn decode_group(
             .map_init(Resizer::new, |resizer, row| match bytes.get(row) {
                 None => Err((Error::input("image bytes are null"), Vec::new())),
                 Some(b) => decode(b, mode, max_pixels)
-                    .and_then(|img| match resize {
+                    .and_then(|img| match then.resize {
                         None => Ok(img),
                         Some((target, alg)) => {
                             let (tw, th) = target.size(img.width, img.height);
                             resize_view(resizer, img.view(), tw, th, alg)
                         }
+                    })
+                    .and_then(|img| match then.crop {
+                        None => Ok(img),
+                        Some((cw, ch)) => crop_view(img.view(), cw, ch),
                     })
                     .map_err(|e| (e, preview(b))),
             })
@@ -778,6 +832,11 @@ mod tests {
         out
     }
 
+    const NOTHING: Then = Then {
+        resize: None,
+        crop: None,
+    };
+
     fn dims(files: &[Vec<u8>]) -> Vec<Option<(u32, u32)>> {
         files.iter().map(|f| header_dims(f)).collect()
     }
@@ -802,7 +861,10 @@ mod tests {
             &dims(&files),
             ImageMode::Rgb,
             1 << 30,
-            Some((target, alg)),
+            Then {
+                resize: Some((target, alg)),
+                crop: None,
+            },
         )
         .unwrap() else {
             panic!("plain RGB JPEGs should decode and resize into one buffer");
@@ -832,7 +894,7 @@ mod tests {
             &dims(&files),
             ImageMode::Rgb,
             1 << 30,
-            None,
+            NOTHING,
         )
         .unwrap() else {
             panic!("plain RGB JPEGs should decode into one buffer");
@@ -855,9 +917,18 @@ mod tests {
             .iter()
             .map(|f| predicted_size(f, ImageMode::Rgb).unwrap_or(0) as usize)
             .collect();
-        let Decoded::Each(rows) =
-            decode_group(&col, &predicted, &dims(&bad), ImageMode::Rgb, 1 << 30, None).unwrap()
-        else {
+        let Decoded::Each(rows) = decode_group(
+            &col,
+            &predicted,
+            &dims(&bad),
+            ImageMode::Rgb,
+            1 << 30,
+            Then {
+                resize: None,
+                crop: None,
+            },
+        )
+        .unwrap() else {
             panic!("a corrupt row must not go into the shared buffer");
         };
         assert!(rows[0].is_ok() && rows[2].is_ok());
@@ -869,9 +940,18 @@ mod tests {
             .iter()
             .map(|f| predicted_size(f, ImageMode::L).unwrap() as usize)
             .collect();
-        let Decoded::Contiguous { column, .. } =
-            decode_group(&col, &predicted, &dims(&files), ImageMode::L, 1 << 30, None).unwrap()
-        else {
+        let Decoded::Contiguous { column, .. } = decode_group(
+            &col,
+            &predicted,
+            &dims(&files),
+            ImageMode::L,
+            1 << 30,
+            Then {
+                resize: None,
+                crop: None,
+            },
+        )
+        .unwrap() else {
             panic!("grayscale from YCbCr JPEGs should decode into one buffer");
         };
         let images = crate::common::DecodedColumn::new(&column, "image").unwrap();

@@ -185,11 +185,12 @@ impl ResizeSpec {
     }
 }
 
-/// A `resize` fused into the `decode_image` before it: its batches are already resized, so it
-/// passes them on under its own schema (the same columns; the image field may carry the size).
+/// A step fused into the `decode_image` before it (`resize`, `center_crop`): its batches arrive
+/// already processed, so it passes them on under its own schema (the same columns; the image
+/// field may record the size).
 #[derive(Debug)]
 pub struct Fused {
-    schema: SchemaRef,
+    pub(crate) schema: SchemaRef,
 }
 
 #[async_trait]

@@ -362,33 +362,51 @@ fn build_with(
     ))
 }
 
-/// Fuses steps that are cheaper as one: a `resize` right after the `decode_image` whose output it
-/// resizes in place (reading only that step, with the same parallelism, and no other step reading
-/// the decoder) is done by the decoder, image by image, while the full-size pixels are still in
-/// the decoding thread's cache; the `resize` step stays in the graph and passes batches through.
+/// Fuses steps that are cheaper as one: a `resize` and then a `center_crop` right after the
+/// `decode_image` whose output they change in place (each reading only the step before it, with
+/// the same parallelism, and no other step reading those before it) are done by the decoder,
+/// image by image, while the full-size pixels are still in the decoding thread's cache; the fused
+/// steps stay in the graph and pass batches through.
 fn fuse(steps: &[StepSpec], mut kinds: Vec<Kind>) -> Vec<Kind> {
-    for i in 0..steps.len().saturating_sub(1) {
-        let (decoder, next) = (&steps[i], &steps[i + 1]);
-        let reads_only_decoder = match &next.inputs {
-            None => true,
-            Some(names) => names.len() == 1 && names[0] == decoder.name,
+    // Whether step `j` reads only step `i` (the one before it), nothing else reads `i`, and both
+    // run with the same parallelism.
+    let chained = |i: usize, j: usize| -> bool {
+        let (from, to) = (&steps[i], &steps[j]);
+        let reads_only = match &to.inputs {
+            None => j == i + 1,
+            Some(names) => names.len() == 1 && names[0] == from.name,
         };
-        let read_elsewhere = steps.iter().enumerate().any(|(j, s)| {
-            j != i + 1
-                && s.inputs
-                    .as_ref()
-                    .is_some_and(|names| names.contains(&decoder.name))
-        });
-        if !reads_only_decoder || read_elsewhere || decoder.parallelism != next.parallelism {
+        // Only the step right after `i` reads it implicitly; others name it.
+        let read_elsewhere = steps
+            .iter()
+            .enumerate()
+            .any(|(k, s)| k != j && s.inputs.as_ref().is_some_and(|n| n.contains(&from.name)));
+        j == i + 1 && reads_only && !read_elsewhere && from.parallelism == to.parallelism
+    };
+    for i in 0..steps.len() {
+        if !matches!(kinds[i], Kind::DecodeImage(_)) {
             continue;
         }
-        let (head, tail) = kinds.split_at_mut(i + 1);
-        if let (Some(Kind::DecodeImage(d)), Some(Kind::Resize(r))) =
-            (head.last_mut(), tail.first_mut())
-            && d.can_fuse(r)
-        {
-            d.then_resize = Some(r.clone());
-            r.fused = true;
+        let mut last = i;
+        if last + 1 < steps.len() && chained(last, last + 1) {
+            let (head, tail) = kinds.split_at_mut(last + 1);
+            if let (Kind::DecodeImage(d), Some(Kind::Resize(r))) = (&mut head[i], tail.first_mut())
+                && d.can_fuse(r)
+            {
+                d.then_resize = Some(r.clone());
+                r.fused = true;
+                last += 1;
+            }
+        }
+        if last + 1 < steps.len() && chained(last, last + 1) {
+            let (head, tail) = kinds.split_at_mut(last + 1);
+            if let (Kind::DecodeImage(d), Some(Kind::CenterCrop(c))) =
+                (&mut head[i], tail.first_mut())
+                && d.can_fuse_crop(c)
+            {
+                d.then_crop = Some(c.clone());
+                c.fused = true;
+            }
         }
     }
     kinds

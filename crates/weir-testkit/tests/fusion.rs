@@ -1,5 +1,5 @@
-//! Step fusion: `resize` right after the `decode_image` it reads is done by the decoder, image by
-//! image. The fused pipeline's tensors equal, byte for byte, those of the same pipeline with the
+//! Step fusion: `resize` and `center_crop` right after the `decode_image` they read are done by
+//! the decoder, image by image. The fused pipeline's tensors equal, byte for byte, those of the same pipeline with the
 //! fusion prevented (the resize step given a parallelism of its own), over real photos and the
 //! odd JPEGs that take the decoder's row-by-row path (CMYK, progressive, EXIF-rotated).
 
@@ -84,8 +84,9 @@ fn a_fused_decode_and_resize_gives_the_same_pixels() {
     };
     let d = describe(&fused);
     assert!(
-        d.contains("then resize image to shorter side 80 (bilinear) (fused)")
-            && d.contains("(done by the decode_image before it)"),
+        d.contains("then resize image to shorter side 80 (bilinear) (fused), then center_crop image to 64x64 (fused)")
+            && d.contains("resize image to shorter side 80 (bilinear) (done by the decode_image before it)")
+            && d.contains("center_crop image to 64x64 (done by the decode_image before it)"),
         "{d}"
     );
     let d = describe(&apart);
