@@ -52,6 +52,9 @@ struct Inst {
     outstanding: BTreeSet<u64>,
     /// Rows of those requests: the work the router balances.
     work: usize,
+    /// When it was last sent work (a dispatch count): among equally loaded instances the one
+    /// that waited longest gets the next request, so light load still reaches every instance.
+    last_sent: u64,
     /// The requests it is running (one batch) and since when.
     running: Option<(Vec<u64>, Instant)>,
 }
@@ -79,6 +82,8 @@ struct State {
     target: usize,
     next_instance: u64,
     next_request: u64,
+    /// Dispatches so far (stamps `Inst::last_sent`).
+    dispatches: u64,
     instances: BTreeMap<u64, Inst>,
     queue: VecDeque<u64>,
     requests: HashMap<u64, Pending>,
@@ -251,6 +256,7 @@ impl Shared {
                         outstanding: BTreeSet::new(),
                         work: 0,
                         running: None,
+                        last_sent: 0,
                     },
                 );
             }
@@ -268,7 +274,7 @@ impl Shared {
                 .instances
                 .iter()
                 .filter(|(_, i)| i.phase == Phase::Ready && i.outstanding.len() < window)
-                .min_by_key(|(id, i)| (i.work, **id))
+                .min_by_key(|(id, i)| (i.work, i.last_sent, **id))
                 .map(|(id, _)| *id);
             let Some(inst_id) = best else {
                 break;
@@ -317,6 +323,8 @@ impl Shared {
                 self.bury(st, inst_id, format!("instance {inst_id}'s thread ended"));
                 continue;
             }
+            st.dispatches += 1;
+            inst.last_sent = st.dispatches;
             inst.outstanding.extend(ids.iter().copied());
             inst.work += rows;
             for r in &ids {
@@ -786,6 +794,7 @@ impl Service {
             target: 0,
             next_instance: 0,
             next_request: 0,
+            dispatches: 0,
             instances: BTreeMap::new(),
             queue: VecDeque::new(),
             requests: HashMap::new(),
