@@ -368,27 +368,27 @@ fn build_with(
 /// image by image, while the full-size pixels are still in the decoding thread's cache; the fused
 /// steps stay in the graph and pass batches through.
 fn fuse(steps: &[StepSpec], mut kinds: Vec<Kind>) -> Vec<Kind> {
-    // Whether step `j` reads only step `i` (the one before it), nothing else reads `i`, and both
-    // run with the same parallelism.
-    let chained = |i: usize, j: usize| -> bool {
-        let (from, to) = (&steps[i], &steps[j]);
-        let reads_only = match &to.inputs {
-            None => j == i + 1,
-            Some(names) => names.len() == 1 && names[0] == from.name,
-        };
+    // Whether step `i + 1` reads only step `i`, nothing else reads `i`, and both run with the
+    // same parallelism.
+    let chained = |i: usize| -> bool {
+        let (from, to) = (&steps[i], &steps[i + 1]);
+        let reads_only = to
+            .inputs
+            .as_ref()
+            .is_none_or(|names| names.len() == 1 && names[0] == from.name);
         // Only the step right after `i` reads it implicitly; others name it.
         let read_elsewhere = steps
             .iter()
             .enumerate()
-            .any(|(k, s)| k != j && s.inputs.as_ref().is_some_and(|n| n.contains(&from.name)));
-        j == i + 1 && reads_only && !read_elsewhere && from.parallelism == to.parallelism
+            .any(|(k, s)| k != i + 1 && s.inputs.as_ref().is_some_and(|n| n.contains(&from.name)));
+        reads_only && !read_elsewhere && from.parallelism == to.parallelism
     };
     for i in 0..steps.len() {
         if !matches!(kinds[i], Kind::DecodeImage(_)) {
             continue;
         }
         let mut last = i;
-        if last + 1 < steps.len() && chained(last, last + 1) {
+        if last + 1 < steps.len() && chained(last) {
             let (head, tail) = kinds.split_at_mut(last + 1);
             if let (Kind::DecodeImage(d), Some(Kind::Resize(r))) = (&mut head[i], tail.first_mut())
                 && d.can_fuse(r)
@@ -398,7 +398,7 @@ fn fuse(steps: &[StepSpec], mut kinds: Vec<Kind>) -> Vec<Kind> {
                 last += 1;
             }
         }
-        if last + 1 < steps.len() && chained(last, last + 1) {
+        if last + 1 < steps.len() && chained(last) {
             let (head, tail) = kinds.split_at_mut(last + 1);
             if let (Kind::DecodeImage(d), Some(Kind::CenterCrop(c))) =
                 (&mut head[i], tail.first_mut())

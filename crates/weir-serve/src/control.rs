@@ -49,28 +49,7 @@ pub struct ControlFile {
 impl ControlFile {
     /// Writes the file (mode 0600, created with that mode), creating its directory.
     pub fn write(&self, path: &Path) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                Error::io(format!("cannot create the directory {}", dir.display())).with_source(e)
-            })?;
-        }
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::internal("cannot encode the control file").with_source(e))?;
-        let _ = std::fs::remove_file(path);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                Error::io(format!("cannot write the control file {}", path.display()))
-                    .with_source(e)
-            })?;
-        f.write_all(json.as_bytes()).map_err(|e| {
-            Error::io(format!("cannot write the control file {}", path.display())).with_source(e)
-        })
+        write_private_json(self, path, "control file")
     }
 
     /// Reads a control file; the error names the file and says how to get one.
@@ -86,6 +65,38 @@ impl ControlFile {
             Error::config(format!("{} is not a weir control file", path.display())).with_source(e)
         })
     }
+}
+
+/// Writes `value` as JSON to `path` readable by its owner only (it holds a token): into a
+/// temporary file created with mode 0600 next to it, then renamed into place, so a reader never
+/// sees a half-written file. Creates the directory. `what` names the file in errors.
+pub(crate) fn write_private_json<T: Serialize>(value: &T, path: &Path, what: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::io(format!("cannot create the directory {}", dir.display())).with_source(e)
+        })?;
+    }
+    let json = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::internal(format!("cannot encode the {what}")).with_source(e))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "weir".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(json.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(format!("cannot write the {what} {}", path.display())).with_source(e)
+        })
 }
 
 /// A fresh token: 32 hex digits from `/dev/urandom`.
@@ -215,7 +226,7 @@ fn act(
 
 #[tonic::async_trait]
 impl FlightService for ControlServer {
-    crate::unimplemented::flight_stream_types!();
+    crate::not_offered::flight_stream_types!();
 
     async fn do_action(
         &self,
@@ -256,7 +267,7 @@ impl FlightService for ControlServer {
         Ok(Response::new(Box::pin(futures::stream::iter(actions))))
     }
 
-    crate::unimplemented::flight_unimplemented!(
+    crate::not_offered::flight_not_offered!(
         handshake,
         list_flights,
         get_flight_info,

@@ -277,7 +277,7 @@ pub(crate) type FlightStream<T> = BoxStream<'static, std::result::Result<T, Stat
 
 #[tonic::async_trait]
 impl FlightService for ModelServer {
-    crate::unimplemented::flight_stream_types!();
+    crate::not_offered::flight_stream_types!();
 
     async fn do_exchange(
         &self,
@@ -303,7 +303,7 @@ impl FlightService for ModelServer {
         tensors_response(&out)
     }
 
-    crate::unimplemented::flight_unimplemented!(
+    crate::not_offered::flight_not_offered!(
         handshake,
         list_flights,
         get_flight_info,

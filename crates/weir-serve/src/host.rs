@@ -71,34 +71,7 @@ impl HostEntry {
 
     /// Writes the entry atomically (a 0600 temporary file renamed into place).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::io(format!(
-                "cannot create the service registry {}",
-                dir.display()
-            ))
-            .with_source(e)
-        })?;
-        let path = Self::path(dir, &self.service);
-        let tmp = dir.join(format!(".{}.json.{}", self.service, self.pid));
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::internal("cannot encode a registry entry").with_source(e))?;
-        let _ = std::fs::remove_file(&tmp);
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(json.as_bytes()))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        written.map_err(|e| {
-            Error::io(format!(
-                "cannot write the registry entry {}",
-                path.display()
-            ))
-            .with_source(e)
-        })
+        crate::control::write_private_json(self, &Self::path(dir, &self.service), "registry entry")
     }
 
     /// The entry of `service` in `dir`, if there is one.
@@ -191,7 +164,7 @@ impl Drop for CallGuard {
 
 #[tonic::async_trait]
 impl FlightService for HostServer {
-    crate::unimplemented::flight_stream_types!();
+    crate::not_offered::flight_stream_types!();
 
     async fn do_exchange(
         &self,
@@ -227,7 +200,7 @@ impl FlightService for HostServer {
         tensors_response(&out)
     }
 
-    crate::unimplemented::flight_unimplemented!(
+    crate::not_offered::flight_not_offered!(
         handshake,
         list_flights,
         get_flight_info,

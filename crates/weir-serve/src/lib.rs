@@ -29,10 +29,10 @@ pub mod fault;
 pub mod flight;
 pub mod host;
 pub mod instance;
+mod not_offered;
 pub mod remote;
 pub mod service;
 pub mod spec;
-mod unimplemented;
 
 pub use remote::RemoteService;
 pub use service::{Membership, Service};

@@ -292,19 +292,10 @@ fn host_executable(service: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("WEIR_EXE") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().map_err(|e| {
-        Error::config(format!(
-            "shared service '{service}': cannot find this executable to start `weir serve-service`; set WEIR_EXE"
-        ))
-        .with_source(e)
-    })?;
-    if exe.file_stem().and_then(|s| s.to_str()) != Some("weir") {
-        return Err(Error::config(format!(
-            "shared service '{service}': its host is started as `weir serve-service`, but this program is {}, not weir; set WEIR_EXE to the weir binary",
-            exe.display()
-        )));
-    }
-    Ok(exe)
+    crate::service::this_weir(
+        &format!("shared service '{service}': its host is started as `weir serve-service`"),
+        "set WEIR_EXE to the weir binary",
+    )
 }
 
 /// A shared service as one job sees it. See the module docs.

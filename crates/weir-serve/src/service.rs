@@ -1029,17 +1029,27 @@ impl ModelService for Service {
 /// `[this weir binary, "serve-model"]`: the default instance command of `placement: process`,
 /// available only when the job runs in the `weir` binary itself.
 fn default_instance_command(service: &str) -> Result<Vec<String>> {
+    let exe = this_weir(
+        &format!("service '{service}': placement: process starts `weir serve-model` by default"),
+        "set the service's `command:` (e.g. [/path/to/weir, serve-model])",
+    )?;
+    Ok(vec![exe.display().to_string(), "serve-model".into()])
+}
+
+/// This program, when it is the `weir` binary (the one that can run `weir serve-model` and
+/// `weir serve-service`); otherwise a config error saying `needs` and how to `fix` it.
+pub(crate) fn this_weir(needs: &str, fix: &str) -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe().map_err(|e| {
         Error::config(format!(
-            "service '{service}': placement: process: cannot find this executable to start `weir serve-model`; set `command:`"
+            "{needs}, but this executable cannot be found; {fix}"
         ))
         .with_source(e)
     })?;
     if exe.file_stem().and_then(|s| s.to_str()) != Some("weir") {
         return Err(Error::config(format!(
-            "service '{service}': placement: process starts `weir serve-model` by default, but this program is {}, not weir; set the service's `command:` (e.g. [/path/to/weir, serve-model])",
+            "{needs}, but this program is {}, not weir; {fix}",
             exe.display()
         )));
     }
-    Ok(vec![exe.display().to_string(), "serve-model".into()])
+    Ok(exe)
 }

@@ -59,6 +59,19 @@ fn wait_ready(svc: &Service, n: usize) {
     });
 }
 
+/// The model loaded directly, to compare a service's answers with.
+fn direct_model() -> OrtBackend {
+    OrtBackend::load(
+        &orientation(),
+        &BackendOptions {
+            cpus: 1,
+            gpus: 0,
+            spin: false,
+        },
+    )
+    .unwrap()
+}
+
 fn first_output(t: &Tensors) -> Vec<f32> {
     let (_, t) = &t[0];
     t.data
@@ -84,15 +97,7 @@ fn instances_are_routable_only_after_load_and_warm_up_and_answer_like_the_model(
     let calls: Vec<_> = (0..8).map(|i| svc.call(request(i * 2, 2), &opts)).collect();
     let answers = rt.block_on(futures::future::join_all(calls));
 
-    let mut direct = OrtBackend::load(
-        &orientation(),
-        &BackendOptions {
-            cpus: 1,
-            gpus: 0,
-            spin: false,
-        },
-    )
-    .unwrap();
+    let mut direct = direct_model();
     for (i, a) in answers.into_iter().enumerate() {
         let a = a.unwrap();
         let want = direct.run(request(i as u64 * 2, 2)).unwrap();
@@ -442,15 +447,7 @@ fn queued_requests_from_several_callers_merge_into_one_batch_and_a_poison_fails_
         retries: 0,
         backoff: Duration::from_millis(10),
     };
-    let mut direct = OrtBackend::load(
-        &orientation(),
-        &BackendOptions {
-            cpus: 1,
-            gpus: 0,
-            spin: false,
-        },
-    )
-    .unwrap();
+    let mut direct = direct_model();
 
     // The first request hangs a little, so the next ones (one row each) queue behind it.
     faults.hang_for(Duration::from_millis(600));
