@@ -10,6 +10,11 @@
 # 127.0.0.1, turns telemetry off, creates the bucket, and waits until S3 answers. Idempotent: when
 # something already answers on the S3 port it only prints the env vars.
 #
+# Volumes: a fixed 8 volumes of at most 64 MiB each (sparse files, nothing preallocated). Left to
+# itself `weed mini` sizes its volume count from the free disk space divided by the volume size, and
+# on a machine whose disk is nearly full (a CI runner after a cold build) that is 0 volumes: the
+# port opens but every write then hangs until the client times out.
+#
 # Credentials: `weed mini` creates an admin identity from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
 # in its environment; anonymous requests are refused. The values are WEIR_TEST_S3_ACCESS_KEY_ID /
 # WEIR_TEST_S3_SECRET_ACCESS_KEY if set, else weir's test defaults below.
@@ -61,6 +66,7 @@ AWS_ACCESS_KEY_ID="$KEY" AWS_SECRET_ACCESS_KEY="$SECRET" setsid nohup "$VENV/bin
     -dir="$DATA" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$PORT" -bucket="$BUCKET" \
     -master.telemetry=false -webdav=false -admin.ui=false \
     -s3.port.iceberg=0 -s3.port.lance=0 \
+    -volume.max=8 -master.volumeSizeLimitMB=64 \
     </dev/null >"$DATA/weed.log" 2>&1 &
 echo $! >"$DATA/weed.pid"
 

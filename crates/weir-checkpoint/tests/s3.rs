@@ -12,7 +12,9 @@
 
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -83,7 +85,9 @@ fn unique_prefix(test: &str) -> String {
 /// An S3 client for the test server that gives up quickly instead of retrying for minutes.
 fn s3_client() -> Arc<dyn ObjectStore> {
     let env = s3_env();
+    // Client options first: `with_client_options` replaces them whole, `with_allow_http` included.
     let s3 = AmazonS3Builder::new()
+        .with_client_options(ClientOptions::new().with_timeout(Duration::from_secs(10)))
         .with_endpoint(&env.endpoint)
         .with_allow_http(true)
         .with_bucket_name(&env.bucket)
@@ -109,7 +113,7 @@ fn s3_client() -> Arc<dyn ObjectStore> {
 /// port opens).
 async fn wait_ready(s3: &Arc<dyn ObjectStore>) {
     let probe = Path::from("weir-checkpoint-tests/_probe");
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match s3.put(&probe, PutPayload::from_static(b"ok")).await {
             Ok(_) => return,
@@ -120,11 +124,28 @@ async fn wait_ready(s3: &Arc<dyn ObjectStore>) {
             Err(e) => panic!(
                 "S3 at {} does not accept writes to bucket '{}': {e}; run \
                  scripts/start-seaweedfs.sh (or scripts/stop-seaweedfs.sh --wipe, then start) \
-                 and export what it prints",
+                 and export what it prints{}",
                 s3_env().endpoint,
-                s3_env().bucket
+                s3_env().bucket,
+                server_log_tail()
             ),
         }
+    }
+}
+
+/// The last lines of the log of a server `scripts/start-seaweedfs.sh` started here, if there is one.
+fn server_log_tail() -> String {
+    let home = std::env::var("WEIR_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.weir"));
+    let log = home.join("s3/weed.log");
+    match std::fs::read_to_string(&log) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            format!("\nlast lines of {}:\n{tail}", log.display())
+        }
+        Err(_) => String::new(),
     }
 }
 
