@@ -55,7 +55,7 @@ impl CenterCropSpec {
     /// Builds one running instance for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         if self.fused {
-            return Ok(Box::new(crate::resize::Fused {
+            return Ok(Box::new(crate::common::Fused {
                 schema: self.output_schema(input)?,
             }));
         }
@@ -195,7 +195,15 @@ impl Operator for CenterCrop {
             .await??;
         let results = match made {
             MadeImages::Contiguous(col, lengths) => {
-                return emit_image_column(&batch, &self.schema, &self.column, &col, &lengths, out);
+                return emit_image_column(
+                    &batch,
+                    &self.schema,
+                    &self.column,
+                    &col,
+                    &lengths,
+                    None,
+                    out,
+                );
             }
             MadeImages::Each(results) => results,
         };
@@ -211,7 +219,7 @@ impl Operator for CenterCrop {
             }
         }
         report_bad_rows(ctx, &batch, bad)?;
-        emit_images(&batch, &self.schema, &self.column, images, out)
+        emit_images(&batch, &self.schema, &self.column, images, None, out)
     }
 }
 

@@ -9,8 +9,9 @@ use arrow::buffer::{NullBuffer, ScalarBuffer};
 use arrow::compute::filter;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
 use std::sync::Arc;
-use weir_runtime::OperatorContext;
+use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::multimodal::{EXTENSION_TYPE_METADATA_KEY, ExtensionType};
 use weir_types::multimodal::{
     ImageMetadata, ImageMode, ImageType, MediaType, image_decoded_fields,
@@ -184,10 +185,21 @@ pub(crate) fn assemble(
     name: &str,
     column: ArrayRef,
 ) -> Result<RecordBatch> {
+    assemble_with(batch, keep, schema, vec![(name, column)])
+}
+
+/// [`assemble`] with several new columns, each by name.
+pub(crate) fn assemble_with(
+    batch: &RecordBatch,
+    keep: Option<&BooleanArray>,
+    schema: &SchemaRef,
+    new: Vec<(&str, ArrayRef)>,
+) -> Result<RecordBatch> {
     let mut columns = Vec::with_capacity(schema.fields().len());
-    let mut column = Some(column);
+    let mut new: Vec<(&str, Option<ArrayRef>)> =
+        new.into_iter().map(|(n, c)| (n, Some(c))).collect();
     for f in schema.fields() {
-        if f.name() == name {
+        if let Some((_, column)) = new.iter_mut().find(|(n, _)| *n == f.name()) {
             if let Some(c) = column.take() {
                 columns.push(c);
             }
@@ -470,21 +482,23 @@ pub(crate) fn images_into_buffer<S>(
     Some(decoded_image_array_from_buffer(buf, &lengths, &dims).map(|col| (col, lengths)))
 }
 
-/// Emits `batch` with `column` (one image per row, `sizes` bytes of pixels each) as column
-/// `name`, split so no batch carries more than [`MAX_BATCH_PAYLOAD`] bytes of pixels (slices, no
-/// copies).
+/// Emits `batch` with `column` (one image per row, `sizes` bytes of payload each) as column
+/// `name`, and the `extra` column (one row per row, e.g. a fused tensor) under its name, split so
+/// no batch carries more than [`MAX_BATCH_PAYLOAD`] bytes of payload (slices, no copies).
 pub(crate) fn emit_image_column(
     batch: &RecordBatch,
     schema: &SchemaRef,
     name: &str,
     column: &ArrayRef,
     sizes: &[usize],
+    extra: Option<(&str, &ArrayRef)>,
     out: &mut weir_runtime::Emitter,
 ) -> Result<()> {
     for range in payload_groups(sizes) {
         let part = batch.slice(range.start, range.len());
-        let col = column.slice(range.start, range.len());
-        out.emit(assemble(&part, None, schema, name, col)?);
+        let mut new = vec![(name, column.slice(range.start, range.len()))];
+        new.extend(extra.map(|(n, c)| (n, c.slice(range.start, range.len()))));
+        out.emit(assemble_with(&part, None, schema, new)?);
     }
     Ok(())
 }
@@ -510,12 +524,14 @@ pub(crate) fn payload_groups(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Emits the good rows of `batch` (those with `Some` image, in order) with the images as column
-/// `name`, split so no batch carries more than [`MAX_BATCH_PAYLOAD`] bytes of pixels.
+/// `name`, and the `extra` column (one row per good row) under its name, split so no batch
+/// carries more than [`MAX_BATCH_PAYLOAD`] bytes of pixels.
 pub(crate) fn emit_images(
     batch: &RecordBatch,
     schema: &SchemaRef,
     name: &str,
     images: Vec<Option<ImageBuf>>,
+    extra: Option<(&str, &ArrayRef)>,
     out: &mut weir_runtime::Emitter,
 ) -> Result<()> {
     let keep_mask: Vec<bool> = images.iter().map(Option::is_some).collect();
@@ -530,8 +546,9 @@ pub(crate) fn emit_images(
     let sizes: Vec<usize> = good.iter().map(|i| i.pixels.len()).collect();
     for range in payload_groups(&sizes) {
         let part = kept.slice(range.start, range.len());
-        let col = decoded_image_array(&good[range])?;
-        out.emit(assemble(&part, None, schema, name, col)?);
+        let mut new = vec![(name, decoded_image_array(&good[range.clone()])?)];
+        new.extend(extra.map(|(n, c)| (n, c.slice(range.start, range.len()))));
+        out.emit(assemble_with(&part, None, schema, new)?);
     }
     Ok(())
 }
@@ -542,6 +559,30 @@ pub(crate) fn parse_size(s: &str, what: &str) -> Result<u64> {
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| Error::config(format!("{what} '{s}' is not a size such as 64MiB: {e}")))
+}
+
+/// A step fused into the `decode_image` before it (`resize`, `center_crop`, `to_tensor`): its
+/// batches arrive already processed, so it passes them on under its own schema (the same
+/// columns; the image field may record the size).
+#[derive(Debug)]
+pub struct Fused {
+    pub(crate) schema: SchemaRef,
+}
+
+#[async_trait]
+impl Operator for Fused {
+    async fn process_batch(
+        &mut self,
+        batch: RecordBatch,
+        _ctx: &mut OperatorContext,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        out.emit(RecordBatch::try_new(
+            self.schema.clone(),
+            batch.columns().to_vec(),
+        )?);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ pub fn parse_filter(name: &str) -> Result<ResizeAlg> {
 }
 
 impl ResizeSpec {
-    fn target(&self) -> Result<Target> {
+    pub(crate) fn target(&self) -> Result<Target> {
         let t = match (self.shorter_side, self.width, self.height) {
             (Some(s), None, None) => Target::ShorterSide(s),
             (None, Some(w), Some(h)) => Target::Exact(w, h),
@@ -155,7 +155,7 @@ impl ResizeSpec {
     /// Builds one running instance for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         if self.fused {
-            return Ok(Box::new(Fused {
+            return Ok(Box::new(crate::common::Fused {
                 schema: self.output_schema(input)?,
             }));
         }
@@ -182,30 +182,6 @@ impl ResizeSpec {
             ""
         };
         format!("resize {} to {to} ({}){fused}", self.column, self.filter)
-    }
-}
-
-/// A step fused into the `decode_image` before it (`resize`, `center_crop`): its batches arrive
-/// already processed, so it passes them on under its own schema (the same columns; the image
-/// field may record the size).
-#[derive(Debug)]
-pub struct Fused {
-    pub(crate) schema: SchemaRef,
-}
-
-#[async_trait]
-impl Operator for Fused {
-    async fn process_batch(
-        &mut self,
-        batch: RecordBatch,
-        _ctx: &mut OperatorContext,
-        out: &mut Emitter,
-    ) -> Result<()> {
-        out.emit(RecordBatch::try_new(
-            self.schema.clone(),
-            batch.columns().to_vec(),
-        )?);
-        Ok(())
     }
 }
 
@@ -337,7 +313,15 @@ impl Operator for Resize {
             .await??;
         let results = match made {
             MadeImages::Contiguous(col, lengths) => {
-                return emit_image_column(&batch, &self.schema, &self.column, &col, &lengths, out);
+                return emit_image_column(
+                    &batch,
+                    &self.schema,
+                    &self.column,
+                    &col,
+                    &lengths,
+                    None,
+                    out,
+                );
             }
             MadeImages::Each(results) => results,
         };
@@ -353,7 +337,7 @@ impl Operator for Resize {
             }
         }
         report_bad_rows(ctx, &batch, bad)?;
-        emit_images(&batch, &self.schema, &self.column, images, out)
+        emit_images(&batch, &self.schema, &self.column, images, None, out)
     }
 }
 

@@ -81,6 +81,11 @@ pub struct ToTensorSpec {
     /// Default `[1, 1, 1]`.
     #[serde(default = "default_std")]
     pub std: Vec<f32>,
+    /// Set by the planner when the `decode_image` before this step (directly, or through a fused
+    /// `resize` and `center_crop`) writes the tensor (not a spec key); this step then passes
+    /// batches through.
+    #[serde(skip)]
+    pub fused: bool,
 }
 
 impl Default for ToTensorSpec {
@@ -94,6 +99,7 @@ impl Default for ToTensorSpec {
             scale: default_scale(),
             mean: default_mean(),
             std: default_std(),
+            fused: false,
         }
     }
 }
@@ -146,6 +152,16 @@ impl TensorPlan {
     /// Values per row.
     pub fn row_len(&self) -> usize {
         self.height as usize * self.width as usize * self.mode.channels()
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_len()
+            * match self.dtype {
+                TensorDtype::Float32 => 4,
+                TensorDtype::Float16 => 2,
+                TensorDtype::UInt8 => 1,
+            }
     }
 
     /// Writes one image into `out` (`row_len` values) as `f32`.
@@ -294,7 +310,8 @@ impl ToTensorSpec {
         })
     }
 
-    fn plan_for(&self, input: &SchemaRef) -> Result<TensorPlan> {
+    /// Plan time: the kernel's plan for the image column of `input`.
+    pub(crate) fn plan_for(&self, input: &SchemaRef) -> Result<TensorPlan> {
         let i = column_index(input, &self.column, "to_tensor")?;
         let md = check_decoded_image(input.field(i), "to_tensor")?;
         let (Some(h), Some(w)) = (md.height, md.width) else {
@@ -330,6 +347,11 @@ impl ToTensorSpec {
     /// Builds one running instance for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         let plan = self.plan_for(input)?;
+        if self.fused {
+            return Ok(Box::new(crate::common::Fused {
+                schema: schema_with(input, self.field(&plan)),
+            }));
+        }
         Ok(Box::new(ToTensor {
             schema: schema_with(input, self.field(&plan)),
             column: self.column.clone(),
@@ -341,7 +363,7 @@ impl ToTensorSpec {
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
         format!(
-            "to_tensor {} -> {} ({} {} {}, scale {}, mean {:?}, std {:?})",
+            "to_tensor {} -> {} ({} {} {}, scale {}, mean {:?}, std {:?}){}",
             self.column,
             self.output,
             self.layout,
@@ -349,7 +371,12 @@ impl ToTensorSpec {
             self.dtype,
             self.scale,
             self.mean,
-            self.std
+            self.std,
+            if self.fused {
+                " (done by the decode_image before it)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -363,8 +390,8 @@ pub struct ToTensor {
     plan: Arc<TensorPlan>,
 }
 
-fn check_row(plan: &TensorPlan, img: &ImageView<'_>) -> Result<()> {
-    if img.width != plan.width || img.height != plan.height || img.mode != plan.mode {
+pub(crate) fn check_row(plan: &TensorPlan, img: &ImageView<'_>) -> Result<()> {
+    if !plan.fits(img.width, img.height, img.mode) {
         return Err(Error::input(format!(
             "image is {}x{} {}, but the tensor needs {}x{} {} (all images of a batch must have the same size)",
             img.width, img.height, img.mode, plan.width, plan.height, plan.mode
@@ -387,43 +414,84 @@ fn tensor_array<T: ArrowPrimitiveType>(values: Vec<T::Native>, row_len: usize) -
     )?))
 }
 
-/// Converts the images at `rows` of `images` into one tensor array, in parallel over rows.
-pub(crate) fn build_tensor(plan: &TensorPlan, views: &[ImageView<'_>]) -> Result<ArrayRef> {
-    let n = plan.row_len();
-    match plan.dtype {
-        TensorDtype::Float32 => {
-            let mut values = vec![0f32; n * views.len()];
-            values
-                .par_chunks_mut(n.max(1))
-                .zip(views.par_iter())
-                .for_each(|(out, v)| plan.write_f32(v.pixels, out));
-            tensor_array::<Float32Type>(values, n)
-        }
-        TensorDtype::Float16 => {
-            let mut values = vec![f16::ZERO; n * views.len()];
-            values
-                .par_chunks_mut(n.max(1))
-                .zip(views.par_iter())
-                .for_each_init(
-                    || vec![0f32; n],
-                    |tmp, (out, v)| {
-                        plan.write_f32(v.pixels, tmp);
-                        for (o, x) in out.iter_mut().zip(tmp.iter()) {
-                            *o = f16::from_f32(*x);
-                        }
-                    },
-                );
-            tensor_array::<Float16Type>(values, n)
-        }
-        TensorDtype::UInt8 => {
-            let mut values = vec![0u8; n * views.len()];
-            values
-                .par_chunks_mut(n.max(1))
-                .zip(views.par_iter())
-                .for_each(|(out, v)| plan.write_u8(v.pixels, out));
-            tensor_array::<UInt8Type>(values, n)
+/// The values of a tensor column being written, one buffer for all rows, in the planned element
+/// type. Rows are written in parallel through [`TensorValues::rows_mut`].
+pub(crate) enum TensorValues {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    U8(Vec<u8>),
+}
+
+/// One row of a [`TensorValues`], to be written by [`TensorPlan::write_row`].
+pub(crate) enum TensorRow<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [f16]),
+    U8(&'a mut [u8]),
+}
+
+impl TensorValues {
+    /// Zeroed values for `rows` rows of `plan`.
+    pub(crate) fn new(plan: &TensorPlan, rows: usize) -> TensorValues {
+        let len = plan.row_len() * rows;
+        match plan.dtype {
+            TensorDtype::Float32 => TensorValues::F32(vec![0.0; len]),
+            TensorDtype::Float16 => TensorValues::F16(vec![f16::ZERO; len]),
+            TensorDtype::UInt8 => TensorValues::U8(vec![0; len]),
         }
     }
+
+    /// Each row's values, in order (`row_len` values each).
+    pub(crate) fn rows_mut(&mut self, row_len: usize) -> Vec<TensorRow<'_>> {
+        let n = row_len.max(1);
+        match self {
+            TensorValues::F32(v) => v.chunks_mut(n).map(TensorRow::F32).collect(),
+            TensorValues::F16(v) => v.chunks_mut(n).map(TensorRow::F16).collect(),
+            TensorValues::U8(v) => v.chunks_mut(n).map(TensorRow::U8).collect(),
+        }
+    }
+
+    /// The `arrow.fixed_shape_tensor` storage of these values.
+    pub(crate) fn into_array(self, row_len: usize) -> Result<ArrayRef> {
+        match self {
+            TensorValues::F32(v) => tensor_array::<Float32Type>(v, row_len),
+            TensorValues::F16(v) => tensor_array::<Float16Type>(v, row_len),
+            TensorValues::U8(v) => tensor_array::<UInt8Type>(v, row_len),
+        }
+    }
+}
+
+impl TensorPlan {
+    /// Writes one image (already checked to have the planned size and mode) into its row.
+    pub(crate) fn write_row(&self, pixels: &[u8], row: TensorRow<'_>) {
+        match row {
+            TensorRow::F32(out) => self.write_f32(pixels, out),
+            TensorRow::U8(out) => self.write_u8(pixels, out),
+            TensorRow::F16(out) => {
+                let mut tmp = vec![0f32; out.len()];
+                self.write_f32(pixels, &mut tmp);
+                for (o, x) in out.iter_mut().zip(tmp.iter()) {
+                    *o = f16::from_f32(*x);
+                }
+            }
+        }
+    }
+
+    /// Whether an image of this size and mode fits the plan.
+    pub(crate) fn fits(&self, width: u32, height: u32, mode: ImageMode) -> bool {
+        (width, height, mode) == (self.width, self.height, self.mode)
+    }
+}
+
+/// Converts `views` (checked to fit the plan) into one tensor array, in parallel over rows.
+pub(crate) fn build_tensor(plan: &TensorPlan, views: &[ImageView<'_>]) -> Result<ArrayRef> {
+    let n = plan.row_len();
+    let mut values = TensorValues::new(plan, views.len());
+    values
+        .rows_mut(n)
+        .into_par_iter()
+        .zip(views.par_iter())
+        .for_each(|(row, v)| plan.write_row(v.pixels, row));
+    values.into_array(n)
 }
 
 #[async_trait]

@@ -362,11 +362,13 @@ fn build_with(
     ))
 }
 
-/// Fuses steps that are cheaper as one: a `resize` and then a `center_crop` right after the
-/// `decode_image` whose output they change in place (each reading only the step before it, with
-/// the same parallelism, and no other step reading those before it) are done by the decoder,
-/// image by image, while the full-size pixels are still in the decoding thread's cache; the fused
-/// steps stay in the graph and pass batches through.
+/// Fuses steps that are cheaper as one: a `resize`, then a `center_crop`, then a `to_tensor`
+/// right after the `decode_image` whose output they change in place or read (each reading only
+/// the step before it, with the same parallelism, and no other step reading those before it) are
+/// done by the decoder, image by image, while the pixels are still in the decoding thread's
+/// cache; the fused steps stay in the graph and pass batches through. A fused `to_tensor` needs a
+/// fixed image size from the fused crop (or an exact resize), and leaves the image column in the
+/// batch as the unfused one does.
 fn fuse(steps: &[StepSpec], mut kinds: Vec<Kind>) -> Vec<Kind> {
     // Whether step `i + 1` reads only step `i`, nothing else reads `i`, and both run with the
     // same parallelism.
@@ -406,6 +408,17 @@ fn fuse(steps: &[StepSpec], mut kinds: Vec<Kind>) -> Vec<Kind> {
             {
                 d.then_crop = Some(c.clone());
                 c.fused = true;
+                last += 1;
+            }
+        }
+        if last + 1 < steps.len() && chained(last) {
+            let (head, tail) = kinds.split_at_mut(last + 1);
+            if let (Kind::DecodeImage(d), Some(Kind::ToTensor(t))) =
+                (&mut head[i], tail.first_mut())
+                && d.can_fuse_tensor(t)
+            {
+                d.then_tensor = Some(Box::new(t.clone()));
+                t.fused = true;
             }
         }
     }

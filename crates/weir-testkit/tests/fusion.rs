@@ -1,13 +1,14 @@
-//! Step fusion: `resize` and `center_crop` right after the `decode_image` they read are done by
-//! the decoder, image by image. The fused pipeline's tensors equal, byte for byte, those of the same pipeline with the
-//! fusion prevented (the resize step given a parallelism of its own), over real photos and the
-//! odd JPEGs that take the decoder's row-by-row path (CMYK, progressive, EXIF-rotated).
+//! Step fusion: `resize`, `center_crop` and `to_tensor` right after the `decode_image` they read
+//! are done by the decoder, image by image. The fused pipeline's tensors (and images) equal, byte
+//! for byte, those of the same pipeline with the fusion prevented (the resize step given a
+//! parallelism of its own), for each tensor element type and layout, over real photos and the odd
+//! JPEGs that take the decoder's row-by-row path (CMYK, progressive, EXIF-rotated).
 
 use std::path::{Path, PathBuf};
 use weir_plan::{PlanOptions, plan_str};
 use weir_testkit::{read_rows, repo_root, run_spec};
 
-fn spec(images: &Path, resize_parallelism: &str) -> String {
+fn spec(images: &Path, resize_parallelism: &str, tensor: &str, keep: &str) -> String {
     format!(
         r#"name: fusion
 steps:
@@ -26,9 +27,9 @@ steps:
     height: 64
   - op: to_tensor
     output: t
-    dtype: uint8
+{tensor}
   - op: select
-    columns: [uri, t]
+    columns: [{keep}]
   - sink: jsonl
     path: ${{OUT}}/out
 "#,
@@ -65,12 +66,31 @@ fn images(dir: &Path) -> PathBuf {
     folder
 }
 
+/// The tensor options tried, and the columns kept.
+const TENSORS: [(&str, &str); 3] = [
+    ("    dtype: uint8", "uri, t"),
+    (
+        "    channel_order: BGR\n    mean: [104, 117, 123]",
+        "uri, t, image",
+    ),
+    (
+        "    dtype: float16\n    layout: NCHW\n    scale: 0.00392156862",
+        "uri, t",
+    ),
+];
+
 #[test]
-fn a_fused_decode_and_resize_gives_the_same_pixels() {
+fn a_fused_decode_resize_crop_and_tensor_gives_the_same_values() {
+    for (tensor, keep) in TENSORS {
+        same_values(tensor, keep);
+    }
+}
+
+fn same_values(tensor: &str, keep: &str) {
     let work = tempfile::tempdir().expect("tempdir");
     let folder = images(work.path());
-    let fused = spec(&folder, "");
-    let apart = spec(&folder, "    parallelism: 1\n");
+    let fused = spec(&folder, "", tensor, keep);
+    let apart = spec(&folder, "    parallelism: 1\n", tensor, keep);
 
     let opts = PlanOptions {
         vars: [("OUT".to_string(), "/tmp/unused".to_string())].into(),
@@ -84,9 +104,11 @@ fn a_fused_decode_and_resize_gives_the_same_pixels() {
     };
     let d = describe(&fused);
     assert!(
-        d.contains("then resize image to shorter side 80 (bilinear) (fused), then center_crop image to 64x64 (fused)")
+        d.contains("then resize image to shorter side 80 (bilinear) (fused), then center_crop image to 64x64 (fused), then to_tensor image -> t")
             && d.contains("resize image to shorter side 80 (bilinear) (done by the decode_image before it)")
-            && d.contains("center_crop image to 64x64 (done by the decode_image before it)"),
+            && d.contains("center_crop image to 64x64 (done by the decode_image before it)")
+            && d.lines().any(|l| l.trim_start().starts_with("to_tensor_4 (")
+                && l.contains("(done by the decode_image before it)")),
         "{d}"
     );
     let d = describe(&apart);
@@ -101,5 +123,5 @@ fn a_fused_decode_and_resize_gives_the_same_pixels() {
     };
     let want = run(&apart, "apart.yaml");
     assert_eq!(want.len(), 13, "every image made a row");
-    assert_eq!(run(&fused, "fused.yaml"), want);
+    assert_eq!(run(&fused, "fused.yaml"), want, "{tensor}");
 }
