@@ -119,10 +119,11 @@ pub struct InferSpec {
     /// Model instances (each an OS thread with its own session). Default 1.
     #[serde(default = "default_one")]
     pub instances: usize,
-    /// Whether ONNX Runtime's intra-op threads spin while they wait for work. Spinning lowers
-    /// the latency of tiny models a little, but burns the cores that decoding and preprocessing
-    /// share with the model, so it is off by default.
-    #[serde(default)]
+    /// Whether ONNX Runtime's intra-op threads spin while they wait for work (its own default,
+    /// and weir's). Spinning keeps the threads ready between the model's parallel sections;
+    /// off, they sleep, which costs a wake-up each time but leaves the cores to other work while
+    /// the model waits (several instances or services sharing few cores). Default on.
+    #[serde(default = "default_true")]
     pub spin: bool,
     /// GPUs per instance (CUDA execution provider); 0 runs on CPU. Default 0.
     #[serde(default)]
@@ -180,7 +181,7 @@ impl InferSpec {
             outputs: BTreeMap::new(),
             cpus: 1,
             instances: 1,
-            spin: false,
+            spin: true,
             gpus: 0,
             batch: BatchSpec::default(),
             max_in_flight: 2,
