@@ -47,7 +47,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Let the intra-op threads sleep instead of spinning while they wait (ONNX Runtime spins by
-    /// default, which is what a hand-written loop gets; weir's `infer` turns it off).
+    /// default, as does weir's `infer` unless `spin: false`).
     #[arg(long)]
     no_spin: bool,
     /// Tokenized batches that may wait for the model (0: no overlap).
