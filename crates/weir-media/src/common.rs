@@ -439,6 +439,39 @@ pub(crate) enum MadeImages {
     Each(Vec<Result<ImageBuf>>),
 }
 
+impl MadeImages {
+    /// Emits the images made for `batch` as column `name` of `schema`: the one-buffer column as
+    /// slices, or the rows that succeeded, with each failed row reported as a bad row.
+    pub(crate) fn emit(
+        self,
+        batch: &RecordBatch,
+        schema: &SchemaRef,
+        name: &str,
+        ctx: &mut OperatorContext,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        let results = match self {
+            MadeImages::Contiguous(col, lengths) => {
+                return emit_image_column(batch, schema, name, &col, &lengths, None, out);
+            }
+            MadeImages::Each(results) => results,
+        };
+        let mut bad = Vec::new();
+        let mut images = Vec::with_capacity(results.len());
+        for (row, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(i) => images.push(Some(i)),
+                Err(e) => {
+                    bad.push((row, e, None));
+                    images.push(None);
+                }
+            }
+        }
+        report_bad_rows(ctx, batch, bad)?;
+        emit_images(batch, schema, name, images, None, out)
+    }
+}
+
 /// Cuts `buf` into consecutive slices of `lengths` (which must add up to at most its length).
 pub(crate) fn row_slices<'a>(buf: &'a mut [u8], lengths: &[usize]) -> Vec<&'a mut [u8]> {
     let mut slices = Vec::with_capacity(lengths.len());

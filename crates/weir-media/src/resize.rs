@@ -3,8 +3,7 @@
 
 use crate::common::{
     DecodedColumn, ImageBuf, ImageView, MadeImages, check_decoded_image, column_index,
-    decoded_image_field, emit_image_column, emit_images, images_into_buffer, report_bad_rows,
-    schema_with,
+    decoded_image_field, images_into_buffer, schema_with,
 };
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -311,33 +310,7 @@ impl Operator for Resize {
                 ))
             })
             .await??;
-        let results = match made {
-            MadeImages::Contiguous(col, lengths) => {
-                return emit_image_column(
-                    &batch,
-                    &self.schema,
-                    &self.column,
-                    &col,
-                    &lengths,
-                    None,
-                    out,
-                );
-            }
-            MadeImages::Each(results) => results,
-        };
-        let mut bad = Vec::new();
-        let mut images = Vec::with_capacity(results.len());
-        for (row, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(i) => images.push(Some(i)),
-                Err(e) => {
-                    bad.push((row, e, None));
-                    images.push(None);
-                }
-            }
-        }
-        report_bad_rows(ctx, &batch, bad)?;
-        emit_images(&batch, &self.schema, &self.column, images, None, out)
+        made.emit(&batch, &self.schema, &self.column, ctx, out)
     }
 }
 
