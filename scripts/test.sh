@@ -10,4 +10,8 @@ bash scripts/setup-python-instance.sh
 # shellcheck disable=SC1091
 source .weir/env.sh
 trap 'bash scripts/stop-seaweedfs.sh >/dev/null 2>&1 || true' EXIT
+# Tests talk only to servers on loopback (SeaweedFS, model services): never through a proxy that
+# the machine may set for reaching package registries.
+export NO_PROXY="127.0.0.1,localhost,::1${NO_PROXY:+,$NO_PROXY}"
+export no_proxy="$NO_PROXY"
 cargo test --workspace --profile ci "$@"
