@@ -54,9 +54,9 @@ impl CenterCropSpec {
     /// Builds one running instance for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         if self.fused {
-            return Ok(Box::new(crate::common::Fused {
-                schema: self.output_schema(input)?,
-            }));
+            return Ok(Box::new(weir_runtime::Relabel::new(
+                self.output_schema(input)?,
+            )));
         }
         Ok(Box::new(CenterCrop {
             schema: self.output_schema(input)?,

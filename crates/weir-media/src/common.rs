@@ -9,9 +9,8 @@ use arrow::buffer::{NullBuffer, ScalarBuffer};
 use arrow::compute::filter;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use async_trait::async_trait;
 use std::sync::Arc;
-use weir_runtime::{Emitter, Operator, OperatorContext};
+use weir_runtime::{Emitter, OperatorContext};
 use weir_types::multimodal::{EXTENSION_TYPE_METADATA_KEY, ExtensionType};
 use weir_types::multimodal::{
     ImageMetadata, ImageMode, ImageType, MediaType, image_decoded_fields,
@@ -592,30 +591,6 @@ pub(crate) fn parse_size(s: &str, what: &str) -> Result<u64> {
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| Error::config(format!("{what} '{s}' is not a size such as 64MiB: {e}")))
-}
-
-/// A step fused into the `decode_image` before it (`resize`, `center_crop`, `to_tensor`): its
-/// batches arrive already processed, so it passes them on under its own schema (the same
-/// columns; the image field may record the size).
-#[derive(Debug)]
-pub struct Fused {
-    pub(crate) schema: SchemaRef,
-}
-
-#[async_trait]
-impl Operator for Fused {
-    async fn process_batch(
-        &mut self,
-        batch: RecordBatch,
-        _ctx: &mut OperatorContext,
-        out: &mut Emitter,
-    ) -> Result<()> {
-        out.emit(RecordBatch::try_new(
-            self.schema.clone(),
-            batch.columns().to_vec(),
-        )?);
-        Ok(())
-    }
 }
 
 #[cfg(test)]

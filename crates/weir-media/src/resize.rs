@@ -154,9 +154,9 @@ impl ResizeSpec {
     /// Builds one running instance for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         if self.fused {
-            return Ok(Box::new(crate::common::Fused {
-                schema: self.output_schema(input)?,
-            }));
+            return Ok(Box::new(weir_runtime::Relabel::new(
+                self.output_schema(input)?,
+            )));
         }
         Ok(Box::new(Resize {
             schema: self.output_schema(input)?,

@@ -348,9 +348,10 @@ impl ToTensorSpec {
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         let plan = self.plan_for(input)?;
         if self.fused {
-            return Ok(Box::new(crate::common::Fused {
-                schema: schema_with(input, self.field(&plan)),
-            }));
+            return Ok(Box::new(weir_runtime::Relabel::new(schema_with(
+                input,
+                self.field(&plan),
+            ))));
         }
         Ok(Box::new(ToTensor {
             schema: schema_with(input, self.field(&plan)),

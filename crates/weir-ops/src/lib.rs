@@ -29,10 +29,10 @@ pub mod with_column;
 pub use expr::{CompiledExpr, compile};
 pub use filter::{Filter, FilterSpec};
 pub use limit::{Limit, LimitSpec};
-pub use rename::{Rename, RenameSpec};
+pub use rename::RenameSpec;
 pub use select::{Select, SelectSpec};
 pub use throttle::{Throttle, ThrottleSpec};
-pub use union::{Union, UnionSpec};
+pub use union::UnionSpec;
 pub use with_column::{WithColumn, WithColumnSpec};
 
 #[cfg(test)]

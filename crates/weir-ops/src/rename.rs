@@ -2,11 +2,9 @@
 
 use crate::expr::available_columns;
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::record_batch::{RecordBatch, RecordBatchOptions};
-use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use weir_runtime::{Emitter, Operator, OperatorContext};
+use weir_runtime::{Operator, Relabel};
 use weir_types::{Error, Result};
 
 /// Options of a `rename` operator.
@@ -57,9 +55,7 @@ impl RenameSpec {
 
     /// Builds one running instance (called once per parallel subtask) for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
-        Ok(Box::new(Rename {
-            schema: self.output_schema(input)?,
-        }))
+        Ok(Box::new(Relabel::new(self.output_schema(input)?)))
     }
 
     /// One line for `weir validate`, e.g. `rename amt -> amount, nm -> name`.
@@ -73,36 +69,14 @@ impl RenameSpec {
     }
 }
 
-/// A running `rename`.
-#[derive(Debug)]
-pub struct Rename {
-    schema: SchemaRef,
-}
-
-#[async_trait]
-impl Operator for Rename {
-    async fn process_batch(
-        &mut self,
-        batch: RecordBatch,
-        _ctx: &mut OperatorContext,
-        out: &mut Emitter,
-    ) -> Result<()> {
-        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-        out.emit(RecordBatch::try_new_with_options(
-            self.schema.clone(),
-            batch.columns().to_vec(),
-            &options,
-        )?);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_util::{batch, run};
     use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use arrow::record_batch::RecordBatch;
     use weir_runtime::ErrorPolicy;
+    use weir_runtime::OperatorContext;
     use weir_types::ErrorKind;
 
     fn input() -> RecordBatch {

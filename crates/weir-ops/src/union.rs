@@ -2,10 +2,8 @@
 //! deduplicated, and the order between inputs is the order batches arrive).
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::record_batch::{RecordBatch, RecordBatchOptions};
-use async_trait::async_trait;
 use std::sync::Arc;
-use weir_runtime::{Emitter, Operator, OperatorContext};
+use weir_runtime::{Operator, Relabel};
 use weir_types::{Error, Result};
 
 /// Options of a `union` operator: there are none.
@@ -70,43 +68,12 @@ impl UnionSpec {
     /// Builds one running instance (called once per parallel subtask) whose output schema is
     /// `output` (the result of [`UnionSpec::output_schema_union`]).
     pub fn create(&self, output: &SchemaRef) -> Result<Box<dyn Operator>> {
-        Ok(Box::new(Union {
-            schema: output.clone(),
-        }))
+        Ok(Box::new(Relabel::new(output.clone())))
     }
 
     /// One line for `weir validate`: `union`.
     pub fn describe(&self) -> String {
         "union".to_string()
-    }
-}
-
-/// A running `union`: passes batches through, relabelled with the union's schema when an input's
-/// schema differs from it only in nullability or metadata.
-#[derive(Debug)]
-pub struct Union {
-    schema: SchemaRef,
-}
-
-#[async_trait]
-impl Operator for Union {
-    async fn process_batch(
-        &mut self,
-        batch: RecordBatch,
-        _ctx: &mut OperatorContext,
-        out: &mut Emitter,
-    ) -> Result<()> {
-        if Arc::ptr_eq(&batch.schema(), &self.schema) || batch.schema() == self.schema {
-            out.emit(batch);
-        } else {
-            let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-            out.emit(RecordBatch::try_new_with_options(
-                self.schema.clone(),
-                batch.columns().to_vec(),
-                &options,
-            )?);
-        }
-        Ok(())
     }
 }
 
@@ -117,6 +84,7 @@ mod tests {
     use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
     use arrow::datatypes::DataType;
     use weir_runtime::ErrorPolicy;
+    use weir_runtime::OperatorContext;
     use weir_types::ErrorKind;
 
     fn schema(fields: &[(&str, DataType, bool)]) -> SchemaRef {

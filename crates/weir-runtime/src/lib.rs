@@ -90,7 +90,7 @@ pub use checkpointing::{CheckpointSetup, CheckpointStats};
 pub use graph::{Edge, JobConfig, JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, JobReport, Runtime};
 pub use metrics::{MetricsRegistry, MetricsSnapshot, NodeMetrics, NodeRole, OperatorMetrics};
-pub use operator::{CpuTask, Emitter, ErrorPolicy, Operator, OperatorContext, TaskInfo};
+pub use operator::{CpuTask, Emitter, ErrorPolicy, Operator, OperatorContext, Relabel, TaskInfo};
 pub use source::{Source, SourceEvent};
 /// Cancelled when a stop of the job is requested.
 pub use tokio_util::sync::CancellationToken as StopToken;

@@ -358,3 +358,42 @@ pub trait Operator: Send {
         Ok(())
     }
 }
+
+/// An operator that passes every batch on unchanged but for its schema: the same columns,
+/// relabelled with `schema` (other names, nullability or metadata). A batch whose schema already
+/// equals it is passed on as it is. Used by `rename`, `union` and steps fused into the one before
+/// them.
+#[derive(Debug)]
+pub struct Relabel {
+    schema: arrow::datatypes::SchemaRef,
+}
+
+impl Relabel {
+    /// Relabels batches with `schema`, which must have the batches' column count and types.
+    pub fn new(schema: arrow::datatypes::SchemaRef) -> Self {
+        Relabel { schema }
+    }
+}
+
+#[async_trait]
+impl Operator for Relabel {
+    async fn process_batch(
+        &mut self,
+        batch: RecordBatch,
+        _ctx: &mut OperatorContext,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        if Arc::ptr_eq(&batch.schema(), &self.schema) || batch.schema() == self.schema {
+            out.emit(batch);
+            return Ok(());
+        }
+        let options =
+            arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        out.emit(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            batch.columns().to_vec(),
+            &options,
+        )?);
+        Ok(())
+    }
+}
