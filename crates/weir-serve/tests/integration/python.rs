@@ -6,7 +6,7 @@
 //! clear non-retryable error; `kill -9` of a Python instance under load loses nothing.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::{Path, PathBuf};

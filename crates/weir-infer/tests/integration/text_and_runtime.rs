@@ -2,7 +2,7 @@
 //! `weir_runtime::Runtime`, on real ONNX Runtime and real models.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use arrow::array::{Array, AsArray, StringArray};
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};

@@ -4,7 +4,7 @@
 //! (through the fault-injection stand-in `FaultyBackend`), load failures, the autoscaler.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use arrow::record_batch::RecordBatch;
 use common::*;

@@ -2,7 +2,7 @@
 //! scripts/setup-models.sh; missing models fail the tests).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::Instant;

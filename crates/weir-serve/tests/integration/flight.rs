@@ -7,7 +7,7 @@
 //! the replacement.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::sync::{Arc, Mutex};

@@ -56,7 +56,7 @@ fn weir_crates_depend_only_downwards_and_never_on_python() {
         let name = entry.file_name().to_string_lossy().to_string();
         let Some(level) = LAYERS.iter().position(|l| *l == name) else {
             panic!(
-                "crate {name} is not placed in the layering (tests/layering.rs, ARCHITECTURE.md)"
+                "crate {name} is not placed in the layering (tests/integration/layering.rs, ARCHITECTURE.md)"
             );
         };
         for dep in dependencies(&manifest) {

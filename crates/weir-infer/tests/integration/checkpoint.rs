@@ -3,7 +3,7 @@
 //! checkpoint are re-issued; results computed after it come from the results log, not the model.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use arrow::array::{Array, AsArray, Float32Array, UInt64Array};
 use arrow::datatypes::SchemaRef;

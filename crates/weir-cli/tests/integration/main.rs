@@ -1,0 +1,7 @@
+//! Integration tests of `weir-cli`, in one test binary (one link instead of one per file).
+
+mod cli;
+mod examples;
+mod restart;
+mod services;
+mod torture;

@@ -1,0 +1,6 @@
+//! Integration tests of `weir-infer`, in one test binary (one link instead of one per file).
+
+mod checkpoint;
+mod common;
+mod infer;
+mod text_and_runtime;

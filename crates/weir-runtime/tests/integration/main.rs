@@ -1,0 +1,4 @@
+//! Integration tests of `weir-runtime`, in one test binary (one link instead of one per file).
+
+mod checkpoint;
+mod runtime;
