@@ -5,10 +5,10 @@
 //! of records is decoded by Arrow's CSV decoder at once, and only when that fails is it decoded row
 //! by row to find the bad rows and, for each, the column that does not parse.
 
-use crate::config::{ColumnSpec, de_delimiter, declared_schema, default_poll_interval};
+use crate::config::{ColumnSpec, de_delimiter, default_poll_interval};
 use crate::file_source::{
     BadRow, Chunk, FileFormat, FilePosition, FileReader, FileSource, FileSourceOptions, LineReader,
-    ListedFile, MAX_CHUNK_BYTES, ReadPosition, conform, first_file,
+    ListedFile, MAX_CHUNK_BYTES, ReadPosition, conform,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -95,43 +95,34 @@ impl CsvSourceSpec {
     /// Plan time: the declared schema, or the one inferred from the first rows of the first file. A
     /// missing path is an error naming it (also with a declared schema, unless continuous).
     pub fn schema(&self) -> Result<SchemaRef> {
-        if let Some(cols) = &self.schema {
-            let schema = declared_schema(cols)?;
-            if !self.continuous {
-                crate::file_source::list_files(&self.path, EXTENSIONS)?;
-            }
-            return Ok(schema);
-        }
-        let first = first_file(&self.path, EXTENSIONS).map_err(|e| {
-            if self.continuous {
-                Error::config(format!(
-                    "cannot infer the schema of '{}': no file there yet; declare a schema",
-                    self.path
-                ))
-                .with_source(e)
-            } else {
-                e
-            }
-        })?;
-        let name = first.name();
-        let f = std::fs::File::open(&first.path)
-            .map_err(|e| Error::io(format!("cannot open csv file {name}")).with_source(e))?;
-        let (schema, _) = arrow::csv::reader::Format::default()
-            .with_header(self.has_header)
-            .with_delimiter(self.delimiter)
-            .infer_schema(BufReader::new(f), Some(INFER_ROWS))
-            .map_err(|e| {
-                Error::config(format!(
+        let infer = |first: &ListedFile| -> Result<SchemaRef> {
+            let name = first.name();
+            let f = std::fs::File::open(&first.path)
+                .map_err(|e| Error::io(format!("cannot open csv file {name}")).with_source(e))?;
+            let (schema, _) = arrow::csv::reader::Format::default()
+                .with_header(self.has_header)
+                .with_delimiter(self.delimiter)
+                .infer_schema(BufReader::new(f), Some(INFER_ROWS))
+                .map_err(|e| {
+                    Error::config(format!(
                     "cannot infer the schema of csv file {name}; fix the file or declare a schema"
                 ))
                 .with_source(e)
-            })?;
-        if schema.fields().is_empty() {
-            return Err(Error::config(format!(
-                "cannot infer the schema of csv file {name}: it is empty; declare a schema"
-            )));
-        }
-        Ok(Arc::new(schema))
+                })?;
+            if schema.fields().is_empty() {
+                return Err(Error::config(format!(
+                    "cannot infer the schema of csv file {name}: it is empty; declare a schema"
+                )));
+            }
+            Ok(Arc::new(schema))
+        };
+        crate::file_source::declared_or_inferred(
+            &self.path,
+            EXTENSIONS,
+            self.continuous,
+            self.schema.as_deref(),
+            infer,
+        )
     }
 
     /// One running instance for subtask `info.subtask` of `info.parallelism`.
@@ -157,24 +148,13 @@ impl CsvSourceSpec {
 
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
-        let mode = if self.continuous {
-            format!(
-                "continuous, polling every {}",
-                humantime::format_duration(self.poll_interval)
-            )
-        } else {
-            "bounded".to_string()
-        };
+        let mode = crate::file_source::describe_mode(self.continuous, self.poll_interval);
         let header = if self.has_header {
             "header"
         } else {
             "no header"
         };
-        let schema = if self.schema.is_some() {
-            "declared schema"
-        } else {
-            "inferred schema"
-        };
+        let schema = crate::file_source::describe_schema(self.schema.is_some());
         format!(
             "csv source {} ({mode}, {header}, delimiter {:?}, {schema}, batches of {} rows)",
             self.path,

@@ -18,6 +18,7 @@
 //! them to, so the set of files taken survives any number of restores (continuous mode needs it).
 //! Input files must not change once listed: a file shorter than its recorded offset is an error.
 
+use crate::config::{ColumnSpec, declared_schema};
 use arrow::array::ArrayRef;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -144,6 +145,59 @@ pub fn first_file(path: &str, extensions: &[&str]) -> Result<ListedFile> {
                     .join(", ")
             ))
         })
+}
+
+/// Plan time, for a source that takes a declared schema or infers one from its first file: the
+/// declared schema (after checking that a bounded source's path has files), or what `infer` reads
+/// from the first file. In continuous mode with nothing there yet, the error asks for a declared
+/// schema.
+pub(crate) fn declared_or_inferred(
+    path: &str,
+    extensions: &[&str],
+    continuous: bool,
+    declared: Option<&[ColumnSpec]>,
+    infer: impl FnOnce(&ListedFile) -> Result<SchemaRef>,
+) -> Result<SchemaRef> {
+    if let Some(cols) = declared {
+        let schema = declared_schema(cols)?;
+        if !continuous {
+            list_files(path, extensions)?;
+        }
+        return Ok(schema);
+    }
+    let first = first_file(path, extensions).map_err(|e| {
+        if continuous {
+            Error::config(format!(
+                "cannot infer the schema of '{path}': no file there yet; declare a schema"
+            ))
+            .with_source(e)
+        } else {
+            e
+        }
+    })?;
+    infer(&first)
+}
+
+/// The mode part of a file source's `weir validate` line: `bounded`, or `continuous, polling every
+/// 1s`.
+pub(crate) fn describe_mode(continuous: bool, poll_interval: Duration) -> String {
+    if continuous {
+        format!(
+            "continuous, polling every {}",
+            humantime::format_duration(poll_interval)
+        )
+    } else {
+        "bounded".to_string()
+    }
+}
+
+/// `declared schema` or `inferred schema`, for a `weir validate` line.
+pub(crate) fn describe_schema(declared: bool) -> &'static str {
+    if declared {
+        "declared schema"
+    } else {
+        "inferred schema"
+    }
 }
 
 /// A stable hash of a file name (FNV-1a), to assign files found later in continuous mode.

@@ -191,14 +191,7 @@ impl FilesSourceSpec {
 
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
-        let mode = if self.continuous {
-            format!(
-                "continuous, polling every {}",
-                humantime::format_duration(self.poll_interval)
-            )
-        } else {
-            "bounded".to_string()
-        };
+        let mode = crate::file_source::describe_mode(self.continuous, self.poll_interval);
         let filter = self
             .glob
             .as_ref()

@@ -5,10 +5,10 @@
 //! line, so that only the bad lines are reported (with their line numbers) and the others still
 //! come out.
 
-use crate::config::{ColumnSpec, declared_schema, default_poll_interval};
+use crate::config::{ColumnSpec, default_poll_interval};
 use crate::file_source::{
     BadRow, Chunk, FileFormat, FilePosition, FileReader, FileSource, FileSourceOptions, LineReader,
-    ListedFile, MAX_CHUNK_BYTES, ReadPosition, first_file,
+    ListedFile, MAX_CHUNK_BYTES, ReadPosition,
 };
 use crate::sink_util::{
     binary_as_text, create_file, ensure_dir, inprogress_path, publish, text_schema, with_schema,
@@ -78,25 +78,13 @@ impl JsonlSourceSpec {
     /// Plan time: the declared schema, or the one inferred from the first lines of the first file.
     /// A missing path is an error naming it (also with a declared schema, unless continuous).
     pub fn schema(&self) -> Result<SchemaRef> {
-        if let Some(cols) = &self.schema {
-            let schema = declared_schema(cols)?;
-            if !self.continuous {
-                crate::file_source::list_files(&self.path, EXTENSIONS)?;
-            }
-            return Ok(schema);
-        }
-        let first = first_file(&self.path, EXTENSIONS).map_err(|e| {
-            if self.continuous {
-                Error::config(format!(
-                    "cannot infer the schema of '{}': no file there yet; declare a schema",
-                    self.path
-                ))
-                .with_source(e)
-            } else {
-                e
-            }
-        })?;
-        infer_schema(&first)
+        crate::file_source::declared_or_inferred(
+            &self.path,
+            EXTENSIONS,
+            self.continuous,
+            self.schema.as_deref(),
+            infer_schema,
+        )
     }
 
     /// One running instance for subtask `info.subtask` of `info.parallelism`.
@@ -118,19 +106,8 @@ impl JsonlSourceSpec {
 
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
-        let mode = if self.continuous {
-            format!(
-                "continuous, polling every {}",
-                humantime::format_duration(self.poll_interval)
-            )
-        } else {
-            "bounded".to_string()
-        };
-        let schema = if self.schema.is_some() {
-            "declared schema"
-        } else {
-            "inferred schema"
-        };
+        let mode = crate::file_source::describe_mode(self.continuous, self.poll_interval);
+        let schema = crate::file_source::describe_schema(self.schema.is_some());
         format!(
             "jsonl source {} ({mode}, {schema}, batches of {} rows)",
             self.path, self.batch_size

@@ -92,14 +92,7 @@ impl ParquetSourceSpec {
 
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
-        let mode = if self.continuous {
-            format!(
-                "continuous, polling every {}",
-                humantime::format_duration(self.poll_interval)
-            )
-        } else {
-            "bounded".to_string()
-        };
+        let mode = crate::file_source::describe_mode(self.continuous, self.poll_interval);
         format!(
             "parquet source {} ({mode}, batches of {} rows)",
             self.path, self.batch_size

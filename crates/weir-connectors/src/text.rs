@@ -142,14 +142,7 @@ impl TextSourceSpec {
             Some("") => "one row per paragraph".to_string(),
             Some(s) => format!("records separated by '{s}' lines"),
         };
-        let mode = if self.continuous {
-            format!(
-                "continuous, polling every {}",
-                humantime::format_duration(self.poll_interval)
-            )
-        } else {
-            "bounded".to_string()
-        };
+        let mode = crate::file_source::describe_mode(self.continuous, self.poll_interval);
         format!(
             "text source {} ({unit}, {mode}, batches of {} rows)",
             self.path, self.batch_size

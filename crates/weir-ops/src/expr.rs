@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 use weir_runtime::OperatorContext;
-use weir_types::{Error, Result};
+use weir_types::{Error, Result, row_as_json};
 
 thread_local! {
     /// One DataFusion session per thread: building one registers every function, which is too slow
@@ -179,21 +179,6 @@ impl CompiledExpr {
     }
 }
 
-/// Renders row `i` of `batch` as one JSON object, or `None` when its types cannot be written as JSON.
-pub(crate) fn row_as_json(batch: &RecordBatch, i: usize) -> Option<Vec<u8>> {
-    let row = batch.slice(i, 1);
-    let mut buf = Vec::new();
-    {
-        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buf);
-        writer.write(&row).ok()?;
-        writer.finish().ok()?;
-    }
-    while buf.last() == Some(&b'\n') {
-        buf.pop();
-    }
-    Some(buf)
-}
-
 /// Evaluates every expression of `exprs` on `batch`.
 ///
 /// The common path is one vectorised evaluation per expression. When any fails, the batch is
@@ -310,17 +295,5 @@ mod tests {
         let err = compile("id >", &schema()).expect_err("syntax");
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(err.to_string().contains("'id >'"), "{err}");
-    }
-
-    #[test]
-    fn row_as_json_renders_one_object() {
-        let b = batch(&[
-            ("id", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
-            (
-                "name",
-                Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
-            ),
-        ]);
-        assert_eq!(row_as_json(&b, 1), Some(br#"{"id":2,"name":"b"}"#.to_vec()));
     }
 }

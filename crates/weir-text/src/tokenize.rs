@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationParams};
 use weir_runtime::{Emitter, Operator, OperatorContext};
-use weir_types::{Error, Result};
+use weir_types::{Error, Result, row_as_json};
 
 fn default_column() -> String {
     "text".into()
@@ -540,21 +540,6 @@ fn padded(encodings: &[&Encoding], config: &Config) -> Result<(ArrayRef, ArrayRe
         )?))
     };
     Ok((list(ids)?, list(mask)?, list(types)?))
-}
-
-/// Row `i` of `batch` as one JSON object, for the dead-letter output.
-fn row_as_json(batch: &RecordBatch, i: usize) -> Option<Vec<u8>> {
-    let row = batch.slice(i, 1);
-    let mut buf = Vec::new();
-    {
-        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buf);
-        writer.write(&row).ok()?;
-        writer.finish().ok()?;
-    }
-    while buf.last() == Some(&b'\n') {
-        buf.pop();
-    }
-    Some(buf)
 }
 
 #[async_trait]

@@ -38,6 +38,22 @@ pub fn dead_letter_schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
+/// Row `i` of `batch` as one JSON object (no trailing newline), for a dead letter's `raw`; `None`
+/// when a column's type cannot be written as JSON.
+pub fn row_as_json(batch: &RecordBatch, i: usize) -> Option<Vec<u8>> {
+    let row = batch.slice(i, 1);
+    let mut buf = Vec::new();
+    {
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buf);
+        writer.write(&row).ok()?;
+        writer.finish().ok()?;
+    }
+    while buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    Some(buf)
+}
+
 /// Builds a batch of the dead-letter schema.
 pub fn dead_letter_batch(rows: &[DeadLetter]) -> RecordBatch {
     let mut op = StringBuilder::new();
@@ -66,6 +82,20 @@ pub fn dead_letter_batch(rows: &[DeadLetter]) -> RecordBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn row_as_json_renders_one_object() {
+        let b = RecordBatch::try_from_iter(vec![
+            ("id", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+            (
+                "name",
+                Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
+            ),
+        ])
+        .expect("batch");
+        assert_eq!(row_as_json(&b, 1), Some(br#"{"id":2,"name":"b"}"#.to_vec()));
+    }
 
     #[test]
     fn builds_a_batch() {

@@ -580,6 +580,54 @@ pub fn image_field(name: impl Into<String>, encoded: bool) -> Field {
     )
 }
 
+/// `impl ExtensionType` for a unit type whose storage is `struct<...>` with the children that
+/// `$fields()` returns, and which has no metadata (audio, object references).
+macro_rules! struct_extension_without_metadata {
+    ($ty:ident, $name:literal, $fields:ident) => {
+        impl ExtensionType for $ty {
+            const NAME: &'static str = $name;
+            type Metadata = ();
+
+            fn metadata(&self) -> &Self::Metadata {
+                &()
+            }
+
+            fn serialize_metadata(&self) -> Option<String> {
+                None
+            }
+
+            fn deserialize_metadata(
+                _metadata: Option<&str>,
+            ) -> std::result::Result<(), ArrowError> {
+                Ok(())
+            }
+
+            fn supports_data_type(
+                &self,
+                data_type: &DataType,
+            ) -> std::result::Result<(), ArrowError> {
+                let expected = DataType::Struct($fields());
+                if same_storage(data_type, &expected) {
+                    Ok(())
+                } else {
+                    Err(ArrowError::InvalidArgumentError(format!(
+                        concat!($name, " storage must be {}, found {}"),
+                        expected, data_type
+                    )))
+                }
+            }
+
+            fn try_new(
+                data_type: &DataType,
+                _metadata: (),
+            ) -> std::result::Result<Self, ArrowError> {
+                $ty.supports_data_type(data_type)?;
+                Ok($ty)
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Audio
 
@@ -601,38 +649,7 @@ pub fn audio_fields() -> Fields {
     ])
 }
 
-impl ExtensionType for AudioType {
-    const NAME: &'static str = "weir.audio";
-    type Metadata = ();
-
-    fn metadata(&self) -> &Self::Metadata {
-        &()
-    }
-
-    fn serialize_metadata(&self) -> Option<String> {
-        None
-    }
-
-    fn deserialize_metadata(_metadata: Option<&str>) -> std::result::Result<(), ArrowError> {
-        Ok(())
-    }
-
-    fn supports_data_type(&self, data_type: &DataType) -> std::result::Result<(), ArrowError> {
-        let expected = DataType::Struct(audio_fields());
-        if same_storage(data_type, &expected) {
-            Ok(())
-        } else {
-            Err(ArrowError::InvalidArgumentError(format!(
-                "weir.audio storage must be {expected}, found {data_type}"
-            )))
-        }
-    }
-
-    fn try_new(data_type: &DataType, _metadata: ()) -> std::result::Result<Self, ArrowError> {
-        AudioType.supports_data_type(data_type)?;
-        Ok(AudioType)
-    }
-}
+struct_extension_without_metadata!(AudioType, "weir.audio", audio_fields);
 
 /// A nullable `weir.audio` field.
 pub fn audio_field(name: impl Into<String>) -> Field {
@@ -661,38 +678,7 @@ pub fn object_ref_fields() -> Fields {
     ])
 }
 
-impl ExtensionType for ObjectRefType {
-    const NAME: &'static str = "weir.object_ref";
-    type Metadata = ();
-
-    fn metadata(&self) -> &Self::Metadata {
-        &()
-    }
-
-    fn serialize_metadata(&self) -> Option<String> {
-        None
-    }
-
-    fn deserialize_metadata(_metadata: Option<&str>) -> std::result::Result<(), ArrowError> {
-        Ok(())
-    }
-
-    fn supports_data_type(&self, data_type: &DataType) -> std::result::Result<(), ArrowError> {
-        let expected = DataType::Struct(object_ref_fields());
-        if same_storage(data_type, &expected) {
-            Ok(())
-        } else {
-            Err(ArrowError::InvalidArgumentError(format!(
-                "weir.object_ref storage must be {expected}, found {data_type}"
-            )))
-        }
-    }
-
-    fn try_new(data_type: &DataType, _metadata: ()) -> std::result::Result<Self, ArrowError> {
-        ObjectRefType.supports_data_type(data_type)?;
-        Ok(ObjectRefType)
-    }
-}
+struct_extension_without_metadata!(ObjectRefType, "weir.object_ref", object_ref_fields);
 
 /// A nullable `weir.object_ref` field.
 pub fn object_ref_field(name: impl Into<String>) -> Field {

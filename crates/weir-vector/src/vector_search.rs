@@ -26,7 +26,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use weir_runtime::{Emitter, Operator, OperatorContext};
-use weir_types::{Error, Result};
+use weir_types::{Error, Result, row_as_json};
 
 fn default_embedding() -> String {
     "embedding".into()
@@ -670,21 +670,6 @@ fn build_neighbors(index: &Index, results: &[Vec<Candidate>], item: &FieldRef) -
         Arc::new(structs),
         None,
     )?))
-}
-
-/// Row `i` of `batch` as one JSON object, for the dead-letter output.
-fn row_as_json(batch: &RecordBatch, i: usize) -> Option<Vec<u8>> {
-    let row = batch.slice(i, 1);
-    let mut buf = Vec::new();
-    {
-        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buf);
-        writer.write(&row).ok()?;
-        writer.finish().ok()?;
-    }
-    while buf.last() == Some(&b'\n') {
-        buf.pop();
-    }
-    Some(buf)
 }
 
 #[async_trait]
