@@ -389,40 +389,42 @@ fn fuse(steps: &[StepSpec], mut kinds: Vec<Kind>) -> Vec<Kind> {
         if !matches!(kinds[i], Kind::DecodeImage(_)) {
             continue;
         }
+        // Each step after the decoder that it can take over, in order, until one it cannot.
         let mut last = i;
-        if last + 1 < steps.len() && chained(last) {
+        while last + 1 < steps.len() && chained(last) {
             let (head, tail) = kinds.split_at_mut(last + 1);
-            if let (Kind::DecodeImage(d), Some(Kind::Resize(r))) = (&mut head[i], tail.first_mut())
-                && d.can_fuse(r)
-            {
-                d.then_resize = Some(r.clone());
-                r.fused = true;
-                last += 1;
+            let fused = match (&mut head[i], tail.first_mut()) {
+                (Kind::DecodeImage(d), Some(next)) => absorb(d, next),
+                _ => false,
+            };
+            if !fused {
+                break;
             }
-        }
-        if last + 1 < steps.len() && chained(last) {
-            let (head, tail) = kinds.split_at_mut(last + 1);
-            if let (Kind::DecodeImage(d), Some(Kind::CenterCrop(c))) =
-                (&mut head[i], tail.first_mut())
-                && d.can_fuse_crop(c)
-            {
-                d.then_crop = Some(c.clone());
-                c.fused = true;
-                last += 1;
-            }
-        }
-        if last + 1 < steps.len() && chained(last) {
-            let (head, tail) = kinds.split_at_mut(last + 1);
-            if let (Kind::DecodeImage(d), Some(Kind::ToTensor(t))) =
-                (&mut head[i], tail.first_mut())
-                && d.can_fuse_tensor(t)
-            {
-                d.then_tensor = Some(Box::new(t.clone()));
-                t.fused = true;
-            }
+            last += 1;
         }
     }
     kinds
+}
+
+/// Fuses `next` into the decoder `d` when it is a step the decoder can do next (a `resize`, then a
+/// `center_crop`, then a `to_tensor`; the `can_fuse*` checks keep that order); whether it did.
+fn absorb(d: &mut weir_media::DecodeImageSpec, next: &mut Kind) -> bool {
+    match next {
+        Kind::Resize(r) if d.can_fuse(r) => {
+            d.then_resize = Some(r.clone());
+            r.fused = true;
+        }
+        Kind::CenterCrop(c) if d.can_fuse_crop(c) => {
+            d.then_crop = Some(c.clone());
+            c.fused = true;
+        }
+        Kind::ToTensor(t) if d.can_fuse_tensor(t) => {
+            d.then_tensor = Some(Box::new(t.clone()));
+            t.fused = true;
+        }
+        _ => return false,
+    }
+    true
 }
 
 fn default_dead_letter(name: &str) -> Mapping {

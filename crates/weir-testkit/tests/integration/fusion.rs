@@ -125,3 +125,68 @@ fn same_values(tensor: &str, keep: &str) {
     assert_eq!(want.len(), 13, "every image made a row");
     assert_eq!(run(&fused, "fused.yaml"), want, "{tensor}");
 }
+
+/// The steps after a `decode_image` that its plan fuses: each it can take over next, in order
+/// (resize, then crop, then to_tensor), up to the first it cannot.
+fn fused_steps(middle: &str) -> Vec<String> {
+    let work = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        r#"name: fusion
+steps:
+  - name: images
+    source: files
+    url: {}
+    glob: "*.jpg"
+  - name: decode
+    op: decode_image
+{middle}  - sink: blackhole
+"#,
+        work.path().display()
+    );
+    let plan = plan_str(&text, "fusion.yaml", &PlanOptions::default())
+        .unwrap_or_else(|e| panic!("{}", e.report()));
+    let d = plan.describe().expect("describe");
+    let mut ops: Vec<String> = d
+        .lines()
+        .filter(|l| l.contains(" (op: ") && l.contains("(done by the decode_image before it)"))
+        .filter_map(|l| l.trim_start().split(' ').next().map(str::to_string))
+        .collect();
+    ops.sort();
+    ops
+}
+
+#[test]
+fn fusion_takes_each_step_the_decoder_can_do_next_and_stops_at_the_first_it_cannot() {
+    let crop = "  - op: center_crop\n    width: 64\n    height: 64\n";
+    let resize_exact = "  - op: resize\n    width: 80\n    height: 60\n";
+    let resize_shorter = "  - op: resize\n    shorter_side: 80\n";
+    let tensor = "  - op: to_tensor\n    output: t\n";
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    // No resize: the crop gives the fixed size the tensor needs.
+    assert_eq!(
+        fused_steps(&format!("{crop}{tensor}")),
+        names(&["center_crop_2", "to_tensor_3"])
+    );
+    // An exact resize fixes the size too.
+    assert_eq!(
+        fused_steps(&format!("{resize_exact}{tensor}")),
+        names(&["resize_2", "to_tensor_3"])
+    );
+    // The benchmark's chain: all three.
+    assert_eq!(
+        fused_steps(&format!("{resize_shorter}{crop}{tensor}")),
+        names(&["center_crop_3", "resize_2", "to_tensor_4"])
+    );
+    // A tensor written over the image column is not fused (the fused decoder keeps that column).
+    assert_eq!(
+        fused_steps(&format!("{crop}  - op: to_tensor\n    output: image\n")),
+        names(&["center_crop_2"])
+    );
+    // A resize after a crop is out of order: fusion stops at it, so the tensor after it is not
+    // fused either.
+    assert_eq!(
+        fused_steps(&format!("{crop}{resize_exact}{tensor}")),
+        names(&["center_crop_2"])
+    );
+}
