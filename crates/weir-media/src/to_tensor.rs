@@ -17,6 +17,7 @@ use arrow::datatypes::{
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::sync::Arc;
 use weir_runtime::{Emitter, Operator, OperatorContext};
@@ -468,11 +469,15 @@ impl TensorPlan {
             TensorRow::F32(out) => self.write_f32(pixels, out),
             TensorRow::U8(out) => self.write_u8(pixels, out),
             TensorRow::F16(out) => {
-                let mut tmp = vec![0f32; out.len()];
-                self.write_f32(pixels, &mut tmp);
-                for (o, x) in out.iter_mut().zip(tmp.iter()) {
-                    *o = f16::from_f32(*x);
+                // Written as f32 into a per-thread buffer (grown once), then converted in one pass.
+                thread_local! {
+                    static F32_ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
                 }
+                F32_ROW.with_borrow_mut(|tmp| {
+                    tmp.resize(out.len(), 0.0);
+                    self.write_f32(pixels, tmp);
+                    out.convert_from_f32_slice(tmp);
+                });
             }
         }
     }
@@ -580,6 +585,30 @@ mod tests {
                 200. - 123.
             ]
         );
+    }
+
+    #[test]
+    fn float16_rows_round_each_f32_value_to_nearest() {
+        // A scale that makes values f16 cannot hold exactly; every pixel value 0..=255, twice,
+        // so the per-thread f32 buffer is reused (and must be overwritten) on the second row.
+        let s = spec(
+            r#"{"dtype": "float16", "scale": 0.00392156862, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}"#,
+        );
+        let p = s.plan(1, 256, ImageMode::Rgb).unwrap();
+        let pixels: Vec<u8> = (0..=255u8).flat_map(|v| [v, 255 - v, v / 2]).collect();
+        let mut want = vec![0f32; p.row_len()];
+        p.write_f32(&pixels, &mut want);
+        let want: Vec<f16> = want.iter().map(|x| f16::from_f32(*x)).collect();
+        for _ in 0..2 {
+            let mut values = TensorValues::new(&p, 1);
+            for row in values.rows_mut(p.row_len()) {
+                p.write_row(&pixels, row);
+            }
+            let TensorValues::F16(got) = values else {
+                panic!("float16 values")
+            };
+            assert_eq!(got, want);
+        }
     }
 
     #[test]
