@@ -179,9 +179,7 @@ impl Operator for L2Normalize {
         _ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
-        let col = batch
-            .column_by_name(&self.spec.column)
-            .ok_or_else(|| Error::internal("column vanished"))?;
+        let col = weir_types::planned_column(&batch, &self.spec.column, "l2_normalize")?;
         let fsl = col.as_fixed_size_list();
         let dim = fsl.value_length() as usize;
         let values = arrow::compute::cast(fsl.values(), &DataType::Float32)?;
@@ -314,17 +312,9 @@ impl Operator for MeanPool {
         ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
-        let col = batch
-            .column_by_name(&self.spec.column)
-            .ok_or_else(|| Error::internal("column vanished"))?
-            .clone();
+        let col = weir_types::planned_column(&batch, &self.spec.column, "mean_pool")?;
         let mask = match &self.spec.mask {
-            Some(m) => Some(
-                batch
-                    .column_by_name(m)
-                    .ok_or_else(|| Error::internal("mask vanished"))?
-                    .clone(),
-            ),
+            Some(m) => Some(weir_types::planned_column(&batch, m, "mean_pool")?),
             None => None,
         };
         let d = self.dim;
@@ -512,10 +502,7 @@ impl Operator for TopK {
         _ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
-        let col = batch
-            .column_by_name(&self.spec.column)
-            .ok_or_else(|| Error::internal("column vanished"))?
-            .clone();
+        let col = weir_types::planned_column(&batch, &self.spec.column, "top_k")?;
         let mut labels = Vec::new();
         let mut scores = Vec::new();
         let mut offsets = vec![0i32];

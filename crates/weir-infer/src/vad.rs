@@ -482,12 +482,7 @@ impl Operator for VadOperator {
             .backend
             .take()
             .ok_or_else(|| Error::internal("vad: model not loaded"))?;
-        let column = batch
-            .column_by_name(&self.spec.column)
-            .cloned()
-            .ok_or_else(|| {
-                Error::internal(format!("vad: column '{}' is missing", self.spec.column))
-            })?;
+        let column = weir_types::planned_column(&batch, &self.spec.column, "vad")?;
         let params = self.spec.params();
         let (backend, results) = ctx
             .spawn_cpu(move || {
@@ -546,9 +541,7 @@ impl Operator for VadOperator {
                 "start_s" => Arc::new(Float64Array::from(std::mem::take(&mut starts))),
                 "end_s" => Arc::new(Float64Array::from(std::mem::take(&mut ends))),
                 name => {
-                    let src = batch.column_by_name(name).ok_or_else(|| {
-                        Error::internal(format!("vad: input column '{name}' is missing"))
-                    })?;
+                    let src = weir_types::planned_column(&batch, name, "vad")?;
                     arrow::compute::take(src.as_ref(), &indices, None)?
                 }
             };

@@ -159,9 +159,7 @@ impl Operator for CenterCrop {
         ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
-        let column = batch.column_by_name(&self.column).cloned().ok_or_else(|| {
-            Error::internal(format!("center_crop: column '{}' is missing", self.column))
-        })?;
+        let column = weir_types::planned_column(&batch, &self.column, "center_crop")?;
         let (name, width, height) = (self.column.clone(), self.width, self.height);
         // Copying rows is cheap but not free for big batches: keep it off the executor thread.
         let made = ctx

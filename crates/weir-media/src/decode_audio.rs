@@ -312,15 +312,7 @@ impl Operator for DecodeAudio {
         ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
-        let column = batch
-            .column_by_name(&self.spec.column)
-            .cloned()
-            .ok_or_else(|| {
-                Error::internal(format!(
-                    "decode_audio: column '{}' is missing",
-                    self.spec.column
-                ))
-            })?;
+        let column = weir_types::planned_column(&batch, &self.spec.column, "decode_audio")?;
         let (mono, rate) = (self.spec.mono, self.spec.sample_rate);
         let results = ctx
             .spawn_cpu(

@@ -287,9 +287,7 @@ impl Operator for DecodeImage {
         ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
-        let column = batch.column_by_name(&self.column).cloned().ok_or_else(|| {
-            Error::internal(format!("decode_image: column '{}' is missing", self.column))
-        })?;
+        let column = weir_types::planned_column(&batch, &self.column, "decode_image")?;
         let (mode, max_pixels) = (self.mode, self.max_pixels);
         let then = Then {
             resize: self.resize,

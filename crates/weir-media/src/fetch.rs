@@ -436,12 +436,7 @@ impl Operator for Fetch {
         ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
-        let column = batch
-            .column_by_name(&self.spec.column)
-            .cloned()
-            .ok_or_else(|| {
-                Error::internal(format!("fetch: column '{}' is missing", self.spec.column))
-            })?;
+        let column = weir_types::planned_column(&batch, &self.spec.column, "fetch")?;
         let reqs = requests(&column)?;
         let local: Arc<dyn ObjectStore> = self
             .stores

@@ -273,9 +273,7 @@ impl Operator for Resize {
         ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
-        let column = batch.column_by_name(&self.column).cloned().ok_or_else(|| {
-            Error::internal(format!("resize: column '{}' is missing", self.column))
-        })?;
+        let column = weir_types::planned_column(&batch, &self.column, "resize")?;
         let (name, target, alg) = (self.column.clone(), self.target, self.alg);
         let made = ctx
             .spawn_cpu(move || -> Result<MadeImages> {

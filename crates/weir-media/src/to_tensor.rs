@@ -508,9 +508,7 @@ impl Operator for ToTensor {
         ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
-        let column = batch.column_by_name(&self.column).cloned().ok_or_else(|| {
-            Error::internal(format!("to_tensor: column '{}' is missing", self.column))
-        })?;
+        let column = weir_types::planned_column(&batch, &self.column, "to_tensor")?;
         let (name, plan) = (self.column.clone(), self.plan.clone());
         let (tensor, bad) = ctx
             .spawn_cpu(move || -> Result<(ArrayRef, Vec<(usize, Error)>)> {
