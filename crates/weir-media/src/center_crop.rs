@@ -183,14 +183,14 @@ impl Operator for CenterCrop {
                     let (col, lengths) = made?;
                     return Ok(MadeImages::Contiguous(col, lengths));
                 }
-                Ok(MadeImages::Each(
+                Ok(MadeImages::each(
                     (0..images.len())
                         .map(|row| crop_view(images.get(row)?, width, height))
                         .collect(),
                 ))
             })
             .await??;
-        made.emit(&batch, &self.schema, &self.column, ctx, out)
+        made.emit(&batch, &self.schema, &self.column, None, ctx, out)
     }
 }
 

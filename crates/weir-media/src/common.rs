@@ -429,29 +429,45 @@ pub(crate) fn decoded_image_array_from_buffer(
     )?))
 }
 
+/// A row an operator made no image for: why, and the raw input for the dead letter when the
+/// operator keeps it (a decoder keeps a preview of the bytes).
+pub(crate) type Unmade = (Error, Option<Vec<u8>>);
+
 /// Images made by an operator for one batch.
 pub(crate) enum MadeImages {
     /// Every row written straight into one buffer: the image column (no copy) and each row's
-    /// number of pixel bytes.
+    /// payload bytes (its pixels, plus whatever is emitted with it), for splitting batches.
     Contiguous(ArrayRef, Vec<usize>),
-    /// Row by row, with each row's error.
-    Each(Vec<Result<ImageBuf>>),
+    /// Row by row, with each failed row's error.
+    Each(Vec<std::result::Result<ImageBuf, Unmade>>),
 }
 
 impl MadeImages {
-    /// Emits the images made for `batch` as column `name` of `schema`: the one-buffer column as
-    /// slices, or the rows that succeeded, with each failed row reported as a bad row.
+    /// Row by row, from results that keep no raw input.
+    pub(crate) fn each(results: Vec<Result<ImageBuf>>) -> Self {
+        MadeImages::Each(
+            results
+                .into_iter()
+                .map(|r| r.map_err(|e| (e, None)))
+                .collect(),
+        )
+    }
+
+    /// Emits the images made for `batch` as column `name` of `schema`, with the `extra` column
+    /// (one row per image made) under its name: the one-buffer column as slices, or the rows
+    /// that succeeded, with each failed row reported as a bad row.
     pub(crate) fn emit(
         self,
         batch: &RecordBatch,
         schema: &SchemaRef,
         name: &str,
+        extra: Option<(&str, &ArrayRef)>,
         ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
         let results = match self {
             MadeImages::Contiguous(col, lengths) => {
-                return emit_image_column(batch, schema, name, &col, &lengths, None, out);
+                return emit_image_column(batch, schema, name, &col, &lengths, extra, out);
             }
             MadeImages::Each(results) => results,
         };
@@ -460,14 +476,14 @@ impl MadeImages {
         for (row, r) in results.into_iter().enumerate() {
             match r {
                 Ok(i) => images.push(Some(i)),
-                Err(e) => {
-                    bad.push((row, e, None));
+                Err((e, raw)) => {
+                    bad.push((row, e, raw));
                     images.push(None);
                 }
             }
         }
         report_bad_rows(ctx, batch, bad)?;
-        emit_images(batch, schema, name, images, None, out)
+        emit_images(batch, schema, name, images, extra, out)
     }
 }
 
@@ -517,7 +533,7 @@ pub(crate) fn images_into_buffer<S>(
 /// Emits `batch` with `column` (one image per row, `sizes` bytes of payload each) as column
 /// `name`, and the `extra` column (one row per row, e.g. a fused tensor) under its name, split so
 /// no batch carries more than [`MAX_BATCH_PAYLOAD`] bytes of payload (slices, no copies).
-pub(crate) fn emit_image_column(
+fn emit_image_column(
     batch: &RecordBatch,
     schema: &SchemaRef,
     name: &str,
@@ -558,7 +574,7 @@ pub(crate) fn payload_groups(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
 /// Emits the good rows of `batch` (those with `Some` image, in order) with the images as column
 /// `name`, and the `extra` column (one row per good row) under its name, split so no batch
 /// carries more than [`MAX_BATCH_PAYLOAD`] bytes of pixels.
-pub(crate) fn emit_images(
+fn emit_images(
     batch: &RecordBatch,
     schema: &SchemaRef,
     name: &str,

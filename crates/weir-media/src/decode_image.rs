@@ -14,9 +14,9 @@
 
 use crate::center_crop::{crop_into, crop_view};
 use crate::common::{
-    BytesColumn, ImageBuf, ImageView, check_bytes_field, column_index,
-    decoded_image_array_from_buffer, decoded_image_field, emit_image_column, emit_images,
-    parse_size, preview, report_bad_rows, row_slices, schema_with,
+    BytesColumn, ImageBuf, ImageView, MadeImages, Unmade, check_bytes_field, column_index,
+    decoded_image_array_from_buffer, decoded_image_field, parse_size, preview, row_slices,
+    schema_with,
 };
 use crate::resize::{Target, resize_into, resize_view};
 use crate::to_tensor::{TensorPlan, TensorRow, TensorValues, build_tensor, check_row};
@@ -318,42 +318,13 @@ impl Operator for DecodeImage {
             let part = batch.slice(range.start, range.len());
             let col = column.slice(range.start, range.len());
             let predicted: Vec<usize> = sizes[range.clone()].iter().map(|s| *s as usize).collect();
-            let payload: Vec<usize> = budget[range.clone()].iter().map(|s| *s as usize).collect();
             let dims = dims[range].to_vec();
             let then = then.clone();
-            let decoded = ctx
+            let (made, tensor) = ctx
                 .spawn_cpu(move || decode_group(&col, &predicted, &dims, mode, max_pixels, then))
                 .await??;
-            let (results, tensor) = match decoded {
-                Decoded::Contiguous { column, tensor } => {
-                    let extra = tensor_name.zip(tensor.as_ref());
-                    emit_image_column(
-                        &part,
-                        &self.schema,
-                        &self.output,
-                        &column,
-                        &payload,
-                        extra,
-                        out,
-                    )?;
-                    continue;
-                }
-                Decoded::Each { rows, tensor } => (rows, tensor),
-            };
-            let mut bad = Vec::new();
-            let mut images = Vec::with_capacity(results.len());
-            for (row, r) in results.into_iter().enumerate() {
-                match r {
-                    Ok(img) => images.push(Some(img)),
-                    Err((e, raw)) => {
-                        bad.push((row, e, Some(raw)));
-                        images.push(None);
-                    }
-                }
-            }
-            report_bad_rows(ctx, &part, bad)?;
             let extra = tensor_name.zip(tensor.as_ref());
-            emit_images(&part, &self.schema, &self.output, images, extra, out)?;
+            made.emit(&part, &self.schema, &self.output, extra, ctx, out)?;
         }
         Ok(())
     }
@@ -375,6 +346,26 @@ impl Then {
             None => (w, h),
         };
         self.crop.unwrap_or((w, h))
+    }
+
+    /// Resizes and crops one decoded image as fused, and checks that it fits a fused tensor:
+    /// the row-by-row path, where each image is its own buffer.
+    fn apply(&self, resizer: &mut Resizer, img: ImageBuf) -> Result<ImageBuf> {
+        let img = match self.resize {
+            None => img,
+            Some((target, alg)) => {
+                let (tw, th) = target.size(img.width, img.height);
+                resize_view(resizer, img.view(), tw, th, alg)?
+            }
+        };
+        let img = match self.crop {
+            None => img,
+            Some((cw, ch)) => crop_view(img.view(), cw, ch)?,
+        };
+        if let Some(plan) = &self.tensor {
+            check_row(plan, &img.view())?;
+        }
+        Ok(img)
     }
 
     /// Resizes and crops one decoded image as fused, into `out` (exactly the output's size);
@@ -421,30 +412,13 @@ fn scratch(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
     &mut buf[..len]
 }
 
-/// One group of rows decoded.
-enum Decoded {
-    /// Every row decoded straight into one buffer (the common case: JPEGs that need no rotation
-    /// or conversion): the image column, built without copying pixels, and with a fused
-    /// `to_tensor` the tensor column, written from each image right after it was made.
-    Contiguous {
-        column: arrow::array::ArrayRef,
-        tensor: Option<arrow::array::ArrayRef>,
-    },
-    /// Row by row: each image, or the error and a preview of the input; with a fused
-    /// `to_tensor`, the tensor column of the rows that succeeded.
-    Each {
-        rows: Vec<std::result::Result<ImageBuf, (Error, Vec<u8>)>>,
-        tensor: Option<arrow::array::ArrayRef>,
-    },
-}
-
 /// Decodes the rows of `col` in parallel (and resizes, crops and writes the tensor row of each
 /// right after, as fused). First tries to decode every row straight into its place in one buffer
 /// laid out by the `predicted` output sizes (with a resize, each row is decoded into a scratch
 /// buffer of its thread, reused from row to row, and resized into its place); when any row
 /// cannot go that way (not a JPEG, a rotation or mode conversion, a corrupt file, a wrong
 /// prediction) the group is decoded row by row with [`decode`], which gives every row its own
-/// result and error.
+/// result and error. With a fused `to_tensor`, also returns the tensor column of the rows made.
 fn decode_group(
     col: &arrow::array::ArrayRef,
     predicted: &[usize],
@@ -452,7 +426,7 @@ fn decode_group(
     mode: ImageMode,
     max_pixels: u64,
     then: Then,
-) -> Result<Decoded> {
+) -> Result<(MadeImages, Option<arrow::array::ArrayRef>)> {
     let bytes = BytesColumn::new(col)
         .ok_or_else(|| Error::internal("decode_image: input is not a bytes column"))?;
     let total: usize = predicted.iter().sum();
@@ -462,13 +436,9 @@ fn decode_group(
         let mut tensor = then
             .tensor
             .as_ref()
-            .map(|plan| (plan, TensorValues::new(plan, predicted.len())));
+            .map(|plan| TensorValues::new(plan, predicted.len()));
         let tensor_rows: Vec<Option<TensorRow<'_>>> = match &mut tensor {
-            Some((plan, values)) => values
-                .rows_mut(plan.row_len())
-                .into_iter()
-                .map(Some)
-                .collect(),
+            Some(values) => values.rows_mut().into_iter().map(Some).collect(),
             None => predicted.iter().map(|_| None).collect(),
         };
         let dims: Vec<Option<(u32, u32, ImageMode)>> = row_slices(&mut buf, predicted)
@@ -505,33 +475,20 @@ fn decode_group(
             .collect();
         if let Some(dims) = dims.into_iter().collect::<Option<Vec<_>>>() {
             let column = decoded_image_array_from_buffer(buf, predicted, &dims)?;
-            let tensor = tensor
-                .map(|(plan, values)| values.into_array(plan.row_len()))
-                .transpose()?;
-            return Ok(Decoded::Contiguous { column, tensor });
+            // Each row's payload: its pixels and its tensor row.
+            let tensor_bytes = then.tensor.as_ref().map_or(0, |p| p.row_bytes());
+            let payload = predicted.iter().map(|p| p + tensor_bytes).collect();
+            let tensor = tensor.map(TensorValues::into_array).transpose()?;
+            return Ok((MadeImages::Contiguous(column, payload), tensor));
         }
     }
-    let rows: Vec<std::result::Result<ImageBuf, (Error, Vec<u8>)>> = (0..col.len())
+    let rows: Vec<std::result::Result<ImageBuf, Unmade>> = (0..col.len())
         .into_par_iter()
         .map_init(Resizer::new, |resizer, row| match bytes.get(row) {
-            None => Err((Error::input("image bytes are null"), Vec::new())),
+            None => Err((Error::input("image bytes are null"), None)),
             Some(b) => decode(b, mode, max_pixels)
-                .and_then(|img| match then.resize {
-                    None => Ok(img),
-                    Some((target, alg)) => {
-                        let (tw, th) = target.size(img.width, img.height);
-                        resize_view(resizer, img.view(), tw, th, alg)
-                    }
-                })
-                .and_then(|img| match then.crop {
-                    None => Ok(img),
-                    Some((cw, ch)) => crop_view(img.view(), cw, ch),
-                })
-                .and_then(|img| match &then.tensor {
-                    Some(plan) => check_row(plan, &img.view()).map(|_| img),
-                    None => Ok(img),
-                })
-                .map_err(|e| (e, preview(b))),
+                .and_then(|img| then.apply(resizer, img))
+                .map_err(|e| (e, Some(preview(b)))),
         })
         .collect();
     let tensor = match &then.tensor {
@@ -544,7 +501,7 @@ fn decode_group(
             Some(build_tensor(plan, &views)?)
         }
     };
-    Ok(Decoded::Each { rows, tensor })
+    Ok((MadeImages::Each(rows), tensor))
 }
 
 /// Decodes a JPEG straight into `out` when it needs nothing afterwards: RGB or L output, no EXIF
@@ -1002,7 +959,7 @@ mod tests {
                 (w * h * 3) as usize
             })
             .collect();
-        let Decoded::Contiguous { column, .. } = decode_group(
+        let (MadeImages::Contiguous(column, _), _) = decode_group(
             &col,
             &predicted,
             &dims(&files),
@@ -1036,7 +993,7 @@ mod tests {
             .iter()
             .map(|f| predicted_size(f, ImageMode::Rgb).unwrap() as usize)
             .collect();
-        let Decoded::Contiguous { column, .. } = decode_group(
+        let (MadeImages::Contiguous(column, _), _) = decode_group(
             &col,
             &predicted,
             &dims(&files),
@@ -1064,7 +1021,7 @@ mod tests {
             .iter()
             .map(|f| predicted_size(f, ImageMode::Rgb).unwrap_or(0) as usize)
             .collect();
-        let Decoded::Each { rows, .. } = decode_group(
+        let (MadeImages::Each(rows), _) = decode_group(
             &col,
             &predicted,
             &dims(&bad),
@@ -1084,7 +1041,7 @@ mod tests {
             .iter()
             .map(|f| predicted_size(f, ImageMode::L).unwrap() as usize)
             .collect();
-        let Decoded::Contiguous { column, .. } = decode_group(
+        let (MadeImages::Contiguous(column, _), _) = decode_group(
             &col,
             &predicted,
             &dims(&files),

@@ -296,7 +296,7 @@ impl Operator for Resize {
                     let (col, lengths) = made?;
                     return Ok(MadeImages::Contiguous(col, lengths));
                 }
-                Ok(MadeImages::Each(
+                Ok(MadeImages::each(
                     (0..images.len())
                         .into_par_iter()
                         .map_init(Resizer::new, |resizer, row| {
@@ -308,7 +308,7 @@ impl Operator for Resize {
                 ))
             })
             .await??;
-        made.emit(&batch, &self.schema, &self.column, ctx, out)
+        made.emit(&batch, &self.schema, &self.column, None, ctx, out)
     }
 }
 

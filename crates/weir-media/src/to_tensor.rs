@@ -417,8 +417,14 @@ fn tensor_array<T: ArrowPrimitiveType>(values: Vec<T::Native>, row_len: usize) -
 }
 
 /// The values of a tensor column being written, one buffer for all rows, in the planned element
-/// type. Rows are written in parallel through [`TensorValues::rows_mut`].
-pub(crate) enum TensorValues {
+/// type, with the plan's row length. Rows are written in parallel through
+/// [`TensorValues::rows_mut`].
+pub(crate) struct TensorValues {
+    values: Values,
+    row_len: usize,
+}
+
+enum Values {
     F32(Vec<f32>),
     F16(Vec<f16>),
     U8(Vec<u8>),
@@ -434,30 +440,32 @@ pub(crate) enum TensorRow<'a> {
 impl TensorValues {
     /// Zeroed values for `rows` rows of `plan`.
     pub(crate) fn new(plan: &TensorPlan, rows: usize) -> TensorValues {
-        let len = plan.row_len() * rows;
-        match plan.dtype {
-            TensorDtype::Float32 => TensorValues::F32(vec![0.0; len]),
-            TensorDtype::Float16 => TensorValues::F16(vec![f16::ZERO; len]),
-            TensorDtype::UInt8 => TensorValues::U8(vec![0; len]),
-        }
+        let row_len = plan.row_len();
+        let len = row_len * rows;
+        let values = match plan.dtype {
+            TensorDtype::Float32 => Values::F32(vec![0.0; len]),
+            TensorDtype::Float16 => Values::F16(vec![f16::ZERO; len]),
+            TensorDtype::UInt8 => Values::U8(vec![0; len]),
+        };
+        TensorValues { values, row_len }
     }
 
-    /// Each row's values, in order (`row_len` values each).
-    pub(crate) fn rows_mut(&mut self, row_len: usize) -> Vec<TensorRow<'_>> {
-        let n = row_len.max(1);
-        match self {
-            TensorValues::F32(v) => v.chunks_mut(n).map(TensorRow::F32).collect(),
-            TensorValues::F16(v) => v.chunks_mut(n).map(TensorRow::F16).collect(),
-            TensorValues::U8(v) => v.chunks_mut(n).map(TensorRow::U8).collect(),
+    /// Each row's values, in order.
+    pub(crate) fn rows_mut(&mut self) -> Vec<TensorRow<'_>> {
+        let n = self.row_len.max(1);
+        match &mut self.values {
+            Values::F32(v) => v.chunks_mut(n).map(TensorRow::F32).collect(),
+            Values::F16(v) => v.chunks_mut(n).map(TensorRow::F16).collect(),
+            Values::U8(v) => v.chunks_mut(n).map(TensorRow::U8).collect(),
         }
     }
 
     /// The `arrow.fixed_shape_tensor` storage of these values.
-    pub(crate) fn into_array(self, row_len: usize) -> Result<ArrayRef> {
-        match self {
-            TensorValues::F32(v) => tensor_array::<Float32Type>(v, row_len),
-            TensorValues::F16(v) => tensor_array::<Float16Type>(v, row_len),
-            TensorValues::U8(v) => tensor_array::<UInt8Type>(v, row_len),
+    pub(crate) fn into_array(self) -> Result<ArrayRef> {
+        match self.values {
+            Values::F32(v) => tensor_array::<Float32Type>(v, self.row_len),
+            Values::F16(v) => tensor_array::<Float16Type>(v, self.row_len),
+            Values::U8(v) => tensor_array::<UInt8Type>(v, self.row_len),
         }
     }
 }
@@ -490,14 +498,13 @@ impl TensorPlan {
 
 /// Converts `views` (checked to fit the plan) into one tensor array, in parallel over rows.
 pub(crate) fn build_tensor(plan: &TensorPlan, views: &[ImageView<'_>]) -> Result<ArrayRef> {
-    let n = plan.row_len();
     let mut values = TensorValues::new(plan, views.len());
     values
-        .rows_mut(n)
+        .rows_mut()
         .into_par_iter()
         .zip(views.par_iter())
         .for_each(|(row, v)| plan.write_row(v.pixels, row));
-    values.into_array(n)
+    values.into_array()
 }
 
 #[async_trait]
@@ -599,10 +606,10 @@ mod tests {
         let want: Vec<f16> = want.iter().map(|x| f16::from_f32(*x)).collect();
         for _ in 0..2 {
             let mut values = TensorValues::new(&p, 1);
-            for row in values.rows_mut(p.row_len()) {
+            for row in values.rows_mut() {
                 p.write_row(&pixels, row);
             }
-            let TensorValues::F16(got) = values else {
+            let Values::F16(got) = values.values else {
                 panic!("float16 values")
             };
             assert_eq!(got, want);
