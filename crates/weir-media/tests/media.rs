@@ -16,10 +16,14 @@ use weir_media::*;
 use weir_runtime::*;
 use weir_types::multimodal::{ImageMode, fixed_tensor_shape, object_ref_field, object_ref_fields};
 
+/// Where the set-up put what the tests need (`weir-testkit`'s `setup`, by path: a dependency on
+/// `weir-testkit` would link the whole engine into these tests).
+#[path = "../../weir-testkit/src/setup.rs"]
+#[allow(dead_code)]
+mod setup;
+
 fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("WEIR_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.weir/data"));
+    let dir = setup::data_dir();
     assert!(
         dir.join("photos").is_dir(),
         "test data missing at {}: run scripts/setup-models.sh (and source .weir/env.sh)",

@@ -1,8 +1,11 @@
 //! Test support shared by weir's integration tests: run a pipeline spec with variables, read what
 //! its sinks wrote as canonical JSON rows, and compare them with golden files
-//! (`UPDATE_GOLDEN=1` rewrites the golden files instead of comparing).
+//! (`UPDATE_GOLDEN=1` rewrites the golden files instead of comparing); find what the set-up
+//! installed ([`setup`]).
 
 #![warn(missing_docs)]
+
+pub mod setup;
 
 use arrow::json::LineDelimitedWriter;
 use arrow::record_batch::RecordBatch;

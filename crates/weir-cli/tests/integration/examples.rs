@@ -9,6 +9,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use weir_testkit::setup;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -25,13 +26,10 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let home = root().join(".weir");
-    let var =
-        |name: &str, default: PathBuf| std::env::var_os(name).map(PathBuf::from).unwrap_or(default);
     let s = Setup {
-        ort: var("ORT_DYLIB_PATH", home.join("lib/libonnxruntime.so.1.32.0")),
-        models: var("WEIR_MODELS", home.join("models")),
-        data: var("WEIR_DATA", home.join("data")),
+        ort: setup::ort_library(),
+        models: setup::models_dir(),
+        data: setup::data_dir(),
     };
     for p in [
         s.ort.clone(),

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use weir_testkit::setup;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -19,18 +20,6 @@ fn weir() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
     c.current_dir(root());
     c
-}
-
-fn home_var(name: &str, default: &str) -> PathBuf {
-    let p = std::env::var_os(name)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".weir").join(default));
-    assert!(
-        p.exists(),
-        "{name}={} is missing: run scripts/setup-models.sh",
-        p.display()
-    );
-    p
 }
 
 fn run(c: &mut Command) -> (i32, String, String) {
@@ -117,9 +106,9 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn out_of_process_service_survives_kill_9_and_scaling_while_checkpoints_complete() {
-    let lib = home_var("ORT_DYLIB_PATH", "lib/libonnxruntime.so.1.32.0");
-    let models = home_var("WEIR_MODELS", "models");
-    let photos = home_var("WEIR_DATA", "data").join("photos");
+    let lib = setup::ort_library();
+    let models = setup::models_dir();
+    let photos = setup::data_dir().join("photos");
     let n_photos = std::fs::read_dir(&photos)
         .expect("photos")
         .filter(|e| {
@@ -342,9 +331,9 @@ steps:
 
 #[test]
 fn instance_processes_end_with_a_job_killed_by_sigkill() {
-    let lib = home_var("ORT_DYLIB_PATH", "lib/libonnxruntime.so.1.32.0");
-    let models = home_var("WEIR_MODELS", "models");
-    let photos = home_var("WEIR_DATA", "data").join("photos");
+    let lib = setup::ort_library();
+    let models = setup::models_dir();
+    let photos = setup::data_dir().join("photos");
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     let spec = d.join("orphans.yaml");
@@ -452,8 +441,8 @@ fn shared_rows(reg: &Path) -> Option<u64> {
 }
 
 fn shared_spec(d: &Path, name: &str, rate: u32, batch: u32, idle: &str) -> PathBuf {
-    let models = home_var("WEIR_MODELS", "models");
-    let photos = home_var("WEIR_DATA", "data").join("photos");
+    let models = setup::models_dir();
+    let photos = setup::data_dir().join("photos");
     let spec = d.join(format!("{name}.yaml"));
     std::fs::write(
         &spec,
@@ -512,7 +501,7 @@ steps:
 /// exactly once; `weir stop-service` stops the host; an idle host stops on its own.
 #[test]
 fn a_shared_service_serves_jobs_in_several_processes_and_survives_its_host() {
-    let lib = home_var("ORT_DYLIB_PATH", "lib/libonnxruntime.so.1.32.0");
+    let lib = setup::ort_library();
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     let reg = d.join("registry");

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use weir_testkit::read_rows;
+use weir_testkit::{read_rows, setup};
 
 const ROWS: usize = 20_000;
 
@@ -272,28 +272,11 @@ fn kill_and_rescale(mode: &str) {
 
 /// The installed model and photos (`scripts/setup-models.sh`), from the environment or `.weir`.
 fn model_env() -> Vec<(&'static str, std::path::PathBuf)> {
-    let home = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.weir");
-    let var = |name: &str, default: std::path::PathBuf| {
-        std::env::var_os(name)
-            .map(std::path::PathBuf::from)
-            .unwrap_or(default)
-    };
-    let env = vec![
-        (
-            "ORT_DYLIB_PATH",
-            var("ORT_DYLIB_PATH", home.join("lib/libonnxruntime.so.1.32.0")),
-        ),
-        ("WEIR_MODELS", var("WEIR_MODELS", home.join("models"))),
-        ("WEIR_DATA", var("WEIR_DATA", home.join("data"))),
-    ];
-    for (name, p) in &env {
-        assert!(
-            p.exists(),
-            "{name}={} is missing: run scripts/setup-models.sh",
-            p.display()
-        );
-    }
-    env
+    vec![
+        ("ORT_DYLIB_PATH", setup::ort_library()),
+        ("WEIR_MODELS", setup::models_dir()),
+        ("WEIR_DATA", setup::data_dir()),
+    ]
 }
 
 fn infer_spec(dir: &Path, out: &str, checkpoint: bool, rate: u32) -> std::path::PathBuf {

@@ -41,10 +41,7 @@ steps:
 fn images(dir: &Path) -> PathBuf {
     let folder = dir.join("images");
     std::fs::create_dir_all(&folder).expect("mkdir");
-    let photos = std::env::var_os("WEIR_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".weir/data"))
-        .join("photos");
+    let photos = weir_testkit::setup::data_dir().join("photos");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&photos)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup-models.sh)", photos.display()))
         .flatten()

@@ -9,22 +9,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use weir_runtime::{Emitter, ErrorPolicy, Operator, OperatorContext};
 
+/// Where the set-up put ONNX Runtime and the models (`weir-testkit`'s `setup`, by path: a
+/// dependency on `weir-testkit` would link the whole engine into these tests).
+#[path = "../../../../weir-testkit/src/setup.rs"]
+mod setup;
+
 /// `$WEIR_MODELS`, or the repo's `.weir/models`; loads ONNX Runtime from `$ORT_DYLIB_PATH` or the
 /// repo's `.weir/lib`. Fails with the fix when either is missing.
 pub fn models() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.weir");
-    let lib = std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("lib/libonnxruntime.so.1.32.0"));
-    assert!(
-        lib.is_file(),
-        "onnx runtime not found at {}: run scripts/setup-models.sh",
-        lib.display()
-    );
-    weir_infer::init_ort_from(&lib).unwrap();
-    let dir = std::env::var_os("WEIR_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("models"));
+    weir_infer::init_ort_from(&setup::ort_library()).unwrap();
+    let dir = setup::models_dir();
     assert!(
         dir.join("opennsfw/open-nsfw.onnx").is_file(),
         "models not found in {}: run scripts/setup-models.sh",

