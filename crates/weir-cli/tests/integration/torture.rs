@@ -137,11 +137,24 @@ fn straight_run(d: &Path) -> (Vec<String>, Vec<String>) {
     outputs(d, "straight")
 }
 
+/// Whether a checkpoint under `store` is complete (its `_MANIFEST` is written last).
+fn has_complete_checkpoint(store: &Path) -> bool {
+    std::fs::read_dir(store)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("_MANIFEST").is_file())
+}
+
 /// Starts the command again and again, killing it with SIGKILL after a seeded random time in
 /// `min_ms..min_ms + spread_ms`, until it has been killed `WEIR_SOAK_KILLS` (default 20) times or
-/// finishes on its own. Returns the kills; fails when fewer than 20 landed or it took too long.
+/// finishes on its own. Until a checkpoint under `store` is complete, a run is not killed before
+/// it completes one: on a loaded machine, start-up can take longer than the kill interval, and the
+/// test must still end with a restore. Returns the kills; fails when fewer than 20 landed or it
+/// took too long.
 fn kill_again_and_again(
     command: impl Fn() -> Command,
+    store: &Path,
     mut seed: u64,
     (min_ms, spread_ms): (u64, u64),
 ) -> usize {
@@ -165,6 +178,12 @@ fn kill_again_and_again(
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         std::thread::sleep(Duration::from_millis(min_ms + (seed >> 33) % spread_ms));
+        while !has_complete_checkpoint(store)
+            && child.try_wait().expect("wait").is_none()
+            && started.elapsed() < Duration::from_secs(300)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         if child.try_wait().expect("wait").is_some() {
             break; // it finished on its own: no more input to crash on
         }
@@ -215,6 +234,7 @@ fn kill_and_rescale(mode: &str) {
                 .args(["-p", "2", "--progress", "off", "--resume"]);
             c
         },
+        &d.join(format!("store-{mode}")),
         7,
         (150, 350),
     );
@@ -431,7 +451,12 @@ fn twenty_kill_9s_of_an_inference_pipeline_change_nothing() {
     // (b) Parallelism 2 with checkpoints, killed again and again.
     let paced = infer_spec(d, "crashy", true, 6);
     // Long enough for start-up, the model load and a checkpoint or two (slow photos at 12/s).
-    let kills = kill_again_and_again(|| run(&paced, &["-p", "2", "--resume"]), 11, (700, 800));
+    let kills = kill_again_and_again(
+        || run(&paced, &["-p", "2", "--resume"]),
+        &d.join("infer-store"),
+        11,
+        (700, 800),
+    );
 
     // (c) Finish after a restore at parallelism 3.
     let fin = run(
