@@ -204,7 +204,7 @@ cpu_model=$(lscpu 2>/dev/null | awk -F: '/^Model name/ { gsub(/^ +/, "", $2); pr
     echo
     echo "- CPU: $cpu_model, $(nproc) cores; $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM; $(uname -sr)"
     echo "- $(rustc --version); crates (Cargo.lock): ort $(lock_version ort), image $(lock_version image), zune-jpeg $(lock_version zune-jpeg), fast_image_resize $(lock_version fast_image_resize), tokenizers $(lock_version tokenizers), arrow $(lock_version arrow), rayon $(lock_version rayon)"
-    echo "- ONNX Runtime 1.32.0 everywhere (Rust: \`$ORT_DYLIB_PATH\` from the PyPI wheel; Python: the onnxruntime wheel)"
+    echo "- ONNX Runtime 1.32.0 everywhere (Rust: \`${ORT_DYLIB_PATH#"$PWD"/}\` from the PyPI wheel; Python: the onnxruntime wheel)"
     echo "- $(python3 --version 2>&1 | tr -d '\n'); .venv-bench-py: $(pyver .venv-bench-py 'onnxruntime|numpy|pillow|tokenizers|pyarrow')"
     has daft && echo "- .venv-bench-daft: $(pyver .venv-bench-daft 'daft|onnxruntime|numpy|pillow|tokenizers|pyarrow')"
     has ray && echo "- .venv-bench-ray: $(pyver .venv-bench-ray 'ray|onnxruntime|numpy|pillow|tokenizers|pyarrow|pandas')"
