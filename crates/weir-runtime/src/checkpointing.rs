@@ -1,7 +1,8 @@
 //! The checkpoint driver: runs the sans-IO [`Coordinator`] of `weir-checkpoint` against the live
 //! job. It injects barriers at the sources, writes each task's acked state to the
 //! [`CheckpointStore`], writes the manifest last, tells every task when a checkpoint is complete
-//! (sinks publish then), and takes the final checkpoint once every task's input has ended.
+//! (sinks publish then) or that it was aborted, and takes the final checkpoint once every task's
+//! input has ended.
 //!
 //! A checkpoint whose state or manifest cannot be written (a full disk, a failing object store) is
 //! declined with a warning naming the cause, and the job goes on; only the final checkpoint is
@@ -12,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use weir_checkpoint::{
-    Action, CheckpointConfig, CheckpointStore, Coordinator, ExpectedTask, FileEntry, Manifest,
-    TaskKey,
+    AbortReason, Action, CheckpointConfig, CheckpointStore, Coordinator, ExpectedTask, FileEntry,
+    Manifest, TaskKey,
 };
 use weir_types::{Barrier, BarrierKind, CheckpointId, Error, Result};
 
@@ -282,11 +283,13 @@ impl Driver {
                     tracing::warn!("checkpoint {id} expired before every task acknowledged it");
                     self.stats.failed += 1;
                     self.forget(id).await;
+                    self.tell_aborted(id, AbortReason::Expired);
                 }
                 Action::Abort { id, reason } => {
-                    tracing::debug!("checkpoint {id} aborted: {reason:?}");
+                    tracing::debug!("checkpoint {id} aborted: {reason}");
                     self.stats.failed += 1;
                     self.forget(id).await;
+                    self.tell_aborted(id, reason);
                 }
             }
         }
@@ -294,6 +297,19 @@ impl Driver {
             self.maybe_final().await?;
         }
         Ok(())
+    }
+
+    /// Tells every task that checkpoint `id` will not complete.
+    fn tell_aborted(&self, id: CheckpointId, reason: AbortReason) {
+        for k in self.tasks.keys() {
+            self.send(
+                k,
+                Control::Aborted {
+                    id,
+                    reason: reason.clone(),
+                },
+            );
+        }
     }
 
     async fn forget(&mut self, id: CheckpointId) {
@@ -310,6 +326,7 @@ impl Driver {
         self.stats.failed += 1;
         if self.final_id == Some(id) {
             self.forget(id).await;
+            self.tell_aborted(id, AbortReason::Declined(e.report()));
             return self.retry_final(e).await;
         }
         let actions = self.coordinator.on_decline(id, e.report(), Instant::now());

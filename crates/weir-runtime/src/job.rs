@@ -15,7 +15,8 @@ use crate::operator::{OperatorContext, TaskInfo};
 use crate::partition::EdgeRouter;
 use crate::physical::{PhysicalPlan, plan};
 use crate::task::{
-    ChainedOperator, CheckpointLink, Head, InFlightSetup, Outputs, Task, TaskEnd, is_secondary,
+    ChainedOperator, CheckpointLink, Head, InFlightSetup, Outputs, Task, TaskEnd, Watermarks,
+    is_secondary,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -398,8 +399,9 @@ fn wire(
             .map(|(i, s)| EdgeRouter::new(partitioning.clone(), s, i, cfg.max_parallelism))
             .collect::<Vec<_>>()
     };
-    // Per chain: how each of its input channels maps rows to key groups (in receiver order).
-    let mut in_keys: Vec<Vec<InputKeys>> = vec![Vec::new(); plan.chains.len()];
+    // Per chain: how each of its input channels maps rows to key groups, and which logical input
+    // of the head node it belongs to (in receiver order).
+    let mut in_keys: Vec<Vec<(InputKeys, usize)>> = vec![Vec::new(); plan.chains.len()];
     let keys_of = |p: &Partitioning| match p {
         Partitioning::Hash { keys } => InputKeys::Hash(keys.clone()),
         _ => InputKeys::Any,
@@ -410,7 +412,7 @@ fn wire(
         } else {
             plan.chains[e.from].parallelism as usize
         };
-        in_keys[e.to].extend(std::iter::repeat_n(keys_of(&e.partitioning), n));
+        in_keys[e.to].extend(std::iter::repeat_n((keys_of(&e.partitioning), e.input), n));
         for (i, r) in connect(e.from, e.to, &e.partitioning, &mut inputs)
             .into_iter()
             .enumerate()
@@ -424,7 +426,7 @@ fn wire(
                 continue;
             }
             in_keys[dl].extend(std::iter::repeat_n(
-                InputKeys::Any,
+                (InputKeys::Any, 0),
                 plan.chains[c].parallelism as usize,
             ));
             for (i, r) in connect(c, dl, &Partitioning::Rebalance, &mut inputs)
@@ -470,11 +472,17 @@ fn wire(
                     all_metrics.push(ctx.metrics().clone());
                     Head::Source { source, ctx }
                 }
-                _ => Head::Input(InputGate::new(head_in)),
+                _ => Head::Input {
+                    gate: InputGate::new(head_in),
+                    input_of: in_keys[ci].iter().map(|(_, i)| *i).collect(),
+                },
             };
             let mut ops = Vec::new();
             for node in nodes {
-                let (info, ctx) = ctx_for(node);
+                let (info, mut ctx) = ctx_for(node);
+                if node == chain.nodes[0] {
+                    ctx = ctx.with_inputs(graph.inputs(node).count());
+                }
                 let op = match &graph.nodes[node].kind {
                     NodeKind::Operator(f) | NodeKind::Sink(f) => f(&info),
                     NodeKind::Source(_) => Err(Error::internal("a source inside a chain")),
@@ -501,7 +509,7 @@ fn wire(
                     events: events.clone(),
                 }
             });
-            let in_flight = (unaligned && matches!(head, Head::Input(_))).then(|| {
+            let in_flight = (unaligned && matches!(head, Head::Input { .. })).then(|| {
                 let node = crate::inflight::node_name(&head_node.name);
                 InFlightSetup {
                     replay: restored
@@ -520,6 +528,7 @@ fn wire(
                 }
             });
             tasks.push(Task {
+                watermarks: Watermarks::new(ops.len()),
                 in_flight,
                 pending_ack: None,
                 last_snapshot: None,

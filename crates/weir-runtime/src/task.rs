@@ -4,7 +4,7 @@
 use crate::inflight::{self, InputKeys};
 use crate::input::{InputEvent, InputGate};
 use crate::metrics::OperatorMetrics;
-use crate::operator::{Emitter, Operator, OperatorContext};
+use crate::operator::{Emitted, Emitter, Operator, OperatorContext};
 use crate::partition::EdgeRouter;
 use crate::source::{Source, SourceEvent};
 use arrow::record_batch::RecordBatch;
@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use weir_checkpoint::{StateSnapshot, TaskKey};
+use weir_checkpoint::{AbortReason, StateSnapshot, TaskKey};
 use weir_types::{
     Barrier, BarrierKind, CheckpointId, Error, ErrorKind, KeyGroupRange, Message, Result,
-    dead_letter_batch,
+    Watermark, WatermarkStatus, dead_letter_batch,
 };
 
 /// What the checkpoint driver tells a task.
@@ -28,6 +28,11 @@ pub(crate) enum Control {
     SnapshotNow(Barrier),
     /// Checkpoint `id` is complete; `last` says it was the final one and the task may end.
     Complete { id: CheckpointId, last: bool },
+    /// Checkpoint `id` will not complete.
+    Aborted {
+        id: CheckpointId,
+        reason: AbortReason,
+    },
 }
 
 /// States of the nodes of a task for one checkpoint: (node, subtask, state).
@@ -65,7 +70,11 @@ pub(crate) enum Head {
         source: Box<dyn Source>,
         ctx: OperatorContext,
     },
-    Input(InputGate),
+    Input {
+        gate: InputGate,
+        /// Per input channel of the gate: which logical input of the head node it belongs to.
+        input_of: Vec<usize>,
+    },
 }
 
 /// The task's outputs: routers for data edges and the dead-letter channel.
@@ -98,6 +107,27 @@ pub(crate) struct Task {
     pub(crate) in_flight: Option<InFlightSetup>,
     /// An unaligned checkpoint snapshotted but not yet acked: its in-flight data is recording.
     pub(crate) pending_ack: Option<(CheckpointId, NodeStates)>,
+    /// Event time: the last watermark handed to each chained operator, the last one sent out,
+    /// and the status sent out.
+    pub(crate) watermarks: Watermarks,
+}
+
+/// The watermarks a task has passed on so far (each only advances).
+#[derive(Debug)]
+pub(crate) struct Watermarks {
+    into: Vec<Option<Watermark>>,
+    out: Option<Watermark>,
+    status: WatermarkStatus,
+}
+
+impl Watermarks {
+    pub(crate) fn new(chain: usize) -> Self {
+        Watermarks {
+            into: vec![None; chain],
+            out: None,
+            status: WatermarkStatus::Active,
+        }
+    }
 }
 
 /// Where an input task's in-flight data goes (see [`crate::inflight`]).
@@ -105,7 +135,8 @@ pub(crate) struct InFlightSetup {
     /// The pseudo node name.
     pub(crate) node: String,
     pub(crate) subtask: u32,
-    pub(crate) inputs: Vec<InputKeys>,
+    /// Per input channel: how its rows map to key groups, and its logical input.
+    pub(crate) inputs: Vec<(InputKeys, usize)>,
     pub(crate) range: KeyGroupRange,
     pub(crate) max_parallelism: u32,
     /// Restored in-flight data, replayed before the input is read.
@@ -144,7 +175,7 @@ impl Task {
         }
         let end = match &self.head {
             Head::Source { .. } => self.run_source().await?,
-            Head::Input(_) => self.run_input().await?,
+            Head::Input { .. } => self.run_input().await?,
         };
         self.await_final_checkpoint().await?;
         for m in &self.all_metrics {
@@ -179,6 +210,7 @@ impl Task {
                         return Ok(());
                     }
                 }
+                Control::Aborted { id, reason } => self.notify_aborted(id, &reason).await?,
             }
         }
     }
@@ -281,14 +313,26 @@ impl Task {
             .map(|s| s.node.clone())
             .unwrap_or_default();
         let batches = inflight::decode(&snapshot).map_err(|e| e.in_operator(node.clone()))?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let rows: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
         if rows > 0 {
             tracing::info!(node = %node, "replaying {rows} in-flight rows from the checkpoint");
         }
-        for b in batches {
-            self.push(0, b).await?;
+        for (input, b) in batches {
+            self.push_input(input, b).await?;
         }
         Ok(())
+    }
+
+    /// Runs a batch that came on logical input `input` of the head operator through the chain.
+    async fn push_input(&mut self, input: usize, batch: RecordBatch) -> Result<()> {
+        if let Some(head) = self.chain.first_mut() {
+            head.ctx.set_input(input);
+        }
+        let r = self.push(0, Emitted::Batch(batch)).await;
+        if let Some(head) = self.chain.first_mut() {
+            head.ctx.set_input(0);
+        }
+        r
     }
 
     /// Tells the source and every chained operator that checkpoint `id` is complete.
@@ -308,6 +352,23 @@ impl Task {
         Ok(())
     }
 
+    /// Tells the source and every chained operator that checkpoint `id` will not complete.
+    async fn notify_aborted(&mut self, id: CheckpointId, reason: &AbortReason) -> Result<()> {
+        if let Head::Source { source, ctx } = &mut self.head {
+            source
+                .notify_checkpoint_aborted(id, reason, ctx)
+                .await
+                .map_err(|e| e.in_operator(ctx.name().to_string()))?;
+        }
+        for c in &mut self.chain {
+            let name = c.ctx.name().to_string();
+            c.op.notify_checkpoint_aborted(id, reason, &mut c.ctx)
+                .await
+                .map_err(|e| e.in_operator(name))?;
+        }
+        Ok(())
+    }
+
     async fn on_control(&mut self, control: Control) -> Result<()> {
         match control {
             Control::InjectBarrier(b) => self.snapshot_all(&b, true).await,
@@ -316,6 +377,7 @@ impl Task {
                 b.checkpoint_id
             ))),
             Control::Complete { id, .. } => self.notify_complete(id).await,
+            Control::Aborted { id, reason } => self.notify_aborted(id, &reason).await,
         }
     }
 
@@ -343,31 +405,35 @@ impl Task {
                 .map_err(|e| e.in_operator(ctx.name().to_string()))?;
             ctx.metrics().add_busy(started.elapsed());
             let dead = ctx.take_dead_letters();
-            self.send_dead_letters(dead).await?;
-            self.emit_ready_pending().await?;
-            match ev {
+            let (watermark, idle) = ctx.take_source_progress();
+            let (batch, pause) = match ev {
                 SourceEvent::Batch(b) => {
-                    let Head::Source { ctx, .. } = &self.head else {
-                        unreachable!("source task")
-                    };
                     ctx.metrics()
                         .add_out(b.num_rows(), b.get_array_memory_size());
-                    self.push(0, b).await?;
+                    (Some(b), None)
                 }
-                SourceEvent::Idle(d) => {
-                    let t = Instant::now();
-                    let stop = self.stop.clone();
-                    let woken = tokio::select! {
-                        _ = tokio::time::sleep(d) => None,
-                        _ = stop.cancelled() => None,
-                        c = recv_control(&mut self.checkpoint) => Some(c),
-                    };
-                    self.add_idle(t.elapsed());
-                    if let Some(c) = woken {
-                        self.on_control(c.ok_or_else(coordinator_gone)?).await?;
-                    }
+                SourceEvent::Idle(d) => (None, Some(d)),
+                SourceEvent::Finished => (None, None),
+            };
+            let finished = batch.is_none() && pause.is_none();
+            self.send_dead_letters(dead).await?;
+            self.emit_ready_pending().await?;
+            self.source_progress(batch, watermark, idle).await?;
+            if finished {
+                break;
+            }
+            if let Some(d) = pause {
+                let t = Instant::now();
+                let stop = self.stop.clone();
+                let woken = tokio::select! {
+                    _ = tokio::time::sleep(d) => None,
+                    _ = stop.cancelled() => None,
+                    c = recv_control(&mut self.checkpoint) => Some(c),
+                };
+                self.add_idle(t.elapsed());
+                if let Some(c) = woken {
+                    self.on_control(c.ok_or_else(coordinator_gone)?).await?;
                 }
-                SourceEvent::Finished => break,
             }
         }
         if let Head::Source { source, ctx } = &mut self.head {
@@ -394,19 +460,15 @@ impl Task {
                 }
                 Woken::Control(c) => self.on_control(c.ok_or_else(coordinator_gone)?).await?,
                 Woken::Input(ev) => match ev? {
-                    InputEvent::Data { batch, .. } => self.push(0, batch).await?,
-                    InputEvent::Watermark(w) => {
-                        for i in 0..self.chain.len() {
-                            let c = &mut self.chain[i];
-                            let mut out = Emitter::default();
-                            let name = c.ctx.name().to_string();
-                            c.op.on_watermark(w, &mut c.ctx, &mut out)
-                                .await
-                                .map_err(|e| e.in_operator(name))?;
-                            self.after_hook(i, &mut out).await?;
-                        }
-                        self.broadcast(&Message::Watermark(w), false).await?;
+                    InputEvent::Data { input, batch } => {
+                        let Head::Input { input_of, .. } = &self.head else {
+                            unreachable!("input task")
+                        };
+                        let input = input_of.get(input).copied().unwrap_or(0);
+                        self.push_input(input, batch).await?
                     }
+                    InputEvent::Watermark(w) => self.push(0, Emitted::Watermark(w)).await?,
+                    InputEvent::WatermarkStatus(s) => self.send_status(s).await?,
                     InputEvent::Barrier(b) => self.snapshot_all(&b, true).await?,
                     InputEvent::InFlight {
                         checkpoint,
@@ -433,7 +495,7 @@ impl Task {
             checkpoint,
             ..
         } = self;
-        let Head::Input(gate) = head else {
+        let Head::Input { gate, .. } = head else {
             unreachable!("input task")
         };
         let control = recv_control(checkpoint);
@@ -495,45 +557,68 @@ impl Task {
         self.broadcast(&Message::EndOfStream, true).await
     }
 
-    /// Routes dead letters of operator `i` and passes its emitted batches to operator `i + 1`.
+    /// Routes dead letters of operator `i` and passes what it emitted to operator `i + 1`.
     async fn after_hook(&mut self, i: usize, out: &mut Emitter) -> Result<()> {
         let dead = self.chain[i].ctx.take_dead_letters();
         self.send_dead_letters(dead).await?;
-        for b in out.take() {
-            self.chain[i]
-                .ctx
-                .metrics()
-                .add_out(b.num_rows(), b.get_array_memory_size());
-            self.push(i + 1, b).await?;
+        for item in out.take_all() {
+            if let Emitted::Batch(b) = &item {
+                self.chain[i]
+                    .ctx
+                    .metrics()
+                    .add_out(b.num_rows(), b.get_array_memory_size());
+            }
+            self.push(i + 1, item).await?;
         }
         Ok(())
     }
 
-    /// Runs `batch` through the chain from operator `start` (depth first) and sends what comes out.
-    async fn push(&mut self, start: usize, batch: RecordBatch) -> Result<()> {
-        let mut stack = vec![(start, batch)];
-        while let Some((i, b)) = stack.pop() {
+    /// Runs a batch or watermark through the chain from operator `start` (depth first) and sends
+    /// what comes out. A watermark that does not advance past the last one an operator was handed
+    /// (or the last one sent out) goes no further.
+    async fn push(&mut self, start: usize, item: Emitted) -> Result<()> {
+        let mut stack = vec![(start, item)];
+        while let Some((i, item)) = stack.pop() {
             if i == self.chain.len() {
-                self.send(b).await?;
+                match item {
+                    Emitted::Batch(b) => self.send(b).await?,
+                    Emitted::Watermark(w) => self.send_watermark(w).await?,
+                }
                 continue;
             }
             let c = &mut self.chain[i];
-            c.ctx
-                .metrics()
-                .add_in(b.num_rows(), b.get_array_memory_size());
-            let started = Instant::now();
             let mut out = Emitter::default();
             let name = c.ctx.name().to_string();
-            c.op.process_batch(b, &mut c.ctx, &mut out)
-                .await
-                .map_err(|e| e.in_operator(name))?;
-            c.ctx.metrics().add_busy(started.elapsed());
+            match item {
+                Emitted::Batch(b) => {
+                    c.ctx
+                        .metrics()
+                        .add_in(b.num_rows(), b.get_array_memory_size());
+                    let started = Instant::now();
+                    c.op.process_batch(b, &mut c.ctx, &mut out)
+                        .await
+                        .map_err(|e| e.in_operator(name))?;
+                    c.ctx.metrics().add_busy(started.elapsed());
+                }
+                Emitted::Watermark(w) => {
+                    let last = &mut self.watermarks.into[i];
+                    if last.is_some_and(|l| w <= l) {
+                        continue;
+                    }
+                    *last = Some(w);
+                    c.op.on_watermark(w, &mut c.ctx, &mut out)
+                        .await
+                        .map_err(|e| e.in_operator(name))?;
+                }
+            }
             let dead = c.ctx.take_dead_letters();
-            let produced = out.take();
+            let produced = out.take_all();
             for p in &produced {
-                c.ctx
-                    .metrics()
-                    .add_out(p.num_rows(), p.get_array_memory_size());
+                if let Emitted::Batch(p) = p {
+                    c.ctx
+                        .metrics()
+                        .add_out(p.num_rows(), p.get_array_memory_size());
+                }
             }
             self.send_dead_letters(dead).await?;
             for p in produced.into_iter().rev() {
@@ -541,6 +626,50 @@ impl Task {
             }
         }
         Ok(())
+    }
+
+    /// Passes on what a source call produced, in order: its batch, its watermark, then its going
+    /// idle. A batch or watermark from an idle source makes it active again first.
+    async fn source_progress(
+        &mut self,
+        batch: Option<RecordBatch>,
+        watermark: Option<Watermark>,
+        idle: bool,
+    ) -> Result<()> {
+        if (batch.is_some() || watermark.is_some())
+            && self.watermarks.status == WatermarkStatus::Idle
+        {
+            self.send_status(WatermarkStatus::Active).await?;
+        }
+        if let Some(b) = batch {
+            self.push(0, Emitted::Batch(b)).await?;
+        }
+        if let Some(w) = watermark {
+            self.push(0, Emitted::Watermark(w)).await?;
+        }
+        if idle {
+            self.send_status(WatermarkStatus::Idle).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a watermark on every data output, if it advances.
+    async fn send_watermark(&mut self, w: Watermark) -> Result<()> {
+        if self.watermarks.out.is_some_and(|l| w <= l) {
+            return Ok(());
+        }
+        self.watermarks.out = Some(w);
+        self.broadcast(&Message::Watermark(w), false).await
+    }
+
+    /// Sends a change of watermark status on every data output.
+    async fn send_status(&mut self, status: WatermarkStatus) -> Result<()> {
+        if self.watermarks.status == status {
+            return Ok(());
+        }
+        self.watermarks.status = status;
+        self.broadcast(&Message::WatermarkStatus(status), false)
+            .await
     }
 
     async fn send(&mut self, batch: RecordBatch) -> Result<()> {
