@@ -1,6 +1,6 @@
 //! The checkpoint driver: runs the sans-IO [`Coordinator`] of `weir-checkpoint` against the live
-//! job. It injects barriers at the sources, writes each task's acked state to the
-//! [`CheckpointStore`], writes the manifest last, tells every task when a checkpoint is complete
+//! job. It injects barriers at the sources, collects the files each task wrote into the
+//! [`CheckpointStore`] and acked (it never holds state bytes), writes the manifest last, tells every task when a checkpoint is complete
 //! (sinks publish then) or that it was aborted, and takes the final checkpoint once every task's
 //! input has ended.
 //!
@@ -155,7 +155,17 @@ impl Driver {
 
     async fn on_event(&mut self, ev: TaskEvent) -> Result<()> {
         match ev {
-            TaskEvent::Ack { task, id, states } => {
+            TaskEvent::Decline { task, id, error } => {
+                let live =
+                    self.coordinator.in_flight().any(|i| i == id) || self.final_id == Some(id);
+                if !live {
+                    return Ok(());
+                }
+                let e =
+                    Error::io(format!("task {task} could not write its state")).with_source(error);
+                self.decline(id, e).await
+            }
+            TaskEvent::Ack { task, id, files } => {
                 let live =
                     self.coordinator.in_flight().any(|i| i == id) || self.final_id == Some(id);
                 // A task that ended while a barrier was queued for it may answer both the barrier
@@ -164,12 +174,7 @@ impl Driver {
                 if !live || duplicate {
                     return Ok(());
                 }
-                for (node, subtask, snap) in states {
-                    match self.store.write_state(id, &node, subtask, &snap).await {
-                        Ok(entry) => self.files.entry(id).or_default().push((node, entry)),
-                        Err(e) => return self.decline(id, e).await,
-                    }
-                }
+                self.files.entry(id).or_default().extend(files);
                 self.acked.entry(id).or_default().insert(task.clone());
                 if self.final_id == Some(id) {
                     if self.acked[&id].len() == self.tasks.len() {

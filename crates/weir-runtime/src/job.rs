@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weir_checkpoint::{StateSnapshot, TaskKey};
+use weir_checkpoint::{CheckpointStore, Manifest, TaskKey};
 use weir_types::{Error, KeyGroupRange, Result};
 
 /// How the whole job ended: whether a stop ended it early, and what its checkpoints did.
@@ -100,43 +100,16 @@ impl Runtime {
         }
         let metrics = MetricsRegistry::default();
         let stop = CancellationToken::new();
-        let restored = match checkpoint
-            .as_ref()
-            .and_then(|c| c.restore.as_ref().map(|m| (c, m)))
-        {
-            Some((setup, manifest)) => {
-                let mut states = HashMap::new();
-                for n in &graph.nodes {
-                    for name in [n.name.clone(), crate::inflight::node_name(&n.name)] {
-                        if manifest.node(&name).is_some() {
-                            let s = self.io.block_on(setup.store.restore_node(
-                                manifest,
-                                &name,
-                                n.parallelism,
-                            ))?;
-                            states.insert(name, s);
-                        }
-                    }
-                }
-                crate::fault::crash_point("restore", manifest.checkpoint_id);
-                states
-            }
-            None => HashMap::new(),
-        };
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut handles = BTreeMap::new();
-        let link = checkpoint
-            .as_ref()
-            .map(|_| (events_tx, &mut handles, unaligned));
-        let tasks = wire(
-            &graph,
-            &plan,
-            &metrics,
-            &stop,
-            self.io.handle(),
-            &restored,
-            link,
-        )?;
+        let link = checkpoint.as_ref().map(|setup| Link {
+            events: events_tx,
+            handles: &mut handles,
+            unaligned,
+            store: setup.store.clone(),
+            restore: setup.restore.clone().map(Arc::new),
+        });
+        let tasks = wire(&graph, &plan, &metrics, &stop, self.io.handle(), link)?;
         let mut set = JoinSet::new();
         if let Some(setup) = &checkpoint {
             let mut parallelism: HashMap<String, u32> = graph
@@ -322,6 +295,17 @@ async fn supervise(mut set: JoinSet<Result<Ended>>) -> Result<Outcome> {
     }
 }
 
+/// What the wiring of a checkpointing job needs.
+struct Link<'a> {
+    /// Where tasks send their acks.
+    events: tokio::sync::mpsc::UnboundedSender<crate::task::TaskEvent>,
+    /// Filled with each task's control channel, for the driver.
+    handles: &'a mut BTreeMap<TaskKey, TaskHandle>,
+    unaligned: bool,
+    store: CheckpointStore,
+    restore: Option<Arc<Manifest>>,
+}
+
 /// Creates every task of the plan with its channels.
 fn wire(
     graph: &JobGraph,
@@ -329,16 +313,11 @@ fn wire(
     registry: &MetricsRegistry,
     stop: &CancellationToken,
     io: &tokio::runtime::Handle,
-    restored: &HashMap<String, Vec<StateSnapshot>>,
-    mut checkpoint: Option<(
-        tokio::sync::mpsc::UnboundedSender<crate::task::TaskEvent>,
-        &mut BTreeMap<TaskKey, TaskHandle>,
-        bool,
-    )>,
+    mut checkpoint: Option<Link<'_>>,
 ) -> Result<Vec<Task>> {
-    // The third element: whether checkpoints are unaligned.
-    let unaligned = checkpoint.as_ref().is_some_and(|c| c.2);
+    let unaligned = checkpoint.as_ref().is_some_and(|c| c.unaligned);
     let checkpointing = checkpoint.is_some();
+    let log_stores: Option<CheckpointStore> = checkpoint.as_ref().map(|c| c.store.clone());
     let cfg = &graph.config;
     // Metrics per node and subtask, registered in graph order.
     let node_metrics: Vec<Vec<Arc<OperatorMetrics>>> = graph
@@ -453,12 +432,9 @@ fn wire(
                     max_parallelism: cfg.max_parallelism,
                 };
                 let metrics = node_metrics[node][subtask as usize].clone();
-                let state = restored
-                    .get(&n.name)
-                    .and_then(|s| s.get(subtask as usize))
-                    .cloned();
                 let ctx = OperatorContext::new(info.clone(), cfg.error_policy, metrics, io.clone())
-                    .with_restored_state(state, checkpointing);
+                    .with_restored_state(None, checkpointing)
+                    .with_log_store(log_stores.as_ref().map(|s| s.log_store(&n.name)));
                 (info, ctx)
             };
             let mut nodes = chain.nodes.iter().copied();
@@ -492,11 +468,11 @@ fn wire(
                 ops.push(ChainedOperator { op, ctx });
             }
             let head_node = &graph.nodes[chain.nodes[0]];
-            let link = checkpoint.as_mut().map(|(events, handles, _)| {
+            let link = checkpoint.as_mut().map(|c| {
                 let key = TaskKey::new(head_node.name.clone(), subtask);
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let is_source = matches!(head_node.kind, NodeKind::Source(_));
-                handles.insert(
+                c.handles.insert(
                     key.clone(),
                     TaskHandle {
                         is_source,
@@ -506,18 +482,20 @@ fn wire(
                 CheckpointLink {
                     key,
                     control: rx,
-                    events: events.clone(),
+                    events: c.events.clone(),
+                    store: c.store.clone(),
+                    io: io.clone(),
+                    writes: tokio::task::JoinSet::new(),
+                    restore: c.restore.clone(),
                 }
             });
             let in_flight = (unaligned && matches!(head, Head::Input { .. })).then(|| {
                 let node = crate::inflight::node_name(&head_node.name);
                 InFlightSetup {
-                    replay: restored
-                        .get(&node)
-                        .and_then(|s| s.get(subtask as usize))
-                        .cloned(),
+                    replay: None,
                     node,
                     subtask,
+                    parallelism: chain.parallelism,
                     inputs: in_keys[ci].clone(),
                     range: KeyGroupRange::for_subtask(
                         cfg.max_parallelism,

@@ -9,7 +9,7 @@ use crate::metrics::OperatorMetrics;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use std::sync::Arc;
-use weir_checkpoint::{AbortReason, StateSnapshot};
+use weir_checkpoint::{AbortReason, LogStore, StateSnapshot};
 use weir_types::{Barrier, CheckpointId, DeadLetter, Error, Result, Watermark};
 
 /// What to do with a row an operator cannot process.
@@ -96,7 +96,9 @@ pub struct OperatorContext {
     dead_letters: Vec<DeadLetter>,
     io: tokio::runtime::Handle,
     restored: Option<StateSnapshot>,
+    restored_from: Option<CheckpointId>,
     checkpointing: bool,
+    log_store: Option<LogStore>,
     /// The input the batch being processed came from, and the number of inputs.
     input: usize,
     inputs: usize,
@@ -120,7 +122,9 @@ impl OperatorContext {
             dead_letters: Vec::new(),
             io,
             restored: None,
+            restored_from: None,
             checkpointing: false,
+            log_store: None,
             input: 0,
             inputs: 1,
             source_watermark: None,
@@ -194,6 +198,34 @@ impl OperatorContext {
         self.restored = state;
         self.checkpointing = checkpointing;
         self
+    }
+
+    /// Hands this instance the state it restores from checkpoint `from` (the runtime calls this
+    /// before `open`, after the task read its share from the checkpoint store).
+    pub fn set_restored_state(&mut self, state: StateSnapshot, from: CheckpointId) {
+        self.restored = Some(state);
+        self.restored_from = Some(from);
+    }
+
+    /// Gives this instance a store for objects it keeps across checkpoints (the runtime does,
+    /// when the job checkpoints).
+    pub fn with_log_store(mut self, store: Option<LogStore>) -> Self {
+        self.log_store = store;
+        self
+    }
+
+    /// The checkpoint this instance was restored from, if any.
+    pub fn restored_from(&self) -> Option<CheckpointId> {
+        self.restored_from
+    }
+
+    /// When the job checkpoints: a store in the job's checkpoint store (local or S3) for objects
+    /// this node keeps across checkpoints, such as a log of results it can reuse after a restore
+    /// on any machine (see [`LogStore`]). Shared by the node's subtasks; use names that say
+    /// which subtask wrote them. Write through [`OperatorContext::start_io`] so the task goes on
+    /// meanwhile.
+    pub fn log_store(&self) -> Option<&LogStore> {
+        self.log_store.as_ref()
     }
 
     /// The state this instance restores from, if the job was resumed from a checkpoint: its own
@@ -293,6 +325,20 @@ impl OperatorContext {
         &self.io
     }
 
+    /// Starts `io` (object-store calls, network) on the io executor without waiting for it, so
+    /// the task goes on meanwhile; await the returned [`IoTask`] for its result. The IO is owned
+    /// by the handle: dropping it cancels the IO.
+    pub fn start_io<T, F>(&self, io: F) -> IoTask<T>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        IoTask {
+            handle: self.io.spawn(io),
+            node: self.info.node.clone(),
+        }
+    }
+
     /// Starts CPU-heavy `work` on a blocking thread without waiting for it, so that it overlaps
     /// with what the task does next (read-ahead while the task processes the previous chunks).
     /// [`CpuTask::join`] awaits the result; dropping the handle lets `work` run to its end and
@@ -320,6 +366,43 @@ impl OperatorContext {
                 .with_source(e)
                 .in_operator(self.info.node.clone())
         })
+    }
+}
+
+/// IO started by [`OperatorContext::start_io`]: a future that resolves to the IO's result.
+/// Dropping it cancels the IO (nothing runs on unowned).
+#[derive(Debug)]
+pub struct IoTask<T> {
+    handle: tokio::task::JoinHandle<T>,
+    node: String,
+}
+
+impl<T> IoTask<T> {
+    /// Whether the IO has ended (awaiting it then does not wait).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+impl<T> std::future::Future for IoTask<T> {
+    type Output = Result<T>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<T>> {
+        std::pin::Pin::new(&mut self.handle).poll(cx).map(|r| {
+            r.map_err(|e| {
+                Error::internal("io work panicked or was cancelled")
+                    .with_source(e)
+                    .in_operator(self.node.clone())
+            })
+        })
+    }
+}
+
+impl<T> Drop for IoTask<T> {
+    fn drop(&mut self) {
+        self.handle.abort();
     }
 }
 

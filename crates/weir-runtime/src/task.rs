@@ -12,8 +12,9 @@ use futures::future::{BoxFuture, select_all};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weir_checkpoint::{AbortReason, StateSnapshot, TaskKey};
+use weir_checkpoint::{AbortReason, CheckpointStore, FileEntry, Manifest, StateSnapshot, TaskKey};
 use weir_types::{
     Barrier, BarrierKind, CheckpointId, Error, ErrorKind, KeyGroupRange, Message, Result,
     Watermark, WatermarkStatus, dead_letter_batch,
@@ -41,21 +42,36 @@ pub(crate) type NodeStates = Vec<(String, u32, StateSnapshot)>;
 /// What a task tells the checkpoint driver.
 #[derive(Debug)]
 pub(crate) enum TaskEvent {
-    /// The task snapshotted checkpoint `id`: state per node of its chain.
+    /// The task snapshotted checkpoint `id` and wrote its state: the file of each node of its
+    /// chain that had state, to list in the manifest. No state bytes travel here.
     Ack {
         task: TaskKey,
         id: CheckpointId,
-        states: Vec<(String, u32, StateSnapshot)>,
+        files: Vec<(String, FileEntry)>,
+    },
+    /// The task could not write its state of checkpoint `id`.
+    Decline {
+        task: TaskKey,
+        id: CheckpointId,
+        error: Error,
     },
     /// The task's input has ended and `finish` ran; it now waits for the final checkpoint.
     ReadyToFinish { task: TaskKey },
 }
 
-/// A task's link to the checkpoint driver.
+/// A task's link to the checkpoint driver and the checkpoint store.
 pub(crate) struct CheckpointLink {
     pub(crate) key: TaskKey,
     pub(crate) control: mpsc::UnboundedReceiver<Control>,
     pub(crate) events: mpsc::UnboundedSender<TaskEvent>,
+    /// Where the task writes its state.
+    pub(crate) store: CheckpointStore,
+    /// The io executor, where state writes run.
+    pub(crate) io: tokio::runtime::Handle,
+    /// State writes in flight (each acks or declines when done); aborted when the task is dropped.
+    pub(crate) writes: JoinSet<()>,
+    /// The checkpoint to restore from.
+    pub(crate) restore: Option<Arc<Manifest>>,
 }
 
 /// One operator of a chain with its context.
@@ -135,6 +151,8 @@ pub(crate) struct InFlightSetup {
     /// The pseudo node name.
     pub(crate) node: String,
     pub(crate) subtask: u32,
+    /// The chain's parallelism.
+    pub(crate) parallelism: u32,
     /// Per input channel: how its rows map to key groups, and its logical input.
     pub(crate) inputs: Vec<(InputKeys, usize)>,
     pub(crate) range: KeyGroupRange,
@@ -163,6 +181,7 @@ fn coordinator_gone() -> Error {
 
 impl Task {
     pub(crate) async fn run(mut self) -> Result<TaskEnd> {
+        self.restore().await?;
         if let Head::Source { source, ctx } = &mut self.head {
             let name = ctx.name().to_string();
             source.open(ctx).await.map_err(|e| e.in_operator(name))?;
@@ -178,10 +197,54 @@ impl Task {
             Head::Input { .. } => self.run_input().await?,
         };
         self.await_final_checkpoint().await?;
+        if let Some(link) = &mut self.checkpoint {
+            // Writes of checkpoints that were aborted may still run: let them end.
+            while link.writes.join_next().await.is_some() {}
+        }
         for m in &self.all_metrics {
             m.set_finished();
         }
         Ok(end)
+    }
+
+    /// On a restore, reads this subtask's share of the restored checkpoint for the source and
+    /// every chained operator (and the in-flight data to replay), before anything is opened.
+    async fn restore(&mut self) -> Result<()> {
+        let Some((store, manifest)) = self
+            .checkpoint
+            .as_ref()
+            .and_then(|l| Some((l.store.clone(), l.restore.clone()?)))
+        else {
+            return Ok(());
+        };
+        let read = |node: String, parallelism: u32, subtask: u32| {
+            let (store, manifest) = (store.clone(), manifest.clone());
+            async move {
+                if manifest.node(&node).is_none() {
+                    return Ok(None);
+                }
+                store
+                    .read_subtask_state(&manifest, &node, parallelism, subtask)
+                    .await
+                    .map(Some)
+            }
+        };
+        let mut contexts: Vec<&mut OperatorContext> = Vec::new();
+        if let Head::Source { ctx, .. } = &mut self.head {
+            contexts.push(ctx);
+        }
+        contexts.extend(self.chain.iter_mut().map(|c| &mut c.ctx));
+        for ctx in contexts {
+            let info = ctx.info().clone();
+            let state = read(info.node.clone(), info.parallelism, info.subtask).await?;
+            ctx.set_restored_state(state.unwrap_or_default(), manifest.checkpoint_id);
+        }
+        if let Some(setup) = &mut self.in_flight {
+            let parallelism = setup.parallelism;
+            setup.replay = read(setup.node.clone(), parallelism, setup.subtask).await?;
+        }
+        crate::fault::crash_point("restore", manifest.checkpoint_id);
+        Ok(())
     }
 
     /// With checkpoints, a task whose input has ended stays until the final checkpoint completes:
@@ -260,21 +323,32 @@ impl Task {
             self.pending_ack = Some((barrier.checkpoint_id, states));
             return Ok(());
         }
-        crate::fault::crash_point("snapshot", barrier.checkpoint_id);
         self.ack(barrier.checkpoint_id, states)
     }
 
-    /// Sends the driver the states of checkpoint `id`.
-    fn ack(&self, id: CheckpointId, states: NodeStates) -> Result<()> {
-        if let Some(link) = &self.checkpoint {
-            link.events
-                .send(TaskEvent::Ack {
-                    task: link.key.clone(),
-                    id,
-                    states,
-                })
-                .map_err(|_| coordinator_gone())?;
-        }
+    /// Writes the states of checkpoint `id` into the store, on the io executor while the task
+    /// goes on, and then acks the driver with the files written (or declines).
+    fn ack(&mut self, id: CheckpointId, states: NodeStates) -> Result<()> {
+        let Some(link) = &mut self.checkpoint else {
+            return Ok(());
+        };
+        // Reap the writes that ended (each already told the driver).
+        while link.writes.try_join_next().is_some() {}
+        let (store, events, task) = (link.store.clone(), link.events.clone(), link.key.clone());
+        link.writes.spawn_on(
+            async move {
+                let event = match write_states(&store, id, states).await {
+                    Ok(files) => {
+                        crate::fault::crash_point("snapshot", id);
+                        TaskEvent::Ack { task, id, files }
+                    }
+                    Err(error) => TaskEvent::Decline { task, id, error },
+                };
+                // A driver that is gone has ended the job; the task hears of it itself.
+                let _ = events.send(event);
+            },
+            &link.io,
+        );
         Ok(())
     }
 
@@ -298,7 +372,6 @@ impl Task {
         let snapshot = inflight::encode(batches, &setup.inputs, setup.range, setup.max_parallelism)
             .map_err(|e| e.in_operator(setup.node.clone()))?;
         states.push((setup.node.clone(), setup.subtask, snapshot));
-        crate::fault::crash_point("snapshot", id);
         self.ack(id, states)
     }
 
@@ -724,6 +797,33 @@ impl Task {
             m.add_backpressured(d);
         }
     }
+}
+
+/// Encodes (on a blocking thread) and writes the non-empty states of checkpoint `id`; returns the
+/// files written, by node.
+async fn write_states(
+    store: &CheckpointStore,
+    id: CheckpointId,
+    states: NodeStates,
+) -> Result<Vec<(String, FileEntry)>> {
+    let encoded = tokio::task::spawn_blocking(move || {
+        states
+            .into_iter()
+            .filter(|(_, _, s)| !s.is_empty())
+            .map(|(node, subtask, s)| {
+                let e = CheckpointStore::encode_state(&node, subtask, &s);
+                (node, e)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| Error::internal("encoding checkpoint state panicked").with_source(e))?;
+    futures::future::try_join_all(
+        encoded.into_iter().map(|(node, e)| async move {
+            Ok::<_, Error>((node, store.write_encoded(id, e).await?))
+        }),
+    )
+    .await
 }
 
 /// Whether an error only says a neighbouring task went away (not a root cause).
