@@ -509,6 +509,13 @@ impl FilesSource {
     }
 }
 
+/// The key of the files source's union state entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum TakenKey {
+    /// This object was emitted.
+    Done(String),
+}
+
 #[async_trait]
 impl Source for FilesSource {
     fn schema(&self) -> SchemaRef {
@@ -520,10 +527,9 @@ impl Source for FilesSource {
             // Files emitted before the checkpoint are never taken again, by any instance.
             let p = u64::from(self.parallelism);
             let mut restored = 0u64;
-            for (name, _) in state.unions() {
-                let Some(loc) = name.strip_prefix("file:") else {
-                    continue;
-                };
+            for entry in state.unions::<TakenKey>() {
+                let (TakenKey::Done(loc), _) = entry?;
+                let loc = loc.as_str();
                 let path = StorePath::parse(loc).map_err(|e| {
                     Error::io(format!(
                         "checkpoint state names an invalid object path '{loc}'"
@@ -616,7 +622,7 @@ impl Source for FilesSource {
     ) -> Result<weir_runtime::StateSnapshot> {
         let mut snap = weir_runtime::StateSnapshot::new();
         for loc in &self.taken {
-            snap.push_union(format!("file:{loc}"), b"done".to_vec());
+            snap.push_union(&TakenKey::Done(loc.clone()), b"done".to_vec())?;
         }
         Ok(snap)
     }

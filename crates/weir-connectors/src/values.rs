@@ -107,8 +107,12 @@ impl kind::SourceSpec for ValuesSourceSpec {
     }
 }
 
-/// Name of the union state entry saying the rows were emitted before a checkpoint.
-const EMITTED: &str = "values-emitted";
+/// The key of the values source's union state entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum ValuesKey {
+    /// The rows were emitted.
+    Emitted,
+}
 
 /// A running values source. Its checkpointed state is one union entry, present once the rows
 /// were emitted, so a restored job does not emit them again.
@@ -126,10 +130,10 @@ impl Source for ValuesSource {
 
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         // Restored from a checkpoint taken after the rows went out: they are not emitted again.
-        if ctx
-            .restored_state()
-            .is_some_and(|s| s.unions().any(|(name, _)| name == EMITTED))
-        {
+        if ctx.restored_state().is_some_and(|s| {
+            s.unions::<ValuesKey>()
+                .any(|e| matches!(e, Ok((ValuesKey::Emitted, _))))
+        }) {
             self.batch = None;
             self.emitted = true;
         }
@@ -154,7 +158,7 @@ impl Source for ValuesSource {
     ) -> Result<StateSnapshot> {
         let mut snap = StateSnapshot::new();
         if ctx.info().subtask == 0 && self.emitted {
-            snap.push_union(EMITTED, b"true".to_vec());
+            snap.push_union(&ValuesKey::Emitted, b"true".to_vec())?;
         }
         Ok(snap)
     }

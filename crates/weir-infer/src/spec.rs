@@ -167,14 +167,14 @@ pub struct InferSpec {
     /// before batching; output order is unchanged. Default: true when an input is ragged.
     #[serde(default)]
     pub sort_by_length: Option<bool>,
-    /// Directory of the results log: model outputs are logged there (keyed by input and model
-    /// identity) before they are emitted, so that a restore from a checkpoint answers the
-    /// requests it re-issues from the log instead of running the model again. Default: none,
-    /// which disables the log when the job takes no checkpoints and means
-    /// `.weir/infer-log/<node>` (relative to the working directory) when it does. See
-    /// `results_log.rs` for the layout and clean-up.
+    /// Whether model outputs are kept in the results log (keyed by input and model identity),
+    /// so that a restore from a checkpoint answers the requests it re-issues, and the rows its
+    /// sources replay, from the log instead of running the model again. The log lives in the
+    /// job's checkpoint store (`<store>/logs/<node>/`), so a restore in another directory or on
+    /// another machine finds it. Default: on when the job takes checkpoints; `true` without
+    /// checkpoints is an error. See `results_log.rs` for the layout and clean-up.
     #[serde(default)]
-    pub results_log: Option<PathBuf>,
+    pub results_log: Option<bool>,
 }
 
 /// What planning an [`InferSpec`] against an input schema found.

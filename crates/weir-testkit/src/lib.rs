@@ -12,6 +12,8 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weir_infer::ModelService;
 use weir_plan::{PlanOptions, plan_file};
 use weir_runtime::{JobReport, Runtime};
 use weir_types::{Error, Result};
@@ -32,6 +34,17 @@ pub fn run_spec(
     parallelism: u32,
     overrides: &[&str],
 ) -> Result<JobReport> {
+    Ok(run_spec_with_services(spec, out, parallelism, overrides)?.0)
+}
+
+/// [`run_spec`], also returning the services the job declared (made when it started), to look at
+/// their status after the run.
+pub fn run_spec_with_services(
+    spec: &Path,
+    out: &Path,
+    parallelism: u32,
+    overrides: &[&str],
+) -> Result<(JobReport, Vec<Arc<dyn ModelService>>)> {
     let mut vars = HashMap::new();
     vars.insert("ROOT".to_string(), repo_root().display().to_string());
     vars.insert("OUT".to_string(), out.display().to_string());
@@ -41,7 +54,8 @@ pub fn run_spec(
         vars,
     };
     let job = plan_file(spec, &opts)?.start()?;
-    Runtime::new(2)?.run(job.graph)
+    let report = Runtime::new(2)?.run(job.graph)?;
+    Ok((report, job.services))
 }
 
 /// Every row in `path` (a file, or a directory of `.parquet` / `.jsonl` files; hidden and

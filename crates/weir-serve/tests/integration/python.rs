@@ -170,7 +170,7 @@ fn python_instances_declared_in_yaml_classify_like_the_inline_model() {
     let specs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs");
     let out = tempfile::tempdir().unwrap();
     let command = format!("services.0.command=[{}]", python_instance().join(", "));
-    weir_testkit::run_spec(
+    let (_, services) = weir_testkit::run_spec_with_services(
         &specs.join("orientation-service.yaml"),
         out.path(),
         1,
@@ -203,7 +203,10 @@ fn python_instances_declared_in_yaml_classify_like_the_inline_model() {
             assert!((x - y).abs() < 1e-4, "{uri}: {a:?} vs {:?}", inline[uri]);
         }
     }
-    let svc = weir_infer::service::service("orientation-python").unwrap();
+    let svc = services
+        .iter()
+        .find(|s| s.name() == "orientation-python")
+        .unwrap();
     let st = svc.status();
     assert!(st.answered > 0 && st.processes.len() == 2, "{st}");
 }

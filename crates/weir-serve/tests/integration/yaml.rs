@@ -48,7 +48,7 @@ fn a_service_in_the_spec_answers_like_the_inline_model() {
     let out = tempfile::tempdir().unwrap();
 
     let set_service = format!("services.0.model={model}");
-    let report = weir_testkit::run_spec(
+    let (report, services) = weir_testkit::run_spec_with_services(
         &specs.join("orientation-service.yaml"),
         out.path(),
         1,
@@ -86,7 +86,10 @@ fn a_service_in_the_spec_answers_like_the_inline_model() {
         }
     }
     // The per-job service stopped with the job.
-    let svc = weir_infer::service::service("orientation-yaml-test").unwrap();
+    let svc = services
+        .iter()
+        .find(|s| s.name() == "orientation-yaml-test")
+        .unwrap();
     assert_eq!(svc.status().ready, 0);
     assert!(svc.status().answered > 0);
 }
