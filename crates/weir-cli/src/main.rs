@@ -123,7 +123,7 @@ enum CheckpointsCommand {
 struct ExplainArgs {
     #[command(flatten)]
     spec: SpecArgs,
-    /// Print JSON: `{"logical": GRAPH, "physical": {...}}` (see docs/plan-json.md).
+    /// Print JSON: `{"logical": GRAPH, "physical": {...}}` (see docs/logical-graph.md).
     #[arg(long)]
     json: bool,
 }

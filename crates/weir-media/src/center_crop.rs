@@ -28,10 +28,6 @@ pub struct CenterCropSpec {
     pub width: u32,
     /// Height of the window in pixels. Required.
     pub height: u32,
-    /// Set by the planner when the `decode_image` before this step (directly, or through a fused
-    /// `resize`) does the cropping (not a spec key); this step then passes batches through.
-    #[serde(skip)]
-    pub fused: bool,
 }
 
 impl CenterCropSpec {
@@ -54,11 +50,6 @@ impl CenterCropSpec {
 
     /// Builds one running instance for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
-        if self.fused {
-            return Ok(Box::new(weir_runtime::Relabel::new(
-                self.output_schema(input)?,
-            )));
-        }
         Ok(Box::new(CenterCrop {
             schema: self.output_schema(input)?,
             column: self.column.clone(),
@@ -70,15 +61,8 @@ impl CenterCropSpec {
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
         format!(
-            "center_crop {} to {}x{}{}",
-            self.column,
-            self.width,
-            self.height,
-            if self.fused {
-                " (done by the decode_image before it)"
-            } else {
-                ""
-            }
+            "center_crop {} to {}x{}",
+            self.column, self.width, self.height
         )
     }
 }

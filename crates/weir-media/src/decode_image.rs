@@ -76,20 +76,28 @@ pub struct DecodeImageSpec {
     /// of its own). Default `64MiB`.
     #[serde(default = "default_max_batch_bytes")]
     pub max_batch_bytes: String,
-    /// A `resize` of the output column fused into this step by the planner (not a spec key):
-    /// each image is resized right after it is decoded, so full-size pixels never leave the
-    /// decoding thread. The `resize` step then passes batches through.
-    #[serde(skip)]
-    pub then_resize: Option<crate::resize::ResizeSpec>,
-    /// A `center_crop` of the output column fused into this step (after the fused resize, if
-    /// any) by the planner (not a spec key).
-    #[serde(skip)]
-    pub then_crop: Option<crate::center_crop::CenterCropSpec>,
-    /// A `to_tensor` of the output column fused into this step (after the fused resize and crop)
-    /// by the planner (not a spec key): each image is written into its tensor row while its
-    /// pixels are still in the decoding thread's cache. The image column is kept as well.
-    #[serde(skip)]
-    pub then_tensor: Option<Box<crate::to_tensor::ToTensorSpec>>,
+}
+
+/// Options of a `decode_image_fused` operator: a `decode_image` that also does the `resize`,
+/// `center_crop` and `to_tensor` steps after it, image by image, while the pixels are still in
+/// the decoding thread's cache (full-size pixels never leave it). The planner's fusion rewrite
+/// replaces such a chain of nodes with one node of this kind; its outputs equal, byte for byte,
+/// those of the steps apart. A fused `to_tensor` keeps the image column as the unfused one does.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FusedDecodeSpec {
+    /// The `decode_image` step's options.
+    pub decode: DecodeImageSpec,
+    /// A `resize` of the decoded column, done first. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<crate::resize::ResizeSpec>,
+    /// A `center_crop` of the decoded column, after the resize. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<crate::center_crop::CenterCropSpec>,
+    /// A `to_tensor` of the decoded column, after the resize and crop; needs the fixed size the
+    /// crop (or an exact resize) gives. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor: Option<crate::to_tensor::ToTensorSpec>,
 }
 
 impl Default for DecodeImageSpec {
@@ -100,9 +108,6 @@ impl Default for DecodeImageSpec {
             max_pixels: default_max_pixels(),
             mode: default_mode(),
             max_batch_bytes: default_max_batch_bytes(),
-            then_resize: None,
-            then_crop: None,
-            then_tensor: None,
         }
     }
 }
@@ -129,23 +134,60 @@ impl DecodeImageSpec {
 
     /// Plan time: checks the input column holds bytes and returns the output schema.
     pub fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
-        let mode = self.image_mode()?;
-        self.batch_budget()?;
-        if self.max_pixels == 0 {
+        FusedDecodeSpec::from(self.clone()).output_schema(input)
+    }
+
+    /// Builds one running instance for that input schema.
+    pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
+        FusedDecodeSpec::from(self.clone()).create(input)
+    }
+
+    /// One line for `weir validate`.
+    pub fn describe(&self) -> String {
+        FusedDecodeSpec::from(self.clone()).describe()
+    }
+}
+
+impl From<DecodeImageSpec> for FusedDecodeSpec {
+    /// The decoder with nothing fused into it yet.
+    fn from(decode: DecodeImageSpec) -> Self {
+        FusedDecodeSpec {
+            decode,
+            resize: None,
+            crop: None,
+            tensor: None,
+        }
+    }
+}
+
+impl FusedDecodeSpec {
+    /// Whether nothing is fused into the decoder.
+    pub fn is_plain(&self) -> bool {
+        self.resize.is_none() && self.crop.is_none() && self.tensor.is_none()
+    }
+
+    /// Plan time: checks the input column holds bytes and returns the output schema.
+    pub fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        let mode = self.decode.image_mode()?;
+        self.decode.batch_budget()?;
+        if self.decode.max_pixels == 0 {
             return Err(Error::config("decode_image: max_pixels must be at least 1"));
         }
-        let i = column_index(input, &self.column, "decode_image")?;
+        let i = column_index(input, &self.decode.column, "decode_image")?;
         check_bytes_field(input.field(i), "decode_image")?;
-        let decoded = schema_with(input, decoded_image_field(&self.output, Some(mode), None));
-        let resized = match &self.then_resize {
+        let decoded = schema_with(
+            input,
+            decoded_image_field(&self.decode.output, Some(mode), None),
+        );
+        let resized = match &self.resize {
             Some(r) => r.output_schema(&decoded)?,
             None => decoded,
         };
-        let cropped = match &self.then_crop {
+        let cropped = match &self.crop {
             Some(c) => c.output_schema(&resized)?,
             None => resized,
         };
-        match &self.then_tensor {
+        match &self.tensor {
             Some(t) => t.output_schema(&cropped),
             None => Ok(cropped),
         }
@@ -153,8 +195,8 @@ impl DecodeImageSpec {
 
     /// The output schema without a fused `to_tensor`: what the images are, for its plan.
     fn image_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
-        DecodeImageSpec {
-            then_tensor: None,
+        FusedDecodeSpec {
+            tensor: None,
             ..self.clone()
         }
         .output_schema(input)
@@ -162,14 +204,14 @@ impl DecodeImageSpec {
 
     /// Whether `resize` can be fused into this step: it resizes this step's output column in
     /// place, and nothing is fused yet.
-    pub fn can_fuse(&self, resize: &crate::resize::ResizeSpec) -> bool {
-        self.then_resize.is_none() && self.then_crop.is_none() && resize.column == self.output
+    pub fn can_fuse_resize(&self, resize: &crate::resize::ResizeSpec) -> bool {
+        self.resize.is_none() && self.crop.is_none() && resize.column == self.decode.output
     }
 
     /// Whether `crop` can be fused into this step (after its fused resize, if any): it crops
     /// this step's output column in place.
     pub fn can_fuse_crop(&self, crop: &crate::center_crop::CenterCropSpec) -> bool {
-        self.then_crop.is_none() && self.then_tensor.is_none() && crop.column == self.output
+        self.crop.is_none() && self.tensor.is_none() && crop.column == self.decode.output
     }
 
     /// Whether `tensor` can be fused into this step (after its fused resize and crop): it reads
@@ -177,7 +219,7 @@ impl DecodeImageSpec {
     /// the fused crop (or exact resize) gives every image, so fusing never moves an error from
     /// the `to_tensor` step to this one.
     pub fn can_fuse_tensor(&self, tensor: &crate::to_tensor::ToTensorSpec) -> bool {
-        let size = match (&self.then_crop, &self.then_resize) {
+        let size = match (&self.crop, &self.resize) {
             (Some(c), _) => Some((c.width, c.height)),
             (None, Some(r)) => match r.target() {
                 Ok(Target::Exact(w, h)) => Some((w, h)),
@@ -188,11 +230,12 @@ impl DecodeImageSpec {
         let Some((w, h)) = size else {
             return false;
         };
-        self.then_tensor.is_none()
-            && tensor.column == self.output
-            && tensor.output != self.output
-            && tensor.output != self.column
+        self.tensor.is_none()
+            && tensor.column == self.decode.output
+            && tensor.output != self.decode.output
+            && tensor.output != self.decode.column
             && self
+                .decode
                 .image_mode()
                 .and_then(|mode| tensor.plan(h, w, mode))
                 .is_ok()
@@ -202,18 +245,18 @@ impl DecodeImageSpec {
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         let schema = self.output_schema(input)?;
         Ok(Box::new(DecodeImage {
-            column: self.column.clone(),
-            output: self.output.clone(),
-            max_pixels: self.max_pixels,
-            mode: self.image_mode()?,
-            max_batch_bytes: self.batch_budget()?,
+            column: self.decode.column.clone(),
+            output: self.decode.output.clone(),
+            max_pixels: self.decode.max_pixels,
+            mode: self.decode.image_mode()?,
+            max_batch_bytes: self.decode.batch_budget()?,
             resize: self
-                .then_resize
+                .resize
                 .as_ref()
                 .map(crate::resize::ResizeSpec::plan)
                 .transpose()?,
-            crop: self.then_crop.as_ref().map(|c| (c.width, c.height)),
-            tensor: match &self.then_tensor {
+            crop: self.crop.as_ref().map(|c| (c.width, c.height)),
+            tensor: match &self.tensor {
                 Some(t) => Some((
                     t.output.clone(),
                     Arc::new(t.plan_for(&self.image_schema(input)?)?),
@@ -227,18 +270,22 @@ impl DecodeImageSpec {
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
         let mut fused = String::new();
-        if let Some(r) = &self.then_resize {
+        if let Some(r) = &self.resize {
             fused.push_str(&format!(", then {} (fused)", r.describe()));
         }
-        if let Some(c) = &self.then_crop {
+        if let Some(c) = &self.crop {
             fused.push_str(&format!(", then {} (fused)", c.describe()));
         }
-        if let Some(t) = &self.then_tensor {
+        if let Some(t) = &self.tensor {
             fused.push_str(&format!(", then {} (fused)", t.describe()));
         }
         format!(
             "decode_image {} -> {} ({}, max {} pixels, output batches up to {}){fused}",
-            self.column, self.output, self.mode, self.max_pixels, self.max_batch_bytes
+            self.decode.column,
+            self.decode.output,
+            self.decode.mode,
+            self.decode.max_pixels,
+            self.decode.max_batch_bytes
         )
     }
 }
@@ -256,6 +303,22 @@ impl kind::OperatorSpec for DecodeImageSpec {
 
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
         DecodeImageSpec::create(self, ctx.input()?)
+    }
+}
+
+impl kind::Spec for FusedDecodeSpec {
+    fn describe(&self) -> String {
+        FusedDecodeSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for FusedDecodeSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        FusedDecodeSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        FusedDecodeSpec::create(self, ctx.input()?)
     }
 }
 

@@ -25,7 +25,7 @@ pub mod to_tensor;
 pub use center_crop::CenterCropSpec;
 pub use common::ImageBuf;
 pub use decode_audio::{AudioBuf, DecodeAudioSpec};
-pub use decode_image::DecodeImageSpec;
+pub use decode_image::{DecodeImageSpec, FusedDecodeSpec};
 pub use fetch::FetchSpec;
 pub use resize::ResizeSpec;
 pub use to_tensor::ToTensorSpec;

@@ -44,10 +44,6 @@ pub struct ResizeSpec {
     /// `catmullrom`, `mitchell`). Default `bilinear`.
     #[serde(default = "default_filter")]
     pub filter: String,
-    /// Set by the planner when the `decode_image` before this step does the resizing (not a spec
-    /// key); this step then passes batches through with its schema.
-    #[serde(skip)]
-    pub fused: bool,
 }
 
 /// How output sizes are chosen.
@@ -154,11 +150,6 @@ impl ResizeSpec {
 
     /// Builds one running instance for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
-        if self.fused {
-            return Ok(Box::new(weir_runtime::Relabel::new(
-                self.output_schema(input)?,
-            )));
-        }
         Ok(Box::new(Resize {
             schema: self.output_schema(input)?,
             column: self.column.clone(),
@@ -176,12 +167,7 @@ impl ResizeSpec {
             Ok(Target::Height(h)) => format!("height {h}"),
             Err(_) => "(invalid size)".into(),
         };
-        let fused = if self.fused {
-            " (done by the decode_image before it)"
-        } else {
-            ""
-        };
-        format!("resize {} to {to} ({}){fused}", self.column, self.filter)
+        format!("resize {} to {to} ({})", self.column, self.filter)
     }
 }
 

@@ -83,11 +83,6 @@ pub struct ToTensorSpec {
     /// Default `[1, 1, 1]`.
     #[serde(default = "default_std")]
     pub std: Vec<f32>,
-    /// Set by the planner when the `decode_image` before this step (directly, or through a fused
-    /// `resize` and `center_crop`) writes the tensor (not a spec key); this step then passes
-    /// batches through.
-    #[serde(skip)]
-    pub fused: bool,
 }
 
 impl Default for ToTensorSpec {
@@ -101,7 +96,6 @@ impl Default for ToTensorSpec {
             scale: default_scale(),
             mean: default_mean(),
             std: default_std(),
-            fused: false,
         }
     }
 }
@@ -349,12 +343,6 @@ impl ToTensorSpec {
     /// Builds one running instance for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         let plan = self.plan_for(input)?;
-        if self.fused {
-            return Ok(Box::new(weir_runtime::Relabel::new(schema_with(
-                input,
-                self.field(&plan),
-            ))));
-        }
         Ok(Box::new(ToTensor {
             schema: schema_with(input, self.field(&plan)),
             column: self.column.clone(),
@@ -366,7 +354,7 @@ impl ToTensorSpec {
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
         format!(
-            "to_tensor {} -> {} ({} {} {}, scale {}, mean {:?}, std {:?}){}",
+            "to_tensor {} -> {} ({} {} {}, scale {}, mean {:?}, std {:?})",
             self.column,
             self.output,
             self.layout,
@@ -375,11 +363,6 @@ impl ToTensorSpec {
             self.scale,
             self.mean,
             self.std,
-            if self.fused {
-                " (done by the decode_image before it)"
-            } else {
-                ""
-            }
         )
     }
 }

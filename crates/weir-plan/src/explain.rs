@@ -141,7 +141,7 @@ impl Plan {
 
     /// [`explain`](Plan::explain) as JSON: `{"logical": <the planned graph>, "physical": {"tasks":
     /// [{"task", "parallelism", "nodes"}], "edges": [{"from", "to", "routing"}],
-    /// "dead_letter_task"}}` (see `docs/plan-json.md`).
+    /// "dead_letter_task"}}` (see `docs/logical-graph.md`).
     pub fn explain_json(&self) -> Result<String> {
         let (graph, physical) = self.physical()?;
         let json = ExplainJson {

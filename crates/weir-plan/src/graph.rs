@@ -5,7 +5,7 @@
 //!
 //! A graph is job options, the services the job declares, nodes (each a step kind of a role with
 //! its spec as a JSON value) and edges (producer, consumer, input port, routing). It serialises
-//! with serde; `docs/plan-json.md` documents the JSON form. What planning works out (each node's
+//! with serde; `docs/logical-graph.md` documents the JSON form. What planning works out (each node's
 //! description and output schema, the rewrites applied) is written into the planned graph too, so
 //! `weir explain --json` shows it; those fields are ignored when a graph is read and planned.
 //!

@@ -35,6 +35,7 @@ pub fn builtin() -> Registry {
         .op::<ops::ThrottleSpec>("throttle")
         .op::<media::FetchSpec>("fetch")
         .op::<media::DecodeImageSpec>("decode_image")
+        .op::<media::FusedDecodeSpec>("decode_image_fused")
         .op::<media::ResizeSpec>("resize")
         .op::<media::CenterCropSpec>("center_crop")
         .op::<media::ToTensorSpec>("to_tensor")

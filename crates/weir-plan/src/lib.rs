@@ -2,7 +2,7 @@
 //!
 //! A front end builds a [`graph::LogicalGraph`], the pipeline as a value: [`spec`] parses the
 //! YAML (with `--set` overrides and `${VAR}`s, errors pointing at the offending key) and [`yaml`]
-//! turns it into a graph; the graph's JSON form (`docs/plan-json.md`) and its builder serve other
+//! turns it into a graph; the graph's JSON form (`docs/logical-graph.md`) and its builder serve other
 //! front ends. [`kinds`] registers every step kind weir ships in a
 //! [`weir_runtime::kind::Registry`] (one line each). [`plan`] checks the graph, computes every
 //! node's schema, applies the rewrites (fusion, projection pushdown) and makes the runtime's

@@ -15,9 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use weir_infer::ModelService;
-use weir_runtime::kind::{
-    CreateContext, Need, OperatorSpec, PlanContext, Registry, Resources, Step,
-};
+use weir_runtime::kind::{CreateContext, Need, PlanContext, Registry, Resources, Step};
 use weir_runtime::{ErrorPolicy, JobConfig, JobGraph, NodeId, Partitioning};
 use weir_types::{Error, Result, dead_letter_schema};
 
@@ -211,21 +209,30 @@ pub fn plan_graph(registry: &Registry, graph: &LogicalGraph, origin: &str) -> Re
     let mut logical = graph.clone();
     logical.rewrites.clear();
     let dead_letter = dead_letter_node(&mut logical)?;
-    let steps = logical
-        .nodes
-        .iter()
-        .map(|n| {
-            registry.parse(
-                n.role,
-                &n.kind,
-                n.spec.clone(),
-                &format!("{origin}: node '{}' ({})", n.name, n.kind_label()),
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut shape = Shape::of(&logical, dead_letter.as_deref())?;
-    let mut steps = steps;
-    fuse(&mut logical, &mut shape, &mut steps)?;
+    let parse = |g: &LogicalGraph| {
+        g.nodes
+            .iter()
+            .map(|n| {
+                registry.parse(
+                    n.role,
+                    &n.kind,
+                    n.spec.clone(),
+                    &format!("{origin}: node '{}' ({})", n.name, n.kind_label()),
+                )
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let steps = parse(&logical)?;
+    let shape = Shape::of(&logical, dead_letter.as_deref())?;
+    let (shape, steps) = if fuse(&mut logical, &shape, &steps)? {
+        // The rewritten graph, checked and parsed again (its fused nodes are registered kinds).
+        (
+            Shape::of(&logical, dead_letter.as_deref())?,
+            parse(&logical)?,
+        )
+    } else {
+        (shape, steps)
+    };
 
     let ctx = PlanContext::new(&resources);
     let mut bound = schemas(&logical, &shape, &steps, &ctx, &HashMap::new())?;
@@ -712,55 +719,79 @@ fn pushdown(shape: &Shape, bound: &[Bound]) -> Result<HashMap<usize, Vec<String>
     Ok(projections)
 }
 
-/// Fuses steps that are cheaper as one: a `resize`, then a `center_crop`, then a `to_tensor`
-/// right after the `decode_image` whose output they change in place or read (each the only
-/// consumer of the one before, over a forward edge, with the same parallelism) are done by the
-/// decoder, image by image, while the pixels are still in the decoding thread's cache; the fused
-/// nodes stay in the graph and pass batches through. A fused `to_tensor` needs a fixed image size
-/// from the fused crop (or an exact resize), and leaves the image column in the batch as the
-/// unfused one does.
-fn fuse(g: &mut LogicalGraph, shape: &mut Shape, steps: &mut [Step]) -> Result<()> {
+/// The fusion rewrite: a `resize`, then a `center_crop`, then a `to_tensor` right after the
+/// `decode_image` whose output they change in place or read (each the only consumer of the one
+/// before, over a forward edge, with the same parallelism, set the same way), as far as the
+/// decoder can take them,
+/// become one `decode_image_fused` node named as the decoder: it does them image by image while
+/// the pixels are still in the decoding thread's cache. The nodes it replaces leave the graph,
+/// and the edges out of the last of them leave the fused node. A fused `to_tensor` needs a fixed
+/// image size from the fused crop (or an exact resize), and leaves the image column in the batch
+/// as the unfused one does. Returns whether it rewrote anything.
+fn fuse(g: &mut LogicalGraph, shape: &Shape, steps: &[Step]) -> Result<bool> {
+    // The parallelism each node sets itself.
+    let own: Vec<Option<u32>> = g.nodes.iter().map(|n| n.parallelism).collect();
     // The consumer `i` hands its rows to alone, over a forward edge, at the same parallelism.
     let next = |i: usize| -> Option<usize> {
         let [c] = shape.outputs[i].as_slice() else {
             return None;
         };
+        // A step given a parallelism of its own (other than the decoder's) is kept apart.
         let single = shape.inputs[*c].len() == 1
             && shape.routing[*c].first() == Some(&Partitioning::Forward)
-            && shape.parallelism[*c] == shape.parallelism[i];
+            && shape.parallelism[*c] == shape.parallelism[i]
+            && own[*c] == own[i];
         single.then_some(*c)
     };
+    let mut removed: HashMap<String, String> = HashMap::new();
     for i in shape.order.clone() {
-        let Some(mut decoder) = op_spec::<weir_media::DecodeImageSpec>(&steps[i]).cloned() else {
+        let Some(decode) = op_spec::<weir_media::DecodeImageSpec>(&steps[i]) else {
             continue;
         };
-        let mut fused = Vec::new();
+        let mut fused = weir_media::FusedDecodeSpec::from(decode.clone());
+        let mut replaced = Vec::new();
         let mut last = i;
         while let Some(c) = next(last) {
-            let Some(pass) = absorb(&mut decoder, &steps[c]) else {
+            if !absorb(&mut fused, &steps[c]) {
                 break;
-            };
-            steps[c] = Step::Op(pass);
-            fused.push(g.nodes[c].name.clone());
+            }
+            replaced.push(g.nodes[c].name.clone());
             last = c;
         }
-        if fused.is_empty() {
+        if replaced.is_empty() {
             continue;
         }
-        steps[i] = Step::Op(Arc::new(decoder));
+        let name = g.nodes[i].name.clone();
+        let node = &mut g.nodes[i];
+        node.kind = "decode_image_fused".into();
+        node.spec = serde_json::to_value(&fused)
+            .map_err(|e| Error::internal("cannot serialise a fused node's spec").with_source(e))?;
         g.rewrites.push(Rewrite {
             rule: RewriteRule::Fusion,
             detail: format!(
-                "'{}' also does {} (they pass batches through)",
-                g.nodes[i].name,
-                fused.join(", ")
+                "'{name}' (decode_image_fused) does decode_image, {} in one node",
+                replaced.join(", ")
             ),
-            nodes: std::iter::once(g.nodes[i].name.clone())
-                .chain(fused)
+            nodes: std::iter::once(name.clone())
+                .chain(replaced.iter().cloned())
                 .collect(),
         });
+        for r in replaced {
+            removed.insert(r, name.clone());
+        }
     }
-    Ok(())
+    if removed.is_empty() {
+        return Ok(false);
+    }
+    g.nodes.retain(|n| !removed.contains_key(&n.name));
+    // Edges inside a fused chain go; edges out of its last node leave the fused node.
+    g.edges.retain(|e| !removed.contains_key(&e.to));
+    for e in &mut g.edges {
+        if let Some(fused) = removed.get(&e.from) {
+            e.from = fused.clone();
+        }
+    }
+    Ok(true)
 }
 
 /// The operator spec of type `T` a step is, if it is one.
@@ -771,33 +802,27 @@ fn op_spec<T: 'static>(step: &Step) -> Option<&T> {
     }
 }
 
-/// Fuses `next` into the decoder `d` when it is a step the decoder can do next (a `resize`, then a
-/// `center_crop`, then a `to_tensor`; the `can_fuse*` checks keep that order); returns what
-/// `next` becomes (a pass-through) when it did.
-fn absorb(d: &mut weir_media::DecodeImageSpec, next: &Step) -> Option<Arc<dyn OperatorSpec>> {
+/// Fuses `next` into `d` when it is a step the decoder can do next (a `resize`, then a
+/// `center_crop`, then a `to_tensor`; the `can_fuse_*` checks keep that order); returns whether
+/// it did.
+fn absorb(d: &mut weir_media::FusedDecodeSpec, next: &Step) -> bool {
     if let Some(r) = op_spec::<weir_media::ResizeSpec>(next)
-        && d.can_fuse(r)
+        && d.can_fuse_resize(r)
     {
-        d.then_resize = Some(r.clone());
-        let mut r = r.clone();
-        r.fused = true;
-        return Some(Arc::new(r));
+        d.resize = Some(r.clone());
+        return true;
     }
     if let Some(c) = op_spec::<weir_media::CenterCropSpec>(next)
         && d.can_fuse_crop(c)
     {
-        d.then_crop = Some(c.clone());
-        let mut c = c.clone();
-        c.fused = true;
-        return Some(Arc::new(c));
+        d.crop = Some(c.clone());
+        return true;
     }
     if let Some(t) = op_spec::<weir_media::ToTensorSpec>(next)
         && d.can_fuse_tensor(t)
     {
-        d.then_tensor = Some(Box::new(t.clone()));
-        let mut t = t.clone();
-        t.fused = true;
-        return Some(Arc::new(t));
+        d.tensor = Some(t.clone());
+        return true;
     }
-    None
+    false
 }

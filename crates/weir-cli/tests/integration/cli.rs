@@ -172,3 +172,107 @@ fn sigterm_stops_cleanly_and_says_what_was_written() {
         .collect();
     assert_eq!(files.len(), 1, "one finished part file");
 }
+
+/// `weir validate` and `weir explain` of a job that checkpoints, sends dead letters to a file,
+/// writes Parquet and declares a shared service (whose host a run would start and register in
+/// `.weir/services`): the working directory stays empty and no service host is started.
+#[test]
+fn validate_and_explain_register_start_and_write_nothing() {
+    let specs = tempfile::tempdir().expect("tmp");
+    let cwd = tempfile::tempdir().expect("tmp");
+    let models = weir_testkit::setup::models_dir();
+    let photos = weir_testkit::setup::data_dir().join("photos");
+    let spec = format!(
+        "name: side-effects
+on_error: dead_letter
+checkpoint: {{interval: 1s}}
+services:
+  - name: nsfw-side-effects
+    model: {}/opennsfw/open-nsfw.onnx
+    lifecycle: shared
+steps:
+  - source: files
+    url: {}
+    glob: \"*.jpg\"
+  - op: decode_image
+    mode: RGB
+  - op: resize
+    shorter_side: 256
+  - op: center_crop
+    width: 224
+    height: 224
+  - op: to_tensor
+    output: nsfw_input
+    layout: NHWC
+    channel_order: BGR
+    mean: [104, 117, 123]
+  - name: nsfw
+    op: infer
+    service: nsfw-side-effects
+    inputs: {{\"input:0\": nsfw_input}}
+    outputs: {{outputs: nsfw_scores}}
+  - op: select
+    columns: [uri, nsfw_scores]
+  - sink: parquet
+    path: out
+",
+        models.display(),
+        photos.display()
+    );
+    let p = write_spec(specs.path(), &spec);
+    for args in [&["validate"][..], &["explain"], &["explain", "--json"]] {
+        let mut c = weir();
+        c.current_dir(cwd.path())
+            .env_remove("WEIR_SERVICES_DIR")
+            .args(args)
+            .arg(&p);
+        let (code, out, err) = run(&mut c);
+        assert_eq!(code, 0, "weir {args:?}: {err}");
+        assert!(out.contains("nsfw-side-effects"), "weir {args:?}: {out}");
+        let left: Vec<_> = std::fs::read_dir(cwd.path())
+            .expect("read cwd")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "weir {args:?} wrote {left:?}");
+    }
+}
+
+#[test]
+fn explain_shows_the_logical_graph_the_rewrites_and_the_physical_plan() {
+    let (code, out, err) = run(weir().args(["explain", "examples/orders/pipeline.yaml"]));
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "logical graph (job '",
+        "  nodes:",
+        "  edges:",
+        ": hash(city)",
+        "rewrites:",
+        "physical plan:",
+        "edge task 0 -> task 1: hash(city)",
+    ] {
+        assert!(out.contains(want), "missing '{want}' in:\n{out}");
+    }
+    let (code, out, err) = run(weir().args(["explain", "--json", "examples/orders/pipeline.yaml"]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("explain --json is JSON");
+    assert!(
+        v["logical"]["nodes"]
+            .as_array()
+            .is_some_and(|n| !n.is_empty()),
+        "{v}"
+    );
+    assert!(
+        v["physical"]["tasks"]
+            .as_array()
+            .is_some_and(|t| t.len() >= 2),
+        "{v}"
+    );
+    // The logical graph it prints plans again: `weir validate` of it as a `.json` file.
+    let dir = tempfile::tempdir().expect("tmp");
+    let g = dir.path().join("graph.json");
+    std::fs::write(&g, v["logical"].to_string()).expect("write graph");
+    let (code, out, err) = run(weir().arg("validate").arg(&g));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("edge task 0 -> task 1: hash(city)"), "{out}");
+}
