@@ -10,6 +10,7 @@ use weir_testkit::repo_root;
 const LAYERS: &[&str] = &[
     "weir-types",
     "weir-checkpoint",
+    "weir-state",
     "weir-runtime",
     "weir-ops",
     "weir-connectors",
