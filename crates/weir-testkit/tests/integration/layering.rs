@@ -13,6 +13,7 @@ const LAYERS: &[&str] = &[
     "weir-state",
     "weir-runtime",
     "weir-ops",
+    "weir-stream",
     "weir-connectors",
     "weir-media",
     "weir-infer",

@@ -1,0 +1,25 @@
+//! weir's stateful streaming operators over event time.
+//!
+//! - [`aggregate`]: aggregates written as SQL, run with DataFusion's (grouped) accumulators.
+//! - [`window`]: tumbling, hopping, session and column windows (`window:` in a spec).
+//! - `op: aggregate` ([`AggregateSpec`]): keyed aggregations per window, results emitted when the
+//!   watermark passes the window end, with allowed lateness.
+//!
+//! Every spec offers the calls the planner uses (`output_schema`, `create`, `describe`, and
+//! `partition_keys`: the input columns rows must be hash-routed by, or none for a single
+//! instance). State goes into checkpoints per key group (see `weir-state`), so a job restores at
+//! another parallelism. Late rows (behind the watermark by more than the allowed lateness) go to
+//! the dead-letter output with an error starting `late:`, or are dropped and counted.
+
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod late;
+mod session;
+pub mod window;
+pub mod windowed;
+
+pub use aggregate::{CompiledAggregate, compile_aggregate};
+pub use late::OnLate;
+pub use window::{Span, WindowSpec};
+pub use windowed::{AggregateSpec, WindowAggregate};

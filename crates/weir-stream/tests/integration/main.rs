@@ -1,0 +1,5 @@
+//! Integration tests of weir-stream's operators, driven through their hooks as the runtime
+//! drives them, straight and across snapshot / restore at another parallelism.
+
+mod common;
+mod windows;
