@@ -47,6 +47,8 @@ pub enum Kind {
     Limit(ops::LimitSpec),
     /// `op: throttle`
     Throttle(ops::ThrottleSpec),
+    /// `op: aggregate`
+    Aggregate(weir_stream::AggregateSpec),
     /// `op: key_by`: routes rows by key to the next step (not a node of its own).
     KeyBy(KeyBySpec),
     /// `op: rebalance`: routes batches round robin to the next step (not a node of its own).
@@ -114,6 +116,7 @@ pub fn kind_names(role: Role) -> &'static [&'static str] {
             "union",
             "limit",
             "throttle",
+            "aggregate",
             "key_by",
             "rebalance",
             "broadcast",
@@ -152,6 +155,7 @@ impl Kind {
             (Role::Op, "union") => Kind::Union(step.options()?),
             (Role::Op, "limit") => Kind::Limit(step.options()?),
             (Role::Op, "throttle") => Kind::Throttle(step.options()?),
+            (Role::Op, "aggregate") => Kind::Aggregate(step.options()?),
             (Role::Op, "key_by") => Kind::KeyBy(step.options()?),
             (Role::Op, "rebalance") => Kind::Rebalance(step.options()?),
             (Role::Op, "broadcast") => Kind::Broadcast(step.options()?),
@@ -200,6 +204,7 @@ impl Kind {
             Kind::Union(s) => s.describe(),
             Kind::Limit(s) => s.describe(),
             Kind::Throttle(s) => s.describe(),
+            Kind::Aggregate(s) => s.describe(),
             Kind::KeyBy(k) => format!("key_by {}", k.keys.join(", ")),
             Kind::Rebalance(_) => "rebalance".into(),
             Kind::Broadcast(_) => "broadcast".into(),
@@ -249,6 +254,7 @@ impl Kind {
             Kind::Union(s) => s.output_schema_union(inputs),
             Kind::Limit(s) => s.output_schema(first),
             Kind::Throttle(s) => s.output_schema(first),
+            Kind::Aggregate(s) => s.output_schema(first),
             Kind::KeyBy(k) => {
                 for key in &k.keys {
                     if first.column_with_name(key).is_none() {
@@ -283,6 +289,17 @@ impl Kind {
     /// Whether the step must run with parallelism 1 whatever is asked.
     pub fn single_instance(&self) -> bool {
         matches!(self, Kind::Limit(_) | Kind::ConsoleSink(_))
+            || matches!(self.keyed(), Some(None))
+    }
+
+    /// For stateful steps keyed by columns of their input: `Some(Some(keys))`, the columns rows
+    /// of input `0` are hash-routed by (so a key's rows and state meet in one instance);
+    /// `Some(None)`, a keyed step without keys, which runs as one instance; `None` for the others.
+    pub fn keyed(&self) -> Option<Option<Vec<String>>> {
+        match self {
+            Kind::Aggregate(s) => Some(s.partition_keys()),
+            _ => None,
+        }
     }
 
     /// A factory of running sources.
@@ -319,6 +336,7 @@ impl Kind {
                 Kind::Union(s) => s.create(&input),
                 Kind::Limit(s) => s.create(&input),
                 Kind::Throttle(s) => s.create(&input),
+                Kind::Aggregate(s) => s.create(&input),
                 Kind::Fetch(s) => s.create(&input),
                 Kind::DecodeImage(s) => s.create(&input),
                 Kind::Resize(s) => s.create(&input),
@@ -401,6 +419,7 @@ impl Kind {
                 ),
             },
             Kind::KeyBy(k) => out.plus(k.keys.iter().cloned().collect()),
+            Kind::Aggregate(s) => Need::Columns(s.required_columns(input)?),
             Kind::Limit(_) | Kind::Throttle(_) | Kind::Rebalance(_) | Kind::Broadcast(_) => {
                 out.clone()
             }

@@ -295,6 +295,7 @@ fn build_with(
                     };
                     for &i in &inputs {
                         let (from, part) = endpoint(i, &planned, &routes)?;
+                        let part = keyed_routing(step, &kind, i, &planned, part)?;
                         graph.connect(from, id, part);
                     }
                     (out_schema, Some(id))
@@ -515,6 +516,31 @@ fn resolve_inputs(
         }
     }
     Ok(inputs)
+}
+
+/// The routing of the edge from step `input` into a keyed step: hash by the step's keys (a
+/// `key_by` right before it must route by the same columns); other steps keep `part`.
+fn keyed_routing(
+    step: &StepSpec,
+    kind: &Kind,
+    input: usize,
+    planned: &[PlannedStep],
+    part: Partitioning,
+) -> Result<Partitioning> {
+    let Some(Some(keys)) = kind.keyed() else {
+        return Ok(part);
+    };
+    match part {
+        Partitioning::Forward => Ok(Partitioning::Hash { keys }),
+        Partitioning::Hash { keys: given } if given == keys => Ok(Partitioning::Hash { keys }),
+        other => Err(Error::config(format!(
+            "{}: '{}' routes its rows {other}, but this step keeps state by {} and routes its \
+             input by them itself; remove the routing step",
+            step.locator(),
+            planned[input].name,
+            keys.join(", ")
+        ))),
+    }
 }
 
 /// The node an edge out of step `i` starts from, and its routing.
