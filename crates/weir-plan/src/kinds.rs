@@ -288,8 +288,7 @@ impl Kind {
 
     /// Whether the step must run with parallelism 1 whatever is asked.
     pub fn single_instance(&self) -> bool {
-        matches!(self, Kind::Limit(_) | Kind::ConsoleSink(_))
-            || matches!(self.keyed(), Some(None))
+        matches!(self, Kind::Limit(_) | Kind::ConsoleSink(_)) || matches!(self.keyed(), Some(None))
     }
 
     /// For stateful steps keyed by columns of their input: `Some(Some(keys))`, the columns rows

@@ -67,9 +67,18 @@ fn tumbling_aggregate_from_yaml() {
 #[test]
 fn bad_window_specs_fail_at_plan_time_naming_the_key() {
     let cases = [
-        ("{type: tumbling, size: 0s}", "key 'window.size': must be greater than 0"),
-        ("{type: hopping, size: 10s, slide: 3s}", "key 'window.slide': must divide 'window.size'"),
-        ("{type: session, gap: -1}", "key 'window.gap': must be greater than 0"),
+        (
+            "{type: tumbling, size: 0s}",
+            "key 'window.size': must be greater than 0",
+        ),
+        (
+            "{type: hopping, size: 10s, slide: 3s}",
+            "key 'window.slide': must divide 'window.size'",
+        ),
+        (
+            "{type: session, gap: -1}",
+            "key 'window.gap': must be greater than 0",
+        ),
         ("{type: tumbling, size: 10s, slid: 1s}", "slid"),
     ];
     for (window, want) in cases {
