@@ -49,6 +49,8 @@ pub enum Kind {
     Throttle(ops::ThrottleSpec),
     /// `op: aggregate`
     Aggregate(weir_stream::AggregateSpec),
+    /// `op: top_n`
+    TopN(weir_stream::TopNSpec),
     /// `op: key_by`: routes rows by key to the next step (not a node of its own).
     KeyBy(KeyBySpec),
     /// `op: rebalance`: routes batches round robin to the next step (not a node of its own).
@@ -117,6 +119,7 @@ pub fn kind_names(role: Role) -> &'static [&'static str] {
             "limit",
             "throttle",
             "aggregate",
+            "top_n",
             "key_by",
             "rebalance",
             "broadcast",
@@ -156,6 +159,7 @@ impl Kind {
             (Role::Op, "limit") => Kind::Limit(step.options()?),
             (Role::Op, "throttle") => Kind::Throttle(step.options()?),
             (Role::Op, "aggregate") => Kind::Aggregate(step.options()?),
+            (Role::Op, "top_n") => Kind::TopN(step.options()?),
             (Role::Op, "key_by") => Kind::KeyBy(step.options()?),
             (Role::Op, "rebalance") => Kind::Rebalance(step.options()?),
             (Role::Op, "broadcast") => Kind::Broadcast(step.options()?),
@@ -205,6 +209,7 @@ impl Kind {
             Kind::Limit(s) => s.describe(),
             Kind::Throttle(s) => s.describe(),
             Kind::Aggregate(s) => s.describe(),
+            Kind::TopN(s) => s.describe(),
             Kind::KeyBy(k) => format!("key_by {}", k.keys.join(", ")),
             Kind::Rebalance(_) => "rebalance".into(),
             Kind::Broadcast(_) => "broadcast".into(),
@@ -255,6 +260,7 @@ impl Kind {
             Kind::Limit(s) => s.output_schema(first),
             Kind::Throttle(s) => s.output_schema(first),
             Kind::Aggregate(s) => s.output_schema(first),
+            Kind::TopN(s) => s.output_schema(first),
             Kind::KeyBy(k) => {
                 for key in &k.keys {
                     if first.column_with_name(key).is_none() {
@@ -297,6 +303,7 @@ impl Kind {
     pub fn keyed(&self) -> Option<Option<Vec<String>>> {
         match self {
             Kind::Aggregate(s) => Some(s.partition_keys()),
+            Kind::TopN(s) => Some(s.partition_keys()),
             _ => None,
         }
     }
@@ -336,6 +343,7 @@ impl Kind {
                 Kind::Limit(s) => s.create(&input),
                 Kind::Throttle(s) => s.create(&input),
                 Kind::Aggregate(s) => s.create(&input),
+                Kind::TopN(s) => s.create(&input),
                 Kind::Fetch(s) => s.create(&input),
                 Kind::DecodeImage(s) => s.create(&input),
                 Kind::Resize(s) => s.create(&input),

@@ -4,6 +4,7 @@
 //! - [`window`]: tumbling, hopping, session and column windows (`window:` in a spec).
 //! - `op: aggregate` ([`AggregateSpec`]): keyed aggregations per window, results emitted when the
 //!   watermark passes the window end, with allowed lateness.
+//! - `op: top_n` ([`TopNSpec`]): the first `n` rows per window and key in an order.
 //!
 //! Every spec offers the calls the planner uses (`output_schema`, `create`, `describe`, and
 //! `partition_keys`: the input columns rows must be hash-routed by, or none for a single
@@ -15,11 +16,14 @@
 
 pub mod aggregate;
 pub mod late;
+mod parts;
 mod session;
+pub mod top_n;
 pub mod window;
 pub mod windowed;
 
 pub use aggregate::{CompiledAggregate, compile_aggregate};
 pub use late::OnLate;
+pub use top_n::{TopN, TopNSpec};
 pub use window::{Span, WindowSpec};
 pub use windowed::{AggregateSpec, WindowAggregate};

@@ -12,10 +12,15 @@
 //! A window `[start, end)` holds the rows with `start <= time < end` and is complete when the
 //! watermark reaches `end`. Times are milliseconds (see [`weir_state::time`]).
 
-use arrow::datatypes::{DataType, SchemaRef};
+use crate::late::Clock;
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use weir_runtime::OperatorContext;
 use weir_state::time::check_event_time_type;
+use weir_state::time::event_millis;
 use weir_types::{Error, Result};
 
 /// A span of time in milliseconds, written in specs as `10s`, `500ms`, `1m 30s` (or a number of
@@ -280,6 +285,129 @@ impl WindowSpec {
             WindowSpec::Hopping { size, slide, .. } => format!("hopping {size} every {slide}"),
             WindowSpec::Session { gap } => format!("session gap {gap}"),
             WindowSpec::Column { start, end } => format!("windows [{start}, {end})"),
+        }
+    }
+}
+
+/// A batch's rows that have a time, the `(end, start)` slot of each, and their times.
+pub(crate) type Assigned = (RecordBatch, Vec<(i64, i64)>, Int64Array);
+
+/// Where a step's rows find their windows: the assigner and the input columns it reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowWindows {
+    pub(crate) assigner: Assigner,
+    /// The event-time column (all but column windows).
+    pub(crate) time_idx: Option<usize>,
+    /// The start and end columns of column windows.
+    pub(crate) window_idx: Option<(usize, usize)>,
+}
+
+impl RowWindows {
+    /// Plan time: resolves `spec`'s columns in `input`.
+    pub(crate) fn new(spec: &WindowSpec, input: &SchemaRef, time: Option<&str>) -> Result<Self> {
+        let assigner = spec.check(input, time)?;
+        let index = |c: &str| input.index_of(c).map_err(|e| Error::schema(e.to_string()));
+        Ok(match spec {
+            WindowSpec::Column { start, end } => RowWindows {
+                assigner,
+                time_idx: None,
+                window_idx: Some((index(start)?, index(end)?)),
+            },
+            _ => RowWindows {
+                assigner,
+                time_idx: time.map(index).transpose()?,
+                window_idx: None,
+            },
+        })
+    }
+
+    /// Reads the rows' windows: `(end, start)` per row of the rows kept, with the batch reduced to
+    /// the rows that have a time (the others are reported).
+    pub(crate) fn assign(&self, batch: RecordBatch, ctx: &mut OperatorContext) -> Result<Assigned> {
+        let (times, starts_ends) = match (self.time_idx, self.window_idx) {
+            (Some(t), _) => (event_millis(batch.column(t))?, None),
+            (None, Some((s, e))) => {
+                let ends = event_millis(batch.column(e))?;
+                let starts = event_millis(batch.column(s))?;
+                (ends.clone(), Some(starts))
+            }
+            (None, None) => return Err(Error::internal("a window without a time column")),
+        };
+        let has_null =
+            times.null_count() > 0 || starts_ends.as_ref().is_some_and(|s| s.null_count() > 0);
+        let (batch, times, starts) = if has_null {
+            let column = match (self.time_idx, self.window_idx) {
+                (Some(t), _) => batch.schema().field(t).name().clone(),
+                (None, Some((_, e))) => batch.schema().field(e).name().clone(),
+                _ => String::new(),
+            };
+            let mut nulls = times.clone();
+            if let Some(s) = &starts_ends {
+                let merged: Int64Array = times
+                    .iter()
+                    .zip(s.iter())
+                    .map(|(a, b)| a.zip(b).map(|(end, _)| end))
+                    .collect();
+                nulls = merged;
+            }
+            Clock::null_times(ctx, &batch, &nulls, &column)?;
+            let keep = arrow::compute::is_not_null(&nulls)
+                .map_err(|e| Error::internal("is_not_null").with_source(e))?;
+            let f = |a: &Int64Array| -> Result<Int64Array> {
+                Ok(arrow::compute::filter(a, &keep)
+                    .map_err(|e| Error::internal("filter").with_source(e))?
+                    .as_primitive::<Int64Type>()
+                    .clone())
+            };
+            let starts = match &starts_ends {
+                Some(s) => Some(f(s)?),
+                None => None,
+            };
+            (
+                filter_record_batch(&batch, &keep)
+                    .map_err(|e| Error::internal("filter").with_source(e))?,
+                f(&times)?,
+                starts,
+            )
+        } else {
+            (batch, times, starts_ends)
+        };
+        let slots: Vec<(i64, i64)> = match self.assigner {
+            Assigner::Column => {
+                let starts =
+                    starts.ok_or_else(|| Error::internal("column window without starts"))?;
+                times
+                    .values()
+                    .iter()
+                    .zip(starts.values())
+                    .map(|(&e, &s)| (e, s))
+                    .collect()
+            }
+            a => {
+                let len = a.slot_len();
+                times
+                    .values()
+                    .iter()
+                    .map(|&t| {
+                        let s = a.slot_start(t);
+                        (s.saturating_add(len), s)
+                    })
+                    .collect()
+            }
+        };
+        Ok((batch, slots, times))
+    }
+
+    /// The windows `(end, start)` holding the slot `(end, start)`.
+    pub(crate) fn windows_of(&self, slot: (i64, i64)) -> Vec<(i64, i64)> {
+        match self.assigner {
+            Assigner::Hopping { size, slide, .. } => (1..=size / slide)
+                .map(|k| {
+                    let end = slot.1 + k * slide;
+                    (end, end - size)
+                })
+                .collect(),
+            _ => vec![slot],
         }
     }
 }

@@ -16,7 +16,7 @@
 use crate::aggregate::{Accumulators, AggregateInput, CompiledAggregate, compile_aggregate};
 use crate::late::{Clock, OnLate};
 use crate::session::Sessions;
-use crate::window::{Assigner, Span, WindowSpec, names};
+use crate::window::{Assigner, RowWindows, Span, WindowSpec, names};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use weir_checkpoint::{StateKey, StateSnapshot};
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_state::codec::{decode_part, encode_part};
-use weir_state::time::{event_millis, millis_as};
+use weir_state::time::millis_as;
 use weir_types::key_group::key_group_of;
 use weir_types::{Barrier, Error, KeyGroupRange, Result, Watermark, hash_keys};
 
@@ -65,6 +65,7 @@ pub const WINDOW_END: &str = "window_end";
 #[derive(Debug, Clone)]
 struct Plan {
     assigner: Assigner,
+    rows: RowWindows,
     aggs: Vec<CompiledAggregate>,
     /// The keys' input columns.
     key_idx: Vec<usize>,
@@ -74,14 +75,14 @@ struct Plan {
     /// The group key's schema (one constant column `__all` when `group_idx` is empty).
     key_schema: SchemaRef,
     time_idx: Option<usize>,
-    window_idx: Option<(usize, usize)>,
     bound_type: DataType,
     output: SchemaRef,
 }
 
 impl AggregateSpec {
     fn plan(&self, input: &SchemaRef) -> Result<Plan> {
-        let assigner = self.window.check(input, self.time.as_deref())?;
+        let rows = RowWindows::new(&self.window, input, self.time.as_deref())?;
+        let assigner = rows.assigner;
         if self.aggregates.is_empty() && self.keys.is_empty() {
             return Err(Error::config(
                 "key 'aggregates': give at least one aggregate (or keys, to list the distinct \
@@ -145,17 +146,6 @@ impl AggregateSpec {
                 Error::schema(format!("key 'time': column '{t}' is not in the input"))
             })?),
         };
-        let window_idx = match &self.window {
-            WindowSpec::Column { start, end } => Some((
-                input
-                    .index_of(start)
-                    .map_err(|e| Error::schema(e.to_string()))?,
-                input
-                    .index_of(end)
-                    .map_err(|e| Error::schema(e.to_string()))?,
-            )),
-            _ => None,
-        };
         let bound_type = self.window.bound_type(input, self.time.as_deref());
         let mut fields = vec![
             Field::new(WINDOW_START, bound_type.clone(), false),
@@ -175,12 +165,12 @@ impl AggregateSpec {
         }
         Ok(Plan {
             assigner,
+            rows,
             aggs,
             key_idx,
             group_idx,
             key_schema,
             time_idx,
-            window_idx,
             bound_type,
             output: Arc::new(Schema::new(fields)),
         })
@@ -293,9 +283,6 @@ impl Slot {
     }
 }
 
-/// A batch's rows with a time, the `(end, start)` slot of each, and their times.
-type Assigned = (RecordBatch, Vec<(i64, i64)>, Int64Array);
-
 /// A running `op: aggregate`.
 pub struct WindowAggregate {
     plan: Plan,
@@ -373,98 +360,8 @@ impl WindowAggregate {
         }
     }
 
-    /// Reads the rows' windows: `(end, start)` per row of the rows kept, with the batch reduced to
-    /// the rows that have a time (the others are reported).
-    fn slots_of(&mut self, batch: RecordBatch, ctx: &mut OperatorContext) -> Result<Assigned> {
-        let (times, starts_ends) = match (self.plan.time_idx, self.plan.window_idx) {
-            (Some(t), _) => (event_millis(batch.column(t))?, None),
-            (None, Some((s, e))) => {
-                let ends = event_millis(batch.column(e))?;
-                let starts = event_millis(batch.column(s))?;
-                (ends.clone(), Some(starts))
-            }
-            (None, None) => return Err(Error::internal("a window without a time column")),
-        };
-        let has_null =
-            times.null_count() > 0 || starts_ends.as_ref().is_some_and(|s| s.null_count() > 0);
-        let (batch, times, starts) = if has_null {
-            let column = match (self.plan.time_idx, self.plan.window_idx) {
-                (Some(t), _) => batch.schema().field(t).name().clone(),
-                (None, Some((_, e))) => batch.schema().field(e).name().clone(),
-                _ => String::new(),
-            };
-            let mut nulls = times.clone();
-            if let Some(s) = &starts_ends {
-                let merged: Int64Array = times
-                    .iter()
-                    .zip(s.iter())
-                    .map(|(a, b)| a.zip(b).map(|(end, _)| end))
-                    .collect();
-                nulls = merged;
-            }
-            Clock::null_times(ctx, &batch, &nulls, &column)?;
-            let keep = arrow::compute::is_not_null(&nulls)
-                .map_err(|e| Error::internal("is_not_null").with_source(e))?;
-            let f = |a: &Int64Array| -> Result<Int64Array> {
-                Ok(arrow::compute::filter(a, &keep)
-                    .map_err(|e| Error::internal("filter").with_source(e))?
-                    .as_primitive::<Int64Type>()
-                    .clone())
-            };
-            let starts = match &starts_ends {
-                Some(s) => Some(f(s)?),
-                None => None,
-            };
-            (
-                filter_record_batch(&batch, &keep)
-                    .map_err(|e| Error::internal("filter").with_source(e))?,
-                f(&times)?,
-                starts,
-            )
-        } else {
-            (batch, times, starts_ends)
-        };
-        let slots: Vec<(i64, i64)> = match self.plan.assigner {
-            Assigner::Column => {
-                let starts =
-                    starts.ok_or_else(|| Error::internal("column window without starts"))?;
-                times
-                    .values()
-                    .iter()
-                    .zip(starts.values())
-                    .map(|(&e, &s)| (e, s))
-                    .collect()
-            }
-            a => {
-                let len = a.slot_len();
-                times
-                    .values()
-                    .iter()
-                    .map(|&t| {
-                        let s = a.slot_start(t);
-                        (s.saturating_add(len), s)
-                    })
-                    .collect()
-            }
-        };
-        Ok((batch, slots, times))
-    }
-
-    /// The windows `(end, start)` holding the slot `(end, start)`.
-    fn windows_of(&self, slot: (i64, i64)) -> Vec<(i64, i64)> {
-        match self.plan.assigner {
-            Assigner::Hopping { size, slide, .. } => (1..=size / slide)
-                .map(|k| {
-                    let end = slot.1 + k * slide;
-                    (end, end - size)
-                })
-                .collect(),
-            _ => vec![slot],
-        }
-    }
-
     fn add(&mut self, batch: RecordBatch, ctx: &mut OperatorContext) -> Result<()> {
-        let (batch, slots, times) = self.slots_of(batch, ctx)?;
+        let (batch, slots, times) = self.plan.rows.assign(batch, ctx)?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -491,7 +388,7 @@ impl WindowAggregate {
                 )?;
             } else if lateness > 0 && slot.0 <= wm {
                 // Some window of the slot was emitted already: emit it again with this row.
-                for w in self.windows_of(slot) {
+                for w in self.plan.rows.windows_of(slot) {
                     if w.0 <= wm && w.0.saturating_add(lateness) > wm {
                         self.refire.insert(w);
                     }

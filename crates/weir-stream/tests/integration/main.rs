@@ -2,4 +2,5 @@
 //! drives them, straight and across snapshot / restore at another parallelism.
 
 mod common;
+mod top_n;
 mod windows;

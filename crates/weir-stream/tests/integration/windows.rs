@@ -10,7 +10,7 @@ use std::sync::Arc;
 use weir_runtime::Operator;
 use weir_stream::{AggregateSpec, OnLate, Span, WindowSpec};
 
-fn schema() -> SchemaRef {
+pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("k", DataType::Utf8, false),
         Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
@@ -19,7 +19,7 @@ fn schema() -> SchemaRef {
 }
 
 /// Rows `(key, time ms, value)`.
-fn rows(r: &[(&str, i64, i64)]) -> RecordBatch {
+pub fn rows(r: &[(&str, i64, i64)]) -> RecordBatch {
     RecordBatch::try_new(
         schema(),
         vec![
@@ -296,11 +296,11 @@ fn oracle(events: &[(String, i64, i64)], size: i64, slide: i64) -> String {
 }
 
 /// Batches of `(key, time, value)` and, after each, maybe a rescale to that parallelism.
-type Script = (Vec<Vec<(String, i64, i64)>>, Vec<Option<u32>>);
+pub type Script = (Vec<Vec<(String, i64, i64)>>, Vec<Option<u32>>);
 
 /// A script of in-order-enough events (never behind the watermark), watermarks after batches,
 /// and rescales at random points.
-fn arb_script() -> impl Strategy<Value = Script> {
+pub fn arb_script() -> impl Strategy<Value = Script> {
     let batch = proptest::collection::vec(("[a-e]", 0i64..40, -20i64..20), 1..8);
     proptest::collection::vec(batch, 1..12).prop_flat_map(|batches| {
         let n = batches.len();
@@ -311,7 +311,7 @@ fn arb_script() -> impl Strategy<Value = Script> {
     })
 }
 
-fn to_steps(
+pub fn to_steps(
     batches: &[Vec<(String, i64, i64)>],
     rescales: &[Option<u32>],
 ) -> (Vec<Step>, Vec<(String, i64, i64)>) {

@@ -65,6 +65,40 @@ fn tumbling_aggregate_from_yaml() {
 }
 
 #[test]
+fn hot_auctions_hopping_count_then_top_n_with_ties() {
+    // Nexmark q5's shape: bids per auction per hopping window, then the auctions with the most.
+    check(
+        r#"
+  - name: counts
+    op: aggregate
+    keys: [auction]
+    time: ts
+    window: {type: hopping, size: 10s, slide: 5s}
+    aggregates: ["count(*) AS bids"]
+  - name: hottest
+    op: top_n
+    window: {type: column}
+    order_by: [bids DESC]
+    n: 1
+    with_ties: true
+  - op: select
+    columns: [window_start, auction, bids]
+"#,
+        &[
+            r#"{"window_start":-5000,"auction":1,"bids":2}"#,
+            r#"{"window_start":0,"auction":1,"bids":3}"#,
+            r#"{"window_start":10000,"auction":3,"bids":2}"#,
+            r#"{"window_start":15000,"auction":1,"bids":1}"#,
+            r#"{"window_start":15000,"auction":3,"bids":1}"#,
+            r#"{"window_start":20000,"auction":1,"bids":1}"#,
+            r#"{"window_start":5000,"auction":1,"bids":1}"#,
+            r#"{"window_start":5000,"auction":2,"bids":1}"#,
+            r#"{"window_start":5000,"auction":3,"bids":1}"#,
+        ],
+    );
+}
+
+#[test]
 fn bad_window_specs_fail_at_plan_time_naming_the_key() {
     let cases = [
         (
