@@ -51,6 +51,10 @@ pub enum Kind {
     Aggregate(weir_stream::AggregateSpec),
     /// `op: top_n`
     TopN(weir_stream::TopNSpec),
+    /// `op: interval_join`
+    IntervalJoin(weir_stream::IntervalJoinSpec),
+    /// `op: join`
+    Join(weir_stream::JoinSpec),
     /// `op: key_by`: routes rows by key to the next step (not a node of its own).
     KeyBy(KeyBySpec),
     /// `op: rebalance`: routes batches round robin to the next step (not a node of its own).
@@ -120,6 +124,8 @@ pub fn kind_names(role: Role) -> &'static [&'static str] {
             "throttle",
             "aggregate",
             "top_n",
+            "interval_join",
+            "join",
             "key_by",
             "rebalance",
             "broadcast",
@@ -160,6 +166,8 @@ impl Kind {
             (Role::Op, "throttle") => Kind::Throttle(step.options()?),
             (Role::Op, "aggregate") => Kind::Aggregate(step.options()?),
             (Role::Op, "top_n") => Kind::TopN(step.options()?),
+            (Role::Op, "interval_join") => Kind::IntervalJoin(step.options()?),
+            (Role::Op, "join") => Kind::Join(step.options()?),
             (Role::Op, "key_by") => Kind::KeyBy(step.options()?),
             (Role::Op, "rebalance") => Kind::Rebalance(step.options()?),
             (Role::Op, "broadcast") => Kind::Broadcast(step.options()?),
@@ -210,6 +218,8 @@ impl Kind {
             Kind::Throttle(s) => s.describe(),
             Kind::Aggregate(s) => s.describe(),
             Kind::TopN(s) => s.describe(),
+            Kind::IntervalJoin(s) => s.describe(),
+            Kind::Join(s) => s.describe(),
             Kind::KeyBy(k) => format!("key_by {}", k.keys.join(", ")),
             Kind::Rebalance(_) => "rebalance".into(),
             Kind::Broadcast(_) => "broadcast".into(),
@@ -261,6 +271,8 @@ impl Kind {
             Kind::Throttle(s) => s.output_schema(first),
             Kind::Aggregate(s) => s.output_schema(first),
             Kind::TopN(s) => s.output_schema(first),
+            Kind::IntervalJoin(s) => s.output_schema(inputs),
+            Kind::Join(s) => s.output_schema(inputs),
             Kind::KeyBy(k) => {
                 for key in &k.keys {
                     if first.column_with_name(key).is_none() {
@@ -294,16 +306,40 @@ impl Kind {
 
     /// Whether the step must run with parallelism 1 whatever is asked.
     pub fn single_instance(&self) -> bool {
-        matches!(self, Kind::Limit(_) | Kind::ConsoleSink(_)) || matches!(self.keyed(), Some(None))
+        matches!(self, Kind::Limit(_) | Kind::ConsoleSink(_)) || matches!(self.keyed(0), Some(None))
     }
 
-    /// For stateful steps keyed by columns of their input: `Some(Some(keys))`, the columns rows
-    /// of input `0` are hash-routed by (so a key's rows and state meet in one instance);
+    /// Whether the step reads two inputs (a join).
+    pub fn two_inputs(&self) -> bool {
+        matches!(self, Kind::IntervalJoin(_) | Kind::Join(_))
+    }
+
+    /// For steps with several inputs (joins): a factory given every input schema.
+    pub fn operator_factory_inputs(
+        &self,
+        inputs: Vec<SchemaRef>,
+    ) -> Result<impl Fn(&TaskInfo) -> Result<Box<dyn Operator>> + Send + Sync + 'static> {
+        let kind = Arc::new(self.clone());
+        Ok(move |_info: &TaskInfo| -> Result<Box<dyn Operator>> {
+            match kind.as_ref() {
+                Kind::IntervalJoin(s) => s.create(&inputs),
+                Kind::Join(s) => s.create(&inputs),
+                _ => Err(Error::internal(
+                    "multi-input factory of a single-input step",
+                )),
+            }
+        })
+    }
+
+    /// For stateful steps keyed by columns of their inputs: `Some(Some(keys))`, the columns rows
+    /// of input `input` are hash-routed by (so a key's rows and state meet in one instance);
     /// `Some(None)`, a keyed step without keys, which runs as one instance; `None` for the others.
-    pub fn keyed(&self) -> Option<Option<Vec<String>>> {
+    pub fn keyed(&self, input: usize) -> Option<Option<Vec<String>>> {
         match self {
             Kind::Aggregate(s) => Some(s.partition_keys()),
             Kind::TopN(s) => Some(s.partition_keys()),
+            Kind::IntervalJoin(s) => Some(s.on.partition_keys().get(input).cloned()),
+            Kind::Join(s) => Some(s.on.partition_keys().get(input).cloned()),
             _ => None,
         }
     }

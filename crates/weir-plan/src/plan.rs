@@ -258,9 +258,17 @@ fn build_with(
                             .ok_or_else(|| Error::internal("input without schema"))
                     })
                     .collect::<Result<_>>()?;
-                if in_schemas.len() > 1 && !matches!(kind, Kind::Union(_)) {
+                if kind.two_inputs() && in_schemas.len() != 2 {
                     return Err(Error::config(format!(
-                        "{}: has {} inputs; only 'op: union' takes several",
+                        "{}: a join reads two inputs, found {}; name them with 'inputs: [left, \
+                         right]'",
+                        step.locator(),
+                        in_schemas.len()
+                    )));
+                }
+                if in_schemas.len() > 1 && !matches!(kind, Kind::Union(_)) && !kind.two_inputs() {
+                    return Err(Error::config(format!(
+                        "{}: has {} inputs; only 'op: union' and the joins take several",
                         step.locator(),
                         in_schemas.len()
                     )));
@@ -287,15 +295,20 @@ fn build_with(
                         (Kind::Union(_), Some(out)) => out.clone(),
                         _ => in_schemas[0].clone(),
                     };
-                    let factory = kind.operator_factory(build_schema)?;
-                    let id = if step.role == Role::Sink {
-                        graph.add_sink(&step.name, parallelism, factory)
-                    } else {
+                    let id = if kind.two_inputs() {
+                        let factory = kind.operator_factory_inputs(in_schemas.clone())?;
                         graph.add_operator(&step.name, parallelism, factory)
+                    } else {
+                        let factory = kind.operator_factory(build_schema)?;
+                        if step.role == Role::Sink {
+                            graph.add_sink(&step.name, parallelism, factory)
+                        } else {
+                            graph.add_operator(&step.name, parallelism, factory)
+                        }
                     };
-                    for &i in &inputs {
+                    for (n, &i) in inputs.iter().enumerate() {
                         let (from, part) = endpoint(i, &planned, &routes)?;
-                        let part = keyed_routing(step, &kind, i, &planned, part)?;
+                        let part = keyed_routing(step, &kind, n, i, &planned, part)?;
                         graph.connect(from, id, part);
                     }
                     (out_schema, Some(id))
@@ -518,16 +531,17 @@ fn resolve_inputs(
     Ok(inputs)
 }
 
-/// The routing of the edge from step `input` into a keyed step: hash by the step's keys (a
+/// The routing of the edge from step `input` (the step's input number `n`) into a keyed step: hash by the step's keys (a
 /// `key_by` right before it must route by the same columns); other steps keep `part`.
 fn keyed_routing(
     step: &StepSpec,
     kind: &Kind,
+    n: usize,
     input: usize,
     planned: &[PlannedStep],
     part: Partitioning,
 ) -> Result<Partitioning> {
-    let Some(Some(keys)) = kind.keyed() else {
+    let Some(Some(keys)) = kind.keyed(n) else {
         return Ok(part);
     };
     match part {

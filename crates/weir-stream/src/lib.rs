@@ -4,6 +4,8 @@
 //! - [`window`]: tumbling, hopping, session and column windows (`window:` in a spec).
 //! - `op: aggregate` ([`AggregateSpec`]): keyed aggregations per window, results emitted when the
 //!   watermark passes the window end, with allowed lateness.
+//! - `op: interval_join` and `op: join` ([`IntervalJoinSpec`], [`JoinSpec`]): two inputs joined
+//!   on equal keys, state dropped by watermark.
 //! - `op: top_n` ([`TopNSpec`]): the first `n` rows per window and key in an order.
 //!
 //! Every spec offers the calls the planner uses (`output_schema`, `create`, `describe`, and
@@ -15,6 +17,8 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+mod buffer;
+pub mod join;
 pub mod late;
 mod parts;
 mod session;
@@ -23,6 +27,7 @@ pub mod window;
 pub mod windowed;
 
 pub use aggregate::{CompiledAggregate, compile_aggregate};
+pub use join::{IntervalJoinSpec, JoinOn, JoinSpec, StreamJoin};
 pub use late::OnLate;
 pub use top_n::{TopN, TopNSpec};
 pub use window::{Span, WindowSpec};

@@ -19,6 +19,8 @@ pub const MAX_PARALLELISM: u32 = 16;
 pub enum Step {
     /// Rows to input `0`.
     Rows(RecordBatch),
+    /// Rows to input `i` (routed by that input's keys).
+    Input(usize, RecordBatch),
     /// A watermark to every instance.
     Watermark(i64),
     /// Snapshot every instance, restore at this parallelism.
@@ -83,6 +85,16 @@ pub fn sorted_table(batches: &[RecordBatch]) -> String {
 /// Runs `script` starting at parallelism `p`; `keys` are the routing columns (`None`: one
 /// instance gets everything).
 pub async fn run(factory: &Factory, keys: Option<&[&str]>, p: u32, script: &[Step]) -> Output {
+    run_inputs(factory, &[keys], p, script).await
+}
+
+/// Runs `script` starting at parallelism `p`; `keys[i]` are input `i`'s routing columns.
+pub async fn run_inputs(
+    factory: &Factory,
+    keys: &[Option<&[&str]>],
+    p: u32,
+    script: &[Step],
+) -> Output {
     let mut out = Output::default();
     let mut instances: Vec<Instance> = (0..p)
         .map(|i| Instance {
@@ -93,13 +105,20 @@ pub async fn run(factory: &Factory, keys: Option<&[&str]>, p: u32, script: &[Ste
     for inst in &mut instances {
         inst.op.open(&mut inst.ctx).await.expect("open");
     }
-    let keys: Option<Vec<String>> = keys.map(|k| k.iter().map(|s| s.to_string()).collect());
+    let keys: Vec<Option<Vec<String>>> = keys
+        .iter()
+        .map(|k| k.map(|k| k.iter().map(|s| s.to_string()).collect()))
+        .collect();
     let mut checkpoint = 0;
     for step in script {
         match step {
-            Step::Rows(batch) => {
+            Step::Rows(batch) | Step::Input(_, batch) => {
+                let input = match step {
+                    Step::Input(i, _) => *i,
+                    _ => 0,
+                };
                 let n = instances.len() as u32;
-                let parts = match &keys {
+                let parts = match &keys[input] {
                     Some(k) => split_by_key(batch, k, MAX_PARALLELISM, n).expect("split"),
                     None => {
                         let mut v = vec![None; n as usize];

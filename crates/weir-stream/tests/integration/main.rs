@@ -2,5 +2,6 @@
 //! drives them, straight and across snapshot / restore at another parallelism.
 
 mod common;
+mod joins;
 mod top_n;
 mod windows;

@@ -99,6 +99,36 @@ fn hot_auctions_hopping_count_then_top_n_with_ties() {
 }
 
 #[test]
+fn interval_join_of_bids_and_auctions_from_yaml() {
+    check(
+        r#"
+  - name: auctions
+    source: values
+    rows:
+      - {id: 1, seller: 100, opened: 0}
+      - {id: 2, seller: 200, opened: 9000}
+      - {id: 3, seller: 300, opened: 30000}
+  - name: early_bids
+    op: interval_join
+    inputs: [bids, auctions]
+    left_keys: [auction]
+    right_keys: [id]
+    left_time: ts
+    right_time: opened
+    lower: -5s
+    upper: 0s
+  - op: select
+    columns: [auction, bidder, seller]
+"#,
+        &[
+            r#"{"auction":1,"bidder":10,"seller":100}"#,
+            r#"{"auction":1,"bidder":12,"seller":100}"#,
+            r#"{"auction":2,"bidder":11,"seller":200}"#,
+        ],
+    );
+}
+
+#[test]
 fn bad_window_specs_fail_at_plan_time_naming_the_key() {
     let cases = [
         (
