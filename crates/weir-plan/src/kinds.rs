@@ -55,6 +55,8 @@ pub enum Kind {
     IntervalJoin(weir_stream::IntervalJoinSpec),
     /// `op: join`
     Join(weir_stream::JoinSpec),
+    /// `op: window_join`
+    WindowJoin(weir_stream::WindowJoinSpec),
     /// `op: key_by`: routes rows by key to the next step (not a node of its own).
     KeyBy(KeyBySpec),
     /// `op: rebalance`: routes batches round robin to the next step (not a node of its own).
@@ -126,6 +128,7 @@ pub fn kind_names(role: Role) -> &'static [&'static str] {
             "top_n",
             "interval_join",
             "join",
+            "window_join",
             "key_by",
             "rebalance",
             "broadcast",
@@ -168,6 +171,7 @@ impl Kind {
             (Role::Op, "top_n") => Kind::TopN(step.options()?),
             (Role::Op, "interval_join") => Kind::IntervalJoin(step.options()?),
             (Role::Op, "join") => Kind::Join(step.options()?),
+            (Role::Op, "window_join") => Kind::WindowJoin(step.options()?),
             (Role::Op, "key_by") => Kind::KeyBy(step.options()?),
             (Role::Op, "rebalance") => Kind::Rebalance(step.options()?),
             (Role::Op, "broadcast") => Kind::Broadcast(step.options()?),
@@ -220,6 +224,7 @@ impl Kind {
             Kind::TopN(s) => s.describe(),
             Kind::IntervalJoin(s) => s.describe(),
             Kind::Join(s) => s.describe(),
+            Kind::WindowJoin(s) => s.describe(),
             Kind::KeyBy(k) => format!("key_by {}", k.keys.join(", ")),
             Kind::Rebalance(_) => "rebalance".into(),
             Kind::Broadcast(_) => "broadcast".into(),
@@ -273,6 +278,7 @@ impl Kind {
             Kind::TopN(s) => s.output_schema(first),
             Kind::IntervalJoin(s) => s.output_schema(inputs),
             Kind::Join(s) => s.output_schema(inputs),
+            Kind::WindowJoin(s) => s.output_schema(inputs),
             Kind::KeyBy(k) => {
                 for key in &k.keys {
                     if first.column_with_name(key).is_none() {
@@ -311,7 +317,10 @@ impl Kind {
 
     /// Whether the step reads two inputs (a join).
     pub fn two_inputs(&self) -> bool {
-        matches!(self, Kind::IntervalJoin(_) | Kind::Join(_))
+        matches!(
+            self,
+            Kind::IntervalJoin(_) | Kind::Join(_) | Kind::WindowJoin(_)
+        )
     }
 
     /// For steps with several inputs (joins): a factory given every input schema.
@@ -324,6 +333,7 @@ impl Kind {
             match kind.as_ref() {
                 Kind::IntervalJoin(s) => s.create(&inputs),
                 Kind::Join(s) => s.create(&inputs),
+                Kind::WindowJoin(s) => s.create(&inputs),
                 _ => Err(Error::internal(
                     "multi-input factory of a single-input step",
                 )),
@@ -340,6 +350,7 @@ impl Kind {
             Kind::TopN(s) => Some(s.partition_keys()),
             Kind::IntervalJoin(s) => Some(s.on.partition_keys().get(input).cloned()),
             Kind::Join(s) => Some(s.on.partition_keys().get(input).cloned()),
+            Kind::WindowJoin(s) => Some(s.partition_keys().get(input).cloned()),
             _ => None,
         }
     }

@@ -571,16 +571,14 @@ impl Operator for StreamJoin {
             self.clock.restore(self.range, &snap)?;
             for (side, part) in PARTS.iter().enumerate() {
                 for b in read(&snap, part)? {
-                    let b = RecordBatch::try_new(
-                        self.sides[side].schema.clone(),
-                        b.columns().to_vec(),
-                    )
-                    .map_err(|e| {
-                        Error::io(
+                    let b =
+                        RecordBatch::try_new(self.sides[side].schema.clone(), b.columns().to_vec())
+                            .map_err(|e| {
+                                Error::io(
                             "checkpoint state does not fit this join (were its inputs changed?)",
                         )
                         .with_source(e)
-                    })?;
+                            })?;
                     let times = match self.sides[side].time_idx {
                         Some(t) => Some(event_millis(b.column(t))?),
                         None => None,

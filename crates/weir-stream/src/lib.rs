@@ -6,6 +6,7 @@
 //!   watermark passes the window end, with allowed lateness.
 //! - `op: interval_join` and `op: join` ([`IntervalJoinSpec`], [`JoinSpec`]): two inputs joined
 //!   on equal keys, state dropped by watermark.
+//! - `op: window_join` ([`WindowJoinSpec`]): two inputs joined per window when it completes.
 //! - `op: top_n` ([`TopNSpec`]): the first `n` rows per window and key in an order.
 //!
 //! Every spec offers the calls the planner uses (`output_schema`, `create`, `describe`, and
@@ -24,6 +25,7 @@ mod parts;
 mod session;
 pub mod top_n;
 pub mod window;
+pub mod window_join;
 pub mod windowed;
 
 pub use aggregate::{CompiledAggregate, compile_aggregate};
@@ -31,4 +33,5 @@ pub use join::{IntervalJoinSpec, JoinOn, JoinSpec, StreamJoin};
 pub use late::OnLate;
 pub use top_n::{TopN, TopNSpec};
 pub use window::{Span, WindowSpec};
+pub use window_join::{WindowJoin, WindowJoinSpec};
 pub use windowed::{AggregateSpec, WindowAggregate};

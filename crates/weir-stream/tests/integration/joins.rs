@@ -7,7 +7,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use proptest::prelude::*;
 use std::sync::Arc;
 use weir_runtime::{Emitter, ErrorPolicy, Operator, OperatorContext};
-use weir_stream::{IntervalJoinSpec, JoinOn, JoinSpec, OnLate, Span};
+use weir_stream::{IntervalJoinSpec, JoinOn, JoinSpec, OnLate, Span, WindowJoinSpec, WindowSpec};
 use weir_types::Watermark;
 
 fn ts() -> DataType {
@@ -318,4 +318,71 @@ async fn interval_join_state_stays_bounded_on_an_unbounded_stream() {
         emitted > 2000 * 10,
         "each bid matches its auction and earlier ones: {emitted}"
     );
+}
+
+/// Window join oracle: pairs with equal keys in the same tumbling window of `size`.
+fn window_oracle(left: &[Row], right: &[Row], size: i64) -> String {
+    let mut pairs: Vec<(i64, Row, Row)> = Vec::new();
+    for l in left {
+        for r in right {
+            let (ls, rs) = (l.1 - l.1.rem_euclid(size), r.1 - r.1.rem_euclid(size));
+            if l.0.is_some() && l.0 == r.0 && ls == rs {
+                pairs.push((ls, *l, *r));
+            }
+        }
+    }
+    let l = batch(
+        bids_schema(),
+        &pairs.iter().map(|p| p.1).collect::<Vec<_>>(),
+    );
+    let r = batch(
+        auctions_schema(),
+        &pairs.iter().map(|p| p.2).collect::<Vec<_>>(),
+    );
+    let mut fields = vec![
+        Field::new("window_start", ts(), false),
+        Field::new("window_end", ts(), false),
+    ];
+    fields.extend(bids_schema().fields().iter().map(|f| f.as_ref().clone()));
+    fields.extend(
+        auctions_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone()),
+    );
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(TimestampMillisecondArray::from_iter_values(
+            pairs.iter().map(|p| p.0),
+        )),
+        Arc::new(TimestampMillisecondArray::from_iter_values(
+            pairs.iter().map(|p| p.0 + size),
+        )),
+    ];
+    cols.extend(l.columns().iter().cloned());
+    cols.extend(r.columns().iter().cloned());
+    sorted_table(&[RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("joined")])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn window_join_matches_the_oracle_across_rescales(script in arb_join_script(), p in 1u32..=3) {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let (steps, left, right) = steps_of(&script);
+        let spec = WindowJoinSpec {
+            on: on(),
+            window: WindowSpec::Tumbling { size: Span(15), offset: Span(0) },
+            left_time: Some("bts".into()),
+            right_time: Some("ats".into()),
+            on_late: OnLate::DeadLetter,
+        };
+        let inputs = [bids_schema(), auctions_schema()];
+        let f = move || spec.create(&inputs).expect("create");
+        let out = rt.block_on(run_inputs(&f, &KEYS, p, &steps));
+        prop_assert!(out.dead.is_empty(), "{:?}", out.dead);
+        let want = window_oracle(&left, &right, 15);
+        let got = if out.batches.is_empty() { window_oracle(&[], &[], 15) } else { out.sorted() };
+        prop_assert_eq!(got, want);
+    }
 }

@@ -129,6 +129,47 @@ fn interval_join_of_bids_and_auctions_from_yaml() {
 }
 
 #[test]
+fn new_sellers_window_join_of_two_aggregates_from_yaml() {
+    // Nexmark q8's shape: people who opened an auction in the window they registered in.
+    check(
+        r#"
+  - name: people
+    source: values
+    rows:
+      - {id: 10, name: ann, ts: 500}
+      - {id: 11, name: bob, ts: 1500}
+      - {id: 12, name: cy, ts: 12000}
+  - name: new_people
+    op: aggregate
+    input: people
+    keys: [id, name]
+    time: ts
+    window: {type: tumbling, size: 10s}
+    aggregates: []
+  - name: sellers
+    op: aggregate
+    input: bids
+    keys: [bidder]
+    time: ts
+    window: {type: tumbling, size: 10s}
+    aggregates: ["count(*) AS n"]
+  - name: joined
+    op: window_join
+    inputs: [new_people, sellers]
+    left_keys: [id]
+    right_keys: [bidder]
+    window: {type: column}
+  - op: select
+    columns: [id, name, window_start, n]
+"#,
+        &[
+            r#"{"id":10,"name":"ann","window_start":0,"n":2}"#,
+            r#"{"id":11,"name":"bob","window_start":0,"n":1}"#,
+        ],
+    );
+}
+
+#[test]
 fn bad_window_specs_fail_at_plan_time_naming_the_key() {
     let cases = [
         (
