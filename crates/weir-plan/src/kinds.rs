@@ -57,6 +57,8 @@ pub enum Kind {
     Join(weir_stream::JoinSpec),
     /// `op: window_join`
     WindowJoin(weir_stream::WindowJoinSpec),
+    /// `op: lookup_join`
+    LookupJoin(weir_stream::LookupJoinSpec),
     /// `op: key_by`: routes rows by key to the next step (not a node of its own).
     KeyBy(KeyBySpec),
     /// `op: rebalance`: routes batches round robin to the next step (not a node of its own).
@@ -129,6 +131,7 @@ pub fn kind_names(role: Role) -> &'static [&'static str] {
             "interval_join",
             "join",
             "window_join",
+            "lookup_join",
             "key_by",
             "rebalance",
             "broadcast",
@@ -172,6 +175,7 @@ impl Kind {
             (Role::Op, "interval_join") => Kind::IntervalJoin(step.options()?),
             (Role::Op, "join") => Kind::Join(step.options()?),
             (Role::Op, "window_join") => Kind::WindowJoin(step.options()?),
+            (Role::Op, "lookup_join") => Kind::LookupJoin(step.options()?),
             (Role::Op, "key_by") => Kind::KeyBy(step.options()?),
             (Role::Op, "rebalance") => Kind::Rebalance(step.options()?),
             (Role::Op, "broadcast") => Kind::Broadcast(step.options()?),
@@ -225,6 +229,7 @@ impl Kind {
             Kind::IntervalJoin(s) => s.describe(),
             Kind::Join(s) => s.describe(),
             Kind::WindowJoin(s) => s.describe(),
+            Kind::LookupJoin(s) => s.describe(),
             Kind::KeyBy(k) => format!("key_by {}", k.keys.join(", ")),
             Kind::Rebalance(_) => "rebalance".into(),
             Kind::Broadcast(_) => "broadcast".into(),
@@ -279,6 +284,7 @@ impl Kind {
             Kind::IntervalJoin(s) => s.output_schema(inputs),
             Kind::Join(s) => s.output_schema(inputs),
             Kind::WindowJoin(s) => s.output_schema(inputs),
+            Kind::LookupJoin(s) => s.output_schema(first),
             Kind::KeyBy(k) => {
                 for key in &k.keys {
                     if first.column_with_name(key).is_none() {
@@ -391,6 +397,7 @@ impl Kind {
                 Kind::Throttle(s) => s.create(&input),
                 Kind::Aggregate(s) => s.create(&input),
                 Kind::TopN(s) => s.create(&input),
+                Kind::LookupJoin(s) => s.create(&input),
                 Kind::Fetch(s) => s.create(&input),
                 Kind::DecodeImage(s) => s.create(&input),
                 Kind::Resize(s) => s.create(&input),

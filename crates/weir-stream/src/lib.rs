@@ -7,6 +7,8 @@
 //! - `op: interval_join` and `op: join` ([`IntervalJoinSpec`], [`JoinSpec`]): two inputs joined
 //!   on equal keys, state dropped by watermark.
 //! - `op: window_join` ([`WindowJoinSpec`]): two inputs joined per window when it completes.
+//! - `op: lookup_join` ([`LookupJoinSpec`]): rows enriched from a Parquet table reloaded when it
+//!   changes.
 //! - `op: top_n` ([`TopNSpec`]): the first `n` rows per window and key in an order.
 //!
 //! Every spec offers the calls the planner uses (`output_schema`, `create`, `describe`, and
@@ -21,6 +23,7 @@ pub mod aggregate;
 mod buffer;
 pub mod join;
 pub mod late;
+pub mod lookup;
 mod parts;
 mod session;
 pub mod top_n;
@@ -31,6 +34,7 @@ pub mod windowed;
 pub use aggregate::{CompiledAggregate, compile_aggregate};
 pub use join::{IntervalJoinSpec, JoinOn, JoinSpec, StreamJoin};
 pub use late::OnLate;
+pub use lookup::{LookupHow, LookupJoin, LookupJoinSpec};
 pub use top_n::{TopN, TopNSpec};
 pub use window::{Span, WindowSpec};
 pub use window_join::{WindowJoin, WindowJoinSpec};

@@ -3,5 +3,6 @@
 
 mod common;
 mod joins;
+mod lookup;
 mod top_n;
 mod windows;
