@@ -340,6 +340,22 @@ mod tests {
                 .value(0),
             2
         );
+        for sql in [
+            "stddev(score)",
+            "var(score)",
+            "approx_distinct(price)",
+            "bool_and(score > 0)",
+            "first_value(price ORDER BY score DESC)",
+            "array_agg(price)",
+            "min(k)",
+        ] {
+            assert_eq!(run(sql).len(), 2, "{sql}");
+        }
+        let first = run("first_value(price ORDER BY score DESC)");
+        assert_eq!(
+            first.as_primitive::<arrow::datatypes::Int64Type>().value(0),
+            3
+        );
         let p = run("approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY score)");
         assert_eq!(
             p.as_primitive::<arrow::datatypes::Float64Type>().value(1),
