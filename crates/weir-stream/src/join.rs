@@ -19,7 +19,7 @@ use crate::parts::{Parts, key_groups, read};
 use crate::window::{Span, names};
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -324,44 +324,16 @@ impl JoinSpec {
     }
 }
 
-/// Which input a batch came from, while the runtime does not say: the input whose schema (names
-/// and types) it has. Inputs with equal schemas are refused when the join is created.
-pub(crate) fn side_of(batch: &RecordBatch, left: &SchemaRef, right: &SchemaRef) -> Result<usize> {
-    let same = |s: &SchemaRef| {
-        let b = batch.schema_ref();
-        b.fields().len() == s.fields().len()
-            && b.fields()
-                .iter()
-                .zip(s.fields())
-                .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
-    };
-    if same(left) {
-        Ok(0)
-    } else if same(right) {
-        Ok(1)
-    } else {
-        Err(Error::internal(format!(
-            "a batch with columns {} is neither join input",
-            batch.schema()
-        )))
+/// Which input (0 left, 1 right) the batch now being processed came from, as the runtime says
+/// ([`OperatorContext::input`]); the planner connects a join's left input first.
+pub(crate) fn side_of(ctx: &OperatorContext) -> Result<usize> {
+    match ctx.input() {
+        i @ (0 | 1) => Ok(i),
+        other => Err(Error::internal(format!(
+            "{}: a join has two inputs, a batch came on input {other}",
+            ctx.name()
+        ))),
     }
-}
-
-/// Refuses two inputs whose batches could not be told apart.
-pub(crate) fn distinct_inputs(left: &SchemaRef, right: &SchemaRef) -> Result<()> {
-    let sig = |s: &SchemaRef| -> Vec<(String, DataType)> {
-        s.fields()
-            .iter()
-            .map(|f| (f.name().clone(), f.data_type().clone()))
-            .collect()
-    };
-    if sig(left) == sig(right) {
-        return Err(Error::config(
-            "the two inputs of a join have the same columns; weir tells them apart by their \
-             columns, so rename or add one column on one side first (a self-join)",
-        ));
-    }
-    Ok(())
 }
 
 /// A running `op: interval_join` or `op: join`.
@@ -394,7 +366,6 @@ impl StreamJoin {
         bounds: Bounds,
         on_late: OnLate,
     ) -> Result<Self> {
-        distinct_inputs(&l.schema, &r.schema)?;
         let buffers = [
             Buffer::new(l.schema.clone(), l.key_idx.clone(), l.time_idx)?,
             Buffer::new(r.schema.clone(), r.key_idx.clone(), r.time_idx)?,
@@ -596,7 +567,7 @@ impl Operator for StreamJoin {
         ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
-        let side = side_of(&batch, &self.sides[0].schema, &self.sides[1].schema)?;
+        let side = side_of(ctx)?;
         self.add(side, batch, ctx, out)
     }
 
@@ -619,7 +590,7 @@ impl Operator for StreamJoin {
         _out: &mut Emitter,
     ) -> Result<StateSnapshot> {
         let mut snap = StateSnapshot::new();
-        self.clock.snapshot(self.range, &mut snap);
+        self.clock.snapshot(self.range, &mut snap)?;
         for (side, part) in PARTS.iter().enumerate() {
             let mut parts = Parts::default();
             for b in self.buffers[side].batches() {

@@ -14,7 +14,7 @@
 
 use arrow::array::{Array, Int64Array, RecordBatch};
 use serde::{Deserialize, Serialize};
-use weir_checkpoint::StateSnapshot;
+use weir_checkpoint::{StateSnapshot, UnionKey};
 use weir_runtime::{ErrorPolicy, OperatorContext};
 use weir_types::{Error, KeyGroupRange, Result, row_as_json};
 
@@ -121,20 +121,22 @@ impl Clock {
     }
 
     /// Adds this instance's watermark to `snap` as a union entry.
-    pub(crate) fn snapshot(&self, range: KeyGroupRange, snap: &mut StateSnapshot) {
+    pub(crate) fn snapshot(&self, range: KeyGroupRange, snap: &mut StateSnapshot) -> Result<()> {
         if let Some(w) = self.watermark {
             let mut bytes = Vec::with_capacity(16);
             bytes.extend_from_slice(&range.start.to_le_bytes());
             bytes.extend_from_slice(&range.end.to_le_bytes());
             bytes.extend_from_slice(&w.to_le_bytes());
-            snap.push_union(WATERMARK_ENTRY, bytes);
+            snap.push_union(WATERMARK_ENTRY, bytes)?;
         }
+        Ok(())
     }
 
     /// Takes the lowest watermark of the old instances whose key groups overlap `range`.
     pub(crate) fn restore(&mut self, range: KeyGroupRange, snap: &StateSnapshot) -> Result<()> {
-        for (name, bytes) in snap.unions() {
-            if name != WATERMARK_ENTRY {
+        let key = UnionKey::new(WATERMARK_ENTRY)?;
+        for (name, bytes) in snap.union_entries() {
+            if *name != key {
                 continue;
             }
             let b: [u8; 16] = bytes.try_into().map_err(|_| {

@@ -11,9 +11,9 @@
 //!   changes.
 //! - `op: top_n` ([`TopNSpec`]): the first `n` rows per window and key in an order.
 //!
-//! Every spec offers the calls the planner uses (`output_schema`, `create`, `describe`, and
-//! `partition_keys`: the input columns rows must be hash-routed by, or none for a single
-//! instance). State goes into checkpoints per key group (see `weir-state`), so a job restores at
+//! Every spec is a step kind under weir-runtime's contract (`weir_runtime::kind::OperatorSpec`),
+//! registered in `weir_plan::kinds::builtin`; `input_keys` names the columns each input is
+//! hash-routed by (a keyed step without keys runs as one instance). State goes into checkpoints per key group (see `weir-state`), so a job restores at
 //! another parallelism. Late rows (behind the watermark by more than the allowed lateness) go to
 //! the dead-letter output with an error starting `late:`, or are dropped and counted.
 
@@ -22,6 +22,7 @@
 pub mod aggregate;
 mod buffer;
 pub mod join;
+mod kinds;
 pub mod late;
 pub mod lookup;
 mod parts;

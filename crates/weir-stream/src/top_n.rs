@@ -489,7 +489,7 @@ impl Operator for TopN {
         _out: &mut Emitter,
     ) -> Result<StateSnapshot> {
         let mut snap = StateSnapshot::new();
-        self.clock.snapshot(self.range, &mut snap);
+        self.clock.snapshot(self.range, &mut snap)?;
         let mut parts = Parts::default();
         let mut fields = vec![
             Field::new("__end", DataType::Int64, false),

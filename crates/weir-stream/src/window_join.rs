@@ -9,7 +9,7 @@
 //! left's.
 
 use crate::buffer::Buffer;
-use crate::join::{JoinOn, distinct_inputs, side_of};
+use crate::join::{JoinOn, side_of};
 use crate::late::{Clock, OnLate};
 use crate::parts::{Parts, key_groups, read};
 use crate::window::{Assigner, RowWindows, WindowSpec};
@@ -70,7 +70,6 @@ impl WindowJoinSpec {
             inputs,
             (self.left_time.as_deref(), self.right_time.as_deref()),
         )?;
-        distinct_inputs(&l.schema, &r.schema)?;
         let lw = RowWindows::new(&self.window, &l.schema, self.left_time.as_deref())
             .map_err(|e| Error::config(format!("left input: {}", e.message())))?;
         let rw = RowWindows::new(&self.window, &r.schema, self.right_time.as_deref())
@@ -312,7 +311,7 @@ impl Operator for WindowJoin {
         ctx: &mut OperatorContext,
         _out: &mut Emitter,
     ) -> Result<()> {
-        let side = side_of(&batch, &self.plan.schemas[0], &self.plan.schemas[1])?;
+        let side = side_of(ctx)?;
         self.add(side, batch, ctx)
     }
 
@@ -335,7 +334,7 @@ impl Operator for WindowJoin {
         _out: &mut Emitter,
     ) -> Result<StateSnapshot> {
         let mut snap = StateSnapshot::new();
-        self.clock.snapshot(self.range, &mut snap);
+        self.clock.snapshot(self.range, &mut snap)?;
         for (side, name) in PARTS.iter().enumerate() {
             let mut fields = vec![
                 Field::new("__end", DataType::Int64, false),

@@ -804,7 +804,7 @@ impl Operator for WindowAggregate {
         _out: &mut Emitter,
     ) -> Result<StateSnapshot> {
         let mut snap = StateSnapshot::new();
-        self.clock.snapshot(self.range, &mut snap);
+        self.clock.snapshot(self.range, &mut snap)?;
         match &mut self.sessions {
             Some(s) => s.snapshot(&mut snap)?,
             None => self.snapshot_slots(&mut snap)?,

@@ -130,6 +130,7 @@ pub async fn run_inputs(
                     if let Some(part) = part {
                         let inst = &mut instances[i];
                         let mut e = Emitter::default();
+                        inst.ctx.set_input(input);
                         inst.op
                             .process_batch(part, &mut inst.ctx, &mut e)
                             .await

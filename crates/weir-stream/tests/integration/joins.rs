@@ -142,11 +142,9 @@ fn join_specs_are_checked_at_plan_time() {
     same.on.right_keys = vec!["auction".into()];
     same.right_time = "bts".into();
     same.on.right_prefix = "r_".into();
-    let e = same
-        .create(&[bids_schema(), bids_schema()])
-        .map(|_| ())
-        .expect_err("same columns");
-    assert!(e.message().contains("same columns"), "{e}");
+    // A self-join: inputs are told apart by the port a batch came on, not by their columns.
+    same.create(&[bids_schema(), bids_schema()])
+        .expect("a self-join plans");
     let clash = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, true),
         Field::new("ats", ts(), false),
@@ -298,9 +296,11 @@ async fn interval_join_state_stays_bounded_on_an_unbounded_stream() {
     for i in 0..2000i64 {
         let t = i * 10;
         let rows: Vec<Row> = (0..10).map(|k| (Some(k), t + k, k)).collect();
+        ctx.set_input(1);
         join.process_batch(batch(auctions_schema(), &rows), &mut ctx, &mut out)
             .await
             .expect("right");
+        ctx.set_input(0);
         join.process_batch(batch(bids_schema(), &rows), &mut ctx, &mut out)
             .await
             .expect("left");

@@ -4,4 +4,5 @@ mod fusion;
 mod golden;
 mod layering;
 mod pushdown;
+mod specs;
 mod streaming;
