@@ -223,13 +223,14 @@ pub fn plan_graph(registry: &Registry, graph: &LogicalGraph, origin: &str) -> Re
             .collect::<Result<Vec<_>>>()
     };
     let steps = parse(&logical)?;
-    let shape = Shape::of(&logical, dead_letter.as_deref())?;
+    let mut shape = Shape::of(&logical, dead_letter.as_deref())?;
+    keyed(&mut logical, &mut shape, &steps)?;
     let (shape, steps) = if fuse(&mut logical, &shape, &steps)? {
         // The rewritten graph, checked and parsed again (its fused nodes are registered kinds).
-        (
-            Shape::of(&logical, dead_letter.as_deref())?,
-            parse(&logical)?,
-        )
+        let mut shape = Shape::of(&logical, dead_letter.as_deref())?;
+        let steps = parse(&logical)?;
+        keyed(&mut logical, &mut shape, &steps)?;
+        (shape, steps)
     } else {
         (shape, steps)
     };
@@ -528,6 +529,56 @@ impl Shape {
             dead_letter,
         })
     }
+}
+
+/// Applies what specs say about where they run: a step that must run as one instance
+/// ([`Spec::single_instance`](weir_runtime::kind::Spec::single_instance)) gets parallelism 1, and
+/// each input of a step that keeps state per key
+/// ([`OperatorSpec::input_keys`](weir_runtime::kind::OperatorSpec::input_keys)) is hash-routed by
+/// its keys (so a key's rows and state meet in one instance). A forward edge becomes that hash
+/// routing; a hash routing by the same keys is kept; any other routing is an error.
+fn keyed(g: &mut LogicalGraph, shape: &mut Shape, steps: &[Step]) -> Result<()> {
+    for (i, step) in steps.iter().enumerate() {
+        if step.single_instance() {
+            shape.parallelism[i] = 1;
+        }
+        let Step::Op(op) = step else { continue };
+        for port in 0..shape.routing[i].len() {
+            let Some(keys) = op.input_keys(port).filter(|k| !k.is_empty()) else {
+                continue;
+            };
+            let want = Partitioning::Hash { keys: keys.clone() };
+            match &shape.routing[i][port] {
+                Partitioning::Forward => {}
+                p if *p == want => continue,
+                other => {
+                    return Err(Error::config(format!(
+                        "node '{}' ({}): its input {port} from '{}' is routed {other}, but it \
+                         keeps state by {} and routes that input by them itself; remove the \
+                         routing step",
+                        g.nodes[i].name,
+                        g.nodes[i].kind_label(),
+                        g.nodes[shape.inputs[i][port]].name,
+                        keys.join(", ")
+                    )));
+                }
+            }
+            shape.routing[i][port] = want.clone();
+            if let Some(e) = shape
+                .edges
+                .iter_mut()
+                .filter(|(_, to, _)| *to == i)
+                .nth(port)
+            {
+                e.2 = want;
+            }
+            let name = g.nodes[i].name.clone();
+            if let Some(e) = g.edges.iter_mut().find(|e| e.to == name && e.port == port) {
+                e.routing = Routing::Hash { keys };
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Node indices with every producer before its consumers (lowest index first among the ready

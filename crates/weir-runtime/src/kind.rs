@@ -400,6 +400,17 @@ pub trait OperatorSpec: Spec {
         Ok(vec![Need::All; inputs.len()])
     }
 
+    /// Plan time, for operators that keep state per key (windowed aggregations, joins): the
+    /// columns rows of input `input` (port order) must be hash-routed by, so that the rows of a
+    /// key and its state meet in one instance. The planner routes that input by them; a routing
+    /// step before it that routes otherwise is a plan error. `Some(vec![])` means the state is
+    /// global (no keys), and the step must also answer [`Spec::single_instance`] `true`.
+    /// Default: `None` (the input is routed as the spec's routing steps say).
+    fn input_keys(&self, input: usize) -> Option<Vec<String>> {
+        let _ = input;
+        None
+    }
+
     /// Job start, once per subtask: the running operator, given the planned input and output
     /// schemas (`ctx.inputs()`, `ctx.output()`). It must emit batches of exactly the output
     /// schema.

@@ -10,8 +10,10 @@ use weir_testkit::repo_root;
 const LAYERS: &[&str] = &[
     "weir-types",
     "weir-checkpoint",
+    "weir-state",
     "weir-runtime",
     "weir-ops",
+    "weir-stream",
     "weir-connectors",
     "weir-media",
     "weir-infer",

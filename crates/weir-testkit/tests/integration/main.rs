@@ -5,3 +5,4 @@ mod golden;
 mod layering;
 mod pushdown;
 mod specs;
+mod streaming;

@@ -1,0 +1,240 @@
+//! The rows one side of a join keeps: Arrow batches in arrival order with a hash index on their
+//! key, dropped from the front as the watermark makes them useless.
+//!
+//! Every buffered row has a global row id (its position in arrival order). The index maps a key to
+//! its newest row; each row points to the previous row of the same key, so the rows of a key are a
+//! chain walked newest first, and adding a batch allocates nothing per row. Dropping a batch only
+//! moves the first live row id: chains stop there, and index entries whose newest row is gone
+//! are reused or swept.
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::compute::interleave_record_batch;
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, Rows, SortField};
+use hashbrown::HashTable;
+use std::collections::VecDeque;
+use weir_types::{Error, Result};
+
+const NONE: u64 = u64::MAX;
+
+struct Stored {
+    first: u64,
+    batch: RecordBatch,
+    keys: Rows,
+    /// Event times (ms) of the rows, when the side has a time column.
+    times: Option<Int64Array>,
+    max_time: i64,
+}
+
+/// One side's buffered rows.
+pub(crate) struct Buffer {
+    schema: SchemaRef,
+    key_idx: Vec<usize>,
+    time_idx: Option<usize>,
+    converter: RowConverter,
+    batches: VecDeque<Stored>,
+    /// `(hash, newest row id)` per key.
+    index: HashTable<(u64, u64)>,
+    /// Per row (from `first_live`): the previous row of its key, or `NONE`.
+    prev: VecDeque<u64>,
+    first_live: u64,
+    next_id: u64,
+}
+
+impl Buffer {
+    pub(crate) fn new(
+        schema: SchemaRef,
+        key_idx: Vec<usize>,
+        time_idx: Option<usize>,
+    ) -> Result<Self> {
+        let fields = key_idx
+            .iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect();
+        Ok(Buffer {
+            converter: RowConverter::new(fields)
+                .map_err(|e| Error::schema("join keys cannot be compared").with_source(e))?,
+            schema,
+            key_idx,
+            time_idx,
+            batches: VecDeque::new(),
+            index: HashTable::new(),
+            prev: VecDeque::new(),
+            first_live: 0,
+            next_id: 0,
+        })
+    }
+
+    pub(crate) fn key_columns(&self, batch: &RecordBatch) -> Vec<ArrayRef> {
+        self.key_idx
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect()
+    }
+
+    /// The key rows of `batch` and, per row, whether every key column is non-null (null keys
+    /// match nothing, as in SQL).
+    pub(crate) fn keys_of(&self, batch: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
+        let cols = self.key_columns(batch);
+        let rows = self
+            .converter
+            .convert_columns(&cols)
+            .map_err(|e| Error::input("cannot read join keys").with_source(e))?;
+        let mut valid = vec![true; batch.num_rows()];
+        for c in &cols {
+            if c.null_count() > 0 {
+                for (i, v) in valid.iter_mut().enumerate() {
+                    *v &= c.is_valid(i);
+                }
+            }
+        }
+        Ok((rows, valid))
+    }
+
+    /// Rows buffered.
+    pub(crate) fn len(&self) -> usize {
+        (self.next_id - self.first_live) as usize
+    }
+
+    pub(crate) fn size_bytes(&self) -> usize {
+        self.batches
+            .iter()
+            .map(|s| s.batch.get_array_memory_size() + s.keys.size())
+            .sum::<usize>()
+            + self.prev.len() * 8
+            + self.index.capacity() * 16
+    }
+
+    fn stored(&self, id: u64) -> (usize, usize) {
+        // Batches are few; the last ones are probed most.
+        let i = self
+            .batches
+            .partition_point(|s| s.first + s.batch.num_rows() as u64 <= id);
+        (i, (id - self.batches[i].first) as usize)
+    }
+
+    fn key_bytes(&self, id: u64) -> &[u8] {
+        let (b, r) = self.stored(id);
+        self.batches[b].keys.row(r).data()
+    }
+
+    /// The event time of row `id` (its side must have a time column).
+    pub(crate) fn time(&self, id: u64) -> i64 {
+        let (b, r) = self.stored(id);
+        self.batches[b].times.as_ref().map_or(0, |t| t.value(r))
+    }
+
+    /// Adds `batch` (rows with a null key are not kept: they can match nothing). `times` are the
+    /// rows' event times when the side has a time column.
+    pub(crate) fn push(&mut self, batch: RecordBatch, times: Option<Int64Array>) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let (keys, valid) = self.keys_of(&batch)?;
+        let first = self.next_id;
+        for (r, ok) in valid.iter().enumerate() {
+            let id = first + r as u64;
+            if !ok {
+                self.prev.push_back(NONE);
+                continue;
+            }
+            let bytes = keys.row(r).data();
+            let hash = xxhash_rust::xxh3::xxh3_64(bytes);
+            let first_live = self.first_live;
+            let batches = &self.batches;
+            let stored = |id: u64| -> Option<&[u8]> {
+                if id >= first {
+                    return Some(keys.row((id - first) as usize).data());
+                }
+                let i = batches.partition_point(|s| s.first + s.batch.num_rows() as u64 <= id);
+                batches
+                    .get(i)
+                    .map(|s| s.keys.row((id - s.first) as usize).data())
+            };
+            let entry = self.index.find_mut(hash, |e| {
+                e.0 == hash && e.1 >= first_live && stored(e.1) == Some(bytes)
+            });
+            match entry {
+                Some(e) => {
+                    let p = e.1;
+                    e.1 = id;
+                    self.prev.push_back(p);
+                }
+                None => {
+                    self.index.insert_unique(hash, (hash, id), |e| e.0);
+                    self.prev.push_back(NONE);
+                }
+            }
+        }
+        let max_time = times
+            .as_ref()
+            .and_then(arrow::compute::max)
+            .unwrap_or(i64::MIN);
+        self.next_id = first + batch.num_rows() as u64;
+        self.batches.push_back(Stored {
+            first,
+            batch,
+            keys,
+            times,
+            max_time,
+        });
+        Ok(())
+    }
+
+    /// For each row `r` of `keys` (with `valid[r]`), calls `hit(r, id)` for every buffered row `id`
+    /// of the same key, newest first.
+    pub(crate) fn probe(&self, keys: &Rows, valid: &[bool], mut hit: impl FnMut(usize, u64)) {
+        for (r, ok) in valid.iter().enumerate() {
+            if !ok {
+                continue;
+            }
+            let bytes = keys.row(r).data();
+            let hash = xxhash_rust::xxh3::xxh3_64(bytes);
+            let Some(&(_, newest)) = self.index.find(hash, |e| {
+                e.0 == hash && e.1 >= self.first_live && self.key_bytes(e.1) == bytes
+            }) else {
+                continue;
+            };
+            let mut id = newest;
+            while id != NONE && id >= self.first_live {
+                hit(r, id);
+                id = self.prev[(id - self.first_live) as usize];
+            }
+        }
+    }
+
+    /// The rows `ids`, in order, as one batch.
+    pub(crate) fn gather(&self, ids: &[u64]) -> Result<RecordBatch> {
+        if ids.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
+        let refs: Vec<&RecordBatch> = self.batches.iter().map(|s| &s.batch).collect();
+        let idx: Vec<(usize, usize)> = ids.iter().map(|&id| self.stored(id)).collect();
+        interleave_record_batch(&refs, &idx)
+            .map_err(|e| Error::internal("cannot gather joined rows").with_source(e))
+    }
+
+    /// Drops batches from the front while every row of theirs has a time below `min_time`.
+    pub(crate) fn expire(&mut self, min_time: i64) {
+        while let Some(front) = self.batches.front() {
+            if front.max_time >= min_time || self.time_idx.is_none() {
+                break;
+            }
+            let n = front.batch.num_rows() as u64;
+            self.batches.pop_front();
+            for _ in 0..n {
+                self.prev.pop_front();
+            }
+            self.first_live += n;
+        }
+        if self.index.len() > 64 && self.index.len() > 2 * self.len() {
+            let first_live = self.first_live;
+            self.index.retain(|e| e.1 >= first_live);
+        }
+    }
+
+    /// Every buffered batch with its times (for snapshots).
+    pub(crate) fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.batches.iter().map(|s| &s.batch)
+    }
+}
