@@ -33,6 +33,10 @@ pub enum Kind {
     TextSource(conn::TextSourceSpec),
     /// `source: values`
     ValuesSource(conn::ValuesSourceSpec),
+    /// `source: datagen`
+    DatagenSource(weir_datagen::DatagenSourceSpec),
+    /// `source: nexmark`
+    NexmarkSource(weir_datagen::NexmarkSourceSpec),
     /// `op: filter`
     Filter(ops::FilterSpec),
     /// `op: select`
@@ -105,7 +109,9 @@ pub struct NoOptions {}
 /// Names of the kinds of each role, for error messages and docs.
 pub fn kind_names(role: Role) -> &'static [&'static str] {
     match role {
-        Role::Source => &["parquet", "jsonl", "csv", "files", "text", "values"],
+        Role::Source => &[
+            "parquet", "jsonl", "csv", "files", "text", "values", "datagen", "nexmark",
+        ],
         Role::Op => &[
             "filter",
             "select",
@@ -145,6 +151,8 @@ impl Kind {
             (Role::Source, "files") => Kind::FilesSource(step.options()?),
             (Role::Source, "text") => Kind::TextSource(step.options()?),
             (Role::Source, "values") => Kind::ValuesSource(step.options()?),
+            (Role::Source, "datagen") => Kind::DatagenSource(step.options()?),
+            (Role::Source, "nexmark") => Kind::NexmarkSource(step.options()?),
             (Role::Op, "filter") => Kind::Filter(step.options()?),
             (Role::Op, "select") => Kind::Select(step.options()?),
             (Role::Op, "rename") => Kind::Rename(step.options()?),
@@ -193,6 +201,8 @@ impl Kind {
             Kind::FilesSource(s) => s.describe(),
             Kind::TextSource(s) => s.describe(),
             Kind::ValuesSource(s) => s.describe(),
+            Kind::DatagenSource(s) => s.describe(),
+            Kind::NexmarkSource(s) => s.describe(),
             Kind::Filter(s) => s.describe(),
             Kind::Select(s) => s.describe(),
             Kind::Rename(s) => s.describe(),
@@ -232,6 +242,8 @@ impl Kind {
             Kind::FilesSource(s) => s.schema(),
             Kind::TextSource(s) => s.schema(),
             Kind::ValuesSource(s) => s.schema(),
+            Kind::DatagenSource(s) => s.schema(),
+            Kind::NexmarkSource(s) => s.schema(),
             _ => Err(Error::internal("source_schema called on a non-source")),
         }
     }
@@ -285,23 +297,37 @@ impl Kind {
         matches!(self, Kind::Limit(_) | Kind::ConsoleSink(_))
     }
 
-    /// A factory of running sources.
+    /// A factory of running sources; with `event_time`, each is wrapped in an
+    /// [`EventTimeSource`](weir_runtime::EventTimeSource) that emits its watermarks.
     pub fn source_factory(
         &self,
         schema: SchemaRef,
+        event_time: Option<weir_runtime::event_time::WatermarkConfig>,
     ) -> Result<impl Fn(&TaskInfo) -> Result<Box<dyn Source>> + Send + Sync + 'static> {
         let kind = Arc::new(self.clone());
         Ok(move |info: &TaskInfo| -> Result<Box<dyn Source>> {
-            match kind.as_ref() {
+            let source = kind.create_source(info, schema.clone())?;
+            Ok(match &event_time {
+                Some(c) => Box::new(weir_runtime::EventTimeSource::new(source, c.clone())),
+                None => source,
+            })
+        })
+    }
+
+    fn create_source(&self, info: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Source>> {
+        {
+            match self {
                 Kind::ParquetSource(s) => s.create(info, schema.clone()),
                 Kind::JsonlSource(s) => s.create(info, schema.clone()),
                 Kind::CsvSource(s) => s.create(info, schema.clone()),
                 Kind::FilesSource(s) => s.create(info, schema.clone()),
                 Kind::TextSource(s) => s.create(info, schema.clone()),
                 Kind::ValuesSource(s) => s.create(info, schema.clone()),
+                Kind::DatagenSource(s) => s.create(info, schema.clone()),
+                Kind::NexmarkSource(s) => s.create(info, schema.clone()),
                 _ => Err(Error::internal("source factory of a non-source")),
             }
-        })
+        }
     }
 
     /// A factory of running operators or sinks, given the (first) input schema.

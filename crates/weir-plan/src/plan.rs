@@ -244,7 +244,14 @@ fn build_with(
                     schema = Arc::new(indices);
                     let _ = write!(description, ", reads only {}", cols.join(", "));
                 }
-                let factory = kind.source_factory(schema.clone())?;
+                let event_time = match &step.watermark {
+                    Some(w) => {
+                        let _ = write!(description, "; {}", w.describe());
+                        Some(w.check(&schema).map_err(named)?)
+                    }
+                    None => None,
+                };
+                let factory = kind.source_factory(schema.clone(), event_time)?;
                 let id = graph.add_source(&step.name, parallelism, factory);
                 (Some(schema), Some(id))
             }
@@ -457,6 +464,7 @@ fn dead_letter_step(mut mapping: Mapping, index: usize) -> Result<StepSpec> {
         kind,
         inputs: None,
         parallelism: Some(1),
+        watermark: None,
         options: mapping,
     })
 }

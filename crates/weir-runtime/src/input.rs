@@ -27,8 +27,12 @@ pub enum InputEvent {
         /// The rows.
         batch: RecordBatch,
     },
-    /// The minimum watermark over all live inputs advanced.
+    /// The minimum watermark over all live inputs advanced (or, after [`InputEvent::Idle`], an
+    /// input is active again: the current watermark is said again).
     Watermark(Watermark),
+    /// Every input that has not ended is idle (see [`Message::EventTimeIdle`]): downstream should
+    /// not wait for this task's event time either.
+    Idle,
     /// A barrier has arrived on every live input (aligned), or the first barrier of an unaligned
     /// checkpoint has arrived on any input.
     Barrier(Barrier),
@@ -59,7 +63,11 @@ pub struct InputGate {
     inputs: Vec<Receiver>,
     states: Vec<InputState>,
     watermarks: Vec<Option<Watermark>>,
+    /// Inputs whose producer said it is idle and has not sent a watermark since.
+    idle: Vec<bool>,
     combined: Option<Watermark>,
+    /// Whether the last event-time event yielded was [`InputEvent::Idle`].
+    idle_yielded: bool,
     pending_barrier: Option<Barrier>,
     recording: Option<Recording>,
     next: usize,
@@ -83,7 +91,9 @@ impl InputGate {
             inputs,
             states: vec![InputState::Open; n],
             watermarks: vec![None; n],
+            idle: vec![false; n],
             combined: None,
+            idle_yielded: false,
             pending_barrier: None,
             recording: None,
             next: 0,
@@ -203,7 +213,12 @@ impl InputGate {
             Some(Message::Data(batch)) => Ok(Some(InputEvent::Data { input: idx, batch })),
             Some(Message::Watermark(w)) => {
                 self.watermarks[idx] = Some(self.watermarks[idx].map_or(w, |old| old.max(w)));
-                Ok(self.advance_watermark().map(InputEvent::Watermark))
+                self.idle[idx] = false;
+                Ok(self.advance_watermark())
+            }
+            Some(Message::EventTimeIdle) => {
+                self.idle[idx] = true;
+                Ok(self.advance_watermark())
             }
             Some(Message::Barrier(b)) => {
                 match self.pending_barrier {
@@ -221,6 +236,7 @@ impl InputGate {
             Some(Message::EndOfStream) | None => {
                 self.states[idx] = InputState::Ended;
                 self.watermarks[idx] = None;
+                self.idle[idx] = false;
                 if let Some(b) = self.try_release_barrier() {
                     return Ok(Some(InputEvent::Barrier(b)));
                 }
@@ -228,7 +244,7 @@ impl InputGate {
                     self.ended = true;
                     return Ok(Some(InputEvent::End));
                 }
-                Ok(self.advance_watermark().map(InputEvent::Watermark))
+                Ok(self.advance_watermark())
             }
         }
     }
@@ -252,21 +268,47 @@ impl InputGate {
         Some(b)
     }
 
-    fn advance_watermark(&mut self) -> Option<Watermark> {
-        let live: Vec<_> = self
-            .states
-            .iter()
-            .zip(&self.watermarks)
-            .filter(|(s, _)| **s != InputState::Ended)
-            .map(|(_, w)| *w)
-            .collect();
-        if live.is_empty() || live.iter().any(|w| w.is_none()) {
+    /// The event-time event the inputs' watermarks and idleness call for now, if any: the minimum
+    /// watermark over inputs that are neither ended nor idle when it advanced; `Idle` once when
+    /// every input still open is idle; the current watermark again when an input comes back from
+    /// idleness without moving it.
+    fn advance_watermark(&mut self) -> Option<InputEvent> {
+        let mut any_open = false;
+        let mut any_live = false;
+        let mut missing = false;
+        let mut min: Option<Watermark> = None;
+        for i in 0..self.states.len() {
+            if self.states[i] == InputState::Ended {
+                continue;
+            }
+            any_open = true;
+            if self.idle[i] {
+                continue;
+            }
+            any_live = true;
+            match self.watermarks[i] {
+                None => missing = true,
+                Some(w) => min = Some(min.map_or(w, |m| m.min(w))),
+            }
+        }
+        if !any_live {
+            if any_open && !self.idle_yielded {
+                self.idle_yielded = true;
+                return Some(InputEvent::Idle);
+            }
             return None;
         }
-        let min = live.into_iter().flatten().min()?;
+        if missing {
+            return None;
+        }
+        let min = min?;
+        let reactivated = std::mem::take(&mut self.idle_yielded);
         if self.combined.is_none_or(|c| min > c) {
             self.combined = Some(min);
-            return Some(min);
+            return Some(InputEvent::Watermark(min));
+        }
+        if reactivated {
+            return self.combined.map(InputEvent::Watermark);
         }
         None
     }
@@ -315,7 +357,7 @@ mod tests {
                     seen.push(format!("d{}", a.value(0)));
                 }
                 InputEvent::Barrier(b) => seen.push(format!("b{}", b.checkpoint_id)),
-                InputEvent::Watermark(_) | InputEvent::InFlight { .. } => {}
+                InputEvent::Watermark(_) | InputEvent::Idle | InputEvent::InFlight { .. } => {}
                 InputEvent::End => break,
             }
         }
@@ -366,7 +408,7 @@ mod tests {
                     events.push("recorded".into());
                     recorded = batches.iter().map(|(i, b)| (*i, value(b))).collect();
                 }
-                InputEvent::Watermark(_) => {}
+                InputEvent::Watermark(_) | InputEvent::Idle => {}
                 InputEvent::End => break,
             }
         }
@@ -405,7 +447,7 @@ mod tests {
                 InputEvent::InFlight { checkpoint, .. } => events.push(format!("r{checkpoint}")),
                 InputEvent::Barrier(b) => events.push(format!("b{}", b.checkpoint_id)),
                 InputEvent::Data { batch, .. } => events.push(format!("d{}", value(&batch))),
-                InputEvent::Watermark(_) => {}
+                InputEvent::Watermark(_) | InputEvent::Idle => {}
                 InputEvent::End => break,
             }
         }
@@ -439,5 +481,45 @@ mod tests {
         ));
         t0.send(Message::EndOfStream).await.expect("send");
         assert!(matches!(gate.next().await.expect("event"), InputEvent::End));
+    }
+
+    #[tokio::test]
+    async fn idle_inputs_do_not_hold_the_watermark_back() {
+        let (t0, r0) = channel(1 << 20);
+        let (t1, r1) = channel(1 << 20);
+        let mut gate = InputGate::new(vec![r0, r1]);
+        let wm = |w| Message::Watermark(Watermark(w));
+        t0.send(wm(10)).await.expect("send");
+        // Input 1 has said nothing yet: it holds time back until it says it is idle.
+        t1.send(Message::EventTimeIdle).await.expect("send");
+        assert!(matches!(
+            gate.next().await.expect("event"),
+            InputEvent::Watermark(Watermark(10))
+        ));
+        // Both idle: the task is idle downstream, once.
+        t0.send(Message::EventTimeIdle).await.expect("send");
+        assert!(matches!(
+            gate.next().await.expect("event"),
+            InputEvent::Idle
+        ));
+        // Input 1 comes back behind: no regression, but the current watermark is said again.
+        t1.send(wm(4)).await.expect("send");
+        assert!(matches!(
+            gate.next().await.expect("event"),
+            InputEvent::Watermark(Watermark(10))
+        ));
+        t1.send(wm(12)).await.expect("send");
+        assert!(matches!(
+            gate.next().await.expect("event"),
+            InputEvent::Watermark(Watermark(12))
+        ));
+        // Input 0 comes back and holds time at its own watermark until it passes the other's.
+        t0.send(wm(11)).await.expect("send");
+        t0.send(wm(20)).await.expect("send");
+        t1.send(wm(30)).await.expect("send");
+        assert!(matches!(
+            gate.next().await.expect("event"),
+            InputEvent::Watermark(Watermark(20))
+        ));
     }
 }

@@ -74,6 +74,7 @@
 
 pub mod channel;
 pub mod checkpointing;
+pub mod event_time;
 pub mod fault;
 pub mod graph;
 mod inflight;
@@ -87,11 +88,12 @@ pub mod source;
 mod task;
 
 pub use checkpointing::{CheckpointSetup, CheckpointStats};
+pub use event_time::{EventTimeSource, LatePolicy, WatermarkSpec};
 pub use graph::{Edge, JobConfig, JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, JobReport, Runtime};
 pub use metrics::{MetricsRegistry, MetricsSnapshot, NodeMetrics, NodeRole, OperatorMetrics};
 pub use operator::{CpuTask, Emitter, ErrorPolicy, Operator, OperatorContext, Relabel, TaskInfo};
-pub use source::{Source, SourceEvent};
+pub use source::{Source, SourceEvent, SplitId};
 /// Cancelled when a stop of the job is requested.
 pub use tokio_util::sync::CancellationToken as StopToken;
 pub use weir_checkpoint::{StateKey, StateSnapshot};

@@ -4,15 +4,39 @@ use crate::operator::OperatorContext;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use std::sync::Arc;
 use std::time::Duration;
 use weir_checkpoint::StateSnapshot;
-use weir_types::{Barrier, CheckpointId, Result};
+use weir_types::{Barrier, CheckpointId, Result, Watermark};
+
+/// Names one split of a source's input (a file, a Kafka partition, a generator split): the unit
+/// whose event time is tracked on its own (see [`crate::event_time`]).
+pub type SplitId = Arc<str>;
 
 /// What one call of [`Source::next`] produced.
 #[derive(Debug)]
 pub enum SourceEvent {
     /// A batch of rows, in the source's output schema.
     Batch(RecordBatch),
+    /// A batch of rows all read from one split. Sources that read several splits per subtask
+    /// (files, partitions, generator splits) say which, so that event time is tracked per split;
+    /// otherwise the same as [`SourceEvent::Batch`].
+    SplitBatch {
+        /// The split the rows come from.
+        split: SplitId,
+        /// The rows.
+        batch: RecordBatch,
+    },
+    /// The split will produce nothing more (a file read to its end), so it no longer holds the
+    /// watermark back.
+    SplitEnd(SplitId),
+    /// Event time advanced: no row with an event time (milliseconds since the Unix epoch) below
+    /// this will follow from this subtask. Must not go backwards. The runtime passes it through the
+    /// chained operators' `on_watermark` and on downstream.
+    Watermark(Watermark),
+    /// This subtask has no event-time progress to report for now (every split is idle): downstream
+    /// inputs leave it out of their minimum watermark until it sends a watermark again.
+    EventTimeIdle,
     /// Nothing is available now (a continuous source waiting for new files); the runtime calls
     /// `next` again after at most this long, or sooner when it has control work to do.
     Idle(Duration),

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use weir_checkpoint::{StateSnapshot, TaskKey};
 use weir_types::{
     Barrier, BarrierKind, CheckpointId, Error, ErrorKind, KeyGroupRange, Message, Result,
-    dead_letter_batch,
+    Watermark, dead_letter_batch,
 };
 
 /// What the checkpoint driver tells a task.
@@ -346,7 +346,7 @@ impl Task {
             self.send_dead_letters(dead).await?;
             self.emit_ready_pending().await?;
             match ev {
-                SourceEvent::Batch(b) => {
+                SourceEvent::Batch(b) | SourceEvent::SplitBatch { batch: b, .. } => {
                     let Head::Source { ctx, .. } = &self.head else {
                         unreachable!("source task")
                     };
@@ -366,6 +366,16 @@ impl Task {
                     if let Some(c) = woken {
                         self.on_control(c.ok_or_else(coordinator_gone)?).await?;
                     }
+                }
+                SourceEvent::SplitEnd(_) => {}
+                SourceEvent::Watermark(w) => {
+                    if let Head::Source { ctx, .. } = &self.head {
+                        ctx.metrics().set_watermark(w);
+                    }
+                    self.advance_watermark(w).await?;
+                }
+                SourceEvent::EventTimeIdle => {
+                    self.broadcast(&Message::EventTimeIdle, false).await?
                 }
                 SourceEvent::Finished => break,
             }
@@ -395,18 +405,8 @@ impl Task {
                 Woken::Control(c) => self.on_control(c.ok_or_else(coordinator_gone)?).await?,
                 Woken::Input(ev) => match ev? {
                     InputEvent::Data { batch, .. } => self.push(0, batch).await?,
-                    InputEvent::Watermark(w) => {
-                        for i in 0..self.chain.len() {
-                            let c = &mut self.chain[i];
-                            let mut out = Emitter::default();
-                            let name = c.ctx.name().to_string();
-                            c.op.on_watermark(w, &mut c.ctx, &mut out)
-                                .await
-                                .map_err(|e| e.in_operator(name))?;
-                            self.after_hook(i, &mut out).await?;
-                        }
-                        self.broadcast(&Message::Watermark(w), false).await?;
-                    }
+                    InputEvent::Watermark(w) => self.advance_watermark(w).await?,
+                    InputEvent::Idle => self.broadcast(&Message::EventTimeIdle, false).await?,
                     InputEvent::Barrier(b) => self.snapshot_all(&b, true).await?,
                     InputEvent::InFlight {
                         checkpoint,
@@ -478,6 +478,22 @@ impl Task {
             }
         }
         Ok(())
+    }
+
+    /// Passes watermark `w` through the chain (each operator's `on_watermark`, whose output goes
+    /// down the chain) and on downstream.
+    async fn advance_watermark(&mut self, w: Watermark) -> Result<()> {
+        for i in 0..self.chain.len() {
+            let c = &mut self.chain[i];
+            let mut out = Emitter::default();
+            let name = c.ctx.name().to_string();
+            c.op.on_watermark(w, &mut c.ctx, &mut out)
+                .await
+                .map_err(|e| e.in_operator(name))?;
+            c.ctx.metrics().set_watermark(w);
+            self.after_hook(i, &mut out).await?;
+        }
+        self.broadcast(&Message::Watermark(w), false).await
     }
 
     /// Calls `finish` on each chained operator in order, passing what it emits down the chain, then

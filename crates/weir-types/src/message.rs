@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub type CheckpointId = u64;
 
 /// Event-time progress: no row with an event time below this value will follow on this channel.
+/// Event time is in milliseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Watermark(pub i64);
 
@@ -37,6 +38,9 @@ pub enum Message {
     Data(RecordBatch),
     /// Event-time progress.
     Watermark(Watermark),
+    /// The producer has no event-time progress to report for now (its source splits are idle): the
+    /// consumer leaves this channel out of its minimum watermark until a watermark arrives on it.
+    EventTimeIdle,
     /// A checkpoint barrier.
     Barrier(Barrier),
     /// The producer will send nothing more on this channel.
