@@ -3,4 +3,5 @@
 mod fusion;
 mod golden;
 mod layering;
+mod nexmark;
 mod pushdown;
