@@ -430,11 +430,6 @@ impl Bids {
         }
     }
 
-    /// Bids so far.
-    pub fn len(&self) -> usize {
-        self.auction.len()
-    }
-
     /// The columns, in the order of [`super::bid_schema`].
     pub fn finish(self) -> Result<Vec<ArrayRef>> {
         Ok(vec![
@@ -464,11 +459,6 @@ impl Auctions {
             category: Vec::with_capacity(rows),
             extra: Text::with_capacity(rows, rows * 400),
         }
-    }
-
-    /// Auctions so far.
-    pub fn len(&self) -> usize {
-        self.id.len()
     }
 
     /// The columns, in the order of [`super::auction_schema`].
@@ -501,11 +491,6 @@ impl Persons {
             date_time: Vec::with_capacity(rows),
             extra: Text::with_capacity(rows, rows * 150),
         }
-    }
-
-    /// Persons so far.
-    pub fn len(&self) -> usize {
-        self.id.len()
     }
 
     /// The columns, in the order of [`super::person_schema`].
