@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
-use weir_runtime::{OperatorContext, Source, SourceEvent, StateSnapshot, TaskInfo};
+use weir_runtime::{OperatorContext, Source, SourceEvent, StateSnapshot, TaskInfo, kind};
 use weir_types::{Barrier, Error, Result};
 
 fn default_batch_size() -> usize {
@@ -492,6 +492,22 @@ struct Compiled {
     schema: SchemaRef,
     columns: Vec<ColumnGen>,
     rows: Option<u64>,
+}
+
+impl kind::Spec for DatagenSourceSpec {
+    fn describe(&self) -> String {
+        DatagenSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for DatagenSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        DatagenSourceSpec::schema(self)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        DatagenSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
+    }
 }
 
 impl DatagenSourceSpec {

@@ -14,8 +14,13 @@ use tokio::time::Instant;
 use weir_runtime::{SplitId, StateSnapshot, TaskInfo};
 use weir_types::{Error, ErrorKind, Result};
 
-/// The union-state entry under which each split's position is kept.
-const SPLIT_ENTRY: &str = "generator-split";
+/// The key of the union-state entry under which a split's position is kept.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum SplitKey {
+    /// The position of generator split `n`.
+    GeneratorSplit(u32),
+}
 
 /// A split's position, as checkpointed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,10 +66,8 @@ impl Splits {
     ) -> Result<Splits> {
         let mut positions = Vec::new();
         if let Some(state) = restored {
-            for (name, bytes) in state.unions() {
-                if name != SPLIT_ENTRY {
-                    continue;
-                }
+            for entry in state.unions::<SplitKey>() {
+                let (SplitKey::GeneratorSplit(_), bytes) = entry?;
                 let p: SplitPosition = serde_json::from_slice(bytes).map_err(|e| {
                     Error::new(
                         ErrorKind::Io,
@@ -179,7 +182,7 @@ impl Splits {
             };
             let bytes = serde_json::to_vec(&pos)
                 .map_err(|e| Error::internal("cannot encode a split position").with_source(e))?;
-            snap.push_union(SPLIT_ENTRY, bytes);
+            snap.push_union(&SplitKey::GeneratorSplit(split), bytes)?;
         }
         Ok(())
     }

@@ -9,8 +9,10 @@
 //! [`SourceEvent::SplitBatch`]), the largest event time seen. A split's watermark is that maximum
 //! minus `max_out_of_orderness`; the source's watermark is the minimum over its live splits, where
 //! a split is live until it ends ([`SourceEvent::SplitEnd`]) and while it has produced a row within
-//! `idle_timeout`. When every split is idle the source says so ([`SourceEvent::EventTimeIdle`]):
-//! downstream inputs then leave it out of their own minimum until it sends a watermark again.
+//! `idle_timeout`. The minimum is taken by a [`WatermarkMerge`] with one input per split (the same
+//! merge every task's input gate uses); the wrapper reports its advances with
+//! [`OperatorContext::emit_watermark`] and, when every split is idle, [`OperatorContext::mark_idle`],
+//! so downstream inputs leave the source out of their own minimum until it is active again.
 //!
 //! Watermarks are milliseconds since the Unix epoch and never go backwards. A watermark `w` says
 //! that no row with an event time below `w` will follow; a row that still does is *late*.
@@ -19,22 +21,26 @@
 //! them to the dead-letter output (reason `late`) or drops them.
 //!
 //! The tracker ([`SplitWatermarks`]) is a pure state machine fed with the time, so its behaviour is
-//! tested without clocks; the wrapper only feeds it.
+//! tested without clocks; the wrapper only feeds it. Each split's largest event time is kept in
+//! checkpoints (a union entry per split), so a restored split does not start from nothing.
 
 use crate::operator::OperatorContext;
 use crate::source::{Source, SourceEvent, SplitId};
+use crate::watermark::{Progress, WatermarkMerge};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array};
 use arrow::compute::CastOptions;
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use weir_checkpoint::StateSnapshot;
-use weir_types::{Barrier, CheckpointId, Error, ErrorKind, Result, Watermark, row_as_json};
+use weir_checkpoint::{AbortReason, StateKey, StateSnapshot};
+use weir_types::{
+    Barrier, CheckpointId, Error, ErrorKind, Result, Watermark, WatermarkStatus, row_as_json,
+};
 
 fn default_zero() -> String {
     "0s".into()
@@ -204,36 +210,34 @@ pub fn event_times_ms(column: &ArrayRef) -> Result<Int64Array> {
     Ok(ms.as_primitive::<Int64Type>().clone())
 }
 
-/// What a source's event time did, for the runtime to pass on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// The source's watermark advanced to this value.
-    Watermark(Watermark),
-    /// Every split of the source is idle: downstream should not wait for it.
-    Idle,
-}
-
 /// One split's clock.
 #[derive(Debug, Clone)]
 struct SplitClock {
+    /// Its input of the [`WatermarkMerge`].
+    input: usize,
     /// The largest event time seen (milliseconds), if any row was.
     max: Option<i64>,
     /// When it last produced a row (or was first seen).
     active_at: Instant,
+    /// Whether it was reported idle to the merge.
+    idle: bool,
 }
 
-/// Per-split watermarks merged as the minimum over live, non-idle splits. Pure: every call is
-/// given the current time.
+/// Per-split watermarks, merged by a [`WatermarkMerge`] (one input per split) as the minimum
+/// over live, non-idle splits. This adds what a source needs on top of the merge: each split's
+/// watermark from the largest event time seen, idleness by `idle_timeout` measured on a clock,
+/// and what the source reports when it has no split at all. Pure: every call is given the
+/// current time.
 #[derive(Debug, Clone)]
 pub struct SplitWatermarks {
     out_of_orderness: i64,
     idle_timeout: Option<Duration>,
     splits: HashMap<SplitId, SplitClock>,
-    /// The last watermark handed out.
-    emitted: Option<i64>,
-    /// Whether the last thing handed out was [`Progress::Idle`].
-    idle: bool,
-    /// When the source was opened or last produced a row (for a source with no split at all).
+    merge: WatermarkMerge,
+    /// The watermark and status last handed out.
+    reported: Option<Watermark>,
+    status: WatermarkStatus,
+    /// When the source was opened or last produced a row (for a source with no live split).
     active_at: Instant,
 }
 
@@ -244,8 +248,9 @@ impl SplitWatermarks {
             out_of_orderness: max_out_of_orderness_ms,
             idle_timeout,
             splits: HashMap::new(),
-            emitted: None,
-            idle: false,
+            merge: WatermarkMerge::new(0),
+            reported: None,
+            status: WatermarkStatus::Active,
             active_at: now,
         }
     }
@@ -261,19 +266,36 @@ impl SplitWatermarks {
         now: Instant,
     ) {
         self.active_at = now;
-        let clock = self.splits.entry(split.clone()).or_insert(SplitClock {
-            max: restored,
-            active_at: now,
-        });
+        let merge = &mut self.merge;
+        let clock = self
+            .splits
+            .entry(split.clone())
+            .or_insert_with(|| SplitClock {
+                input: merge.add_input(),
+                max: restored,
+                active_at: now,
+                idle: false,
+            });
         clock.active_at = now;
+        if std::mem::take(&mut clock.idle) {
+            merge.set_status(clock.input, WatermarkStatus::Active);
+        }
         if let Some(m) = max {
             clock.max = Some(clock.max.map_or(m, |c| c.max(m)));
+        }
+        if let Some(m) = clock.max {
+            merge.watermark(
+                clock.input,
+                Watermark(m.saturating_sub(self.out_of_orderness)),
+            );
         }
     }
 
     /// `split` will produce nothing more: it no longer holds the watermark back.
     pub fn on_split_end(&mut self, split: &SplitId) {
-        self.splits.remove(split);
+        if let Some(c) = self.splits.remove(split) {
+            self.merge.end(c.input);
+        }
     }
 
     /// The largest event time seen per live split (what a checkpoint keeps).
@@ -286,68 +308,73 @@ impl SplitWatermarks {
     /// How long after `now` a split may turn idle (when to look again), if ever.
     pub fn next_deadline(&self, now: Instant) -> Option<Duration> {
         let timeout = self.idle_timeout?;
-        if self.idle {
-            return None;
-        }
-        let oldest = self
-            .splits
-            .values()
-            .map(|c| c.active_at)
-            .min()
-            .unwrap_or(self.active_at);
+        let oldest = if self.splits.is_empty() {
+            (self.status == WatermarkStatus::Active).then_some(self.active_at)
+        } else {
+            self.splits
+                .values()
+                .filter(|c| !c.idle)
+                .map(|c| c.active_at)
+                .min()
+        }?;
         Some((oldest + timeout).saturating_duration_since(now))
     }
 
-    /// What changed at `now`: a higher watermark, the source turning idle, or nothing.
-    pub fn poll(&mut self, now: Instant) -> Option<Progress> {
-        let timeout = self.idle_timeout;
-        let is_idle = |at: Instant| timeout.is_some_and(|t| now.saturating_duration_since(at) >= t);
-        let mut live = 0usize;
-        let mut min: Option<i64> = None;
-        for c in self.splits.values() {
-            if is_idle(c.active_at) {
-                continue;
-            }
-            live += 1;
-            // A live split without any event time yet holds everything back.
-            let m = c.max?.saturating_sub(self.out_of_orderness);
-            min = Some(min.map_or(m, |x| x.min(m)));
-        }
-        if live == 0 {
-            let all_idle = if self.splits.is_empty() {
-                is_idle(self.active_at)
-            } else {
-                timeout.is_some()
-            };
-            if all_idle && !self.idle {
-                self.idle = true;
-                return Some(Progress::Idle);
-            }
-            return None;
-        }
-        let w = min?;
-        let was_idle = std::mem::replace(&mut self.idle, false);
-        match self.emitted {
-            Some(e) if w <= e => {
-                // Back from idle without progress: say the current watermark again, so downstream
-                // counts this input once more.
-                was_idle.then_some(Progress::Watermark(Watermark(e)))
-            }
-            _ => {
-                self.emitted = Some(w);
-                Some(Progress::Watermark(Watermark(w)))
+    /// What changed at `now`: a higher watermark, the source turning idle or active again, or
+    /// nothing. Splits silent for `idle_timeout` are marked idle in the merge first.
+    pub fn poll(&mut self, now: Instant) -> Progress {
+        if let Some(t) = self.idle_timeout {
+            for c in self.splits.values_mut() {
+                if !c.idle && now.saturating_duration_since(c.active_at) >= t {
+                    c.idle = true;
+                    self.merge.set_status(c.input, WatermarkStatus::Idle);
+                }
             }
         }
+        let status = if self.splits.is_empty() {
+            // No live split: idle once the source has been silent for the timeout.
+            match self.idle_timeout {
+                Some(t) if now.saturating_duration_since(self.active_at) >= t => {
+                    WatermarkStatus::Idle
+                }
+                _ => WatermarkStatus::Active,
+            }
+        } else {
+            self.merge.status()
+        };
+        let mut progress = Progress::default();
+        if let Some(w) = self.merge.current()
+            && self.reported.is_none_or(|r| w > r)
+        {
+            self.reported = Some(w);
+            progress.watermark = Some(w);
+        }
+        if status != self.status {
+            self.status = status;
+            progress.status = Some(status);
+        }
+        progress
     }
 }
 
-/// The union-state entry under which a split's largest event time is kept in checkpoints.
-const EVENT_TIME_ENTRY: &str = "event-time";
+/// Hands `progress` to the runtime: the watermark first, then going idle. (Becoming active again
+/// needs nothing: the runtime does it before the source's next batch or watermark.)
+fn report(progress: Progress, ctx: &mut OperatorContext) {
+    if let Some(w) = progress.watermark {
+        ctx.emit_watermark(w);
+    }
+    if progress.status == Some(WatermarkStatus::Idle) {
+        ctx.mark_idle();
+    }
+}
 
-#[derive(Serialize, Deserialize)]
-struct SplitMax {
-    split: String,
-    max: i64,
+/// The key of the union-state entry under which a split's largest event time is kept in
+/// checkpoints (its payload is the maximum as JSON). The wrapper takes these entries out of the
+/// restored state before the wrapped source sees it, so the source reads only its own keys.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventTimeKey {
+    event_time_split: String,
 }
 
 /// The split of a source that does not name its splits.
@@ -356,14 +383,13 @@ fn whole_subtask() -> SplitId {
 }
 
 /// Wraps any source with event time: reads the event-time column of every batch, refuses rows
-/// without one, tracks per-split watermarks and emits [`SourceEvent::Watermark`] /
-/// [`SourceEvent::EventTimeIdle`] after the batches that move them.
+/// without one, tracks per-split watermarks and reports them through
+/// [`OperatorContext::emit_watermark`] / [`OperatorContext::mark_idle`] (the runtime sends them
+/// after the batch that moved them).
 pub struct EventTimeSource {
     inner: Box<dyn Source>,
     config: WatermarkConfig,
     tracker: Option<SplitWatermarks>,
-    /// Events to hand out before asking the inner source again.
-    pending: VecDeque<SourceEvent>,
     /// Largest event time per split at the restored checkpoint.
     restored: HashMap<String, i64>,
     unnamed: SplitId,
@@ -384,7 +410,6 @@ impl EventTimeSource {
             inner,
             config,
             tracker: None,
-            pending: VecDeque::new(),
             restored: HashMap::new(),
             unnamed: whole_subtask(),
         }
@@ -400,7 +425,7 @@ impl EventTimeSource {
     }
 
     /// Takes the event times of `batch`, refuses rows without one, updates `split`'s clock and
-    /// queues the watermark this moves. Returns the rows that have an event time.
+    /// reports the watermark this moves. Returns the rows that have an event time.
     fn on_batch(
         &mut self,
         split: SplitId,
@@ -445,17 +470,9 @@ impl EventTimeSource {
         let now = Instant::now();
         let tracker = self.tracker();
         tracker.on_rows(&split, max, restored, now);
-        if let Some(p) = tracker.poll(now) {
-            self.pending.push_back(progress_event(p));
-        }
+        let progress = tracker.poll(now);
+        report(progress, ctx);
         Ok(batch)
-    }
-}
-
-fn progress_event(p: Progress) -> SourceEvent {
-    match p {
-        Progress::Watermark(w) => SourceEvent::Watermark(w),
-        Progress::Idle => SourceEvent::EventTimeIdle,
     }
 }
 
@@ -466,21 +483,28 @@ impl Source for EventTimeSource {
     }
 
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
-        if let Some(state) = ctx.restored_state() {
-            for (name, bytes) in state.unions() {
-                if name != EVENT_TIME_ENTRY {
+        if let (Some(state), Some(from)) = (ctx.restored_state(), ctx.restored_from()) {
+            let mut own = StateSnapshot::new();
+            for e in &state.entries {
+                let StateKey::Union(key) = &e.key else {
+                    own.entries.push(e.clone());
                     continue;
-                }
-                let m: SplitMax = serde_json::from_slice(bytes).map_err(|e| {
+                };
+                let Ok(k) = key.parse::<EventTimeKey>() else {
+                    own.entries.push(e.clone());
+                    continue;
+                };
+                let max: i64 = serde_json::from_slice(&e.bytes).map_err(|err| {
                     Error::new(
                         ErrorKind::Io,
-                        "unreadable event-time entry in the checkpoint",
+                        format!("unreadable event-time entry {key} in the checkpoint"),
                     )
-                    .with_source(e)
+                    .with_source(err)
                 })?;
-                let e = self.restored.entry(m.split).or_insert(m.max);
-                *e = (*e).max(m.max);
+                let m = self.restored.entry(k.event_time_split).or_insert(max);
+                *m = (*m).max(max);
             }
+            ctx.set_restored_state(own, from);
         }
         self.tracker();
         self.inner.open(ctx).await
@@ -488,43 +512,38 @@ impl Source for EventTimeSource {
 
     async fn next(&mut self, ctx: &mut OperatorContext) -> Result<SourceEvent> {
         loop {
-            if let Some(ev) = self.pending.pop_front() {
-                return Ok(ev);
-            }
             let (split, batch) = match self.inner.next(ctx).await? {
                 SourceEvent::Batch(b) => (self.unnamed.clone(), b),
                 SourceEvent::SplitBatch { split, batch } => (split, batch),
                 SourceEvent::SplitEnd(split) => {
-                    let now = Instant::now();
                     let tracker = self.tracker();
                     tracker.on_split_end(&split);
-                    if let Some(p) = tracker.poll(now) {
-                        return Ok(progress_event(p));
-                    }
-                    continue;
+                    let progress = tracker.poll(Instant::now());
+                    report(progress, ctx);
+                    return Ok(SourceEvent::SplitEnd(split));
                 }
                 SourceEvent::Idle(d) => {
                     let now = Instant::now();
                     let tracker = self.tracker();
-                    if let Some(p) = tracker.poll(now) {
-                        return Ok(progress_event(p));
-                    }
+                    let progress = tracker.poll(now);
                     let wake = tracker.next_deadline(now).map_or(d, |t| d.min(t));
+                    report(progress, ctx);
                     return Ok(SourceEvent::Idle(wake));
                 }
-                other => return Ok(other),
+                SourceEvent::Finished => return Ok(SourceEvent::Finished),
             };
             let kept = self.on_batch(split.clone(), batch, ctx)?;
             if kept.num_rows() == 0 {
+                // Every row was refused; the watermark it may have moved goes out with the next
+                // event.
                 continue;
             }
-            let ev = if split.is_empty() {
+            // The runtime sends the batch first, then the watermark it moved.
+            return Ok(if split.is_empty() {
                 SourceEvent::Batch(kept)
             } else {
                 SourceEvent::SplitBatch { split, batch: kept }
-            };
-            // The batch goes first, then the watermark it moved.
-            return Ok(ev);
+            });
         }
     }
 
@@ -535,20 +554,13 @@ impl Source for EventTimeSource {
     ) -> Result<StateSnapshot> {
         let mut snap = self.inner.snapshot(barrier, ctx).await?;
         if let Some(t) = &self.tracker {
-            let mut maxima: Vec<_> = t
-                .maxima()
-                .filter(|(s, _)| !s.is_empty())
-                .map(|(s, m)| SplitMax {
-                    split: s.to_string(),
-                    max: m,
-                })
-                .collect();
-            maxima.sort_by(|a, b| a.split.cmp(&b.split));
-            for m in maxima {
-                let bytes = serde_json::to_vec(&m).map_err(|e| {
-                    Error::internal("cannot encode an event-time entry").with_source(e)
-                })?;
-                snap.push_union(EVENT_TIME_ENTRY, bytes);
+            let mut maxima: Vec<_> = t.maxima().filter(|(s, _)| !s.is_empty()).collect();
+            maxima.sort();
+            for (split, max) in maxima {
+                let key = EventTimeKey {
+                    event_time_split: split.to_string(),
+                };
+                snap.push_union(&key, max.to_string())?;
             }
         }
         Ok(snap)
@@ -560,6 +572,15 @@ impl Source for EventTimeSource {
         ctx: &mut OperatorContext,
     ) -> Result<()> {
         self.inner.notify_checkpoint_complete(id, ctx).await
+    }
+
+    async fn notify_checkpoint_aborted(
+        &mut self,
+        id: CheckpointId,
+        reason: &AbortReason,
+        ctx: &mut OperatorContext,
+    ) -> Result<()> {
+        self.inner.notify_checkpoint_aborted(id, reason, ctx).await
     }
 
     async fn close(&mut self, ctx: &mut OperatorContext) -> Result<()> {
@@ -652,24 +673,44 @@ mod tests {
         Arc::from(s)
     }
 
+    /// The watermark a poll reported.
+    fn wm(w: i64) -> Progress {
+        Progress {
+            status: None,
+            watermark: Some(Watermark(w)),
+        }
+    }
+
+    fn status(s: WatermarkStatus) -> Progress {
+        Progress {
+            status: Some(s),
+            watermark: None,
+        }
+    }
+
+    const NOTHING: Progress = Progress {
+        status: None,
+        watermark: None,
+    };
+
     #[test]
     fn the_watermark_is_the_minimum_over_live_splits() {
         let t0 = Instant::now();
         let mut w = SplitWatermarks::new(10, None, t0);
         w.on_rows(&split("a"), Some(100), None, t0);
-        assert_eq!(w.poll(t0), Some(Progress::Watermark(Watermark(90))));
+        assert_eq!(w.poll(t0), wm(90));
         w.on_rows(&split("b"), Some(50), None, t0);
         // b holds time back: nothing new.
-        assert_eq!(w.poll(t0), None);
+        assert_eq!(w.poll(t0), NOTHING);
         w.on_rows(&split("b"), Some(300), None, t0);
         w.on_rows(&split("a"), Some(200), None, t0);
-        assert_eq!(w.poll(t0), Some(Progress::Watermark(Watermark(190))));
+        assert_eq!(w.poll(t0), wm(190));
         // Older rows never move it back.
         w.on_rows(&split("a"), Some(20), None, t0);
-        assert_eq!(w.poll(t0), None);
+        assert_eq!(w.poll(t0), NOTHING);
         // A split that ends no longer holds time back.
         w.on_split_end(&split("a"));
-        assert_eq!(w.poll(t0), Some(Progress::Watermark(Watermark(290))));
+        assert_eq!(w.poll(t0), wm(290));
     }
 
     #[test]
@@ -678,37 +719,32 @@ mod tests {
         let mut w = SplitWatermarks::new(0, Some(Duration::from_secs(5)), t0);
         w.on_rows(&split("a"), None, None, t0);
         w.on_rows(&split("b"), Some(1_000), None, t0);
-        assert_eq!(w.poll(t0), None);
+        assert_eq!(w.poll(t0), NOTHING);
         w.on_rows(&split("b"), Some(2_000), None, at(t0, 4_000));
-        assert_eq!(w.poll(at(t0, 4_000)), None);
+        assert_eq!(w.poll(at(t0, 4_000)), NOTHING);
         assert_eq!(w.next_deadline(at(t0, 4_000)), Some(Duration::from_secs(1)));
         // a has been silent for 5 s: b alone sets the watermark.
-        assert_eq!(
-            w.poll(at(t0, 5_000)),
-            Some(Progress::Watermark(Watermark(2_000)))
-        );
+        assert_eq!(w.poll(at(t0, 5_000)), wm(2_000));
         // Then b goes silent too: the whole source is idle, once.
-        assert_eq!(w.poll(at(t0, 9_000)), Some(Progress::Idle));
-        assert_eq!(w.poll(at(t0, 9_500)), None);
-        // b comes back without progress: the current watermark is said again.
+        assert_eq!(w.poll(at(t0, 9_000)), status(WatermarkStatus::Idle));
+        assert_eq!(w.poll(at(t0, 9_500)), NOTHING);
+        // b comes back without progress: the source is active again (the runtime says so before
+        // its batch), the watermark stays.
         w.on_rows(&split("b"), Some(1_500), None, at(t0, 10_000));
-        assert_eq!(
-            w.poll(at(t0, 10_000)),
-            Some(Progress::Watermark(Watermark(2_000)))
-        );
-        assert_eq!(w.poll(at(t0, 10_000)), None);
+        assert_eq!(w.poll(at(t0, 10_000)), status(WatermarkStatus::Active));
+        assert_eq!(w.poll(at(t0, 10_000)), NOTHING);
+        // And it moves on from there.
+        w.on_rows(&split("b"), Some(2_500), None, at(t0, 10_100));
+        assert_eq!(w.poll(at(t0, 10_100)), wm(2_500));
     }
 
     #[test]
     fn without_idle_timeout_silence_changes_nothing() {
         let t0 = Instant::now();
         let mut w = SplitWatermarks::new(0, None, t0);
-        assert_eq!(w.poll(at(t0, 100_000)), None);
+        assert_eq!(w.poll(at(t0, 100_000)), NOTHING);
         w.on_rows(&split("a"), Some(7), None, t0);
-        assert_eq!(
-            w.poll(at(t0, 100_000)),
-            Some(Progress::Watermark(Watermark(7)))
-        );
+        assert_eq!(w.poll(at(t0, 100_000)), wm(7));
         assert_eq!(w.next_deadline(t0), None);
     }
 
@@ -716,8 +752,8 @@ mod tests {
     fn a_source_with_no_split_turns_idle_after_the_timeout() {
         let t0 = Instant::now();
         let mut w = SplitWatermarks::new(0, Some(Duration::from_secs(1)), t0);
-        assert_eq!(w.poll(at(t0, 500)), None);
-        assert_eq!(w.poll(at(t0, 1_000)), Some(Progress::Idle));
+        assert_eq!(w.poll(at(t0, 500)), NOTHING);
+        assert_eq!(w.poll(at(t0, 1_000)), status(WatermarkStatus::Idle));
     }
 
     #[test]
@@ -725,7 +761,7 @@ mod tests {
         let t0 = Instant::now();
         let mut w = SplitWatermarks::new(0, None, t0);
         w.on_rows(&split("a"), Some(10), Some(500), t0);
-        assert_eq!(w.poll(t0), Some(Progress::Watermark(Watermark(500))));
+        assert_eq!(w.poll(t0), wm(500));
         assert_eq!(w.maxima().map(|(_, m)| m).collect::<Vec<_>>(), vec![500]);
     }
 

@@ -12,10 +12,12 @@
 //! ([`InputEvent::InFlight`]).
 
 use crate::channel::{Received, Receiver};
+use crate::watermark::{Progress, WatermarkMerge};
 use arrow::record_batch::RecordBatch;
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::Poll;
-use weir_types::{Barrier, CheckpointId, Error, Message, Result, Watermark};
+use weir_types::{Barrier, CheckpointId, Error, Message, Result, Watermark, WatermarkStatus};
 
 /// What the gate yields to the task loop.
 #[derive(Debug)]
@@ -27,12 +29,10 @@ pub enum InputEvent {
         /// The rows.
         batch: RecordBatch,
     },
-    /// The minimum watermark over all live inputs advanced (or, after [`InputEvent::Idle`], an
-    /// input is active again: the current watermark is said again).
+    /// The minimum watermark over all live, active inputs advanced.
     Watermark(Watermark),
-    /// Every input that has not ended is idle (see [`Message::EventTimeIdle`]): downstream should
-    /// not wait for this task's event time either.
-    Idle,
+    /// Every live input went idle ([`WatermarkStatus::Idle`]), or one became active again.
+    WatermarkStatus(WatermarkStatus),
     /// A barrier has arrived on every live input (aligned), or the first barrier of an unaligned
     /// checkpoint has arrived on any input.
     Barrier(Barrier),
@@ -62,12 +62,9 @@ enum InputState {
 pub struct InputGate {
     inputs: Vec<Receiver>,
     states: Vec<InputState>,
-    watermarks: Vec<Option<Watermark>>,
-    /// Inputs whose producer said it is idle and has not sent a watermark since.
-    idle: Vec<bool>,
-    combined: Option<Watermark>,
-    /// Whether the last event-time event yielded was [`InputEvent::Idle`].
-    idle_yielded: bool,
+    watermarks: WatermarkMerge,
+    /// Events decided but not yet yielded (a message can cause two).
+    ready: VecDeque<InputEvent>,
     pending_barrier: Option<Barrier>,
     recording: Option<Recording>,
     next: usize,
@@ -90,10 +87,8 @@ impl InputGate {
         InputGate {
             inputs,
             states: vec![InputState::Open; n],
-            watermarks: vec![None; n],
-            idle: vec![false; n],
-            combined: None,
-            idle_yielded: false,
+            watermarks: WatermarkMerge::new(n),
+            ready: VecDeque::new(),
             pending_barrier: None,
             recording: None,
             next: 0,
@@ -111,6 +106,9 @@ impl InputGate {
     pub async fn next(&mut self) -> Result<InputEvent> {
         loop {
             if let Some(ev) = self.take_recording() {
+                return Ok(ev);
+            }
+            if let Some(ev) = self.ready.pop_front() {
                 return Ok(ev);
             }
             if self.ended {
@@ -212,13 +210,12 @@ impl InputGate {
         match msg {
             Some(Message::Data(batch)) => Ok(Some(InputEvent::Data { input: idx, batch })),
             Some(Message::Watermark(w)) => {
-                self.watermarks[idx] = Some(self.watermarks[idx].map_or(w, |old| old.max(w)));
-                self.idle[idx] = false;
-                Ok(self.advance_watermark())
+                let p = self.watermarks.watermark(idx, w);
+                Ok(self.progress(p))
             }
-            Some(Message::EventTimeIdle) => {
-                self.idle[idx] = true;
-                Ok(self.advance_watermark())
+            Some(Message::WatermarkStatus(s)) => {
+                let p = self.watermarks.set_status(idx, s);
+                Ok(self.progress(p))
             }
             Some(Message::Barrier(b)) => {
                 match self.pending_barrier {
@@ -235,16 +232,23 @@ impl InputGate {
             }
             Some(Message::EndOfStream) | None => {
                 self.states[idx] = InputState::Ended;
-                self.watermarks[idx] = None;
-                self.idle[idx] = false;
-                if let Some(b) = self.try_release_barrier() {
-                    return Ok(Some(InputEvent::Barrier(b)));
-                }
+                let p = self.watermarks.end(idx);
+                let released = self.try_release_barrier();
                 if self.states.iter().all(|s| *s == InputState::Ended) {
                     self.ended = true;
-                    return Ok(Some(InputEvent::End));
+                    return Ok(released.map(InputEvent::Barrier).or(Some(InputEvent::End)));
                 }
-                Ok(self.advance_watermark())
+                let progressed = self.progress(p);
+                match released {
+                    Some(b) => {
+                        // The barrier first: it was aligned before this input's end moved time.
+                        if let Some(ev) = progressed {
+                            self.ready.push_front(ev);
+                        }
+                        Ok(Some(InputEvent::Barrier(b)))
+                    }
+                    None => Ok(progressed),
+                }
             }
         }
     }
@@ -268,49 +272,23 @@ impl InputGate {
         Some(b)
     }
 
-    /// The event-time event the inputs' watermarks and idleness call for now, if any: the minimum
-    /// watermark over inputs that are neither ended nor idle when it advanced; `Idle` once when
-    /// every input still open is idle; the current watermark again when an input comes back from
-    /// idleness without moving it.
-    fn advance_watermark(&mut self) -> Option<InputEvent> {
-        let mut any_open = false;
-        let mut any_live = false;
-        let mut missing = false;
-        let mut min: Option<Watermark> = None;
-        for i in 0..self.states.len() {
-            if self.states[i] == InputState::Ended {
-                continue;
-            }
-            any_open = true;
-            if self.idle[i] {
-                continue;
-            }
-            any_live = true;
-            match self.watermarks[i] {
-                None => missing = true,
-                Some(w) => min = Some(min.map_or(w, |m| m.min(w))),
-            }
+    /// Turns a change of the merged watermarks into events: the first is returned, any second one
+    /// queued.
+    fn progress(&mut self, p: Progress) -> Option<InputEvent> {
+        let mut events = Vec::new();
+        if p.status == Some(WatermarkStatus::Active) {
+            events.push(InputEvent::WatermarkStatus(WatermarkStatus::Active));
         }
-        if !any_live {
-            if any_open && !self.idle_yielded {
-                self.idle_yielded = true;
-                return Some(InputEvent::Idle);
-            }
-            return None;
+        if let Some(w) = p.watermark {
+            events.push(InputEvent::Watermark(w));
         }
-        if missing {
-            return None;
+        if p.status == Some(WatermarkStatus::Idle) {
+            events.push(InputEvent::WatermarkStatus(WatermarkStatus::Idle));
         }
-        let min = min?;
-        let reactivated = std::mem::take(&mut self.idle_yielded);
-        if self.combined.is_none_or(|c| min > c) {
-            self.combined = Some(min);
-            return Some(InputEvent::Watermark(min));
-        }
-        if reactivated {
-            return self.combined.map(InputEvent::Watermark);
-        }
-        None
+        let mut events = events.into_iter();
+        let first = events.next();
+        self.ready.extend(events);
+        first
     }
 }
 
@@ -357,7 +335,9 @@ mod tests {
                     seen.push(format!("d{}", a.value(0)));
                 }
                 InputEvent::Barrier(b) => seen.push(format!("b{}", b.checkpoint_id)),
-                InputEvent::Watermark(_) | InputEvent::Idle | InputEvent::InFlight { .. } => {}
+                InputEvent::Watermark(_)
+                | InputEvent::WatermarkStatus(_)
+                | InputEvent::InFlight { .. } => {}
                 InputEvent::End => break,
             }
         }
@@ -408,7 +388,7 @@ mod tests {
                     events.push("recorded".into());
                     recorded = batches.iter().map(|(i, b)| (*i, value(b))).collect();
                 }
-                InputEvent::Watermark(_) | InputEvent::Idle => {}
+                InputEvent::Watermark(_) | InputEvent::WatermarkStatus(_) => {}
                 InputEvent::End => break,
             }
         }
@@ -447,7 +427,7 @@ mod tests {
                 InputEvent::InFlight { checkpoint, .. } => events.push(format!("r{checkpoint}")),
                 InputEvent::Barrier(b) => events.push(format!("b{}", b.checkpoint_id)),
                 InputEvent::Data { batch, .. } => events.push(format!("d{}", value(&batch))),
-                InputEvent::Watermark(_) | InputEvent::Idle => {}
+                InputEvent::Watermark(_) | InputEvent::WatermarkStatus(_) => {}
                 InputEvent::End => break,
             }
         }
@@ -484,42 +464,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn idle_inputs_do_not_hold_the_watermark_back() {
+    async fn an_idle_input_is_left_out_until_it_is_active_again() {
         let (t0, r0) = channel(1 << 20);
         let (t1, r1) = channel(1 << 20);
         let mut gate = InputGate::new(vec![r0, r1]);
-        let wm = |w| Message::Watermark(Watermark(w));
-        t0.send(wm(10)).await.expect("send");
-        // Input 1 has said nothing yet: it holds time back until it says it is idle.
-        t1.send(Message::EventTimeIdle).await.expect("send");
+        t1.send(Message::WatermarkStatus(WatermarkStatus::Idle))
+            .await
+            .expect("send");
+        t0.send(Message::Watermark(Watermark(5)))
+            .await
+            .expect("send");
         assert!(matches!(
             gate.next().await.expect("event"),
-            InputEvent::Watermark(Watermark(10))
+            InputEvent::Watermark(Watermark(5))
         ));
-        // Both idle: the task is idle downstream, once.
-        t0.send(Message::EventTimeIdle).await.expect("send");
+        // Input 0 goes idle too: the gate is idle.
+        t0.send(Message::WatermarkStatus(WatermarkStatus::Idle))
+            .await
+            .expect("send");
         assert!(matches!(
             gate.next().await.expect("event"),
-            InputEvent::Idle
+            InputEvent::WatermarkStatus(WatermarkStatus::Idle)
         ));
-        // Input 1 comes back behind: no regression, but the current watermark is said again.
-        t1.send(wm(4)).await.expect("send");
+        // Input 1 comes back with a watermark: active first, then the watermark.
+        t1.send(Message::WatermarkStatus(WatermarkStatus::Active))
+            .await
+            .expect("send");
+        t1.send(Message::Watermark(Watermark(9)))
+            .await
+            .expect("send");
         assert!(matches!(
             gate.next().await.expect("event"),
-            InputEvent::Watermark(Watermark(10))
+            InputEvent::WatermarkStatus(WatermarkStatus::Active)
         ));
-        t1.send(wm(12)).await.expect("send");
         assert!(matches!(
             gate.next().await.expect("event"),
-            InputEvent::Watermark(Watermark(12))
-        ));
-        // Input 0 comes back and holds time at its own watermark until it passes the other's.
-        t0.send(wm(11)).await.expect("send");
-        t0.send(wm(20)).await.expect("send");
-        t1.send(wm(30)).await.expect("send");
-        assert!(matches!(
-            gate.next().await.expect("event"),
-            InputEvent::Watermark(Watermark(20))
+            InputEvent::Watermark(Watermark(9))
         ));
     }
 }

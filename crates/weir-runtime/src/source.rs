@@ -6,8 +6,8 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_checkpoint::StateSnapshot;
-use weir_types::{Barrier, CheckpointId, Result, Watermark};
+use weir_checkpoint::{AbortReason, StateSnapshot};
+use weir_types::{Barrier, CheckpointId, Result};
 
 /// Names one split of a source's input (a file, a Kafka partition, a generator split): the unit
 /// whose event time is tracked on its own (see [`crate::event_time`]).
@@ -19,8 +19,8 @@ pub enum SourceEvent {
     /// A batch of rows, in the source's output schema.
     Batch(RecordBatch),
     /// A batch of rows all read from one split. Sources that read several splits per subtask
-    /// (files, partitions, generator splits) say which, so that event time is tracked per split;
-    /// otherwise the same as [`SourceEvent::Batch`].
+    /// (files, partitions, generator splits) say which, so that a `watermark:` option tracks event
+    /// time per split (see [`crate::event_time`]); otherwise the same as [`SourceEvent::Batch`].
     SplitBatch {
         /// The split the rows come from.
         split: SplitId,
@@ -28,15 +28,8 @@ pub enum SourceEvent {
         batch: RecordBatch,
     },
     /// The split will produce nothing more (a file read to its end), so it no longer holds the
-    /// watermark back.
+    /// watermark back. The runtime calls `next` again at once.
     SplitEnd(SplitId),
-    /// Event time advanced: no row with an event time (milliseconds since the Unix epoch) below
-    /// this will follow from this subtask. Must not go backwards. The runtime passes it through the
-    /// chained operators' `on_watermark` and on downstream.
-    Watermark(Watermark),
-    /// This subtask has no event-time progress to report for now (every split is idle): downstream
-    /// inputs leave it out of their minimum watermark until it sends a watermark again.
-    EventTimeIdle,
     /// Nothing is available now (a continuous source waiting for new files); the runtime calls
     /// `next` again after at most this long, or sooner when it has control work to do.
     Idle(Duration),
@@ -49,9 +42,19 @@ pub enum SourceEvent {
 /// concurrently), until `next` returns [`SourceEvent::Finished`] or the job is stopped, then `close`.
 ///
 /// Each subtask reads its own share of the input (for example, the files whose index modulo the
-/// parallelism equals the subtask index). `next` must return within about 100 ms (return a smaller
-/// batch or `Idle` rather than wait longer), so that barriers and stop requests are not delayed.
-/// Bad rows go through [`OperatorContext::bad_row`]; a hook that returns an error fails the job.
+/// parallelism equals the subtask index).
+///
+/// Event time: during `next` a source may call [`OperatorContext::emit_watermark`] (sent after
+/// the batch that call returns) and [`OperatorContext::mark_idle`] (it expects no rows for a
+/// while, so consumers stop waiting for its watermark; its next batch or watermark makes it
+/// active again). A source reading several splits keeps one watermark per split and emits their
+/// minimum over the splits that are not idle, for example with a [`WatermarkMerge`].
+///
+/// `next` must return within about 100 ms (return a smaller batch or `Idle` rather than wait
+/// longer), so that barriers and stop requests are not delayed. Bad rows go through
+/// [`OperatorContext::bad_row`]; a hook that returns an error fails the job.
+///
+/// [`WatermarkMerge`]: crate::WatermarkMerge
 #[async_trait]
 pub trait Source: Send {
     /// The schema of every batch this source emits; fixed before the job starts.
@@ -83,6 +86,18 @@ pub trait Source: Send {
     async fn notify_checkpoint_complete(
         &mut self,
         _id: CheckpointId,
+        _ctx: &mut OperatorContext,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called when checkpoint `id` will not complete (see
+    /// [`Operator::notify_checkpoint_aborted`](crate::Operator::notify_checkpoint_aborted)), between
+    /// two calls of `next`.
+    async fn notify_checkpoint_aborted(
+        &mut self,
+        _id: CheckpointId,
+        _reason: &AbortReason,
         _ctx: &mut OperatorContext,
     ) -> Result<()> {
         Ok(())

@@ -15,7 +15,7 @@ use generator::{Auctions, Bids, EventKind, Generator, NexmarkConfig, Persons, Ta
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
-use weir_runtime::{OperatorContext, Source, SourceEvent, StateSnapshot, TaskInfo};
+use weir_runtime::{OperatorContext, Source, SourceEvent, StateSnapshot, TaskInfo, kind};
 use weir_types::{Barrier, Error, Result};
 
 /// Which of the three event kinds a source emits.
@@ -233,6 +233,22 @@ fn base_time_ms(v: &Value) -> Result<i64> {
         other => Err(Error::config(format!(
             "key 'base_time': expected an RFC 3339 time or milliseconds, found {other}"
         ))),
+    }
+}
+
+impl kind::Spec for NexmarkSourceSpec {
+    fn describe(&self) -> String {
+        NexmarkSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for NexmarkSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        NexmarkSourceSpec::schema(self)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        NexmarkSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
     }
 }
 

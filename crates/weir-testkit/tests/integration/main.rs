@@ -5,3 +5,4 @@ mod golden;
 mod layering;
 mod nexmark;
 mod pushdown;
+mod specs;
