@@ -8,7 +8,7 @@
 //! with no allocation per row.
 
 use crate::random::{GOLDEN_GAMMA, below, mix64, row_seed};
-use crate::splits::{RateLimit, Splits};
+use crate::splits::{Next, RateLimit, Splits};
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array,
 };
@@ -764,8 +764,9 @@ impl Source for DatagenSource {
         };
         let i = match splits.next_split() {
             None => return Ok(SourceEvent::Finished),
-            Some(Err(ended)) => return Ok(SourceEvent::SplitEnd(splits.owned[ended].id.clone())),
-            Some(Ok(i)) => i,
+            Some(Next::Start(i)) => return Ok(SourceEvent::SplitStart(splits.owned[i].id.clone())),
+            Some(Next::End(i)) => return Ok(SourceEvent::SplitEnd(splits.owned[i].id.clone())),
+            Some(Next::Rows(i)) => i,
         };
         let mut want = self.batch_size as u64;
         if let Some(left) = splits.remaining(i) {

@@ -40,8 +40,22 @@ pub(crate) struct Split {
     pub(crate) id: SplitId,
     /// The next row number it produces.
     pub(crate) next: u64,
+    /// Whether its start was reported.
+    pub(crate) started: bool,
     /// Whether its end was reported.
     pub(crate) ended: bool,
+}
+
+/// What a generator does next with its splits (see [`Splits::next_split`]); each names a split
+/// by its index in [`Splits::owned`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Report the split's start.
+    Start(usize),
+    /// Make rows of the split.
+    Rows(usize),
+    /// Report the split's end.
+    End(usize),
 }
 
 /// The splits one subtask runs, taken round robin.
@@ -118,6 +132,7 @@ impl Splits {
             .map(|pos| Split {
                 id: Arc::from(format!("split-{}", pos.split)),
                 next: pos.next,
+                started: false,
                 ended: false,
             })
             .collect();
@@ -134,19 +149,25 @@ impl Splits {
         self.end.is_none_or(|e| self.owned[i].next < e)
     }
 
-    /// The next split with rows left (round robin), or a split that ran out and whose end was not
-    /// reported yet (`Err(index)`), or `None` when every split is done and reported.
-    pub(crate) fn next_split(&mut self) -> Option<std::result::Result<usize, usize>> {
+    /// What to do next: report a split's start (each once, before any rows, so that it holds the
+    /// watermark back from the first batch on), make rows of the next split with rows left (round
+    /// robin), report the end of a split that ran out (once), or `None` when every split is done
+    /// and reported.
+    pub(crate) fn next_split(&mut self) -> Option<Next> {
+        if let Some(i) = self.owned.iter().position(|s| !s.started) {
+            self.owned[i].started = true;
+            return Some(Next::Start(i));
+        }
         let n = self.owned.len();
         for k in 0..n {
             let i = (self.cursor + k) % n;
             if self.live(i) {
                 self.cursor = (i + 1) % n;
-                return Some(Ok(i));
+                return Some(Next::Rows(i));
             }
             if !self.owned[i].ended {
                 self.owned[i].ended = true;
-                return Some(Err(i));
+                return Some(Next::End(i));
             }
         }
         None
@@ -277,12 +298,14 @@ mod tests {
     }
 
     #[test]
-    fn finished_splits_are_reported_once() -> Result<()> {
+    fn starts_and_ends_of_splits_are_reported_once() -> Result<()> {
         let mut s = Splits::assign(&info(0, 1), None, 2, Some(1))?;
-        assert_eq!(s.next_split(), Some(Ok(0)));
+        assert_eq!(s.next_split(), Some(Next::Start(0)));
+        assert_eq!(s.next_split(), Some(Next::Start(1)));
+        assert_eq!(s.next_split(), Some(Next::Rows(0)));
         s.owned[0].next = 2;
-        assert_eq!(s.next_split(), Some(Err(1)));
-        assert_eq!(s.next_split(), Some(Err(0)));
+        assert_eq!(s.next_split(), Some(Next::End(1)));
+        assert_eq!(s.next_split(), Some(Next::End(0)));
         assert_eq!(s.next_split(), None);
         Ok(())
     }

@@ -255,6 +255,30 @@ impl SplitWatermarks {
         }
     }
 
+    /// `split` is now read: it holds the watermark back until it produces rows, goes idle or
+    /// ends. It starts at `restored` (its largest event time before a restore) if given.
+    pub fn on_split_start(&mut self, split: &SplitId, restored: Option<i64>, now: Instant) {
+        self.ensure(split, restored, now);
+    }
+
+    /// Makes the clock of `split` (active, at `restored`) when it is new.
+    fn ensure(&mut self, split: &SplitId, restored: Option<i64>, now: Instant) {
+        let merge = &mut self.merge;
+        let ooo = self.out_of_orderness;
+        self.splits.entry(split.clone()).or_insert_with(|| {
+            let input = merge.add_input();
+            if let Some(m) = restored {
+                merge.watermark(input, Watermark(m.saturating_sub(ooo)));
+            }
+            SplitClock {
+                input,
+                max: restored,
+                active_at: now,
+                idle: false,
+            }
+        });
+    }
+
     /// Rows arrived from `split`, the largest event time among them being `max` (none when every
     /// row was refused). A split seen for the first time starts at `restored` (its maximum before
     /// a restore) if given.
@@ -266,16 +290,11 @@ impl SplitWatermarks {
         now: Instant,
     ) {
         self.active_at = now;
-        let merge = &mut self.merge;
-        let clock = self
-            .splits
-            .entry(split.clone())
-            .or_insert_with(|| SplitClock {
-                input: merge.add_input(),
-                max: restored,
-                active_at: now,
-                idle: false,
-            });
+        self.ensure(split, restored, now);
+        let (merge, ooo) = (&mut self.merge, self.out_of_orderness);
+        let Some(clock) = self.splits.get_mut(split) else {
+            return;
+        };
         clock.active_at = now;
         if std::mem::take(&mut clock.idle) {
             merge.set_status(clock.input, WatermarkStatus::Active);
@@ -284,10 +303,7 @@ impl SplitWatermarks {
             clock.max = Some(clock.max.map_or(m, |c| c.max(m)));
         }
         if let Some(m) = clock.max {
-            merge.watermark(
-                clock.input,
-                Watermark(m.saturating_sub(self.out_of_orderness)),
-            );
+            merge.watermark(clock.input, Watermark(m.saturating_sub(ooo)));
         }
     }
 
@@ -515,6 +531,12 @@ impl Source for EventTimeSource {
             let (split, batch) = match self.inner.next(ctx).await? {
                 SourceEvent::Batch(b) => (self.unnamed.clone(), b),
                 SourceEvent::SplitBatch { split, batch } => (split, batch),
+                SourceEvent::SplitStart(split) => {
+                    let restored = self.restored.get(split.as_ref()).copied();
+                    self.tracker()
+                        .on_split_start(&split, restored, Instant::now());
+                    return Ok(SourceEvent::SplitStart(split));
+                }
                 SourceEvent::SplitEnd(split) => {
                     let tracker = self.tracker();
                     tracker.on_split_end(&split);
@@ -736,6 +758,23 @@ mod tests {
         // And it moves on from there.
         w.on_rows(&split("b"), Some(2_500), None, at(t0, 10_100));
         assert_eq!(w.poll(at(t0, 10_100)), wm(2_500));
+    }
+
+    #[test]
+    fn a_started_split_holds_time_back_before_its_first_row() {
+        let t0 = Instant::now();
+        let mut w = SplitWatermarks::new(0, None, t0);
+        w.on_split_start(&split("a"), None, t0);
+        w.on_split_start(&split("b"), Some(40), t0);
+        w.on_rows(&split("a"), Some(100), None, t0);
+        // b restored at 40 holds time there until it moves.
+        assert_eq!(w.poll(t0), wm(40));
+        w.on_rows(&split("b"), Some(70), None, t0);
+        assert_eq!(w.poll(t0), wm(70));
+        w.on_split_start(&split("c"), None, t0);
+        w.on_rows(&split("a"), Some(200), None, t0);
+        w.on_rows(&split("b"), Some(300), None, t0);
+        assert_eq!(w.poll(t0), NOTHING);
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum SourceEvent {
         /// The rows.
         batch: RecordBatch,
     },
+    /// The split is now read by this subtask (said before its first batch): from now on it holds
+    /// the watermark back until it produces rows, goes idle or ends. The runtime calls `next`
+    /// again at once.
+    SplitStart(SplitId),
     /// The split will produce nothing more (a file read to its end), so it no longer holds the
     /// watermark back. The runtime calls `next` again at once.
     SplitEnd(SplitId),

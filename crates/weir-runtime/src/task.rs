@@ -490,7 +490,9 @@ impl Task {
                     (Some(b), None)
                 }
                 SourceEvent::Idle(d) => (None, Some(d)),
-                SourceEvent::SplitEnd(_) | SourceEvent::Finished => (None, None),
+                SourceEvent::SplitStart(_) | SourceEvent::SplitEnd(_) | SourceEvent::Finished => {
+                    (None, None)
+                }
             };
             self.send_dead_letters(dead).await?;
             self.emit_ready_pending().await?;

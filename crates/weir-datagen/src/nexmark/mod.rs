@@ -7,7 +7,7 @@
 
 pub mod generator;
 
-use crate::splits::{RateLimit, Splits};
+use crate::splits::{Next, RateLimit, Splits};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -466,8 +466,9 @@ impl Source for NexmarkSource {
         };
         let i = match splits.next_split() {
             None => return Ok(SourceEvent::Finished),
-            Some(Err(ended)) => return Ok(SourceEvent::SplitEnd(splits.owned[ended].id.clone())),
-            Some(Ok(i)) => i,
+            Some(Next::Start(i)) => return Ok(SourceEvent::SplitStart(splits.owned[i].id.clone())),
+            Some(Next::End(i)) => return Ok(SourceEvent::SplitEnd(splits.owned[i].id.clone())),
+            Some(Next::Rows(i)) => i,
         };
         let mut n = self.events_per_batch;
         if let Some(left) = splits.remaining(i) {
