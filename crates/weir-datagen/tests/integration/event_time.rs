@@ -85,8 +85,7 @@ fn run(source: Box<dyn kind::SourceSpec>, watermark: &str, parallelism: u32) -> 
     });
     g.connect(s, probe, Partitioning::Rebalance);
     Runtime::new(2).expect("runtime").run(g).expect("run");
-    let seen = log.lock().expect("lock").clone();
-    seen
+    log.lock().expect("lock").clone()
 }
 
 fn watermarks(seen: &[Seen]) -> Vec<i64> {
