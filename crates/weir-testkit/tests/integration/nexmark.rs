@@ -57,3 +57,49 @@ fn q1_currency_conversion() {
 fn q2_selection() {
     check("q2");
 }
+
+/// A row whose event-time column is null or not a time becomes a dead letter naming the column;
+/// the job goes on and the other rows arrive.
+#[test]
+fn rows_without_event_time_are_dead_letters() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = tmp.path().join("spec.yaml");
+    let out = tmp.path().join("out");
+    std::fs::write(
+        &spec,
+        r#"
+name: event-time-bad-rows
+on_error: dead_letter
+dead_letter:
+  sink: jsonl
+  path: ${OUT}/dead.jsonl
+steps:
+  - name: events
+    source: values
+    rows:
+      - {id: 1, ts: "2024-01-01T00:00:01Z"}
+      - {id: 2, ts: null}
+      - {id: 3, ts: "not a time"}
+      - {id: 4, ts: "2024-01-01T00:00:02Z"}
+    watermark: {column: ts}
+  - sink: jsonl
+    path: ${OUT}/rows
+"#,
+    )
+    .expect("write spec");
+    run_spec(&spec, &out, 1, &[]).unwrap_or_else(|e| panic!("{}", e.report()));
+    let rows = weir_testkit::read_rows(&out.join("rows")).expect("rows");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[0].contains(r#""id":1"#) && rows[1].contains(r#""id":4"#),
+        "{rows:?}"
+    );
+    let dead = weir_testkit::read_rows(&out.join("dead.jsonl")).expect("dead letters");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let all = dead.join("\n");
+    assert!(all.contains("event-time column 'ts' is null"), "{all}");
+    assert!(
+        all.contains("cannot read 'not a time' as a timestamp"),
+        "{all}"
+    );
+}
