@@ -155,6 +155,10 @@ pub struct Node {
     /// Instances; default the job's `parallelism` (a kind that must run alone runs as one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<u32>,
+    /// Sources only: the event-time column and how watermarks are made from it (`watermark:` in
+    /// YAML). Default: none (the source emits no watermarks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<weir_runtime::WatermarkSpec>,
     /// Written by planning: one line saying what the node does. Ignored when read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -178,6 +182,7 @@ impl Node {
             kind: kind.into(),
             spec,
             parallelism: None,
+            watermark: None,
             description: None,
             schema: None,
         }

@@ -26,6 +26,8 @@ pub fn builtin() -> Registry {
         .source::<conn::FilesSourceSpec>("files")
         .source::<conn::TextSourceSpec>("text")
         .source::<conn::ValuesSourceSpec>("values")
+        .source::<weir_datagen::DatagenSourceSpec>("datagen")
+        .source::<weir_datagen::NexmarkSourceSpec>("nexmark")
         .op::<ops::FilterSpec>("filter")
         .op::<ops::SelectSpec>("select")
         .op::<ops::RenameSpec>("rename")
@@ -86,7 +88,9 @@ mod tests {
         let r = builtin();
         assert_eq!(
             r.names(Role::Source),
-            ["parquet", "jsonl", "csv", "files", "text", "values"]
+            [
+                "parquet", "jsonl", "csv", "files", "text", "values", "datagen", "nexmark"
+            ]
         );
         assert_eq!(
             r.names(Role::Sink),

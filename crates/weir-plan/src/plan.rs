@@ -15,8 +15,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use weir_infer::ModelService;
-use weir_runtime::kind::{CreateContext, Need, PlanContext, Registry, Resources, Step};
-use weir_runtime::{ErrorPolicy, JobConfig, JobGraph, NodeId, Partitioning};
+use weir_runtime::event_time::WatermarkConfig;
+use weir_runtime::kind::{
+    CreateContext, Need, OperatorSpec, PlanContext, Registry, Resources, Step,
+};
+use weir_runtime::{ErrorPolicy, EventTimeSource, JobConfig, JobGraph, NodeId, Partitioning};
 use weir_types::{Error, Result, dead_letter_schema};
 
 /// Options given on the command line.
@@ -73,6 +76,9 @@ struct Bound {
     step: Step,
     inputs: Vec<SchemaRef>,
     output: Option<SchemaRef>,
+    /// Sources with `watermark:`: the checked option; the running source is wrapped in an
+    /// [`EventTimeSource`](weir_runtime::EventTimeSource).
+    event_time: Option<WatermarkConfig>,
 }
 
 /// A started job: the runtime's graph, whose steps hold the job's services, and those services
@@ -264,6 +270,9 @@ pub fn plan_graph(registry: &Registry, graph: &LogicalGraph, origin: &str) -> Re
         if let Some(cols) = projections.get(&i) {
             description.push_str(&format!(", reads only {}", cols.join(", ")));
         }
+        if let Some(w) = &node.watermark {
+            description.push_str(&format!("; {}", w.describe()));
+        }
         node.description = Some(description.clone());
         node.schema = b.output.clone();
         planned.push(PlannedStep {
@@ -301,9 +310,14 @@ impl Plan {
             let (inputs, output) = (b.inputs.clone(), b.output.clone());
             let id = match &b.step {
                 Step::Source(spec) => {
-                    let spec = spec.clone();
+                    let (spec, event_time) = (spec.clone(), b.event_time.clone());
                     graph.add_source(&s.name, s.parallelism, move |info| {
-                        spec.create(&CreateContext::new(info, &inputs, output.as_ref(), &res))
+                        let source =
+                            spec.create(&CreateContext::new(info, &inputs, output.as_ref(), &res))?;
+                        Ok(match &event_time {
+                            Some(c) => Box::new(EventTimeSource::new(source, c.clone())),
+                            None => source,
+                        })
                     })
                 }
                 Step::Op(spec) => {
@@ -619,6 +633,7 @@ fn schemas(
     projections: &HashMap<usize, Vec<String>>,
 ) -> Result<Vec<Bound>> {
     let mut outputs: Vec<Option<SchemaRef>> = vec![None; steps.len()];
+    let mut event_times: Vec<Option<WatermarkConfig>> = vec![None; steps.len()];
     let mut inputs_of: Vec<Vec<SchemaRef>> = vec![Vec::new(); steps.len()];
     for &i in &shape.order {
         let node = &g.nodes[i];
@@ -675,7 +690,17 @@ fn schemas(
                         .map_err(|e| Error::internal("projection pushdown").with_source(e))?;
                     schema = Arc::new(indices);
                 }
+                if let Some(w) = &node.watermark {
+                    event_times[i] = Some(w.check(&schema).map_err(named)?);
+                }
                 Some(schema)
+            }
+            _ if node.watermark.is_some() => {
+                return Err(Error::config(format!(
+                    "node '{}' ({}): key 'watermark': only a source declares event time",
+                    node.name,
+                    node.kind_label()
+                )));
             }
             Step::Op(op) => Some(op.output_schema(&inputs, ctx).map_err(named)?),
             Step::Sink(sink) => {
@@ -690,10 +715,12 @@ fn schemas(
         .iter()
         .zip(inputs_of)
         .zip(outputs)
-        .map(|((step, inputs), output)| Bound {
+        .zip(event_times)
+        .map(|(((step, inputs), output), event_time)| Bound {
             step: step.clone(),
             inputs,
             output,
+            event_time,
         })
         .collect();
     Ok(bound)
@@ -755,10 +782,12 @@ fn pushdown(shape: &Shape, bound: &[Bound]) -> Result<HashMap<usize, Vec<String>
         if !projects || cols.len() >= schema.fields().len() {
             continue;
         }
+        // A source's event-time column is read by its watermarks, whoever else reads it.
+        let event_time = b.event_time.as_ref().map(|e| &e.column);
         let mut read: Vec<String> = schema
             .fields()
             .iter()
-            .filter(|f| cols.contains(f.name()))
+            .filter(|f| cols.contains(f.name()) || event_time == Some(f.name()))
             .map(|f| f.name().clone())
             .collect();
         if read.is_empty() {

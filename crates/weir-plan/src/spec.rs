@@ -111,6 +111,8 @@ pub struct StepSpec {
     pub inputs: Option<Vec<String>>,
     /// `parallelism:` if set.
     pub parallelism: Option<u32>,
+    /// `watermark:` (sources only): the event-time column and how watermarks are made from it.
+    pub watermark: Option<weir_runtime::WatermarkSpec>,
     /// The remaining keys: the kind's options.
     pub options: Mapping,
 }
@@ -321,6 +323,17 @@ fn parse_step(index: usize, m: &Mapping) -> Result<StepSpec> {
             Some(p)
         }
     };
+    let watermark = match options.remove("watermark") {
+        None => None,
+        Some(v) => {
+            if role != Role::Source {
+                return Err(Error::config(format!(
+                    "{at}: key 'watermark': only a source declares event time"
+                )));
+            }
+            Some(from_value(v, &format!("{at}: key 'watermark'"))?)
+        }
+    };
     Ok(StepSpec {
         index,
         name,
@@ -328,6 +341,7 @@ fn parse_step(index: usize, m: &Mapping) -> Result<StepSpec> {
         kind,
         inputs,
         parallelism,
+        watermark,
         options,
     })
 }

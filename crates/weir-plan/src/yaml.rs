@@ -155,6 +155,7 @@ fn node(registry: &Registry, step: &StepSpec) -> Result<Node> {
     let parsed = registry.parse(step.role, &step.kind, step.options_json()?, &step.locator())?;
     let mut node = Node::new(&step.name, step.role, &step.kind, parsed.to_value()?);
     node.parallelism = step.parallelism;
+    node.watermark = step.watermark.clone();
     Ok(node)
 }
 
@@ -197,6 +198,7 @@ fn dead_letter_step(mut mapping: Mapping, index: usize) -> Result<StepSpec> {
         kind,
         inputs: None,
         parallelism: Some(1),
+        watermark: None,
         options: mapping,
     })
 }

@@ -74,6 +74,7 @@
 
 pub mod channel;
 pub mod checkpointing;
+pub mod event_time;
 pub mod fault;
 pub mod graph;
 mod inflight;
@@ -89,13 +90,14 @@ mod task;
 pub mod watermark;
 
 pub use checkpointing::{CheckpointSetup, CheckpointStats};
+pub use event_time::{EventTimeSource, LatePolicy, WatermarkSpec};
 pub use graph::{Edge, JobConfig, JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, JobReport, Runtime};
 pub use metrics::{MetricsRegistry, MetricsSnapshot, NodeMetrics, NodeRole, OperatorMetrics};
 pub use operator::{
     CpuTask, Emitted, Emitter, ErrorPolicy, IoTask, Operator, OperatorContext, Relabel, TaskInfo,
 };
-pub use source::{Source, SourceEvent};
+pub use source::{Source, SourceEvent, SplitId};
 /// Cancelled when a stop of the job is requested.
 pub use tokio_util::sync::CancellationToken as StopToken;
 pub use watermark::{Progress, WatermarkMerge};

@@ -4,12 +4,12 @@
 //! Every counter is a relaxed atomic: cheap to update on the hot path, read without locks.
 
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Counters of one parallel instance of a node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OperatorMetrics {
     rows_in: AtomicU64,
     rows_out: AtomicU64,
@@ -28,6 +28,38 @@ pub struct OperatorMetrics {
     batch_latency_us_ewma: AtomicU64,
     model_busy_ns: AtomicU64,
     model_instances: AtomicU64,
+    late_rows: AtomicU64,
+    /// The current watermark (milliseconds since the epoch); `NO_WATERMARK` before the first.
+    watermark: AtomicI64,
+}
+
+/// The value of [`OperatorMetrics`]' watermark before any arrived.
+const NO_WATERMARK: i64 = i64::MIN;
+
+impl Default for OperatorMetrics {
+    fn default() -> Self {
+        OperatorMetrics {
+            rows_in: AtomicU64::new(0),
+            rows_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            batches_out: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            backpressured_ns: AtomicU64::new(0),
+            idle_ns: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            batch_rows_last: AtomicU64::new(0),
+            batch_latency_us_ewma: AtomicU64::new(0),
+            model_busy_ns: AtomicU64::new(0),
+            model_instances: AtomicU64::new(0),
+            late_rows: AtomicU64::new(0),
+            watermark: AtomicI64::new(NO_WATERMARK),
+        }
+    }
 }
 
 impl OperatorMetrics {
@@ -89,6 +121,14 @@ impl OperatorMetrics {
     pub fn set_model_instances(&self, n: usize) {
         self.model_instances.store(n as u64, Relaxed);
     }
+    /// Counts rows that arrived behind the watermark (see [`crate::event_time`]).
+    pub fn add_late(&self, rows: u64) {
+        self.late_rows.fetch_add(rows, Relaxed);
+    }
+    /// Records the watermark this instance has passed on (the runtime calls it).
+    pub fn set_watermark(&self, w: weir_types::Watermark) {
+        self.watermark.fetch_max(w.0, Relaxed);
+    }
     /// Marks the instance as finished.
     pub fn set_finished(&self) {
         self.finished.store(1, Relaxed);
@@ -114,6 +154,8 @@ impl OperatorMetrics {
             batch_latency_us_ewma: self.batch_latency_us_ewma.load(Relaxed),
             model_busy_ms: self.model_busy_ns.load(Relaxed) / 1_000_000,
             model_instances: self.model_instances.load(Relaxed),
+            late_rows: self.late_rows.load(Relaxed),
+            watermark: Some(self.watermark.load(Relaxed)).filter(|w| *w != NO_WATERMARK),
         }
     }
 }
@@ -169,6 +211,11 @@ pub struct MetricsSnapshot {
     pub model_busy_ms: u64,
     /// Model operators: model instances, summed.
     pub model_instances: u64,
+    /// Rows that arrived behind the watermark, summed.
+    pub late_rows: u64,
+    /// The current watermark (milliseconds since the Unix epoch): the minimum over the instances
+    /// that have one; `None` before any watermark.
+    pub watermark: Option<i64>,
 }
 
 impl MetricsSnapshot {
@@ -191,6 +238,11 @@ impl MetricsSnapshot {
         self.batch_latency_us_ewma = self.batch_latency_us_ewma.max(o.batch_latency_us_ewma);
         self.model_busy_ms += o.model_busy_ms;
         self.model_instances += o.model_instances;
+        self.late_rows += o.late_rows;
+        self.watermark = match (self.watermark, o.watermark) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 

@@ -315,6 +315,25 @@ impl OperatorContext {
         }
     }
 
+    /// Writes a row to the dead-letter output that is not an error (a late row): `reason` becomes
+    /// its `error`. Only call it when the job has a dead-letter output
+    /// (`error_policy() == ErrorPolicy::DeadLetter`).
+    pub(crate) fn dead_letter(
+        &mut self,
+        reason: String,
+        position: Option<String>,
+        raw: Option<Vec<u8>>,
+    ) {
+        self.metrics.add_dead_letter();
+        self.dead_letters.push(DeadLetter {
+            operator: self.info.node.clone(),
+            input: None,
+            position,
+            error: reason,
+            raw,
+        });
+    }
+
     /// Takes the dead letters recorded since the last call (the runtime routes them).
     pub fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
         std::mem::take(&mut self.dead_letters)

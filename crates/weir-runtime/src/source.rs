@@ -4,15 +4,36 @@ use crate::operator::OperatorContext;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use std::sync::Arc;
 use std::time::Duration;
 use weir_checkpoint::{AbortReason, StateSnapshot};
 use weir_types::{Barrier, CheckpointId, Result};
+
+/// Names one split of a source's input (a file, a Kafka partition, a generator split): the unit
+/// whose event time is tracked on its own (see [`crate::event_time`]).
+pub type SplitId = Arc<str>;
 
 /// What one call of [`Source::next`] produced.
 #[derive(Debug)]
 pub enum SourceEvent {
     /// A batch of rows, in the source's output schema.
     Batch(RecordBatch),
+    /// A batch of rows all read from one split. Sources that read several splits per subtask
+    /// (files, partitions, generator splits) say which, so that a `watermark:` option tracks event
+    /// time per split (see [`crate::event_time`]); otherwise the same as [`SourceEvent::Batch`].
+    SplitBatch {
+        /// The split the rows come from.
+        split: SplitId,
+        /// The rows.
+        batch: RecordBatch,
+    },
+    /// The split is now read by this subtask (said before its first batch): from now on it holds
+    /// the watermark back until it produces rows, goes idle or ends. The runtime calls `next`
+    /// again at once.
+    SplitStart(SplitId),
+    /// The split will produce nothing more (a file read to its end), so it no longer holds the
+    /// watermark back. The runtime calls `next` again at once.
+    SplitEnd(SplitId),
     /// Nothing is available now (a continuous source waiting for new files); the runtime calls
     /// `next` again after at most this long, or sooner when it has control work to do.
     Idle(Duration),
@@ -33,9 +54,11 @@ pub enum SourceEvent {
 /// active again). A source reading several splits keeps one watermark per split and emits their
 /// minimum over the splits that are not idle, for example with a [`WatermarkMerge`].
 ///
-/// [`WatermarkMerge`]: crate::WatermarkMerge `next` must return within about 100 ms (return a smaller
-/// batch or `Idle` rather than wait longer), so that barriers and stop requests are not delayed.
-/// Bad rows go through [`OperatorContext::bad_row`]; a hook that returns an error fails the job.
+/// `next` must return within about 100 ms (return a smaller batch or `Idle` rather than wait
+/// longer), so that barriers and stop requests are not delayed. Bad rows go through
+/// [`OperatorContext::bad_row`]; a hook that returns an error fails the job.
+///
+/// [`WatermarkMerge`]: crate::WatermarkMerge
 #[async_trait]
 pub trait Source: Send {
     /// The schema of every batch this source emits; fixed before the job starts.

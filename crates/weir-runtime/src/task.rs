@@ -479,16 +479,21 @@ impl Task {
             ctx.metrics().add_busy(started.elapsed());
             let dead = ctx.take_dead_letters();
             let (watermark, idle) = ctx.take_source_progress();
+            if let Some(w) = watermark {
+                ctx.metrics().set_watermark(w);
+            }
+            let finished = matches!(ev, SourceEvent::Finished);
             let (batch, pause) = match ev {
-                SourceEvent::Batch(b) => {
+                SourceEvent::Batch(b) | SourceEvent::SplitBatch { batch: b, .. } => {
                     ctx.metrics()
                         .add_out(b.num_rows(), b.get_array_memory_size());
                     (Some(b), None)
                 }
                 SourceEvent::Idle(d) => (None, Some(d)),
-                SourceEvent::Finished => (None, None),
+                SourceEvent::SplitStart(_) | SourceEvent::SplitEnd(_) | SourceEvent::Finished => {
+                    (None, None)
+                }
             };
-            let finished = batch.is_none() && pause.is_none();
             self.send_dead_letters(dead).await?;
             self.emit_ready_pending().await?;
             self.source_progress(batch, watermark, idle).await?;
@@ -679,6 +684,7 @@ impl Task {
                         continue;
                     }
                     *last = Some(w);
+                    c.ctx.metrics().set_watermark(w);
                     c.op.on_watermark(w, &mut c.ctx, &mut out)
                         .await
                         .map_err(|e| e.in_operator(name))?;

@@ -55,3 +55,15 @@ pub fn models_dir() -> PathBuf {
 pub fn data_dir() -> PathBuf {
     located("WEIR_DATA", |home| home.join("data"))
 }
+
+/// The Python interpreter of the DuckDB venv (`scripts/setup-duckdb.sh`), which computes the
+/// reference answers of the Nexmark query checks.
+pub fn duckdb_python() -> PathBuf {
+    let p = home().join("venv-duckdb/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup-duckdb.sh",
+        p.display()
+    );
+    p
+}

@@ -3,6 +3,7 @@
 mod fusion;
 mod golden;
 mod layering;
+mod nexmark;
 mod pushdown;
 mod specs;
 mod streaming;

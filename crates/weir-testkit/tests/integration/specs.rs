@@ -28,7 +28,8 @@ pub fn shipped_specs() -> Vec<PathBuf> {
     out
 }
 
-/// The spec's text with every `${NAME}` given a value of its own (`/NAME`).
+/// The spec's text with every `${NAME}` given a value of its own (`/NAME`); a `${NAME:-default}`
+/// keeps its default (which may be a number where a path would not parse).
 pub fn with_vars(path: &Path) -> String {
     let text = std::fs::read_to_string(path).expect("read spec");
     let mut vars = std::collections::HashMap::new();
@@ -37,6 +38,9 @@ pub fn with_vars(path: &Path) -> String {
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
+        if part[name.len()..].starts_with(":-") {
+            continue;
+        }
         vars.insert(name.clone(), format!("/{name}"));
     }
     weir_plan::spec::substitute(&text, &path.display().to_string(), &vars).expect("substitute")
