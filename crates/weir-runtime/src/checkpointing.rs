@@ -7,6 +7,7 @@
 //! declined with a warning naming the cause, and the job goes on; only the final checkpoint is
 //! retried and, if it still fails, fails the job (its output would otherwise never be published).
 
+use crate::observe::{CheckpointHistory, CheckpointRecord, DriverCommand, DriverWatch};
 use crate::task::{Control, TaskEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -67,6 +68,14 @@ pub(crate) struct Driver {
     final_id: Option<CheckpointId>,
     final_attempts: u32,
     started: Instant,
+    /// What watchers see of the checkpoints.
+    pub(crate) history: CheckpointHistory,
+    /// Requests from watchers ("checkpoint now").
+    pub(crate) commands: mpsc::UnboundedReceiver<DriverCommand>,
+    /// Requests waiting for the next trigger.
+    requested: Vec<tokio::sync::oneshot::Sender<Result<CheckpointRecord>>>,
+    /// Requests waiting for the end of a triggered checkpoint.
+    answering: BTreeMap<CheckpointId, Vec<tokio::sync::oneshot::Sender<Result<CheckpointRecord>>>>,
 }
 
 fn now_ms() -> u64 {
@@ -84,6 +93,7 @@ impl Driver {
         setup: &CheckpointSetup,
         tasks: BTreeMap<TaskKey, TaskHandle>,
         events: mpsc::UnboundedReceiver<TaskEvent>,
+        watch: DriverWatch,
     ) -> Result<Self> {
         let next_id = setup.restore.as_ref().map_or(1, |m| m.checkpoint_id + 1);
         let expected = tasks.iter().map(|(k, t)| {
@@ -114,6 +124,10 @@ impl Driver {
             final_id: None,
             started: Instant::now(),
             final_attempts: 0,
+            history: watch.history,
+            commands: watch.commands,
+            requested: Vec::new(),
+            answering: BTreeMap::new(),
         })
     }
 
@@ -136,6 +150,14 @@ impl Driver {
                 ev = self.events.recv() => match ev {
                     None => return Ok(self.stats),
                     Some(ev) => self.on_event(ev).await?,
+                },
+                Some(cmd) = self.commands.recv() => match cmd {
+                    DriverCommand::CheckpointNow(reply) => {
+                        self.requested.push(reply);
+                        self.coordinator.request_checkpoint();
+                        let actions = self.coordinator.poll(Instant::now());
+                        self.apply(actions).await?;
+                    }
                 },
                 _ = sleep => {
                     let actions = self.coordinator.poll(Instant::now());
@@ -163,12 +185,17 @@ impl Driver {
                 if !live || duplicate {
                     return Ok(());
                 }
+                let mut bytes = 0;
                 for (node, subtask, snap) in states {
                     match self.store.write_state(id, &node, subtask, &snap).await {
-                        Ok(entry) => self.files.entry(id).or_default().push((node, entry)),
+                        Ok(entry) => {
+                            bytes += entry.size;
+                            self.files.entry(id).or_default().push((node, entry))
+                        }
                         Err(e) => return self.decline(id, e).await,
                     }
                 }
+                self.history.acked(id, &task.node, task.subtask, bytes);
                 self.acked.entry(id).or_default().insert(task.clone());
                 if self.final_id == Some(id) {
                     if self.acked[&id].len() == self.tasks.len() {
@@ -227,6 +254,11 @@ impl Driver {
             triggered_at_ms: now_ms(),
         };
         tracing::debug!("final checkpoint {id}");
+        let requested = !self.requested.is_empty();
+        self.history
+            .triggered(id, "aligned", self.tasks.len(), true, requested);
+        let waiting = std::mem::take(&mut self.requested);
+        self.answering.entry(id).or_default().extend(waiting);
         let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
         for k in keys {
             self.send(&k, Control::SnapshotNow(b));
@@ -249,6 +281,16 @@ impl Driver {
                         triggered_at_ms: at,
                     };
                     tracing::debug!("checkpoint {id} triggered");
+                    let requested = !self.requested.is_empty();
+                    let expected = self.tasks.len();
+                    let kind_name = match kind {
+                        BarrierKind::Aligned => "aligned",
+                        BarrierKind::Unaligned => "unaligned",
+                    };
+                    self.history
+                        .triggered(id, kind_name, expected, false, requested);
+                    let waiting = std::mem::take(&mut self.requested);
+                    self.answering.entry(id).or_default().extend(waiting);
                     let targets: Vec<(TaskKey, Control)> = self
                         .tasks
                         .iter()
@@ -281,11 +323,13 @@ impl Driver {
                 Action::Expire { id } => {
                     tracing::warn!("checkpoint {id} expired before every task acknowledged it");
                     self.stats.failed += 1;
+                    self.ended(id, Err("expired before every task acknowledged it".into()));
                     self.forget(id).await;
                 }
                 Action::Abort { id, reason } => {
                     tracing::debug!("checkpoint {id} aborted: {reason:?}");
                     self.stats.failed += 1;
+                    self.ended(id, Err(reason.to_string()));
                     self.forget(id).await;
                 }
             }
@@ -308,6 +352,7 @@ impl Driver {
     async fn decline(&mut self, id: CheckpointId, e: Error) -> Result<()> {
         tracing::warn!("checkpoint {id} declined, the job goes on: {}", e.report());
         self.stats.failed += 1;
+        self.ended(id, Err(format!("declined: {}", e.report())));
         if self.final_id == Some(id) {
             self.forget(id).await;
             return self.retry_final(e).await;
@@ -332,6 +377,21 @@ impl Driver {
         Ok(())
     }
 
+    /// Checkpoint `id` ended: records a failure and answers the requests waiting for it.
+    fn ended(&mut self, id: CheckpointId, outcome: std::result::Result<(), String>) {
+        if let Err(reason) = &outcome {
+            self.history.failed(id, reason);
+        }
+        for reply in self.answering.remove(&id).unwrap_or_default() {
+            let answer = match (&outcome, self.history.record(id)) {
+                (Ok(()), Some(r)) => Ok(r),
+                (Ok(()), None) => Err(Error::internal(format!("checkpoint {id} was not recorded"))),
+                (Err(why), _) => Err(Error::io(format!("checkpoint {id} failed: {why}"))),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
     async fn finalize(&mut self, id: CheckpointId) -> Result<()> {
         crate::fault::crash_point("state-files", id);
         let mut m = Manifest::new(self.job.clone(), id, now_ms(), self.max_parallelism);
@@ -352,6 +412,7 @@ impl Driver {
             }
             tracing::warn!("checkpoint {id} declined, the job goes on: {}", e.report());
             self.stats.failed += 1;
+            self.ended(id, Err(format!("declined: {}", e.report())));
             let actions = self.coordinator.on_decline(id, e.report(), Instant::now());
             self.forget(id).await;
             return self.apply(actions).await;
@@ -373,7 +434,9 @@ impl Driver {
             self.stats
                 .durations_ms
                 .push(started.elapsed().as_millis() as u64);
+            self.history.completed(id, started.elapsed());
         }
+        self.ended(id, Ok(()));
         self.acked.remove(&id);
         tracing::debug!("checkpoint {id} complete");
         if is_final {

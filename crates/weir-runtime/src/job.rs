@@ -11,6 +11,7 @@ use crate::graph::{JobGraph, NodeKind, Partitioning};
 use crate::inflight::InputKeys;
 use crate::input::InputGate;
 use crate::metrics::{MetricsRegistry, NodeMetrics, NodeRole, OperatorMetrics};
+use crate::observe::{CheckpointHistory, JobControl, Topology};
 use crate::operator::{OperatorContext, TaskInfo};
 use crate::partition::EdgeRouter;
 use crate::physical::{PhysicalPlan, plan};
@@ -137,6 +138,8 @@ impl Runtime {
             link,
         )?;
         let mut set = JoinSet::new();
+        let history = CheckpointHistory::default();
+        let mut driver_commands = None;
         if let Some(setup) = &checkpoint {
             let mut parallelism: HashMap<String, u32> = graph
                 .nodes
@@ -151,6 +154,8 @@ impl Runtime {
                     }
                 }
             }
+            let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+            driver_commands = Some(commands_tx);
             let driver = Driver::new(
                 graph.config.name.clone(),
                 graph.config.max_parallelism,
@@ -158,6 +163,10 @@ impl Runtime {
                 setup,
                 handles,
                 events_rx,
+                crate::observe::DriverWatch {
+                    history: history.clone(),
+                    commands: commands_rx,
+                },
             )?;
             set.spawn_on(
                 async move { driver.run().await.map(Ended::Driver) },
@@ -174,10 +183,16 @@ impl Runtime {
         Ok(JobHandle {
             name: graph.config.name.clone(),
             metrics,
+            control: JobControl {
+                stop: stop.clone(),
+                driver: driver_commands,
+            },
             stop,
             supervisor: Some(supervisor),
             started: Instant::now(),
             description: plan.describe(&graph),
+            topology: Topology::of(&graph, &plan),
+            history: checkpoint.is_some().then_some(history),
         })
     }
 
@@ -226,9 +241,33 @@ pub struct JobHandle {
     supervisor: Option<tokio::task::JoinHandle<Result<Outcome>>>,
     started: Instant,
     description: String,
+    topology: Topology,
+    history: Option<CheckpointHistory>,
+    control: JobControl,
 }
 
 impl JobHandle {
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The graph as planned: steps, edges, chains.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The checkpoint history, when the job takes checkpoints.
+    pub fn checkpoint_history(&self) -> Option<&CheckpointHistory> {
+        self.history.as_ref()
+    }
+
+    /// Stop and "checkpoint now", for whoever watches the job (kept after [`wait`](Self::wait)
+    /// takes the handle).
+    pub fn control(&self) -> JobControl {
+        self.control.clone()
+    }
+
     /// Live metrics.
     pub fn metrics(&self) -> &MetricsRegistry {
         &self.metrics
@@ -470,7 +509,11 @@ fn wire(
                     all_metrics.push(ctx.metrics().clone());
                     Head::Source { source, ctx }
                 }
-                _ => Head::Input(InputGate::new(head_in)),
+                _ => {
+                    node_metrics[chain.nodes[0]][subtask as usize]
+                        .set_input_queues(head_in.iter().map(Receiver::gauge).collect());
+                    Head::Input(InputGate::new(head_in))
+                }
             };
             let mut ops = Vec::new();
             for node in nodes {

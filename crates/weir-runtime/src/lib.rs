@@ -80,6 +80,7 @@ mod inflight;
 pub mod input;
 pub mod job;
 pub mod metrics;
+pub mod observe;
 pub mod operator;
 pub mod partition;
 pub mod physical;
@@ -89,7 +90,12 @@ mod task;
 pub use checkpointing::{CheckpointSetup, CheckpointStats};
 pub use graph::{Edge, JobConfig, JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, JobReport, Runtime};
-pub use metrics::{MetricsRegistry, MetricsSnapshot, NodeMetrics, NodeRole, OperatorMetrics};
+pub use metrics::{
+    MetricsRegistry, MetricsSnapshot, NodeMetrics, NodeRole, NodeSubtasks, OperatorMetrics,
+};
+pub use observe::{
+    CheckpointHistory, CheckpointRecord, CheckpointStatus, DeadLetterLog, JobControl, Topology,
+};
 pub use operator::{CpuTask, Emitter, ErrorPolicy, Operator, OperatorContext, Relabel, TaskInfo};
 pub use source::{Source, SourceEvent};
 /// Cancelled when a stop of the job is requested.

@@ -400,6 +400,7 @@ impl Task {
                             let c = &mut self.chain[i];
                             let mut out = Emitter::default();
                             let name = c.ctx.name().to_string();
+                            c.ctx.metrics().set_watermark(w.0);
                             c.op.on_watermark(w, &mut c.ctx, &mut out)
                                 .await
                                 .map_err(|e| e.in_operator(name))?;
@@ -570,6 +571,10 @@ impl Task {
     }
 
     async fn broadcast(&mut self, msg: &Message, to_dead_letter: bool) -> Result<()> {
+        // A source's watermark is the one it sends (operators record theirs as they get one).
+        if let (Message::Watermark(w), Head::Source { ctx, .. }) = (msg, &self.head) {
+            ctx.metrics().set_watermark(w.0);
+        }
         let mut waited = Duration::ZERO;
         for r in &mut self.outputs.routers {
             waited += r.broadcast(msg).await?;
