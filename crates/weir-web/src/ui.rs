@@ -39,8 +39,8 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// Where each step is drawn: its column (the longest path from a source, the dead-letter sink
-/// last) and its row within the column.
+/// Where each step is drawn: its column (the longest path from a source) and its row within
+/// the column; the dead-letter sink below everything, under the last column.
 pub fn layout(t: &Topology) -> BTreeMap<String, (usize, usize)> {
     let n = t.nodes.len();
     let index: BTreeMap<&str, usize> = t
@@ -65,23 +65,27 @@ pub fn layout(t: &Topology) -> BTreeMap<String, (usize, usize)> {
             break;
         }
     }
-    let last = col.iter().copied().max().unwrap_or(0);
-    for (i, node) in t.nodes.iter().enumerate() {
-        if node.dead_letter {
-            col[i] = last + 1;
-        }
-    }
     let mut rows: BTreeMap<usize, usize> = BTreeMap::new();
-    t.nodes
+    let mut at: BTreeMap<String, (usize, usize)> = t
+        .nodes
         .iter()
         .enumerate()
+        .filter(|(_, node)| !node.dead_letter)
         .map(|(i, node)| {
             let r = rows.entry(col[i]).or_insert(0);
             let at = (col[i], *r);
             *r += 1;
             (node.name.clone(), at)
         })
-        .collect()
+        .collect();
+    // The dead-letter sink goes below the rest, under the last column: its dashed edges then
+    // run down instead of across the other steps.
+    let last_col = at.values().map(|a| a.0).max().unwrap_or(0);
+    let below = rows.values().copied().max().unwrap_or(0);
+    for node in t.nodes.iter().filter(|n| n.dead_letter) {
+        at.insert(node.name.clone(), (last_col, below));
+    }
+    at
 }
 
 fn pos((c, r): (usize, usize)) -> (f64, f64) {
@@ -110,9 +114,19 @@ pub fn graph_svg(t: &Topology) -> String {
             continue;
         };
         let ((x1, y1), (x2, y2)) = (pos(a), pos(b));
-        let (x1, y1, x2, y2) = (x1 + NODE_W, y1 + NODE_H / 2.0, x2, y2 + NODE_H / 2.0);
-        let mx = (x1 + x2) / 2.0;
-        let class = if e.partitioning == "dead letters" {
+        let dead = e.partitioning == "dead letters";
+        // Data edges run from a box's right side to the next box's left side; dead letters
+        // from a box's bottom down to the dead-letter sink's top.
+        let d = if dead {
+            let (x1, y1, x2, y2) = (x1 + NODE_W / 2.0, y1 + NODE_H, x2 + NODE_W / 2.0, y2);
+            let my = (y1 + y2) / 2.0;
+            format!("M{x1:.0},{y1:.0} C{x1:.0},{my:.0} {x2:.0},{my:.0} {x2:.0},{y2:.0}")
+        } else {
+            let (x1, y1, x2, y2) = (x1 + NODE_W, y1 + NODE_H / 2.0, x2, y2 + NODE_H / 2.0);
+            let mx = (x1 + x2) / 2.0;
+            format!("M{x1:.0},{y1:.0} C{mx:.0},{y1:.0} {mx:.0},{y2:.0} {x2:.0},{y2:.0}")
+        };
+        let class = if dead {
             "edge dead"
         } else if e.chained {
             "edge chained"
@@ -121,7 +135,7 @@ pub fn graph_svg(t: &Topology) -> String {
         };
         let _ = write!(
             s,
-            r#"<path class="{class}" d="M{x1:.0},{y1:.0} C{mx:.0},{y1:.0} {mx:.0},{y2:.0} {x2:.0},{y2:.0}" marker-end="url(#arrow)"><title>{} → {}: {}{}</title></path>"#,
+            r#"<path class="{class}" d="{d}" marker-end="url(#arrow)"><title>{} → {}: {}{}</title></path>"#,
             escape(&e.from),
             escape(&e.to),
             escape(&e.partitioning),
@@ -223,7 +237,7 @@ mod tests {
         assert_eq!(l["a"], (1, 0));
         assert_eq!(l["b<x>"], (2, 0));
         assert_eq!(l["out"], (3, 0));
-        assert_eq!(l["dl"], (4, 0));
+        assert_eq!(l["dl"], (3, 1));
         let svg = graph_svg(&t);
         assert!(svg.contains(r#"data-step="b&lt;x&gt;""#), "{svg}");
         assert!(!svg.contains("<b>"), "{svg}");

@@ -154,7 +154,7 @@ fn a_running_job_seen_by_a_browser_prometheus_and_a_fuzzer() {
     // 202 lines per file, two of them malformed (dead letters); the throttle keeps the job busy
     // long enough to watch it.
     let spec = format!(
-        "name: web-test\non_error: dead_letter\ndead_letter:\n  sink: jsonl\n  path: {dead}\ncheckpoint:\n  store: {store}\n  interval: 1s\nsteps:\n  - name: orders\n    source: jsonl\n    path: {input}\n    continuous: true\n    poll_interval: 200ms\n  - name: slow\n    op: throttle\n    rows_per_second: 60\n  - name: damaged\n    op: filter\n    predicate: \"reason = 'damaged' OR refund > 50\"\n    parallelism: 2\n  - name: out\n    sink: jsonl\n    path: {out}\n",
+        "name: web-test\non_error: dead_letter\ndead_letter:\n  sink: jsonl\n  path: {dead}\ncheckpoint:\n  store: {store}\n  interval: 1s\nsteps:\n  - name: orders\n    source: jsonl\n    path: {input}\n    continuous: true\n    poll_interval: 200ms\n    batch_size: 10\n  - name: slow\n    op: throttle\n    rows_per_second: 100\n  - name: damaged\n    op: filter\n    predicate: \"reason = 'damaged' OR refund > 50\"\n    parallelism: 2\n  - name: out\n    sink: jsonl\n    path: {out}\n",
         dead = d.join("dead.jsonl").display(),
         store = d.join("ckpt").display(),
         input = input.display(),
@@ -206,7 +206,8 @@ fn a_running_job_seen_by_a_browser_prometheus_and_a_fuzzer() {
         rows_out(&api, "orders") > 0
     });
 
-    // More input keeps arriving while the browser looks (a file every second).
+    // More input keeps arriving while the browser looks (a file every 2.5 s: about what the
+    // throttle lets through).
     let stop_feeding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let feeder = {
         let stop = stop_feeding.clone();
@@ -216,7 +217,7 @@ fn a_running_job_seen_by_a_browser_prometheus_and_a_fuzzer() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 60 {
                 put(&input, i);
                 i += 1;
-                std::thread::sleep(Duration::from_millis(1000));
+                std::thread::sleep(Duration::from_millis(2500));
             }
             i
         })
@@ -339,6 +340,33 @@ fn a_running_job_seen_by_a_browser_prometheus_and_a_fuzzer() {
     assert!(
         fuzz.status.success(),
         "schemathesis found problems:\n{said}"
+    );
+    // And the one control endpoint that is safe to fuzz with the token (there is no service,
+    // so nothing scales): its body and path handling.
+    let fuzz = Command::new(&schemathesis)
+        .args(["run", &format!("{api}/api/v1/openapi.yaml")])
+        .args(["--url", &api])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["--include-path-regex", "scale$"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
+        .args(["--max-examples", "40", "--seed", "1", "--workers", "2", "--no-color"])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .arg("--report-dir")
+        .arg(&report)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .expect("run schemathesis");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&fuzz.stdout),
+        String::from_utf8_lossy(&fuzz.stderr)
+    );
+    assert!(
+        fuzz.status.success(),
+        "schemathesis (with the token) found problems:\n{said}"
     );
 
     // The job is still there and still answers (no crash under the fuzzer).
