@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the web tests of `weir run --http` need, from package registries only:
 #
-#   - Prometheus and Chromium from Debian (apt-get; CI runs as root),
+#   - Prometheus, Chromium, Node.js and npm from Debian (apt-get; CI runs as root),
 #   - playwright-core from npm (drives the system Chromium; Playwright's own browser download
 #     is never used), pinned in tests/web/package.json, into tests/web/node_modules,
 #   - schemathesis from PyPI (fuzzes the API from its OpenAPI document), pinned, into
@@ -22,6 +22,8 @@ say() { echo "setup-web-tests: $*"; }
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive

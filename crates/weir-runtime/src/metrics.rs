@@ -40,6 +40,7 @@ pub struct OperatorMetrics {
     model_instances: AtomicU64,
     watermark: AtomicI64,
     watermark_known: AtomicBool,
+    watermark_idle: AtomicBool,
     batch_latency: [AtomicU64; N_LATENCY],
     batch_latency_sum_us: AtomicU64,
     inputs: OnceLock<Vec<QueueGauge>>,
@@ -109,6 +110,11 @@ impl OperatorMetrics {
         self.watermark.store(ms, Relaxed);
         self.watermark_known.store(true, Relaxed);
     }
+    /// Records whether the instance's output is idle (its source, or every input, went idle:
+    /// [`crate::WatermarkStatus::Idle`]), so its watermark holds nothing back downstream.
+    pub fn set_watermark_idle(&self, idle: bool) {
+        self.watermark_idle.store(idle, Relaxed);
+    }
     /// The watermark this instance has reached, if any reached it.
     pub fn watermark(&self) -> Option<i64> {
         self.watermark_known
@@ -159,6 +165,7 @@ impl OperatorMetrics {
             .fold((0, 0), |(q, c), (a, b)| (q + a, c + b));
         MetricsSnapshot {
             watermark_ms: self.watermark(),
+            watermark_idle_subtasks: u64::from(self.watermark_idle.load(Relaxed)),
             queued_bytes,
             queue_capacity_bytes,
             batch_latency_buckets: std::array::from_fn(|i| self.batch_latency[i].load(Relaxed)),
@@ -236,8 +243,11 @@ pub struct MetricsSnapshot {
     pub model_busy_ms: u64,
     /// Model operators: model instances, summed.
     pub model_instances: u64,
-    /// The watermark reached (event time, ms): the least over instances that reached one.
+    /// The watermark reached (event time, ms): the least over active instances that reached
+    /// one (over all of them when every one is idle), as downstream merges it.
     pub watermark_ms: Option<i64>,
+    /// Instances whose watermark status is idle.
+    pub watermark_idle_subtasks: u64,
     /// Input tasks: bytes waiting in the input queues.
     pub queued_bytes: u64,
     /// Input tasks: capacity of the input queues, bytes.
@@ -253,6 +263,11 @@ pub struct MetricsSnapshot {
 
 impl MetricsSnapshot {
     fn add(&mut self, o: &MetricsSnapshot) {
+        // An idle side holds nothing back unless both are idle (what `WatermarkMerge` does).
+        let (self_idle, o_idle) = (
+            self.watermark_idle_subtasks == self.subtasks,
+            o.watermark_idle_subtasks == o.subtasks,
+        );
         self.rows_in += o.rows_in;
         self.rows_out += o.rows_out;
         self.bytes_in += o.bytes_in;
@@ -272,9 +287,12 @@ impl MetricsSnapshot {
         self.model_busy_ms += o.model_busy_ms;
         self.model_instances += o.model_instances;
         self.watermark_ms = match (self.watermark_ms, o.watermark_ms) {
+            (_, b) if self_idle && !o_idle => b,
+            (a, _) if o_idle && !self_idle => a,
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        self.watermark_idle_subtasks += o.watermark_idle_subtasks;
         self.queued_bytes += o.queued_bytes;
         self.queue_capacity_bytes += o.queue_capacity_bytes;
         for (a, b) in self
@@ -421,6 +439,33 @@ mod tests {
         assert_eq!(s[0].totals.bytes_in, 150);
         assert_eq!(s[0].totals.busy_ms, 3);
         assert_eq!(s[0].totals.subtasks, 2);
+    }
+
+    #[test]
+    fn an_idle_instance_holds_the_watermark_back_only_when_all_are_idle() {
+        let reg = MetricsRegistry::default();
+        let inst = reg.register("w", NodeRole::Source, 3);
+        inst[0].set_watermark(9_000);
+        inst[1].set_watermark(2_000);
+        inst[1].set_watermark_idle(true);
+        let t = &reg.snapshot()[0].totals;
+        assert_eq!(
+            (t.watermark_ms, t.watermark_idle_subtasks),
+            (Some(9_000), 1)
+        );
+        inst[0].set_watermark_idle(true);
+        inst[2].set_watermark_idle(true);
+        let t = &reg.snapshot()[0].totals;
+        assert_eq!(
+            (t.watermark_ms, t.watermark_idle_subtasks),
+            (Some(2_000), 3)
+        );
+        inst[1].set_watermark_idle(false);
+        assert_eq!(reg.snapshot()[0].totals.watermark_ms, Some(2_000));
+        assert_eq!(
+            reg.snapshot_subtasks()[0].subtasks[0].watermark_idle_subtasks,
+            1
+        );
     }
 
     #[test]

@@ -742,6 +742,13 @@ impl Task {
             return Ok(());
         }
         self.watermarks.status = status;
+        let idle = status == WatermarkStatus::Idle;
+        if let Head::Source { ctx, .. } = &self.head {
+            ctx.metrics().set_watermark_idle(idle);
+        }
+        for c in &self.chain {
+            c.ctx.metrics().set_watermark_idle(idle);
+        }
         self.broadcast(&Message::WatermarkStatus(status), false)
             .await
     }

@@ -57,8 +57,12 @@ pub struct OperatorView {
     pub counters: Counters,
     /// Rates over the last sampling window.
     pub rates: RatesView,
-    /// The watermark (event time, ms since the epoch) reached by every subtask, if any.
+    /// The watermark (event time, ms since the epoch) reached by every active subtask (every
+    /// subtask when all are idle), if any: what the next step merges.
     pub watermark_ms: Option<i64>,
+    /// Subtasks whose watermark status is idle (their source, or every input, went idle), so
+    /// they hold no watermark back downstream.
+    pub watermark_idle_subtasks: u64,
     /// Fill of its input queues (0..1), for steps that head a task with inputs.
     pub queue_fill: Option<f64>,
 }
@@ -161,6 +165,8 @@ pub struct SubtaskView {
     pub rates: RatesView,
     /// Its watermark.
     pub watermark_ms: Option<i64>,
+    /// Whether its watermark status is idle.
+    pub watermark_idle: bool,
     /// Fill of its input queues (0..1).
     pub queue_fill: Option<f64>,
     /// Each input queue.
@@ -304,6 +310,7 @@ pub fn operators(w: &Watch) -> Vec<OperatorDetail> {
                         .unwrap_or_default()
                         .into(),
                     watermark_ms: s.watermark_ms,
+                    watermark_idle: s.watermark_idle_subtasks > 0,
                     queue_fill: fill(s),
                     input_queues: n
                         .input_queues
@@ -329,6 +336,7 @@ pub fn operators(w: &Watch) -> Vec<OperatorDetail> {
                     counters: (&n.node.totals).into(),
                     rates: r.map(|r| r.total).unwrap_or_default().into(),
                     watermark_ms: n.node.totals.watermark_ms,
+                    watermark_idle_subtasks: n.node.totals.watermark_idle_subtasks,
                     queue_fill: fill(&n.node.totals),
                 },
                 subtasks,

@@ -213,6 +213,18 @@ impl Collector for JobCollector {
             &watermarks,
             |m, (l, s)| gauge(m, l, s.watermark_ms.unwrap_or_default() as f64 / 1000.0),
         )?;
+        let with_watermarks: Vec<&(Labels, MetricsSnapshot)> = series
+            .iter()
+            .filter(|(_, s)| s.watermark_ms.is_some() || s.watermark_idle_subtasks > 0)
+            .collect();
+        family(
+            &mut enc,
+            "weir_operator_watermark_idle",
+            "1 while a subtask's watermark status is idle (its source, or every input, went idle).",
+            MetricType::Gauge,
+            &with_watermarks,
+            |m, (l, s)| gauge(m, l, s.watermark_idle_subtasks as f64),
+        )?;
         let queued: Vec<&(Labels, MetricsSnapshot)> = series
             .iter()
             .filter(|(_, s)| s.queue_capacity_bytes > 0)

@@ -110,7 +110,8 @@ function graph(o) {
     cell(tr, pct(op.rates.busy));
     cell(tr, pct(op.rates.backpressured));
     cell(tr, pct(op.rates.idle));
-    cell(tr, op.watermark_ms === null ? "–" : time(op.watermark_ms), "watermark");
+    cell(tr, (op.watermark_ms === null ? "–" : time(op.watermark_ms)) +
+      (op.watermark_idle_subtasks ? " (" + op.watermark_idle_subtasks + "/" + op.parallelism + " idle)" : ""), "watermark");
     cell(tr, pct(op.queue_fill));
     cell(tr, num(op.counters.errors));
     cell(tr, num(op.counters.dead_letters));
@@ -134,7 +135,7 @@ async function detail() {
     cell(tr, pct(s.rates.busy));
     cell(tr, pct(s.rates.backpressured));
     cell(tr, pct(s.rates.idle));
-    cell(tr, s.watermark_ms === null ? "–" : time(s.watermark_ms));
+    cell(tr, (s.watermark_ms === null ? "–" : time(s.watermark_ms)) + (s.watermark_idle ? " (idle)" : ""));
     cell(tr, s.input_queues.length ? s.input_queues.map((q) => pct(q.queued_bytes / Math.max(1, q.capacity_bytes))).join(" ") : "–");
   });
 }

@@ -317,6 +317,8 @@ fn a_running_job_seen_by_a_browser_prometheus_and_a_fuzzer() {
     // The fuzzer: every endpoint from the OpenAPI document, no 5xx, answers as documented.
     let report = artifacts.join("schemathesis");
     let fuzz = Command::new(&schemathesis)
+        // Its cache (`.schemathesis/`) goes to the test's temporary folder, not the repository.
+        .current_dir(d)
         .args(["run", &format!("{api}/api/v1/openapi.yaml")])
         .args(["--url", &api])
         .args([
@@ -346,6 +348,8 @@ fn a_running_job_seen_by_a_browser_prometheus_and_a_fuzzer() {
     // And the one control endpoint that is safe to fuzz with the token (there is no service,
     // so nothing scales): its body and path handling.
     let fuzz = Command::new(&schemathesis)
+        // Its cache (`.schemathesis/`) goes to the test's temporary folder, not the repository.
+        .current_dir(d)
         .args(["run", &format!("{api}/api/v1/openapi.yaml")])
         .args(["--url", &api])
         .args(["-H", &format!("Authorization: Bearer {token}")])
