@@ -129,7 +129,11 @@ pub fn render(o: &Value) -> String {
             pct(&r["idle"]),
             op["watermark_ms"]
                 .as_i64()
-                .map_or("-".to_string(), |w| w.to_string()),
+                .map_or("-".to_string(), |w| w.to_string())
+                + &match op["watermark_idle_subtasks"].as_u64() {
+                    Some(n) if n > 0 => format!(" ({n} idle)"),
+                    _ => String::new(),
+                },
         );
     }
     let c = &o["checkpoints"];
