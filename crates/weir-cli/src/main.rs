@@ -1,7 +1,8 @@
 //! The `weir` binary: one executable whose subcommands are its roles.
 //!
 //! `weir run FILE` plans and runs a pipeline with live progress and an end-of-run summary;
-//! `weir validate FILE` plans it and prints the graph without running anything;
+//! `weir validate FILE` plans it and prints the graph without running anything; `weir explain
+//! FILE [--json]` prints the logical graph, the rewrites applied and the physical plan;
 //! `weir status`, `weir scale SERVICE N` and `weir services` talk to a running job's web API
 //! (`weir-web`; the Flight control endpoint with `--control-file` or `--shared`);
 //! `weir serve-model` is one out-of-process instance; `weir serve-service` hosts a shared service
@@ -47,6 +48,10 @@ enum Command {
     /// Show a running job through its web API: state, every step's rows, rates, load and
     /// watermark, checkpoints, dead letters, services and why it is slow.
     Status(status::StatusArgs),
+    /// Plan a pipeline and print its logical graph (nodes, schemas, edges, services), the
+    /// rewrites applied (fusion, projection pushdown) and the physical plan (tasks, chains,
+    /// edges, parallelism); run, start and write nothing.
+    Explain(ExplainArgs),
     /// Show the checkpoints a pipeline has stored.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
@@ -122,8 +127,17 @@ enum CheckpointsCommand {
 }
 
 #[derive(Debug, Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Print JSON: `{"logical": GRAPH, "physical": {...}}` (see docs/plan-json.md).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct SpecArgs {
-    /// The pipeline spec (YAML).
+    /// The pipeline: a YAML spec, or a logical graph in its JSON form (a `.json` file).
     file: PathBuf,
     /// Parallelism of every step that does not set its own.
     #[arg(short, long)]
@@ -194,6 +208,7 @@ fn main() -> ExitCode {
     alloc::tune();
     let result = match cli.command {
         Command::Validate(args) => validate(args),
+        Command::Explain(args) => explain(args),
         Command::Run(args) => run(args),
         Command::Status(args) => status::status(args),
         Command::Checkpoints(cmd) => checkpoints::command(cmd),
@@ -257,6 +272,16 @@ fn validate(args: SpecArgs) -> weir_types::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn explain(args: ExplainArgs) -> weir_types::Result<ExitCode> {
+    let plan = plan_file(&args.spec.file, &plan_options(&args.spec)?)?;
+    if args.json {
+        println!("{}", plan.explain_json()?);
+    } else {
+        print!("{}", plan.explain()?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
     let plan = plan_file(&args.spec.file, &plan_options(&args.spec)?)?;
     let threads = args.threads.unwrap_or_else(|| {
@@ -279,18 +304,22 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         };
         restore = checkpoints::newest_complete(&runtime, store)?;
     }
+    // Job start: the declared services are made here (their instances start when the first
+    // step calling them opens); restarts reuse them.
+    let job = plan.start()?;
     let _control = control::open(
         &plan,
+        &job,
         std::net::SocketAddr::new(args.control_host, args.control_port),
         args.control_file.as_deref(),
     )?;
     let watch = weir_web::Watch::new(
         weir_web::JobInfo {
-            name: plan.graph.config.name.clone(),
+            name: job.graph.config.name.clone(),
             spec: Some(args.spec.file.display().to_string()),
             pid: std::process::id(),
         },
-        Box::new(weir_web::registered_service_statuses),
+        job.services.clone(),
     );
     let _web = serve_web(&watch, &args)?;
     tracing::info!(
@@ -307,7 +336,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
             }),
             _ => None,
         };
-        match run_once(&runtime, &plan, setup, &args, &watch) {
+        match run_once(&runtime, &plan, &job, setup, &args, &watch) {
             Ok(report) => break report,
             Err(e)
                 if attempt < plan.restart.attempts
@@ -336,7 +365,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
     };
     watch.ended(Ok(()));
     let (report, slow) = report;
-    let services = weir_web::registered_service_statuses();
+    let services = why::service_statuses(&job.services);
     eprint!("{}", summary::render(&report, &services, &slow));
     if let Some(path) = &args.metrics_json {
         let json = summary::to_json(&report, &services, &slow, "finished");
@@ -448,11 +477,12 @@ fn write_atomically(path: &Path, text: &str) -> weir_types::Result<()> {
 fn run_once(
     runtime: &Runtime,
     plan: &weir_plan::Plan,
+    job: &weir_plan::Job,
     setup: Option<CheckpointSetup>,
     args: &RunArgs,
     watch: &Arc<weir_web::Watch>,
 ) -> weir_types::Result<(weir_runtime::JobReport, Vec<why::Held>)> {
-    let handle = runtime.start_with(plan.graph.clone(), setup)?;
+    let handle = runtime.start_with(job.graph.clone(), setup)?;
     tracing::debug!("physical plan:\n{}", handle.description());
     watch.attach(weir_web::Attempt::of(&handle));
     let metrics = handle.metrics().clone();

@@ -23,7 +23,7 @@ pub mod why;
 
 pub use client::Client;
 pub use server::{ApiFile, ApiFileGuard, OPENAPI_YAML, WebOptions, WebServer};
-pub use watch::{Attempt, JobInfo, JobState, Watch, registered_service_statuses};
+pub use watch::{Attempt, JobInfo, JobState, Watch};
 
 /// The address `weir run` serves on unless told otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8642";

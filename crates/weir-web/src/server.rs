@@ -462,10 +462,16 @@ pub struct ScaleRequest {
     pub instances: usize,
 }
 
-async fn scale(Path(name): Path<String>, Json(body): Json<ScaleRequest>) -> Response {
-    let svc = match weir_infer::service::service(&name) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::NOT_FOUND, e.report()),
+async fn scale(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Json(body): Json<ScaleRequest>,
+) -> Response {
+    let Some(svc) = state.watch.service(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("the job declares no service '{name}'"),
+        );
     };
     // A remote service's scale is a call to its host: keep it off the server's thread.
     let n = body.instances;

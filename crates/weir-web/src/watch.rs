@@ -9,7 +9,7 @@ use crate::why::{self, Held, Reason, Sampler};
 use serde::Serialize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use weir_infer::ServiceStatus;
+use weir_infer::{ModelService, ServiceStatus};
 use weir_runtime::{
     CheckpointHistory, CheckpointRecord, DeadLetterLog, JobControl, JobHandle, MetricsRegistry,
     MetricsSnapshot, NodeSubtasks, Topology,
@@ -127,8 +127,8 @@ struct Inner {
     services: Vec<ServiceStatus>,
 }
 
-/// Where the job's services' statuses come from (the process's service registry in `weir run`).
-pub type ServiceSource = Box<dyn Fn() -> Vec<ServiceStatus> + Send + Sync>;
+/// The job's running services (made when the job starts: `weir_plan::Plan::start`).
+pub type ServiceSource = Vec<Arc<dyn ModelService>>;
 
 /// One job as its watchers see it. Shared (`Arc`) between `weir run`, the web server and
 /// Prometheus.
@@ -151,14 +151,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// The statuses of the services registered in this process.
-pub fn registered_service_statuses() -> Vec<ServiceStatus> {
-    weir_serve::registered_services()
-        .iter()
-        .map(|s| s.status())
-        .collect()
 }
 
 impl Watch {
@@ -245,7 +237,7 @@ impl Watch {
 
     /// Reads every counter and the services' status once; keeps the window's rates and reasons.
     pub fn sample(&self) {
-        let services = (self.services)();
+        let services = why::service_statuses(&self.services);
         let now = Instant::now();
         let Some(metrics) = self.lock().attempt.as_ref().map(|a| a.metrics.clone()) else {
             self.lock().services = services;
@@ -338,6 +330,11 @@ impl Watch {
             .attempt
             .as_ref()
             .map(|a| a.metrics.dead_letters().clone())
+    }
+
+    /// The job's running service `name`.
+    pub fn service(&self, name: &str) -> Option<Arc<dyn ModelService>> {
+        self.services.iter().find(|s| s.name() == name).cloned()
     }
 
     /// The services' status at the last sample.

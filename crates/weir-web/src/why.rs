@@ -9,8 +9,9 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_infer::ServiceStatus;
+use weir_infer::{ModelService, ServiceStatus};
 use weir_runtime::{NodeMetrics, NodeRole};
 
 /// How often the sampler looks.
@@ -130,12 +131,9 @@ pub struct Sampler {
     held: BTreeMap<String, Held>,
 }
 
-/// The statuses of every registered service.
-pub fn service_statuses() -> Vec<ServiceStatus> {
-    weir_serve::registered_services()
-        .iter()
-        .map(|s| s.status())
-        .collect()
+/// The statuses of the job's services.
+pub fn service_statuses(services: &[Arc<dyn ModelService>]) -> Vec<ServiceStatus> {
+    services.iter().map(|s| s.status()).collect()
 }
 
 impl Sampler {

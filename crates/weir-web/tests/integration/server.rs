@@ -19,7 +19,7 @@ fn serve(always_token: bool) -> Served {
             spec: None,
             pid: std::process::id(),
         },
-        Box::new(Vec::new),
+        Vec::new(),
     );
     let token = weir_web::new_token().expect("token");
     let server = WebServer::start(
