@@ -29,6 +29,8 @@
 //!   (completed, expired, declined or subsumed); fewer than `max_concurrent` checkpoints are in
 //!   flight; and at least one source task has not finished (barriers start at sources, so with
 //!   every source finished no barrier could flow). At most one checkpoint is triggered per call.
+//!   After [`request_checkpoint`](Coordinator::request_checkpoint) the `interval` condition is
+//!   waived for the next trigger (the others hold).
 //! - **Ids** strictly increase, starting at `next_id` given to [`Coordinator::new`] (after a
 //!   restore from checkpoint *n*, pass *n + 1* so that no folder is reused).
 //! - **Expected tasks.** A checkpoint expects an ack from every task that had not finished when it
@@ -348,6 +350,8 @@ pub struct Coordinator {
     /// The most recent end of a checkpoint, whatever its outcome.
     last_end: Option<Instant>,
     last_completed: Option<CheckpointId>,
+    /// A checkpoint was asked for ([`Coordinator::request_checkpoint`]) and not yet triggered.
+    requested: bool,
 }
 
 impl Coordinator {
@@ -384,6 +388,7 @@ impl Coordinator {
             last_trigger: now,
             last_end: None,
             last_completed: None,
+            requested: false,
         })
     }
 
@@ -462,6 +467,7 @@ impl Coordinator {
             actions.push(Action::Expire { id });
         }
         if self.can_trigger() && self.trigger_due().is_some_and(|due| now >= due) {
+            self.requested = false;
             let id = self.next_id;
             self.next_id += 1;
             self.last_trigger = now;
@@ -565,6 +571,14 @@ impl Coordinator {
         self.advance(now)
     }
 
+    /// Someone asked for a checkpoint now (an operator's "checkpoint now"): the next `poll` at
+    /// least `min_pause` after the previous end triggers one without waiting for `interval`
+    /// (still at most `max_concurrent` in flight: with one in flight, it waits for its end).
+    /// Several requests before that trigger are served by the same checkpoint.
+    pub fn request_checkpoint(&mut self) {
+        self.requested = true;
+    }
+
     fn can_trigger(&self) -> bool {
         self.in_flight.len() < self.config.max_concurrent
             && self
@@ -576,7 +590,11 @@ impl Coordinator {
     /// When the next trigger is due, ignoring `max_concurrent` and finished sources; `None` when
     /// it would overflow `Instant`.
     fn trigger_due(&self) -> Option<Instant> {
-        let after_interval = self.last_trigger.checked_add(self.config.interval)?;
+        let after_interval = if self.requested {
+            self.last_trigger
+        } else {
+            self.last_trigger.checked_add(self.config.interval)?
+        };
         match self.last_end {
             Some(end) => Some(after_interval.max(end.checked_add(self.config.min_pause)?)),
             None => Some(after_interval),
@@ -712,6 +730,40 @@ mod tests {
             (20, Ev::Poll, vec![trigger(2)]),
         ]);
         run(config(|_| {}), script);
+    }
+
+    #[test]
+    fn a_requested_checkpoint_waives_the_interval_only() {
+        let t0 = Instant::now();
+        let mut c =
+            Coordinator::new(config(|c| c.min_pause = S(2)), tasks(), 1, t0).expect("coordinator");
+        c.request_checkpoint();
+        assert!(matches!(
+            c.poll(t0 + S(1))[..],
+            [Action::Trigger { id: 1, .. }]
+        ));
+        // One in flight: a second request waits for its end, then for min_pause.
+        c.request_checkpoint();
+        assert!(c.poll(t0 + S(2)).is_empty());
+        for t in [src(0), src(1), sink()] {
+            c.on_ack(1, &t, t0 + S(3));
+        }
+        c.on_finalized(1, t0 + S(3));
+        assert!(c.poll(t0 + S(4)).is_empty(), "min_pause still holds");
+        assert!(matches!(
+            c.poll(t0 + S(5))[..],
+            [Action::Trigger { id: 2, .. }]
+        ));
+        for t in [src(0), src(1), sink()] {
+            c.on_ack(2, &t, t0 + S(5));
+        }
+        c.on_finalized(2, t0 + S(5));
+        // The request is used up: the next trigger waits the interval again.
+        assert!(c.poll(t0 + S(14)).is_empty());
+        assert!(matches!(
+            c.poll(t0 + S(15))[..],
+            [Action::Trigger { id: 3, .. }]
+        ));
     }
 
     #[test]

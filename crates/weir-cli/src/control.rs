@@ -1,7 +1,8 @@
 //! The control side of `weir`: `weir run` opens the job's control endpoint when the spec declares
-//! services ([`open`]); `weir scale SERVICE N` and `weir services` find it through the control
-//! file and call it with its token. With `--shared` they talk to shared-service hosts instead,
-//! found through the service registry directory (`weir_serve::host`).
+//! services ([`open`]). `weir scale SERVICE N` and `weir services` call the job's web API (found
+//! through its API file, see [`crate::status`]); with `--control-file` they call the Flight
+//! control endpoint instead, and with `--shared` they talk to shared-service hosts, found
+//! through the service registry directory (`weir_serve::host`).
 
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -20,11 +21,15 @@ pub struct JobArgs {
     /// with a control file there.
     #[arg(long)]
     job: Option<String>,
-    /// The job's control file (overrides `--job`).
-    #[arg(long, value_name = "FILE")]
+    /// The job's control file: call its Flight control endpoint instead of the web API
+    /// (for jobs run with `--http off`).
+    #[arg(long, value_name = "FILE", conflicts_with = "api_file")]
     control_file: Option<PathBuf>,
+    /// The job's API file (`.weir/jobs/JOB/api.json`; overrides `--job`).
+    #[arg(long, value_name = "FILE")]
+    api_file: Option<PathBuf>,
     /// Talk to shared-service hosts (`lifecycle: shared`) instead of a job.
-    #[arg(long, conflicts_with_all = ["job", "control_file"])]
+    #[arg(long, conflicts_with_all = ["job", "control_file", "api_file"])]
     shared: bool,
     /// With `--shared`: the service registry directory. Default: `$WEIR_SERVICES_DIR`, else
     /// `.weir/services`.
@@ -127,8 +132,35 @@ fn find(args: &JobArgs) -> Result<ControlFile> {
     }
 }
 
+/// The job's web API when neither `--shared` nor `--control-file` asks for Flight, and either an
+/// API file was named or one is found; `None` falls back to the control file.
+fn web_client(args: &JobArgs) -> Result<Option<weir_web::Client>> {
+    if args.shared || args.control_file.is_some() {
+        return Ok(None);
+    }
+    let found = crate::status::find_api(args.job.as_deref(), args.api_file.as_deref());
+    match found {
+        Ok(f) => weir_web::Client::new(f).map(Some),
+        Err(e) if args.api_file.is_some() => Err(e),
+        // No API file: a job run with `--http off` still has its control file.
+        Err(e) if find(args).is_ok() => {
+            tracing::debug!("{}; using the control file", e.report());
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// `weir scale SERVICE N`.
 pub fn scale(args: ScaleArgs) -> Result<ExitCode> {
+    if let Some(client) = web_client(&args.job)? {
+        let done: weir_web::server::Done = client.post(
+            &format!("/api/v1/services/{}/scale", url_segment(&args.service)),
+            serde_json::json!({ "instances": args.instances }),
+        )?;
+        println!("{}", done.message);
+        return Ok(ExitCode::SUCCESS);
+    }
     let f = if args.job.shared {
         shared_hosts(&args.job, Some(&args.service))?.remove(0)
     } else {
@@ -141,7 +173,9 @@ pub fn scale(args: ScaleArgs) -> Result<ExitCode> {
 
 /// `weir services`: one line per service, then the process ids of out-of-process instances.
 pub fn services(args: JobArgs) -> Result<ExitCode> {
-    let replies = if args.shared {
+    let replies = if let Some(client) = web_client(&args)? {
+        client.get("/api/v1/services")?
+    } else if args.shared {
         let mut all = Vec::new();
         for f in shared_hosts(&args, None)? {
             all.extend(control::status(&f.addr, &f.token)?);
@@ -196,4 +230,17 @@ pub fn services(args: JobArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `s` as one URL path segment (service names are plain words, but any byte is escaped).
+fn url_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

@@ -3,7 +3,8 @@
 //! `weir run FILE` plans and runs a pipeline with live progress and an end-of-run summary;
 //! `weir validate FILE` plans it and prints the graph without running anything; `weir explain
 //! FILE [--json]` prints the logical graph, the rewrites applied and the physical plan;
-//! `weir scale SERVICE N` and `weir services` talk to a running job's control endpoint;
+//! `weir status`, `weir scale SERVICE N` and `weir services` talk to a running job's web API
+//! (`weir-web`; the Flight control endpoint with `--control-file` or `--shared`);
 //! `weir serve-model` is one out-of-process instance; `weir serve-service` hosts a shared service
 //! for several jobs and `weir stop-service` stops one.
 
@@ -12,14 +13,17 @@ mod checkpoints;
 mod control;
 mod host;
 mod progress;
+mod status;
 mod summary;
-mod why;
+
+use weir_web::why;
 
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use weir_plan::{PlanOptions, plan_file};
 use weir_runtime::{CheckpointSetup, Runtime};
 use weir_types::ErrorKind;
@@ -41,6 +45,9 @@ enum Command {
     Run(RunArgs),
     /// Parse and plan a pipeline, print the planned graph with schemas, run nothing.
     Validate(SpecArgs),
+    /// Show a running job through its web API: state, every step's rows, rates, load and
+    /// watermark, checkpoints, dead letters, services and why it is slow.
+    Status(status::StatusArgs),
     /// Plan a pipeline and print its logical graph (nodes, schemas, edges, services), the
     /// rewrites applied (fusion, projection pushdown) and the physical plan (tasks, chains,
     /// edges, parallelism); run, start and write nothing.
@@ -152,9 +159,24 @@ struct RunArgs {
     /// Worker threads for the tasks. Default: the number of CPUs.
     #[arg(long)]
     threads: Option<usize>,
-    /// Write the final per-operator metrics as JSON to this file.
+    /// Write the per-operator metrics as JSON to this file: refreshed every
+    /// `--metrics-json-interval` while the job runs (`"state": "running"`), and the final ones
+    /// at the end.
     #[arg(long, value_name = "FILE")]
     metrics_json: Option<PathBuf>,
+    /// Seconds between two refreshes of the `--metrics-json` file while the job runs.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    metrics_json_interval: f64,
+    /// Where the web API, UI and Prometheus metrics listen: `HOST:PORT`, or `off`. Loopback by
+    /// default (reads open to local users, control requests need the token); any other address
+    /// needs the token for every request. When the default port is taken, any free port is
+    /// used (the API file says which).
+    #[arg(long, default_value = weir_web::DEFAULT_ADDR, value_name = "ADDR|off")]
+    http: HttpArg,
+    /// The job's directory: the API file (`api.json`: URL and token, mode 0600, removed at the
+    /// end) is written there. Default: `.weir/jobs/JOB` in the working directory.
+    #[arg(long, value_name = "DIR")]
+    job_dir: Option<PathBuf>,
     /// Progress display: `auto` (a live display on a terminal, log lines otherwise), `bar`, `log`,
     /// or `off`.
     #[arg(long, default_value = "auto")]
@@ -188,6 +210,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate(args),
         Command::Explain(args) => explain(args),
         Command::Run(args) => run(args),
+        Command::Status(args) => status::status(args),
         Command::Checkpoints(cmd) => checkpoints::command(cmd),
         Command::ServeModel(args) => serve_model(args),
         Command::Scale(args) => control::scale(args),
@@ -290,6 +313,15 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         std::net::SocketAddr::new(args.control_host, args.control_port),
         args.control_file.as_deref(),
     )?;
+    let watch = weir_web::Watch::new(
+        weir_web::JobInfo {
+            name: job.graph.config.name.clone(),
+            spec: Some(args.spec.file.display().to_string()),
+            pid: std::process::id(),
+        },
+        job.services.clone(),
+    );
+    let _web = serve_web(&watch, &args)?;
     tracing::info!(
         "running {} on {threads} thread(s)",
         args.spec.file.display()
@@ -304,7 +336,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
             }),
             _ => None,
         };
-        match run_once(&runtime, &plan, &job, setup, &args) {
+        match run_once(&runtime, &plan, &job, setup, &args, &watch) {
             Ok(report) => break report,
             Err(e)
                 if attempt < plan.restart.attempts
@@ -313,6 +345,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
             {
                 attempt += 1;
                 let wait = plan.restart.backoff * 2u32.saturating_pow(attempt - 1);
+                watch.restarting(e.report());
                 tracing::warn!(
                     "job failed (restart {attempt} of {}), restarting from the newest complete checkpoint in {}: {}",
                     plan.restart.attempts,
@@ -324,20 +357,119 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
                     restore = checkpoints::newest_complete(&runtime, store)?;
                 }
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                watch.ended(Err(e.report()));
+                return Err(e);
+            }
         }
     };
+    watch.ended(Ok(()));
     let (report, slow) = report;
     let services = why::service_statuses(&job.services);
     eprint!("{}", summary::render(&report, &services, &slow));
     if let Some(path) = &args.metrics_json {
-        let json = summary::to_json(&report, &services, &slow);
-        std::fs::write(path, json).map_err(|e| {
-            weir_types::Error::io(format!("cannot write metrics to {}", path.display()))
-                .with_source(e)
-        })?;
+        let json = summary::to_json(&report, &services, &slow, "finished");
+        write_atomically(path, &json)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How `--http` was given.
+#[derive(Debug, Clone)]
+enum HttpArg {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+impl std::str::FromStr for HttpArg {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(HttpArg::Off);
+        }
+        s.parse()
+            .map(HttpArg::At)
+            .map_err(|e| format!("expected HOST:PORT (e.g. 127.0.0.1:8642) or 'off': {e}"))
+    }
+}
+
+/// The web server and its API file, both gone when dropped.
+struct Web {
+    _file: weir_web::ApiFileGuard,
+    _server: weir_web::WebServer,
+}
+
+/// Starts the web API as `--http` says and writes the job's API file.
+fn serve_web(watch: &Arc<weir_web::Watch>, args: &RunArgs) -> weir_types::Result<Option<Web>> {
+    let HttpArg::At(bind) = args.http else {
+        return Ok(None);
+    };
+    let token = weir_web::new_token()?;
+    let start = |bind| {
+        weir_web::WebServer::start(
+            watch.clone(),
+            weir_web::WebOptions {
+                bind,
+                token: token.clone(),
+                always_token: false,
+            },
+        )
+    };
+    let server = match start(bind) {
+        Ok(s) => s,
+        // The default port taken (another job runs): any free port, said in the API file.
+        Err(e) if bind.to_string() == weir_web::DEFAULT_ADDR => {
+            tracing::debug!("{}; taking any free port", e.report());
+            start(std::net::SocketAddr::new(bind.ip(), 0))?
+        }
+        Err(e) => return Err(e),
+    };
+    let job = &watch.info().name;
+    let dir = args
+        .job_dir
+        .clone()
+        .unwrap_or_else(|| Path::new(".weir/jobs").join(job));
+    let path = dir.join("api.json");
+    weir_web::ApiFile {
+        url: server.url(),
+        token,
+        pid: std::process::id(),
+        job: job.clone(),
+    }
+    .write(&path)?;
+    if bind.ip().is_loopback() {
+        tracing::info!(
+            "web UI and API on {} (metrics: {}/metrics; control token in {})",
+            server.url(),
+            server.url(),
+            path.display()
+        );
+    } else {
+        tracing::warn!(
+            "web UI and API on {}, reachable from the network without TLS: every request needs the token in {} (Authorization: Bearer TOKEN, or the token as the password in the browser)",
+            server.url(),
+            path.display()
+        );
+    }
+    Ok(Some(Web {
+        _file: weir_web::ApiFileGuard(path),
+        _server: server,
+    }))
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so a reader never sees half.
+fn write_atomically(path: &Path, text: &str) -> weir_types::Result<()> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "metrics".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            weir_types::Error::io(format!("cannot write metrics to {}", path.display()))
+                .with_source(e)
+        })
 }
 
 /// Runs the planned job once, with progress, until it ends; returns its report and how long each
@@ -348,33 +480,47 @@ fn run_once(
     job: &weir_plan::Job,
     setup: Option<CheckpointSetup>,
     args: &RunArgs,
+    watch: &Arc<weir_web::Watch>,
 ) -> weir_types::Result<(weir_runtime::JobReport, Vec<why::Held>)> {
     let handle = runtime.start_with(job.graph.clone(), setup)?;
     tracing::debug!("physical plan:\n{}", handle.description());
+    watch.attach(weir_web::Attempt::of(&handle));
     let metrics = handle.metrics().clone();
     let stop = handle.stop_token();
     let mode = args.progress.resolve(std::io::stderr().is_terminal());
     let interval = Duration::from_secs_f64(args.log_interval.max(0.2));
     let steps = plan.steps.clone();
-    let services = job.services.clone();
+    let metrics_json = args.metrics_json.clone();
+    let json_every = Duration::from_secs_f64(args.metrics_json_interval.max(0.5));
+    let started = handle.started();
+    let watch = watch.clone();
     runtime.block_on(async move {
         let signals = tokio::spawn(watch_signals(stop));
-        let mut display = progress::Progress::new(mode, metrics.clone(), &steps, handle.started());
-        let mut sampler = why::Sampler::new(metrics, services);
+        let mut display = progress::Progress::new(mode, metrics.clone(), &steps, started);
         let mut tick = tokio::time::interval(display.tick(interval));
         let mut look = tokio::time::interval(why::INTERVAL);
+        let mut json = tokio::time::interval_at((Instant::now() + json_every).into(), json_every);
         let wait = handle.wait();
         tokio::pin!(wait);
         let result = loop {
             tokio::select! {
                 r = &mut wait => break r,
-                _ = tick.tick() => display.update(sampler.current()),
-                _ = look.tick() => sampler.sample(),
+                _ = tick.tick() => display.update(&watch.reasons()),
+                _ = look.tick() => watch.sample(),
+                _ = json.tick(), if metrics_json.is_some() => {
+                    if let Some(path) = &metrics_json {
+                        let text = summary::live_json(&watch, &metrics, started.elapsed());
+                        if let Err(e) = write_atomically(path, &text) {
+                            tracing::warn!("{}", e.report());
+                        }
+                    }
+                }
             }
         };
         signals.abort();
-        display.finish(sampler.current());
-        result.map(|r| (r, sampler.held()))
+        watch.sample();
+        display.finish(&watch.reasons());
+        result.map(|r| (r, watch.held()))
     })
 }
 

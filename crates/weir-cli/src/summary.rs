@@ -1,5 +1,5 @@
 //! The end-of-run summary: a table of every operator's counters, what each sink wrote, and the
-//! JSON form written by `--metrics-json`.
+//! JSON form written by `--metrics-json` (refreshed while the job runs, see [`live_json`]).
 
 use crate::progress::fmt_secs;
 use crate::why::Held;
@@ -160,6 +160,8 @@ struct JsonCheckpoints {
 #[derive(Serialize)]
 struct JsonReport<'a> {
     job: &'a str,
+    /// `running` while the job runs, `finished` at the end.
+    state: &'a str,
     elapsed_s: f64,
     stopped_early: bool,
     nodes: &'a [NodeMetrics],
@@ -184,10 +186,45 @@ struct JsonService {
     latency_p99_ms: Option<f64>,
 }
 
-/// The report as pretty JSON.
-pub fn to_json(r: &JobReport, services: &[ServiceStatus], slow: &[Held]) -> String {
+/// The metrics of a running job as pretty JSON (the shape of [`to_json`], `"state": "running"`).
+pub fn live_json(
+    watch: &weir_web::Watch,
+    metrics: &weir_runtime::MetricsRegistry,
+    elapsed: std::time::Duration,
+) -> String {
+    let checkpoints = watch.checkpoints().map(|(t, records)| {
+        let done = || {
+            records
+                .iter()
+                .filter(|r| r.status == weir_runtime::CheckpointStatus::Completed)
+        };
+        weir_runtime::CheckpointStats {
+            completed: t.completed,
+            failed: t.failed,
+            last_completed: t.last_completed,
+            durations_ms: done().filter_map(|r| r.duration_ms).collect(),
+            restored_from: None,
+            first_completed_ms: done()
+                .next()
+                .and_then(|r| r.triggered_at_ms.checked_sub(watch.started_at_ms()))
+                .map(|ms| ms + done().next().and_then(|r| r.duration_ms).unwrap_or(0)),
+        }
+    });
+    let report = JobReport {
+        name: watch.info().name.clone(),
+        elapsed,
+        stopped_early: false,
+        nodes: metrics.snapshot(),
+        checkpoints,
+    };
+    to_json(&report, &watch.services(), &watch.held(), "running")
+}
+
+/// The report as pretty JSON; `state` says whether the job still runs.
+pub fn to_json(r: &JobReport, services: &[ServiceStatus], slow: &[Held], state: &str) -> String {
     let j = JsonReport {
         job: &r.name,
+        state,
         elapsed_s: r.elapsed.as_secs_f64(),
         stopped_early: r.stopped_early,
         nodes: &r.nodes,

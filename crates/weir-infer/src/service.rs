@@ -82,6 +82,27 @@ pub struct ServiceStatus {
     /// most [`latency_bound_ms`]`(i)` and more than the bound before; the last bucket has no
     /// upper bound. Counts only grow, so two statuses subtracted give one interval's latencies.
     pub latency_buckets: Vec<u64>,
+    /// Each instance now: its phase and the work it holds (empty where the service does not
+    /// report instances).
+    #[serde(default)]
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One instance of a service, for status displays.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceStatus {
+    /// The instance's number within its service (never reused).
+    pub id: u64,
+    /// `loading`, `ready` or `draining`.
+    pub phase: String,
+    /// Requests sent to it and not answered.
+    pub outstanding_requests: usize,
+    /// Rows of those requests.
+    pub outstanding_rows: usize,
+    /// Requests it answered.
+    pub answered: u64,
+    /// How long its current batch has run, milliseconds (`None` when idle).
+    pub running_ms: Option<u64>,
 }
 
 /// Number of latency buckets in [`ServiceStatus::latency_buckets`].

@@ -58,6 +58,25 @@ pub enum Received {
     },
 }
 
+/// A read-only view of how full a channel is, for metrics; it keeps no message alive.
+#[derive(Debug, Clone)]
+pub struct QueueGauge {
+    credits: Arc<Semaphore>,
+    capacity: u32,
+}
+
+impl QueueGauge {
+    /// Bytes currently queued.
+    pub fn queued_bytes(&self) -> usize {
+        (self.capacity as usize).saturating_sub(self.credits.available_permits())
+    }
+
+    /// The channel's capacity in bytes.
+    pub fn capacity_bytes(&self) -> usize {
+        self.capacity as usize
+    }
+}
+
 /// The receiver is gone (its task ended or failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
@@ -126,6 +145,14 @@ impl Sender {
 }
 
 impl Receiver {
+    /// A gauge of this channel's fill.
+    pub fn gauge(&self) -> QueueGauge {
+        QueueGauge {
+            credits: self.credits.clone(),
+            capacity: self.capacity,
+        }
+    }
+
     /// Receives the next message; `None` when the sender is gone and the queue is empty.
     pub async fn recv(&mut self) -> Option<Message> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await

@@ -8,6 +8,7 @@
 //! declined with a warning naming the cause, and the job goes on; only the final checkpoint is
 //! retried and, if it still fails, fails the job (its output would otherwise never be published).
 
+use crate::observe::{CheckpointHistory, CheckpointRecord, DriverCommand, DriverWatch};
 use crate::task::{Control, TaskEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -68,6 +69,14 @@ pub(crate) struct Driver {
     final_id: Option<CheckpointId>,
     final_attempts: u32,
     started: Instant,
+    /// What watchers see of the checkpoints.
+    pub(crate) history: CheckpointHistory,
+    /// Requests from watchers ("checkpoint now").
+    pub(crate) commands: mpsc::UnboundedReceiver<DriverCommand>,
+    /// Requests waiting for the next trigger.
+    requested: Vec<tokio::sync::oneshot::Sender<Result<CheckpointRecord>>>,
+    /// Requests waiting for the end of a triggered checkpoint.
+    answering: BTreeMap<CheckpointId, Vec<tokio::sync::oneshot::Sender<Result<CheckpointRecord>>>>,
 }
 
 fn now_ms() -> u64 {
@@ -85,6 +94,7 @@ impl Driver {
         setup: &CheckpointSetup,
         tasks: BTreeMap<TaskKey, TaskHandle>,
         events: mpsc::UnboundedReceiver<TaskEvent>,
+        watch: DriverWatch,
     ) -> Result<Self> {
         let next_id = setup.restore.as_ref().map_or(1, |m| m.checkpoint_id + 1);
         let expected = tasks.iter().map(|(k, t)| {
@@ -115,6 +125,10 @@ impl Driver {
             final_id: None,
             started: Instant::now(),
             final_attempts: 0,
+            history: watch.history,
+            commands: watch.commands,
+            requested: Vec::new(),
+            answering: BTreeMap::new(),
         })
     }
 
@@ -137,6 +151,14 @@ impl Driver {
                 ev = self.events.recv() => match ev {
                     None => return Ok(self.stats),
                     Some(ev) => self.on_event(ev).await?,
+                },
+                Some(cmd) = self.commands.recv() => match cmd {
+                    DriverCommand::CheckpointNow(reply) => {
+                        self.requested.push(reply);
+                        self.coordinator.request_checkpoint();
+                        let actions = self.coordinator.poll(Instant::now());
+                        self.apply(actions).await?;
+                    }
                 },
                 _ = sleep => {
                     let actions = self.coordinator.poll(Instant::now());
@@ -174,7 +196,9 @@ impl Driver {
                 if !live || duplicate {
                     return Ok(());
                 }
+                let bytes = files.iter().map(|(_, entry)| entry.size).sum();
                 self.files.entry(id).or_default().extend(files);
+                self.history.acked(id, &task.node, task.subtask, bytes);
                 self.acked.entry(id).or_default().insert(task.clone());
                 if self.final_id == Some(id) {
                     if self.acked[&id].len() == self.tasks.len() {
@@ -233,6 +257,11 @@ impl Driver {
             triggered_at_ms: now_ms(),
         };
         tracing::debug!("final checkpoint {id}");
+        let requested = !self.requested.is_empty();
+        self.history
+            .triggered(id, "aligned", self.tasks.len(), true, requested);
+        let waiting = std::mem::take(&mut self.requested);
+        self.answering.entry(id).or_default().extend(waiting);
         let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
         for k in keys {
             self.send(&k, Control::SnapshotNow(b));
@@ -255,6 +284,16 @@ impl Driver {
                         triggered_at_ms: at,
                     };
                     tracing::debug!("checkpoint {id} triggered");
+                    let requested = !self.requested.is_empty();
+                    let expected = self.tasks.len();
+                    let kind_name = match kind {
+                        BarrierKind::Aligned => "aligned",
+                        BarrierKind::Unaligned => "unaligned",
+                    };
+                    self.history
+                        .triggered(id, kind_name, expected, false, requested);
+                    let waiting = std::mem::take(&mut self.requested);
+                    self.answering.entry(id).or_default().extend(waiting);
                     let targets: Vec<(TaskKey, Control)> = self
                         .tasks
                         .iter()
@@ -287,12 +326,14 @@ impl Driver {
                 Action::Expire { id } => {
                     tracing::warn!("checkpoint {id} expired before every task acknowledged it");
                     self.stats.failed += 1;
+                    self.ended(id, Err("expired before every task acknowledged it".into()));
                     self.forget(id).await;
                     self.tell_aborted(id, AbortReason::Expired);
                 }
                 Action::Abort { id, reason } => {
                     tracing::debug!("checkpoint {id} aborted: {reason}");
                     self.stats.failed += 1;
+                    self.ended(id, Err(reason.to_string()));
                     self.forget(id).await;
                     self.tell_aborted(id, reason);
                 }
@@ -329,6 +370,7 @@ impl Driver {
     async fn decline(&mut self, id: CheckpointId, e: Error) -> Result<()> {
         tracing::warn!("checkpoint {id} declined, the job goes on: {}", e.report());
         self.stats.failed += 1;
+        self.ended(id, Err(format!("declined: {}", e.report())));
         if self.final_id == Some(id) {
             self.forget(id).await;
             self.tell_aborted(id, AbortReason::Declined(e.report()));
@@ -354,6 +396,21 @@ impl Driver {
         Ok(())
     }
 
+    /// Checkpoint `id` ended: records a failure and answers the requests waiting for it.
+    fn ended(&mut self, id: CheckpointId, outcome: std::result::Result<(), String>) {
+        if let Err(reason) = &outcome {
+            self.history.failed(id, reason);
+        }
+        for reply in self.answering.remove(&id).unwrap_or_default() {
+            let answer = match (&outcome, self.history.record(id)) {
+                (Ok(()), Some(r)) => Ok(r),
+                (Ok(()), None) => Err(Error::internal(format!("checkpoint {id} was not recorded"))),
+                (Err(why), _) => Err(Error::io(format!("checkpoint {id} failed: {why}"))),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
     async fn finalize(&mut self, id: CheckpointId) -> Result<()> {
         crate::fault::crash_point("state-files", id);
         let mut m = Manifest::new(self.job.clone(), id, now_ms(), self.max_parallelism);
@@ -374,6 +431,7 @@ impl Driver {
             }
             tracing::warn!("checkpoint {id} declined, the job goes on: {}", e.report());
             self.stats.failed += 1;
+            self.ended(id, Err(format!("declined: {}", e.report())));
             let actions = self.coordinator.on_decline(id, e.report(), Instant::now());
             self.forget(id).await;
             return self.apply(actions).await;
@@ -395,7 +453,9 @@ impl Driver {
             self.stats
                 .durations_ms
                 .push(started.elapsed().as_millis() as u64);
+            self.history.completed(id, started.elapsed());
         }
+        self.ended(id, Ok(()));
         self.acked.remove(&id);
         tracing::debug!("checkpoint {id} complete");
         if is_final {

@@ -11,6 +11,7 @@ use crate::graph::{JobGraph, NodeKind, Partitioning};
 use crate::inflight::InputKeys;
 use crate::input::InputGate;
 use crate::metrics::{MetricsRegistry, NodeMetrics, NodeRole, OperatorMetrics};
+use crate::observe::{CheckpointHistory, JobControl, Topology};
 use crate::operator::{OperatorContext, TaskInfo};
 use crate::partition::EdgeRouter;
 use crate::physical::{PhysicalPlan, plan};
@@ -111,6 +112,8 @@ impl Runtime {
         });
         let tasks = wire(&graph, &plan, &metrics, &stop, self.io.handle(), link)?;
         let mut set = JoinSet::new();
+        let history = CheckpointHistory::default();
+        let mut driver_commands = None;
         if let Some(setup) = &checkpoint {
             let mut parallelism: HashMap<String, u32> = graph
                 .nodes
@@ -125,6 +128,8 @@ impl Runtime {
                     }
                 }
             }
+            let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+            driver_commands = Some(commands_tx);
             let driver = Driver::new(
                 graph.config.name.clone(),
                 graph.config.max_parallelism,
@@ -132,6 +137,10 @@ impl Runtime {
                 setup,
                 handles,
                 events_rx,
+                crate::observe::DriverWatch {
+                    history: history.clone(),
+                    commands: commands_rx,
+                },
             )?;
             set.spawn_on(
                 async move { driver.run().await.map(Ended::Driver) },
@@ -148,10 +157,16 @@ impl Runtime {
         Ok(JobHandle {
             name: graph.config.name.clone(),
             metrics,
+            control: JobControl {
+                stop: stop.clone(),
+                driver: driver_commands,
+            },
             stop,
             supervisor: Some(supervisor),
             started: Instant::now(),
             description: plan.describe(&graph),
+            topology: Topology::of(&graph, &plan),
+            history: checkpoint.is_some().then_some(history),
         })
     }
 
@@ -200,9 +215,33 @@ pub struct JobHandle {
     supervisor: Option<tokio::task::JoinHandle<Result<Outcome>>>,
     started: Instant,
     description: String,
+    topology: Topology,
+    history: Option<CheckpointHistory>,
+    control: JobControl,
 }
 
 impl JobHandle {
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The graph as planned: steps, edges, chains.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The checkpoint history, when the job takes checkpoints.
+    pub fn checkpoint_history(&self) -> Option<&CheckpointHistory> {
+        self.history.as_ref()
+    }
+
+    /// Stop and "checkpoint now", for whoever watches the job (kept after [`wait`](Self::wait)
+    /// takes the handle).
+    pub fn control(&self) -> JobControl {
+        self.control.clone()
+    }
+
     /// Live metrics.
     pub fn metrics(&self) -> &MetricsRegistry {
         &self.metrics
@@ -448,10 +487,14 @@ fn wire(
                     all_metrics.push(ctx.metrics().clone());
                     Head::Source { source, ctx }
                 }
-                _ => Head::Input {
-                    gate: InputGate::new(head_in),
-                    input_of: in_keys[ci].iter().map(|(_, i)| *i).collect(),
-                },
+                _ => {
+                    node_metrics[chain.nodes[0]][subtask as usize]
+                        .set_input_queues(head_in.iter().map(Receiver::gauge).collect());
+                    Head::Input {
+                        gate: InputGate::new(head_in),
+                        input_of: in_keys[ci].iter().map(|(_, i)| *i).collect(),
+                    }
+                }
             };
             let mut ops = Vec::new();
             for node in nodes {

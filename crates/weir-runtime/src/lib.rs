@@ -82,6 +82,7 @@ pub mod input;
 pub mod job;
 pub mod kind;
 pub mod metrics;
+pub mod observe;
 pub mod operator;
 pub mod partition;
 pub mod physical;
@@ -93,7 +94,12 @@ pub use checkpointing::{CheckpointSetup, CheckpointStats};
 pub use event_time::{EventTimeSource, LatePolicy, WatermarkSpec};
 pub use graph::{Edge, JobConfig, JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, JobReport, Runtime};
-pub use metrics::{MetricsRegistry, MetricsSnapshot, NodeMetrics, NodeRole, OperatorMetrics};
+pub use metrics::{
+    MetricsRegistry, MetricsSnapshot, NodeMetrics, NodeRole, NodeSubtasks, OperatorMetrics,
+};
+pub use observe::{
+    CheckpointHistory, CheckpointRecord, CheckpointStatus, DeadLetterLog, JobControl, Topology,
+};
 pub use operator::{
     CpuTask, Emitted, Emitter, ErrorPolicy, IoTask, Operator, OperatorContext, Relabel, TaskInfo,
 };

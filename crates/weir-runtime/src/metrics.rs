@@ -2,14 +2,24 @@
 //! display and the end-of-job summary read.
 //!
 //! Every counter is a relaxed atomic: cheap to update on the hot path, read without locks.
+//! Besides the counters: each instance's current watermark, the fill of its input queues, a
+//! histogram of batch latency (batching operators), and the job's [`DeadLetterLog`].
 
+use crate::channel::QueueGauge;
+use crate::observe::DeadLetterLog;
 use serde::Serialize;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+/// Upper bounds (seconds) of the batch latency histogram; a last bucket takes the rest.
+pub const BATCH_LATENCY_BUCKETS_S: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const N_LATENCY: usize = BATCH_LATENCY_BUCKETS_S.len() + 1;
+
 /// Counters of one parallel instance of a node.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct OperatorMetrics {
     rows_in: AtomicU64,
     rows_out: AtomicU64,
@@ -29,37 +39,14 @@ pub struct OperatorMetrics {
     model_busy_ns: AtomicU64,
     model_instances: AtomicU64,
     late_rows: AtomicU64,
-    /// The current watermark (milliseconds since the epoch); `NO_WATERMARK` before the first.
     watermark: AtomicI64,
-}
-
-/// The value of [`OperatorMetrics`]' watermark before any arrived.
-const NO_WATERMARK: i64 = i64::MIN;
-
-impl Default for OperatorMetrics {
-    fn default() -> Self {
-        OperatorMetrics {
-            rows_in: AtomicU64::new(0),
-            rows_out: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            batches_out: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            dead_letters: AtomicU64::new(0),
-            busy_ns: AtomicU64::new(0),
-            backpressured_ns: AtomicU64::new(0),
-            idle_ns: AtomicU64::new(0),
-            progress: AtomicU64::new(0),
-            total: AtomicU64::new(0),
-            finished: AtomicU64::new(0),
-            batch_rows_last: AtomicU64::new(0),
-            batch_latency_us_ewma: AtomicU64::new(0),
-            model_busy_ns: AtomicU64::new(0),
-            model_instances: AtomicU64::new(0),
-            late_rows: AtomicU64::new(0),
-            watermark: AtomicI64::new(NO_WATERMARK),
-        }
-    }
+    watermark_known: AtomicBool,
+    watermark_idle: AtomicBool,
+    batch_latency: [AtomicU64; N_LATENCY],
+    batch_latency_sum_us: AtomicU64,
+    inputs: OnceLock<Vec<QueueGauge>>,
+    subtask: u32,
+    dead_letter_log: Option<DeadLetterLog>,
 }
 
 impl OperatorMetrics {
@@ -111,6 +98,52 @@ impl OperatorMetrics {
         let old = self.batch_latency_us_ewma.load(Relaxed);
         let new = if old == 0 { us } else { old - old / 8 + us / 8 };
         self.batch_latency_us_ewma.store(new, Relaxed);
+        let s = latency.as_secs_f64();
+        let b = BATCH_LATENCY_BUCKETS_S
+            .iter()
+            .position(|&bound| s <= bound)
+            .unwrap_or(N_LATENCY - 1);
+        self.batch_latency[b].fetch_add(1, Relaxed);
+        self.batch_latency_sum_us.fetch_add(us, Relaxed);
+    }
+    /// Records the watermark this instance has reached (event time, milliseconds).
+    pub fn set_watermark(&self, ms: i64) {
+        self.watermark.store(ms, Relaxed);
+        self.watermark_known.store(true, Relaxed);
+    }
+    /// Records whether the instance's output is idle (its source, or every input, went idle:
+    /// [`crate::WatermarkStatus::Idle`]), so its watermark holds nothing back downstream.
+    pub fn set_watermark_idle(&self, idle: bool) {
+        self.watermark_idle.store(idle, Relaxed);
+    }
+    /// The watermark this instance has reached, if any reached it.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark_known
+            .load(Relaxed)
+            .then(|| self.watermark.load(Relaxed))
+    }
+    /// Input tasks: the queues of the instance's inputs, whose fill the metrics report (set once,
+    /// when the job is wired).
+    pub(crate) fn set_input_queues(&self, queues: Vec<QueueGauge>) {
+        let _ = self.inputs.set(queues);
+    }
+    /// Fill of each input queue: (bytes queued, capacity in bytes).
+    pub fn input_queues(&self) -> Vec<(u64, u64)> {
+        self.inputs
+            .get()
+            .map(|q| {
+                q.iter()
+                    .map(|g| (g.queued_bytes() as u64, g.capacity_bytes() as u64))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// Records a dead letter in the job's [`DeadLetterLog`] (the count of
+    /// [`add_dead_letter`](Self::add_dead_letter) is separate).
+    pub fn record_dead_letter(&self, error: &weir_types::Error, dl: &weir_types::DeadLetter) {
+        if let Some(log) = &self.dead_letter_log {
+            log.record(error, dl, self.subtask);
+        }
     }
     /// Operators that run models: adds time a model instance spent running a batch (so the
     /// summary can say how busy the models were, apart from the operator's task).
@@ -125,17 +158,23 @@ impl OperatorMetrics {
     pub fn add_late(&self, rows: u64) {
         self.late_rows.fetch_add(rows, Relaxed);
     }
-    /// Records the watermark this instance has passed on (the runtime calls it).
-    pub fn set_watermark(&self, w: weir_types::Watermark) {
-        self.watermark.fetch_max(w.0, Relaxed);
-    }
     /// Marks the instance as finished.
     pub fn set_finished(&self) {
         self.finished.store(1, Relaxed);
     }
 
     fn read(&self) -> MetricsSnapshot {
+        let (queued_bytes, queue_capacity_bytes) = self
+            .input_queues()
+            .iter()
+            .fold((0, 0), |(q, c), (a, b)| (q + a, c + b));
         MetricsSnapshot {
+            watermark_ms: self.watermark(),
+            watermark_idle_subtasks: u64::from(self.watermark_idle.load(Relaxed)),
+            queued_bytes,
+            queue_capacity_bytes,
+            batch_latency_buckets: std::array::from_fn(|i| self.batch_latency[i].load(Relaxed)),
+            batch_latency_sum_us: self.batch_latency_sum_us.load(Relaxed),
             rows_in: self.rows_in.load(Relaxed),
             rows_out: self.rows_out.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
@@ -155,7 +194,6 @@ impl OperatorMetrics {
             model_busy_ms: self.model_busy_ns.load(Relaxed) / 1_000_000,
             model_instances: self.model_instances.load(Relaxed),
             late_rows: self.late_rows.load(Relaxed),
-            watermark: Some(self.watermark.load(Relaxed)).filter(|w| *w != NO_WATERMARK),
         }
     }
 }
@@ -213,13 +251,31 @@ pub struct MetricsSnapshot {
     pub model_instances: u64,
     /// Rows that arrived behind the watermark, summed.
     pub late_rows: u64,
-    /// The current watermark (milliseconds since the Unix epoch): the minimum over the instances
-    /// that have one; `None` before any watermark.
-    pub watermark: Option<i64>,
+    /// The watermark reached (event time, ms): the least over active instances that reached
+    /// one (over all of them when every one is idle), as downstream merges it.
+    pub watermark_ms: Option<i64>,
+    /// Instances whose watermark status is idle.
+    pub watermark_idle_subtasks: u64,
+    /// Input tasks: bytes waiting in the input queues.
+    pub queued_bytes: u64,
+    /// Input tasks: capacity of the input queues, bytes.
+    pub queue_capacity_bytes: u64,
+    /// Batching operators: batches run per latency bucket ([`BATCH_LATENCY_BUCKETS_S`], then
+    /// the rest); not cumulative.
+    #[serde(skip)]
+    pub batch_latency_buckets: [u64; N_LATENCY],
+    /// Batching operators: sum of the batch latencies, microseconds.
+    #[serde(skip)]
+    pub batch_latency_sum_us: u64,
 }
 
 impl MetricsSnapshot {
     fn add(&mut self, o: &MetricsSnapshot) {
+        // An idle side holds nothing back unless both are idle (what `WatermarkMerge` does).
+        let (self_idle, o_idle) = (
+            self.watermark_idle_subtasks == self.subtasks,
+            o.watermark_idle_subtasks == o.subtasks,
+        );
         self.rows_in += o.rows_in;
         self.rows_out += o.rows_out;
         self.bytes_in += o.bytes_in;
@@ -239,10 +295,23 @@ impl MetricsSnapshot {
         self.model_busy_ms += o.model_busy_ms;
         self.model_instances += o.model_instances;
         self.late_rows += o.late_rows;
-        self.watermark = match (self.watermark, o.watermark) {
+        self.watermark_ms = match (self.watermark_ms, o.watermark_ms) {
+            (_, b) if self_idle && !o_idle => b,
+            (a, _) if o_idle && !self_idle => a,
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        self.watermark_idle_subtasks += o.watermark_idle_subtasks;
+        self.queued_bytes += o.queued_bytes;
+        self.queue_capacity_bytes += o.queue_capacity_bytes;
+        for (a, b) in self
+            .batch_latency_buckets
+            .iter_mut()
+            .zip(o.batch_latency_buckets)
+        {
+            *a += b;
+        }
+        self.batch_latency_sum_us += o.batch_latency_sum_us;
     }
 }
 
@@ -267,10 +336,23 @@ struct NodeEntry {
     instances: Vec<Arc<OperatorMetrics>>,
 }
 
+/// A node's metrics per instance, named.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSubtasks {
+    /// The node's counters summed over its instances.
+    #[serde(flatten)]
+    pub node: NodeMetrics,
+    /// Each instance's counters, by subtask index.
+    pub subtasks: Vec<MetricsSnapshot>,
+    /// Each instance's input queues: (bytes queued, capacity), by subtask index.
+    pub input_queues: Vec<Vec<(u64, u64)>>,
+}
+
 /// All metrics of a job, shared between the runtime and whoever displays them.
 #[derive(Debug, Default, Clone)]
 pub struct MetricsRegistry {
     nodes: Arc<Mutex<Vec<NodeEntry>>>,
+    dead_letters: DeadLetterLog,
 }
 
 impl MetricsRegistry {
@@ -282,7 +364,13 @@ impl MetricsRegistry {
         parallelism: u32,
     ) -> Vec<Arc<OperatorMetrics>> {
         let instances: Vec<_> = (0..parallelism)
-            .map(|_| Arc::new(OperatorMetrics::default()))
+            .map(|subtask| {
+                Arc::new(OperatorMetrics {
+                    subtask,
+                    dead_letter_log: Some(self.dead_letters.clone()),
+                    ..OperatorMetrics::default()
+                })
+            })
             .collect();
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         nodes.push(NodeEntry {
@@ -312,6 +400,36 @@ impl MetricsRegistry {
             })
             .collect()
     }
+
+    /// Current counters of every node and of each of its instances, in plan order.
+    pub fn snapshot_subtasks(&self) -> Vec<NodeSubtasks> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .iter()
+            .map(|n| {
+                let subtasks: Vec<MetricsSnapshot> = n.instances.iter().map(|i| i.read()).collect();
+                let mut totals = MetricsSnapshot::default();
+                for s in &subtasks {
+                    totals.add(s);
+                }
+                NodeSubtasks {
+                    node: NodeMetrics {
+                        name: n.name.clone(),
+                        role: n.role,
+                        parallelism: n.instances.len() as u32,
+                        totals,
+                    },
+                    subtasks,
+                    input_queues: n.instances.iter().map(|i| i.input_queues()).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The job's dead letters: counts by reason and the newest samples.
+    pub fn dead_letters(&self) -> &DeadLetterLog {
+        &self.dead_letters
+    }
 }
 
 #[cfg(test)]
@@ -330,5 +448,55 @@ mod tests {
         assert_eq!(s[0].totals.bytes_in, 150);
         assert_eq!(s[0].totals.busy_ms, 3);
         assert_eq!(s[0].totals.subtasks, 2);
+    }
+
+    #[test]
+    fn an_idle_instance_holds_the_watermark_back_only_when_all_are_idle() {
+        let reg = MetricsRegistry::default();
+        let inst = reg.register("w", NodeRole::Source, 3);
+        inst[0].set_watermark(9_000);
+        inst[1].set_watermark(2_000);
+        inst[1].set_watermark_idle(true);
+        let t = &reg.snapshot()[0].totals;
+        assert_eq!(
+            (t.watermark_ms, t.watermark_idle_subtasks),
+            (Some(9_000), 1)
+        );
+        inst[0].set_watermark_idle(true);
+        inst[2].set_watermark_idle(true);
+        let t = &reg.snapshot()[0].totals;
+        assert_eq!(
+            (t.watermark_ms, t.watermark_idle_subtasks),
+            (Some(2_000), 3)
+        );
+        inst[1].set_watermark_idle(false);
+        assert_eq!(reg.snapshot()[0].totals.watermark_ms, Some(2_000));
+        assert_eq!(
+            reg.snapshot_subtasks()[0].subtasks[0].watermark_idle_subtasks,
+            1
+        );
+    }
+
+    #[test]
+    fn watermarks_queues_and_latency_per_subtask() {
+        let reg = MetricsRegistry::default();
+        let inst = reg.register("w", NodeRole::Operator, 2);
+        assert_eq!(reg.snapshot()[0].totals.watermark_ms, None);
+        inst[0].set_watermark(5_000);
+        assert_eq!(reg.snapshot()[0].totals.watermark_ms, Some(5_000));
+        inst[1].set_watermark(3_000);
+        inst[1].record_batch(8, Duration::from_millis(20));
+        let (tx, _rx) = crate::channel::channel(1000);
+        inst[1].set_input_queues(vec![_rx.gauge()]);
+        drop(tx);
+        let d = reg.snapshot_subtasks();
+        assert_eq!(d[0].node.totals.watermark_ms, Some(3_000));
+        assert_eq!(d[0].subtasks[0].watermark_ms, Some(5_000));
+        assert_eq!(
+            d[0].subtasks[1].batch_latency_buckets[4], 1,
+            "20 ms: the 25 ms bucket"
+        );
+        assert_eq!(d[0].input_queues[1], vec![(0, 1000)]);
+        assert_eq!(d[0].node.totals.queue_capacity_bytes, 1000);
     }
 }

@@ -303,13 +303,15 @@ impl OperatorContext {
             ErrorPolicy::Fail => Err(error),
             ErrorPolicy::DeadLetter => {
                 self.metrics.add_dead_letter();
-                self.dead_letters.push(DeadLetter {
+                let dl = DeadLetter {
                     operator: self.info.node.clone(),
                     input,
                     position,
                     error: error.report(),
                     raw,
-                });
+                };
+                self.metrics.record_dead_letter(&error, &dl);
+                self.dead_letters.push(dl);
                 Ok(())
             }
         }

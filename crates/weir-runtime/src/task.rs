@@ -684,7 +684,7 @@ impl Task {
                         continue;
                     }
                     *last = Some(w);
-                    c.ctx.metrics().set_watermark(w);
+                    c.ctx.metrics().set_watermark(w.0);
                     c.op.on_watermark(w, &mut c.ctx, &mut out)
                         .await
                         .map_err(|e| e.in_operator(name))?;
@@ -747,6 +747,13 @@ impl Task {
             return Ok(());
         }
         self.watermarks.status = status;
+        let idle = status == WatermarkStatus::Idle;
+        if let Head::Source { ctx, .. } = &self.head {
+            ctx.metrics().set_watermark_idle(idle);
+        }
+        for c in &self.chain {
+            c.ctx.metrics().set_watermark_idle(idle);
+        }
         self.broadcast(&Message::WatermarkStatus(status), false)
             .await
     }
@@ -778,6 +785,10 @@ impl Task {
     }
 
     async fn broadcast(&mut self, msg: &Message, to_dead_letter: bool) -> Result<()> {
+        // A source's watermark is the one it sends (operators record theirs as they get one).
+        if let (Message::Watermark(w), Head::Source { ctx, .. }) = (msg, &self.head) {
+            ctx.metrics().set_watermark(w.0);
+        }
         let mut waited = Duration::ZERO;
         for r in &mut self.outputs.routers {
             waited += r.broadcast(msg).await?;

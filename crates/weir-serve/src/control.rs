@@ -71,7 +71,7 @@ impl ControlFile {
 /// Writes `value` as JSON to `path` readable by its owner only (it holds a token): into a
 /// temporary file created with mode 0600 next to it, then renamed into place, so a reader never
 /// sees a half-written file. Creates the directory. `what` names the file in errors.
-pub(crate) fn write_private_json<T: Serialize>(value: &T, path: &Path, what: &str) -> Result<()> {
+pub fn write_private_json<T: Serialize>(value: &T, path: &Path, what: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use weir_infer::{
-    BackendFactory, BackendOptions, CallOptions, ModelInfo, ModelService, OrtBackend,
-    ServiceStatus, Tensors,
+    BackendFactory, BackendOptions, CallOptions, InstanceStatus, ModelInfo, ModelService,
+    OrtBackend, ServiceStatus, Tensors,
 };
 use weir_types::{Error, ErrorKind, Result};
 
@@ -1022,6 +1022,26 @@ impl ModelService for Service {
                 .unwrap_or_default(),
             answered_rows: st.answered_rows,
             latency_buckets: st.latency.clone(),
+            instances: st
+                .instances
+                .iter()
+                .map(|(id, i)| InstanceStatus {
+                    id: *id,
+                    phase: match i.phase {
+                        Phase::Loading => "loading",
+                        Phase::Ready => "ready",
+                        Phase::Draining => "draining",
+                    }
+                    .into(),
+                    outstanding_requests: i.outstanding.len(),
+                    outstanding_rows: i.work,
+                    answered: st.served.get(id).copied().unwrap_or(0),
+                    running_ms: i
+                        .running
+                        .as_ref()
+                        .map(|(_, t)| t.elapsed().as_millis() as u64),
+                })
+                .collect(),
         }
     }
 }

@@ -5,3 +5,4 @@ mod examples;
 mod restart;
 mod services;
 mod torture;
+mod web;

@@ -318,7 +318,7 @@ impl Source for HalfIdle {
     }
 }
 
-fn run_half_idle(idle: bool) -> (Vec<i64>, bool) {
+fn run_half_idle(idle: bool) -> (Vec<i64>, bool, Vec<weir_runtime::NodeMetrics>) {
     let log: Log = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let seen_before = Arc::new(AtomicBool::new(false));
@@ -339,23 +339,42 @@ fn run_half_idle(idle: bool) -> (Vec<i64>, bool) {
         }))
     });
     g.connect(src, probe, Partitioning::Rebalance);
-    Runtime::new(2).expect("runtime").run(g).expect("run");
-    (watermarks(&log), seen_before.load(Ordering::SeqCst))
+    let report = Runtime::new(2).expect("runtime").run(g).expect("run");
+    (
+        watermarks(&log),
+        seen_before.load(Ordering::SeqCst),
+        report.nodes,
+    )
 }
 
 #[test]
 fn an_idle_source_subtask_does_not_hold_event_time_back() {
-    let (marks, while_other_ran) = run_half_idle(true);
+    let (marks, while_other_ran, nodes) = run_half_idle(true);
     assert!(
         while_other_ran,
         "watermarks must advance while the idle subtask still runs: {marks:?}"
     );
     assert_eq!(marks.last(), Some(&59), "{marks:?}");
+    // The metrics show it: the idle subtask, and the watermark it did not hold back.
+    let src = &nodes.iter().find(|n| n.name == "src").expect("src").totals;
+    assert_eq!(
+        (src.watermark_idle_subtasks, src.watermark_ms),
+        (1, Some(59))
+    );
+    let probe = &nodes
+        .iter()
+        .find(|n| n.name == "probe")
+        .expect("probe")
+        .totals;
+    // (Whether it ends idle depends on which of its inputs ended first.)
+    assert_eq!(probe.watermark_ms, Some(59));
     // Without idleness, the silent subtask holds event time back until it ends, which is after
     // the other one ended (and took its watermarks with it).
-    let (marks, while_other_ran) = run_half_idle(false);
+    let (marks, while_other_ran, nodes) = run_half_idle(false);
     assert!(!while_other_ran, "{marks:?}");
     assert!(marks.is_empty(), "{marks:?}");
+    let src = &nodes.iter().find(|n| n.name == "src").expect("src").totals;
+    assert_eq!(src.watermark_idle_subtasks, 0);
 }
 
 /// Records what the checkpoint hooks were told.

@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "weir-vector",
     "weir-serve",
     "weir-plan",
+    "weir-web",
     "weir-testkit",
     "weir-cli",
 ];

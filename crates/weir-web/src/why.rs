@@ -1,8 +1,8 @@
-//! Why is it slow: every half second the [`Sampler`] reads the operators' metrics and the
-//! inference services' status and names what holds the pipeline up — a service saturated, its
+//! Why is it slow: every half second the [`Sampler`] is handed the operators' metrics and the
+//! inference services' status (by [`crate::Watch::sample`]) and names what holds the pipeline up — a service saturated, its
 //! instances still loading, calls being retried, instances dying, or backpressure from a sink.
-//! The progress display shows the current reasons; the summary and `--metrics-json` say how long
-//! each held.
+//! The progress display and the API show the current reasons; the summary, the API and
+//! `--metrics-json` say how long each held.
 //!
 //! The decision is a pure function ([`reasons`]) of one sampling window, so it is tested on
 //! tables of numbers.
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_infer::{ModelService, ServiceStatus};
-use weir_runtime::{MetricsRegistry, NodeMetrics, NodeRole};
+use weir_runtime::{NodeMetrics, NodeRole};
 
 /// How often the sampler looks.
 pub const INTERVAL: Duration = Duration::from_millis(500);
@@ -31,7 +31,7 @@ pub struct NodeLoad {
 }
 
 /// One reason: a stable key (what is counted over time) and the message shown now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reason {
     /// `service 'clf' saturated`, `backpressure from sink 'out'`, ...
     pub key: String,
@@ -122,10 +122,9 @@ pub struct Held {
     pub last: String,
 }
 
-/// Samples metrics and services, keeps the current reasons and how long each held.
+/// Keeps the current reasons and how long each held, from the samples it is handed.
+#[derive(Debug, Default)]
 pub struct Sampler {
-    metrics: MetricsRegistry,
-    sources: Vec<Arc<dyn ModelService>>,
     last: Option<(Instant, Vec<NodeMetrics>)>,
     services: Vec<ServiceStatus>,
     current: Vec<Reason>,
@@ -138,23 +137,15 @@ pub fn service_statuses(services: &[Arc<dyn ModelService>]) -> Vec<ServiceStatus
 }
 
 impl Sampler {
-    /// A sampler over `metrics` and the job's `services`, starting now.
-    pub fn new(metrics: MetricsRegistry, services: Vec<Arc<dyn ModelService>>) -> Self {
-        Sampler {
-            metrics,
-            last: None,
-            services: service_statuses(&services),
-            sources: services,
-            current: Vec::new(),
-            held: BTreeMap::new(),
-        }
+    /// Forgets the previous sample (a restarted job's counters start again from zero); the
+    /// time each reason held is kept.
+    pub fn restart(&mut self) {
+        self.last = None;
     }
 
-    /// Looks once: computes this window's reasons and adds the window to each one's time.
-    pub fn sample(&mut self) {
-        let now = Instant::now();
-        let snap = self.metrics.snapshot();
-        let services = service_statuses(&self.sources);
+    /// Looks once at `snap` (every node's counters) and `services` taken at `now`: computes
+    /// this window's reasons and adds the window to each one's time.
+    pub fn sample(&mut self, now: Instant, snap: Vec<NodeMetrics>, services: Vec<ServiceStatus>) {
         if let Some((then, prev)) = &self.last {
             let window = now.duration_since(*then);
             let loads = loads(&snap, prev, window);
