@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weir_runtime::kind;
 use weir_runtime::{OperatorContext, Source, SourceEvent, TaskInfo};
 use weir_types::{Barrier, Error, Result};
 
@@ -50,7 +51,7 @@ const FETCH_CONCURRENCY: usize = 8;
 /// bytes: Binary (nullable)`. URIs are `file:///abs/path` for local files and
 /// `s3://bucket/key` for S3 objects. Hidden files (names starting with `.`) are skipped. S3 is
 /// configured from the usual `AWS_*` environment variables.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesSourceSpec {
     /// Where to list: a local path (file or directory), `file:///abs/dir`, or `s3://bucket/prefix`.
@@ -73,7 +74,8 @@ pub struct FilesSourceSpec {
     /// How often to list again in continuous mode (default `"1s"`).
     #[serde(
         default = "default_poll_interval",
-        deserialize_with = "crate::config::de_duration"
+        deserialize_with = "crate::config::de_duration",
+        serialize_with = "crate::config::ser_duration"
     )]
     pub poll_interval: Duration,
     /// Rows (files) per batch (default 64).
@@ -274,6 +276,22 @@ impl FilesSourceSpec {
             single,
             local: Some(local),
         })
+    }
+}
+
+impl kind::Spec for FilesSourceSpec {
+    fn describe(&self) -> String {
+        FilesSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for FilesSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        FilesSourceSpec::schema(self)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        FilesSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
     }
 }
 

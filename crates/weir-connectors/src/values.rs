@@ -6,8 +6,9 @@ use crate::config::{ColumnSpec, declared_schema};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use weir_runtime::kind;
 use weir_runtime::{OperatorContext, Source, SourceEvent, StateSnapshot, TaskInfo};
 use weir_types::{Barrier, Error, Result};
 
@@ -23,7 +24,7 @@ use weir_types::{Barrier, Error, Result};
 /// Each row is a mapping of column to value, read like a JSON Lines row: the schema is declared
 /// with `schema`, or inferred from all the rows (numbers with a fraction are `Float64`, other
 /// numbers `Int64`, text `Utf8`, lists and mappings nested types).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValuesSourceSpec {
     /// The rows. Required, at least one.
@@ -87,6 +88,22 @@ impl ValuesSourceSpec {
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
         format!("values source ({} rows)", self.rows.len())
+    }
+}
+
+impl kind::Spec for ValuesSourceSpec {
+    fn describe(&self) -> String {
+        ValuesSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for ValuesSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        ValuesSourceSpec::schema(self)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        ValuesSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
     }
 }
 

@@ -3,14 +3,15 @@
 
 use crate::backend::{BackendFactory, BackendOptions, OrtBackend};
 use crate::model::{ModelInfo, model_name};
-use crate::service::{CallOptions, ModelService};
+use crate::service::CallOptions;
 use crate::tensor::{ColumnTensor, InputBinding, Layout, OutputBinding};
 use arrow::datatypes::{Schema, SchemaRef};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_runtime::kind::{self, Resources};
 use weir_types::{Error, Result};
 
 /// Parses a humantime duration (`10ms`, `1s`).
@@ -19,15 +20,27 @@ pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<D
     humantime::parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
+/// Serializes a duration as the text [`duration`] reads (`10ms`, `1s`).
+pub(crate) fn ser_duration<S: serde::Serializer>(
+    d: &Duration,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
 /// How rows are grouped into model batches.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSpec {
     /// Largest batch (rows per model run). Default 32.
     #[serde(default = "default_max_size")]
     pub max_size: usize,
     /// Longest time a row waits for its batch to fill before a smaller batch is run. Default `10ms`.
-    #[serde(default = "default_max_wait", deserialize_with = "duration")]
+    #[serde(
+        default = "default_max_wait",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
     pub max_wait: Duration,
     /// Whether the batch size adapts to measured throughput and latency (else always
     /// `max_size`). Default true.
@@ -36,7 +49,11 @@ pub struct BatchSpec {
     /// p95 model run time of one batch the adaptive batch size must stay within (queueing at a
     /// busy instance is not counted: it depends on the load, not on the batch size). Default
     /// `500ms`.
-    #[serde(default = "default_budget", deserialize_with = "duration")]
+    #[serde(
+        default = "default_budget",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
     pub latency_budget: Duration,
 }
 
@@ -80,7 +97,7 @@ impl Default for BatchSpec {
 }
 
 /// Runs an ONNX model on tensor columns. See the field docs for defaults.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InferSpec {
     /// Path of the `.onnx` model file, run inline (instances of the operator's own). Required
@@ -93,14 +110,22 @@ pub struct InferSpec {
     pub service: Option<String>,
     /// With `service`: longest wait for one attempt of a call before it is abandoned and
     /// retried. Default `60s`.
-    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
     pub timeout: Duration,
     /// With `service`: further attempts of a call after a timeout or a retryable error.
     /// Default 2.
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// With `service`: wait before the first retry, doubled for each further one. Default `100ms`.
-    #[serde(default = "default_backoff", deserialize_with = "duration")]
+    #[serde(
+        default = "default_backoff",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
     pub backoff: Duration,
     /// Whether output batches keep the input order (`true`), or each input batch is emitted as
     /// soon as all its rows are answered (`false`). Default true.
@@ -214,14 +239,6 @@ impl InferSpec {
         }
     }
 
-    /// The service this step calls, from the registry (`None` when the model runs inline).
-    pub fn resolve_service(&self) -> Result<Option<Arc<dyn ModelService>>> {
-        match &self.service {
-            None => Ok(None),
-            Some(name) => Ok(Some(crate::service::service(name)?)),
-        }
-    }
-
     /// Checks the spec's numbers.
     fn validate(&self) -> Result<()> {
         let name = self.name();
@@ -253,9 +270,15 @@ impl InferSpec {
     /// Plan time: loads the model's metadata (one session), checks every bound input column's
     /// dtype and per-row shape against the model input, and works out the output columns.
     pub fn plan(&self, input: &SchemaRef) -> Result<InferPlan> {
+        self.plan_in(input, &Resources::new())
+    }
+
+    /// [`plan`](InferSpec::plan) with the job's `resources`, where a step with `service` finds the
+    /// service (its declaration at plan time, the running service when the job starts).
+    pub fn plan_in(&self, input: &SchemaRef, resources: &Resources) -> Result<InferPlan> {
         self.validate()?;
-        if let Some(service) = self.resolve_service()? {
-            let info = service.info()?;
+        if let Some(name) = &self.service {
+            let info = crate::service::service_info(resources, name)?;
             return self.plan_with(info, input);
         }
         if self.gpus > 0 {
@@ -432,12 +455,22 @@ impl InferSpec {
 
     /// Creates the operator with ONNX Runtime instances (loaded when the operator opens).
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn weir_runtime::Operator>> {
-        let plan = self.plan(input)?;
-        if let Some(service) = self.resolve_service()? {
+        self.create_in(input, &Resources::new())
+    }
+
+    /// Creates the operator: calling the service of the job's `resources` named by `service`, or
+    /// with ONNX Runtime instances of its own (loaded when the operator opens).
+    pub fn create_in(
+        &self,
+        input: &SchemaRef,
+        resources: &Resources,
+    ) -> Result<Box<dyn weir_runtime::Operator>> {
+        let plan = self.plan_in(input, resources)?;
+        if let Some(name) = &self.service {
             return Ok(Box::new(crate::operator::InferOperator::with_service(
                 self.clone(),
                 plan,
-                service,
+                crate::service::service(resources, name)?,
             )));
         }
         let factory = OrtBackend::factory(
@@ -511,5 +544,27 @@ impl InferSpec {
             self.batch.latency_budget,
             self.max_in_flight
         )
+    }
+}
+
+impl kind::Spec for InferSpec {
+    fn describe(&self) -> String {
+        InferSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for InferSpec {
+    fn output_schema(
+        &self,
+        inputs: &[SchemaRef],
+        ctx: &kind::PlanContext<'_>,
+    ) -> Result<SchemaRef> {
+        Ok(self
+            .plan_in(kind::first_input(inputs)?, ctx.resources)?
+            .schema)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn weir_runtime::Operator>> {
+        self.create_in(ctx.input()?, ctx.resources())
     }
 }

@@ -79,6 +79,7 @@ pub mod graph;
 mod inflight;
 pub mod input;
 pub mod job;
+pub mod kind;
 pub mod metrics;
 pub mod operator;
 pub mod partition;
