@@ -14,8 +14,8 @@
 //! - [`coordinator`]: [`Coordinator`], the sans-IO protocol: it takes facts (time passed, a task
 //!   acknowledged, a task declined, the manifest was written) and returns [`Action`]s for the
 //!   runtime to carry out. No IO, no async, no clock of its own.
-//! - [`fault`]: [`FailingStore`], an `ObjectStore` wrapper that fails on demand, for fault-injection
-//!   tests (here and in the runtime).
+//! - `fault` (cargo feature `fault-injection`): `FailingStore`, an `ObjectStore` wrapper that
+//!   fails on demand, for fault-injection tests (here and in the runtime).
 //!
 //! # How the runtime drives a checkpoint
 //!
@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 pub mod coordinator;
+#[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
 pub mod manifest;
 pub mod state;
@@ -48,6 +49,7 @@ pub mod store;
 pub use coordinator::{
     AbortReason, Action, CheckpointConfig, CheckpointMode, Coordinator, ExpectedTask, TaskKey,
 };
+#[cfg(any(test, feature = "fault-injection"))]
 pub use fault::FailingStore;
 pub use manifest::{Checksum, FileEntry, MANIFEST_FORMAT_VERSION, Manifest, NodeState};
 pub use state::{StateEntry, StateKey, StateSnapshot, UnionKey, redistribute, state_for_subtask};

@@ -1,5 +1,6 @@
 //! Crash injection at the phases of a checkpoint, for recovery tests: a fault-injection stand-in,
-//! off unless the environment asks for it.
+//! compiled in only with the cargo feature `fault-injection` (test builds; the `weir` binary does
+//! not have it, and there [`crash_point`] does nothing), and off unless the environment asks for it.
 //!
 //! `WEIR_CRASH_AT=<phase>:<checkpoint>` aborts the process (as `kill -9` would: no clean-up, no
 //! flushing) when it reaches `<phase>` of checkpoint `<checkpoint>` (`*` matches any checkpoint):
@@ -11,13 +12,14 @@
 //! - `restore`: a task read its share of the checkpoint being restored and has not opened its
 //!   operators.
 
-use std::sync::OnceLock;
 use weir_types::CheckpointId;
 
 /// The environment variable.
 pub const CRASH_AT: &str = "WEIR_CRASH_AT";
 
+#[cfg(feature = "fault-injection")]
 fn target() -> Option<&'static (String, Option<CheckpointId>)> {
+    use std::sync::OnceLock;
     static TARGET: OnceLock<Option<(String, Option<CheckpointId>)>> = OnceLock::new();
     TARGET
         .get_or_init(|| {
@@ -34,6 +36,7 @@ fn target() -> Option<&'static (String, Option<CheckpointId>)> {
 }
 
 /// Aborts the process when `WEIR_CRASH_AT` names this phase of checkpoint `id`.
+#[cfg(feature = "fault-injection")]
 pub fn crash_point(phase: &str, id: CheckpointId) {
     if let Some((p, want)) = target()
         && p == phase
@@ -43,3 +46,8 @@ pub fn crash_point(phase: &str, id: CheckpointId) {
         std::process::abort();
     }
 }
+
+/// Does nothing: this build has no fault injection (the cargo feature `fault-injection`).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn crash_point(_phase: &str, _id: CheckpointId) {}

@@ -25,6 +25,7 @@
 
 pub mod autoscale;
 pub mod control;
+#[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
 pub mod flight;
 pub mod host;
