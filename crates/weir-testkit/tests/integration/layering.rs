@@ -13,6 +13,7 @@ const LAYERS: &[&str] = &[
     "weir-runtime",
     "weir-ops",
     "weir-connectors",
+    "weir-kafka",
     "weir-media",
     "weir-infer",
     "weir-text",
