@@ -48,6 +48,7 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+message.max.bytes=20000000
 PROPS
     cat >"$RUN/log4j.properties" <<'L4J'
 log4j.rootLogger=INFO, stdout

@@ -4,3 +4,12 @@
 //! that crates which do not need Kafka do not build librdkafka.
 
 #![warn(missing_docs)]
+
+mod client;
+pub mod format;
+pub mod sink;
+pub mod source;
+
+pub use format::{Format, Meta, RawType};
+pub use sink::{Delivery, KafkaSink, KafkaSinkSpec};
+pub use source::{KafkaSource, KafkaSourceSpec};

@@ -87,6 +87,12 @@ pub enum Kind {
     ConsoleSink(conn::ConsoleSinkSpec),
     /// `sink: blackhole`
     BlackholeSink(conn::BlackholeSinkSpec),
+    /// `source: kafka`
+    #[cfg(feature = "kafka")]
+    KafkaSource(Box<weir_kafka::KafkaSourceSpec>),
+    /// `sink: kafka`
+    #[cfg(feature = "kafka")]
+    KafkaSink(Box<weir_kafka::KafkaSinkSpec>),
 }
 
 /// Options of `op: key_by`.
@@ -105,7 +111,9 @@ pub struct NoOptions {}
 /// Names of the kinds of each role, for error messages and docs.
 pub fn kind_names(role: Role) -> &'static [&'static str] {
     match role {
-        Role::Source => &["parquet", "jsonl", "csv", "files", "text", "values"],
+        Role::Source => &[
+            "parquet", "jsonl", "csv", "files", "text", "values", "kafka",
+        ],
         Role::Op => &[
             "filter",
             "select",
@@ -131,11 +139,29 @@ pub fn kind_names(role: Role) -> &'static [&'static str] {
             "tokenize",
             "vector_search",
         ],
-        Role::Sink => &["parquet", "jsonl", "console", "blackhole"],
+        Role::Sink => &["parquet", "jsonl", "console", "blackhole", "kafka"],
     }
 }
 
 impl Kind {
+    /// Fills in the options that depend on the job (Kafka's group and transactional id
+    /// defaults, and the checkpoint interval an exactly-once sink must fit in).
+    #[allow(unused_variables)]
+    pub fn bind_job(
+        &mut self,
+        job: &str,
+        step: &str,
+        checkpoint_interval: Option<std::time::Duration>,
+    ) {
+        match self {
+            #[cfg(feature = "kafka")]
+            Kind::KafkaSource(s) => s.bind_job(job, step),
+            #[cfg(feature = "kafka")]
+            Kind::KafkaSink(s) => s.bind_job(job, step, checkpoint_interval),
+            _ => {}
+        }
+    }
+
     /// Parses a step's options into its kind.
     pub fn parse(step: &StepSpec) -> Result<Kind> {
         Ok(match (step.role, step.kind.as_str()) {
@@ -172,6 +198,17 @@ impl Kind {
             (Role::Sink, "jsonl") => Kind::JsonlSink(step.options()?),
             (Role::Sink, "console") => Kind::ConsoleSink(step.options()?),
             (Role::Sink, "blackhole") => Kind::BlackholeSink(step.options()?),
+            #[cfg(feature = "kafka")]
+            (Role::Source, "kafka") => Kind::KafkaSource(Box::new(step.options()?)),
+            #[cfg(feature = "kafka")]
+            (Role::Sink, "kafka") => Kind::KafkaSink(Box::new(step.options()?)),
+            #[cfg(not(feature = "kafka"))]
+            (_, "kafka") => {
+                return Err(Error::config(format!(
+                    "steps[{}]: kind 'kafka' is not in this build of weir (build it with the cargo feature 'kafka')",
+                    step.index
+                )));
+            }
             (role, other) => {
                 return Err(Error::config(format!(
                     "steps[{}]: key '{}': unknown {} kind '{other}', expected one of: {}",
@@ -220,6 +257,10 @@ impl Kind {
             Kind::JsonlSink(s) => s.describe(),
             Kind::ConsoleSink(s) => s.describe(),
             Kind::BlackholeSink(s) => s.describe(),
+            #[cfg(feature = "kafka")]
+            Kind::KafkaSource(s) => s.describe(),
+            #[cfg(feature = "kafka")]
+            Kind::KafkaSink(s) => s.describe(),
         }
     }
 
@@ -232,6 +273,8 @@ impl Kind {
             Kind::FilesSource(s) => s.schema(),
             Kind::TextSource(s) => s.schema(),
             Kind::ValuesSource(s) => s.schema(),
+            #[cfg(feature = "kafka")]
+            Kind::KafkaSource(s) => s.schema(),
             _ => Err(Error::internal("source_schema called on a non-source")),
         }
     }
@@ -299,6 +342,8 @@ impl Kind {
                 Kind::FilesSource(s) => s.create(info, schema.clone()),
                 Kind::TextSource(s) => s.create(info, schema.clone()),
                 Kind::ValuesSource(s) => s.create(info, schema.clone()),
+                #[cfg(feature = "kafka")]
+                Kind::KafkaSource(s) => s.create(info, schema.clone()),
                 _ => Err(Error::internal("source factory of a non-source")),
             }
         })
@@ -336,6 +381,8 @@ impl Kind {
                 Kind::JsonlSink(s) => s.create(info, input.clone()),
                 Kind::ConsoleSink(s) => s.create(info, input.clone()),
                 Kind::BlackholeSink(s) => s.create(info, input.clone()),
+                #[cfg(feature = "kafka")]
+                Kind::KafkaSink(s) => s.create(info, input.clone()),
                 _ => Err(Error::internal(
                     "operator factory of a source or a routing step",
                 )),

@@ -211,10 +211,17 @@ fn build_with(
     let mut routes: HashMap<usize, (NodeId, Partitioning)> = HashMap::new();
     let mut step_inputs: Vec<Vec<usize>> = Vec::with_capacity(spec.steps.len());
 
-    let kinds = fuse(
-        &spec.steps,
-        spec.steps.iter().map(Kind::parse).collect::<Result<_>>()?,
-    );
+    let checkpoint = p
+        .checkpoint
+        .as_ref()
+        .map(|c| checkpoint_plan(&p.name, c))
+        .transpose()?;
+    let interval = checkpoint.as_ref().map(|c| c.config.interval);
+    let mut parsed: Vec<Kind> = spec.steps.iter().map(Kind::parse).collect::<Result<_>>()?;
+    for (kind, step) in parsed.iter_mut().zip(&spec.steps) {
+        kind.bind_job(&p.name, &step.name, interval);
+    }
+    let kinds = fuse(&spec.steps, parsed);
     for (step, kind) in spec.steps.iter().zip(kinds) {
         if by_name.insert(step.name.as_str(), step.index).is_some() {
             return Err(Error::config(format!(
@@ -335,11 +342,6 @@ fn build_with(
         });
     }
     graph.validate()?;
-    let checkpoint = p
-        .checkpoint
-        .as_ref()
-        .map(|c| checkpoint_plan(&p.name, c))
-        .transpose()?;
     let restart = match &p.restart {
         None => Restart::default(),
         Some(r) => Restart {

@@ -28,6 +28,7 @@ pub struct OperatorMetrics {
     batch_latency_us_ewma: AtomicU64,
     model_busy_ns: AtomicU64,
     model_instances: AtomicU64,
+    waiting: Mutex<Option<&'static str>>,
 }
 
 impl OperatorMetrics {
@@ -88,6 +89,15 @@ impl OperatorMetrics {
     /// Operators that run models: the number of model instances this operator instance keeps.
     pub fn set_model_instances(&self, n: usize) {
         self.model_instances.store(n as u64, Relaxed);
+    }
+    /// Says what external system this instance is waiting for (`Some("waiting for Kafka")`) while
+    /// it cannot reach it, and `None` once it can again; the progress display shows it.
+    pub fn set_waiting(&self, what: Option<&'static str>) {
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = what;
+    }
+    /// What the instance waits for, if anything (see [`set_waiting`](Self::set_waiting)).
+    pub fn waiting(&self) -> Option<&'static str> {
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
     /// Marks the instance as finished.
     pub fn set_finished(&self) {
@@ -206,6 +216,9 @@ pub struct NodeMetrics {
     /// Counters summed over instances.
     #[serde(flatten)]
     pub totals: MetricsSnapshot,
+    /// What an instance is waiting for (an external system it cannot reach), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Debug)]
@@ -256,6 +269,11 @@ impl MetricsRegistry {
                     role: n.role,
                     parallelism: n.instances.len() as u32,
                     totals,
+                    waiting: n
+                        .instances
+                        .iter()
+                        .find_map(|i| i.waiting())
+                        .map(str::to_string),
                 }
             })
             .collect()

@@ -155,6 +155,7 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+message.max.bytes=20000000
 transaction.max.timeout.ms={txn}
 ",
             data = dir.join("data").display(),
