@@ -830,19 +830,35 @@ impl KafkaSink {
         let lister: BaseConsumer = cfg
             .create()
             .map_err(|e| kafka_error("creating a Kafka client", e))?;
-        let groups = ctx
-            .spawn_cpu(move || {
-                lister
-                    .fetch_group_list(None, Duration::from_secs(10))
-                    .map(|g| {
+        let lister = Arc::new(lister);
+        let started = Instant::now();
+        let groups = loop {
+            let l = lister.clone();
+            let got = ctx
+                .spawn_cpu(move || {
+                    l.fetch_group_list(None, Duration::from_secs(10)).map(|g| {
                         g.groups()
                             .iter()
                             .map(|g| g.name().to_string())
                             .collect::<Vec<_>>()
                     })
-            })
-            .await?
-            .map_err(|e| kafka_error("listing consumer groups", e))?;
+                })
+                .await?;
+            match got {
+                Ok(g) => break g,
+                // A broker that just started loads its group coordinator for a moment.
+                Err(e) if started.elapsed() < GIVE_UP => {
+                    ctx.metrics().set_waiting(Some(WAITING));
+                    tracing::warn!(
+                        node = ctx.name(),
+                        "kafka: listing consumer groups: {e}; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(kafka_error("listing consumer groups", e)),
+            }
+        };
+        ctx.metrics().set_waiting(None);
         let lingering: Vec<u32> = groups
             .iter()
             .filter_map(|g| g.strip_prefix(&prefix)?.parse::<u32>().ok())

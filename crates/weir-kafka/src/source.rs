@@ -788,7 +788,11 @@ impl Source for KafkaSource {
     }
 
     async fn close(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
-        self.consumer = None;
+        // The consumer stays: the final checkpoint's completion still commits positions.
+        if let Some(c) = &self.consumer {
+            c.unassign()
+                .map_err(|e| kafka_error("releasing partitions", e))?;
+        }
         Ok(())
     }
 }

@@ -422,7 +422,7 @@ steps:
     bounded: true
   - name: pace
     op: throttle
-    rows_per_second: 300
+    rows_per_second: 200
   - name: keep
     op: filter
     predicate: \"v <> 3\"
@@ -452,16 +452,20 @@ steps:
         s
     });
     std::thread::sleep(Duration::from_secs(4));
-    assert!(
-        child.try_wait().expect("wait").is_none(),
-        "the job ended before the broker was killed"
-    );
+    if child.try_wait().expect("wait").is_some() {
+        panic!(
+            "the job ended before the broker was killed:\n{}",
+            log.join().expect("log")
+        );
+    }
     broker.kill();
     std::thread::sleep(Duration::from_secs(6));
-    assert!(
-        child.try_wait().expect("wait").is_none(),
-        "the job gave up while the broker was down"
-    );
+    if child.try_wait().expect("wait").is_some() {
+        panic!(
+            "the job gave up while the broker was down:\n{}",
+            log.join().expect("log")
+        );
+    }
     broker.restart();
     let status = child.wait().expect("wait");
     let err = log.join().expect("log");
