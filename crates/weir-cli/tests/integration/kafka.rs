@@ -551,3 +551,52 @@ fn bad_kafka_configuration_fails_at_start_naming_the_setting() {
         "{err}"
     );
 }
+
+/// `examples/kafka/`: `produce.yaml` writes the photos to `images`, `classify.yaml` (made bounded
+/// here so that it ends) writes one open-nsfw label per photo to `labels`, exactly once.
+#[test]
+fn the_kafka_example_classifies_every_photo_once() {
+    let broker = Broker::start();
+    let b = broker.bootstrap();
+    let dir = tempfile::tempdir().expect("tmp");
+    create_topic(&b, "images", 2);
+    create_topic(&b, "labels", 2);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let run = |spec: &str, extra: &[&str]| {
+        let out = weir()
+            .current_dir(&root)
+            .env("KAFKA", &b)
+            .env("OUT_DIR", dir.path())
+            .args(["run", spec, "--progress", "off"])
+            .args(extra)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{spec}: {err}");
+        err
+    };
+    run("examples/kafka/produce.yaml", &[]);
+    let n = std::fs::read_dir(setup::data_dir().join("photos"))
+        .expect("photos")
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_lowercase();
+            n.ends_with(".jpg") || n.ends_with(".png")
+        })
+        .count();
+    let err = run(
+        "examples/kafka/classify.yaml",
+        &["--set", "steps.images.bounded=true"],
+    );
+    let rows = read_topic(&b, "labels", "read_committed");
+    let mut keys: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), rows.len(), "a photo labelled twice");
+    assert_eq!(rows.len(), n, "{err}");
+    let messi = rows
+        .iter()
+        .find(|r| r.0.ends_with("opencv_messi5.jpg"))
+        .expect("messi5 labelled");
+    assert!(messi.1.contains("\"label\":\"safe\""), "{}", messi.1);
+}
