@@ -197,9 +197,9 @@ fn init_logging(verbose: u8) {
     // asked for more (`-vv`, or WEIR_LOG=ort=info).
     let default = match verbose {
         // librdkafka logs every failed reconnection while a broker is down; the Kafka steps say
-        // "waiting for Kafka" instead (WEIR_LOG=rdkafka=info shows them).
-        0 => "info,ort=warn,rdkafka=off",
-        1 => "debug,ort=warn,rdkafka=warn",
+        // "waiting for Kafka" instead (WEIR_LOG=librdkafka=info shows them).
+        0 => "info,ort=warn,rdkafka=off,librdkafka=off",
+        1 => "debug,ort=warn,rdkafka=warn,librdkafka=warn",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")

@@ -514,14 +514,25 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Runs a blocking transaction call of the producer on a blocking thread.
+    /// Runs a blocking transaction call of the producer on a blocking thread; while it takes
+    /// longer than 2 s (the broker is unreachable or slow) the step reports `waiting for Kafka`.
     async fn txn_call<T: Send + 'static>(
         ctx: &OperatorContext,
         producer: &Arc<FutureProducer>,
         f: impl FnOnce(&FutureProducer) -> std::result::Result<T, KafkaError> + Send + 'static,
     ) -> Result<std::result::Result<T, KafkaError>> {
         let p = producer.clone();
-        ctx.spawn_cpu(move || f(&p)).await
+        let call = ctx.spawn_cpu(move || f(&p));
+        tokio::pin!(call);
+        tokio::select! {
+            r = &mut call => r,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                ctx.metrics().set_waiting(Some(WAITING));
+                let r = call.await;
+                ctx.metrics().set_waiting(None);
+                r
+            }
+        }
     }
 
     /// Checks the brokers, the topic and (for `exactly_once`) the transaction timeouts.
