@@ -14,10 +14,11 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weir_runtime::kind;
 use weir_runtime::{OperatorContext, Source, SourceEvent, TaskInfo};
 use weir_types::{Barrier, Error, Result};
 
@@ -50,7 +51,7 @@ const FETCH_CONCURRENCY: usize = 8;
 /// bytes: Binary (nullable)`. URIs are `file:///abs/path` for local files and
 /// `s3://bucket/key` for S3 objects. Hidden files (names starting with `.`) are skipped. S3 is
 /// configured from the usual `AWS_*` environment variables.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesSourceSpec {
     /// Where to list: a local path (file or directory), `file:///abs/dir`, or `s3://bucket/prefix`.
@@ -73,7 +74,8 @@ pub struct FilesSourceSpec {
     /// How often to list again in continuous mode (default `"1s"`).
     #[serde(
         default = "default_poll_interval",
-        deserialize_with = "crate::config::de_duration"
+        deserialize_with = "crate::config::de_duration",
+        serialize_with = "crate::config::ser_duration"
     )]
     pub poll_interval: Duration,
     /// Rows (files) per batch (default 64).
@@ -274,6 +276,22 @@ impl FilesSourceSpec {
             single,
             local: Some(local),
         })
+    }
+}
+
+impl kind::Spec for FilesSourceSpec {
+    fn describe(&self) -> String {
+        FilesSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for FilesSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        FilesSourceSpec::schema(self)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        FilesSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
     }
 }
 
@@ -491,6 +509,13 @@ impl FilesSource {
     }
 }
 
+/// The key of the files source's union state entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum TakenKey {
+    /// This object was emitted.
+    Done(String),
+}
+
 #[async_trait]
 impl Source for FilesSource {
     fn schema(&self) -> SchemaRef {
@@ -502,10 +527,9 @@ impl Source for FilesSource {
             // Files emitted before the checkpoint are never taken again, by any instance.
             let p = u64::from(self.parallelism);
             let mut restored = 0u64;
-            for (name, _) in state.unions() {
-                let Some(loc) = name.strip_prefix("file:") else {
-                    continue;
-                };
+            for entry in state.unions::<TakenKey>() {
+                let (TakenKey::Done(loc), _) = entry?;
+                let loc = loc.as_str();
                 let path = StorePath::parse(loc).map_err(|e| {
                     Error::io(format!(
                         "checkpoint state names an invalid object path '{loc}'"
@@ -598,7 +622,7 @@ impl Source for FilesSource {
     ) -> Result<weir_runtime::StateSnapshot> {
         let mut snap = weir_runtime::StateSnapshot::new();
         for loc in &self.taken {
-            snap.push_union(format!("file:{loc}"), b"done".to_vec());
+            snap.push_union(&TakenKey::Done(loc.clone()), b"done".to_vec())?;
         }
         Ok(snap)
     }

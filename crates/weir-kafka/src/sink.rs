@@ -54,7 +54,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_checkpoint::StateSnapshot;
-use weir_runtime::{Emitter, Operator, OperatorContext, TaskInfo};
+use weir_runtime::kind::{self, JobInfo};
+use weir_runtime::{AbortReason, Emitter, Operator, OperatorContext, TaskInfo};
 use weir_types::{Barrier, CheckpointId, Error, Result};
 
 /// The sink's delivery guarantee.
@@ -69,7 +70,7 @@ pub enum Delivery {
 }
 
 /// Options of `sink: kafka`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkSpec {
     /// `host:port[,host:port…]` of the brokers (required).
@@ -112,9 +113,6 @@ pub struct KafkaSinkSpec {
     /// librdkafka producer properties, applied last.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
-    /// The job's checkpoint interval (set by the planner, not a spec key).
-    #[serde(skip)]
-    pub checkpoint_interval: Option<Duration>,
 }
 
 fn default_max_queued() -> String {
@@ -130,17 +128,19 @@ fn duration(key: &str, s: &str) -> Result<Duration> {
 }
 
 impl KafkaSinkSpec {
-    /// Fills in what depends on the job: the transactional id prefix and the checkpoint interval
-    /// (`None` when the job does not checkpoint).
-    pub fn bind_job(&mut self, job: &str, step: &str, checkpoint_interval: Option<Duration>) {
-        if self.transactional_id_prefix.is_none() {
-            self.transactional_id_prefix = Some(format!("weir-{job}-{step}"));
+    /// The prefix of the transactional ids of step `step` of job `job` (`None`: a job without
+    /// a name): `transactional_id_prefix`, else `weir-<job>-<step>`.
+    pub fn prefix(&self, job: Option<&str>, step: &str) -> String {
+        match (&self.transactional_id_prefix, job) {
+            (Some(p), _) => p.clone(),
+            (None, Some(job)) => format!("weir-{job}-{step}"),
+            (None, None) => format!("weir-{step}"),
         }
-        self.checkpoint_interval = checkpoint_interval;
     }
 
-    /// Plan time: checks the options against the input schema.
-    pub fn check(&self, input: &SchemaRef) -> Result<()> {
+    /// Plan time: checks the options against the input schema and the job's checkpoint
+    /// interval (`None`: the job does not checkpoint).
+    pub fn check(&self, input: &SchemaRef, checkpoint_interval: Option<Duration>) -> Result<()> {
         Encoder::new(self.format, input, &self.value_columns)?;
         for (key, cols) in [
             ("key", self.key.iter().cloned().collect::<Vec<_>>()),
@@ -154,7 +154,7 @@ impl KafkaSinkSpec {
                 }
             }
         }
-        if self.delivery == Delivery::ExactlyOnce && self.checkpoint_interval.is_none() {
+        if self.delivery == Delivery::ExactlyOnce && checkpoint_interval.is_none() {
             return Err(Error::config(
                 "key 'delivery': exactly_once commits a transaction per checkpoint; give the job a 'checkpoint' section",
             ));
@@ -167,9 +167,15 @@ impl KafkaSinkSpec {
         Ok(())
     }
 
-    /// One running instance.
-    pub fn create(&self, info: &TaskInfo, input: SchemaRef) -> Result<Box<dyn Operator>> {
-        self.check(&input)?;
+    /// One running instance: subtask `info` of job `job`, reading rows of `input`.
+    pub fn create(
+        &self,
+        info: &TaskInfo,
+        input: SchemaRef,
+        job: Option<&JobInfo>,
+    ) -> Result<Box<dyn Operator>> {
+        let interval = job.and_then(|j| j.checkpoint_interval);
+        self.check(&input, interval)?;
         let key = self.key.as_ref().map(|k| input.index_of(k)).transpose()?;
         let headers = self
             .headers
@@ -178,6 +184,8 @@ impl KafkaSinkSpec {
             .collect::<Result<Vec<_>>>()?;
         Ok(Box::new(KafkaSink {
             spec: self.clone(),
+            prefix: self.prefix(job.map(|j| j.name.as_str()), &info.node),
+            checkpoint_interval: interval,
             encoder: Encoder::new(self.format, &input, &self.value_columns)?,
             key,
             headers,
@@ -211,11 +219,30 @@ impl KafkaSinkSpec {
             }
         )
     }
+}
 
-    fn prefix(&self) -> String {
-        self.transactional_id_prefix
-            .clone()
-            .unwrap_or_else(|| "weir".into())
+impl kind::Spec for KafkaSinkSpec {
+    fn describe(&self) -> String {
+        KafkaSinkSpec::describe(self)
+    }
+}
+
+impl kind::SinkSpec for KafkaSinkSpec {
+    fn check_inputs(&self, inputs: &[SchemaRef], ctx: &kind::PlanContext<'_>) -> Result<()> {
+        let interval = JobInfo::of(ctx.resources).and_then(|j| j.checkpoint_interval);
+        for input in inputs {
+            self.check(input, interval)?;
+        }
+        Ok(())
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        KafkaSinkSpec::create(
+            self,
+            ctx.info(),
+            ctx.input()?.clone(),
+            JobInfo::of(ctx.resources()),
+        )
     }
 }
 
@@ -334,6 +361,10 @@ const GIVE_UP: Duration = Duration::from_secs(600);
 /// A running `sink: kafka` subtask.
 pub struct KafkaSink {
     spec: KafkaSinkSpec,
+    /// Prefix of the transactional ids and marker groups.
+    prefix: String,
+    /// The job's checkpoint interval (`None`: it does not checkpoint).
+    checkpoint_interval: Option<Duration>,
     encoder: Encoder,
     key: Option<usize>,
     headers: Vec<(String, usize)>,
@@ -373,7 +404,7 @@ fn text_or_bytes(col: &dyn Array, row: usize) -> Result<Option<Vec<u8>>> {
 
 impl KafkaSink {
     fn tid(&self, n: u32) -> String {
-        format!("{}-{n}", self.spec.prefix())
+        format!("{}-{n}", self.prefix)
     }
 
     fn producer_config(&self, tid: Option<&str>) -> Result<rdkafka::ClientConfig> {
@@ -560,7 +591,7 @@ impl KafkaSink {
             )));
         }
         if self.spec.delivery == Delivery::ExactlyOnce {
-            let interval = self.spec.checkpoint_interval.ok_or_else(|| {
+            let interval = self.checkpoint_interval.ok_or_else(|| {
                 Error::config("key 'delivery': exactly_once needs the job to checkpoint")
             })?;
             let broker = md.brokers().first().map_or(1, |b| b.id());
@@ -821,7 +852,8 @@ impl KafkaSink {
         let mut entries: Vec<TxnEntry> = Vec::new();
         let mut restored_id: u64 = 0;
         if let Some(state) = ctx.restored_state() {
-            for (name, bytes) in state.unions() {
+            for entry in state.unions::<String>() {
+                let (name, bytes) = entry?;
                 if name == TXN_ENTRY {
                     let e = TxnEntry::decode(bytes)?;
                     restored_id = restored_id.max(e.checkpoint);
@@ -836,7 +868,7 @@ impl KafkaSink {
             .cloned()
             .collect();
         // Ids a run at a higher parallelism may have used: their marker groups exist.
-        let prefix = format!("{}-", self.spec.prefix());
+        let prefix = format!("{}-", self.prefix);
         let cfg = client_config(&self.spec.bootstrap_servers, &self.spec.properties);
         let lister: BaseConsumer = cfg
             .create()
@@ -1057,7 +1089,7 @@ impl Operator for KafkaSink {
                         recs: self.current.clone(),
                     }
                     .encode(),
-                );
+                )?;
             }
         }
         Ok(state)
@@ -1098,6 +1130,41 @@ impl Operator for KafkaSink {
             self.begin(ctx).await?;
             let r = self.produce(&recs, ctx).await;
             self.current = recs;
+            if let Err(e) = r {
+                tracing::warn!(
+                    node = ctx.name(),
+                    "kafka: {}; restarting the transaction",
+                    e.report()
+                );
+                self.restart_txn(ctx).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn notify_checkpoint_aborted(
+        &mut self,
+        id: CheckpointId,
+        reason: &AbortReason,
+        ctx: &mut OperatorContext,
+    ) -> Result<()> {
+        // A subsumed checkpoint's transaction is committed by the completion notified next.
+        if self.prepared != Some(id) || matches!(reason, AbortReason::Subsumed { .. }) {
+            return Ok(());
+        }
+        // The pre-committed transaction stays open: the rows that waited for `id` to complete
+        // go into it now, and the next checkpoint's barrier pre-commits all of them (its marker
+        // replaces this one's).
+        tracing::info!(
+            node = ctx.name(),
+            "kafka: checkpoint {id} was aborted ({reason}); its transaction stays open for the next one"
+        );
+        self.prepared = None;
+        let recs = std::mem::take(&mut self.waiting);
+        if !recs.is_empty() {
+            self.begin(ctx).await?;
+            let r = self.produce(&recs, ctx).await;
+            self.current.extend(recs);
             if let Err(e) = r {
                 tracing::warn!(
                     node = ctx.name(),

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use weir_checkpoint::StateSnapshot;
 use weir_connectors::ColumnSpec;
 use weir_connectors::config::declared_schema;
-use weir_runtime::{OperatorContext, Source, SourceEvent, TaskInfo};
+use weir_runtime::kind;
+use weir_runtime::{AbortReason, OperatorContext, Source, SourceEvent, TaskInfo};
 use weir_types::{Barrier, CheckpointId, Error, Result};
 
 /// Where a partition without a restored position starts.
@@ -66,8 +67,8 @@ pub enum KeyType {
     Binary,
 }
 
-/// Options of `source: kafka`. (`Serialize` comes with the declared-schema type's.)
-#[derive(Debug, Clone, Deserialize)]
+/// Options of `source: kafka`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceSpec {
     /// `host:port[,host:port…]` of the brokers (required).
@@ -156,10 +157,13 @@ fn duration(key: &str, s: &str) -> Result<Duration> {
 }
 
 impl KafkaSourceSpec {
-    /// Fills in defaults that depend on the job (the consumer group's name).
-    pub fn bind_job(&mut self, job: &str, step: &str) {
-        if self.group_id.is_none() {
-            self.group_id = Some(format!("weir-{job}-{step}"));
+    /// The consumer group of step `step` of job `job` (`None`: a job without a name, as in
+    /// tests that drive the source by hand): `group_id`, else `weir-<job>-<step>`.
+    pub fn group(&self, job: Option<&str>, step: &str) -> String {
+        match (&self.group_id, job) {
+            (Some(g), _) => g.clone(),
+            (None, Some(job)) => format!("weir-{job}-{step}"),
+            (None, None) => format!("weir-{step}"),
         }
     }
 
@@ -213,12 +217,9 @@ impl KafkaSourceSpec {
         c
     }
 
-    fn group(&self) -> String {
-        self.group_id.clone().unwrap_or_else(|| "weir".into())
-    }
-
     /// Plan time: the output schema (value columns, then metadata columns). Reads sample
-    /// messages from the broker only when the schema must be inferred.
+    /// messages from the broker only when the schema must be inferred (assigning partitions to
+    /// a consumer that joins no group and commits nothing).
     pub fn schema(&self) -> Result<SchemaRef> {
         self.check()?;
         let payload = match self.format {
@@ -270,7 +271,7 @@ impl KafkaSourceSpec {
     fn sample(&self) -> Result<Vec<Vec<u8>>> {
         let timeout = duration("connect_timeout", &self.connect_timeout)?;
         let consumer: BaseConsumer = self
-            .consumer_config(&format!("{}-schema", self.group()))
+            .consumer_config(&format!("{}-schema", self.group(None, "kafka")))
             .set("enable.partition.eof", "true")
             .create()
             .map_err(|e| kafka_error("creating a Kafka consumer", e))?;
@@ -335,13 +336,25 @@ impl KafkaSourceSpec {
         Ok(out)
     }
 
-    /// One running instance.
+    /// One running instance of a job without a name (the consumer group defaults to
+    /// `weir-<step>`).
     pub fn create(&self, info: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Source>> {
+        self.create_in(info, schema, None)
+    }
+
+    /// One running instance, for subtask `info` of job `job`, emitting `schema`.
+    fn create_in(
+        &self,
+        info: &TaskInfo,
+        schema: SchemaRef,
+        job: Option<&str>,
+    ) -> Result<Box<dyn Source>> {
         self.check()?;
         let payload_cols = schema.fields().len() - self.metadata.len();
         let payload = Arc::new(schema.project(&(0..payload_cols).collect::<Vec<_>>())?);
         Ok(Box::new(KafkaSource {
             spec: self.clone(),
+            group: self.group(job, &info.node),
             decoder: self.decoder(payload)?,
             subtask: info.subtask,
             parallelism: info.parallelism,
@@ -377,6 +390,23 @@ impl KafkaSourceSpec {
     }
 }
 
+impl kind::Spec for KafkaSourceSpec {
+    fn describe(&self) -> String {
+        KafkaSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for KafkaSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        KafkaSourceSpec::schema(self)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        let job = kind::JobInfo::of(ctx.resources()).map(|j| j.name.as_str());
+        self.create_in(ctx.info(), ctx.output()?.clone(), job)
+    }
+}
+
 fn pattern(p: &str) -> Result<regex::Regex> {
     regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
         Error::config(format!(
@@ -395,21 +425,19 @@ pub fn owner(topic: &str, partition: i32, parallelism: u32) -> u32 {
 /// A (topic, partition).
 type Tp = (String, i32);
 
-/// The union entry name of a partition's position.
-fn entry_name(topic: &str, partition: i32) -> String {
-    format!("kafka-offset/{partition}/{topic}")
-}
-
-fn parse_entry(name: &str, bytes: &[u8]) -> Option<((String, i32), i64)> {
-    let rest = name.strip_prefix("kafka-offset/")?;
-    let (p, t) = rest.split_once('/')?;
-    let off = i64::from_le_bytes(bytes.try_into().ok()?);
-    Some(((t.to_string(), p.parse().ok()?), off))
+/// The key of a partition's union entry; the payload is the next offset to read (i64, little
+/// endian).
+#[derive(Debug, Serialize, Deserialize)]
+struct PositionKey {
+    topic: String,
+    partition: i32,
 }
 
 /// A running `source: kafka` subtask.
 pub struct KafkaSource {
     spec: KafkaSourceSpec,
+    /// The consumer group positions are committed to.
+    group: String,
     decoder: Decoder,
     subtask: u32,
     parallelism: u32,
@@ -638,16 +666,23 @@ impl Source for KafkaSource {
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         if let Some(state) = ctx.restored_state() {
             let mut r = BTreeMap::new();
-            for (name, bytes) in state.unions() {
-                if let Some((tp, off)) = parse_entry(name, bytes) {
-                    r.insert(tp, off);
-                }
+            for entry in state.unions::<PositionKey>() {
+                let (k, bytes) = entry?;
+                let off = bytes.try_into().map(i64::from_le_bytes).map_err(|_| {
+                    Error::io(format!(
+                        "the restored position of {}/{} is corrupt ({} bytes)",
+                        k.topic,
+                        k.partition,
+                        bytes.len()
+                    ))
+                })?;
+                r.insert((k.topic, k.partition), off);
             }
             self.restored = Some(r);
         }
         let consumer: StreamConsumer = self
             .spec
-            .consumer_config(&self.spec.group())
+            .consumer_config(&self.group)
             .create()
             .map_err(|e| kafka_error("creating a Kafka consumer", e))?;
         self.consumer = Some(Arc::new(consumer));
@@ -747,7 +782,11 @@ impl Source for KafkaSource {
         let mut s = StateSnapshot::new();
         let mut commit = Vec::new();
         for ((t, p), off) in &self.positions {
-            s.push_union(entry_name(t, *p), off.to_le_bytes().to_vec());
+            let key = PositionKey {
+                topic: t.clone(),
+                partition: *p,
+            };
+            s.push_union(&key, off.to_le_bytes().to_vec())?;
             if *off >= 0 {
                 commit.push(((t.clone(), *p), *off));
             }
@@ -784,6 +823,17 @@ impl Source for KafkaSource {
                 "kafka: committing positions of checkpoint {id} to the group failed: {e}"
             );
         }
+        Ok(())
+    }
+
+    async fn notify_checkpoint_aborted(
+        &mut self,
+        id: CheckpointId,
+        _reason: &AbortReason,
+        _ctx: &mut OperatorContext,
+    ) -> Result<()> {
+        // Its positions never reach the group; a later checkpoint's newer ones will.
+        self.to_commit.remove(&id);
         Ok(())
     }
 

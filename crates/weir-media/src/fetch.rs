@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use url::Url;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::multimodal::{ExtensionType, MediaType, ObjectRefType};
 use weir_types::{Error, Result};
@@ -39,7 +40,7 @@ fn default_schemes() -> Vec<String> {
 }
 
 /// Options of a `fetch` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FetchSpec {
     /// The input column: Utf8 URIs/paths, or a `weir.object_ref` struct (uri, offset, length).
@@ -142,6 +143,22 @@ impl FetchSpec {
             self.max_size,
             self.allow_schemes.join(",")
         )
+    }
+}
+
+impl kind::Spec for FetchSpec {
+    fn describe(&self) -> String {
+        FetchSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for FetchSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        FetchSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        FetchSpec::create(self, ctx.input()?)
     }
 }
 
