@@ -49,19 +49,20 @@ fn default_file(job: &str) -> PathBuf {
     Path::new(DIR).join(format!("{job}.json"))
 }
 
-/// Starts the control endpoint when the plan registered services, and writes its control file.
+/// Starts the control endpoint when the job declared services, and writes its control file.
 pub fn open(
     plan: &weir_plan::Plan,
+    job: &weir_plan::Job,
     bind: std::net::SocketAddr,
     file: Option<&Path>,
 ) -> Result<Option<ControlEndpoint>> {
-    if weir_serve::registered_services().is_empty() {
+    if job.services.is_empty() {
         return Ok(None);
     }
-    let job = &plan.graph.config.name;
-    let mut ep = ControlEndpoint::start_on(bind, None)?;
-    let path = file.map_or_else(|| default_file(job), Path::to_path_buf);
-    ep.write_file(&path, job)?;
+    let job_name = &plan.logical.job.name;
+    let mut ep = ControlEndpoint::start_on(bind, None, job.services.clone())?;
+    let path = file.map_or_else(|| default_file(job_name), Path::to_path_buf);
+    ep.write_file(&path, job_name)?;
     tracing::info!(
         "control endpoint on {} (token in {}): weir scale SERVICE N --control-file {}",
         ep.addr(),

@@ -1,7 +1,8 @@
 //! The `weir` binary: one executable whose subcommands are its roles.
 //!
 //! `weir run FILE` plans and runs a pipeline with live progress and an end-of-run summary;
-//! `weir validate FILE` plans it and prints the graph without running anything;
+//! `weir validate FILE` plans it and prints the graph without running anything; `weir explain
+//! FILE [--json]` prints the logical graph, the rewrites applied and the physical plan;
 //! `weir scale SERVICE N` and `weir services` talk to a running job's control endpoint;
 //! `weir serve-model` is one out-of-process instance; `weir serve-service` hosts a shared service
 //! for several jobs and `weir stop-service` stops one.
@@ -40,6 +41,10 @@ enum Command {
     Run(RunArgs),
     /// Parse and plan a pipeline, print the planned graph with schemas, run nothing.
     Validate(SpecArgs),
+    /// Plan a pipeline and print its logical graph (nodes, schemas, edges, services), the
+    /// rewrites applied (fusion, projection pushdown) and the physical plan (tasks, chains,
+    /// edges, parallelism); run, start and write nothing.
+    Explain(ExplainArgs),
     /// Show the checkpoints a pipeline has stored.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
@@ -115,8 +120,17 @@ enum CheckpointsCommand {
 }
 
 #[derive(Debug, Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Print JSON: `{"logical": GRAPH, "physical": {...}}` (see docs/plan-json.md).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct SpecArgs {
-    /// The pipeline spec (YAML).
+    /// The pipeline: a YAML spec, or a logical graph in its JSON form (a `.json` file).
     file: PathBuf,
     /// Parallelism of every step that does not set its own.
     #[arg(short, long)]
@@ -172,6 +186,7 @@ fn main() -> ExitCode {
     alloc::tune();
     let result = match cli.command {
         Command::Validate(args) => validate(args),
+        Command::Explain(args) => explain(args),
         Command::Run(args) => run(args),
         Command::Checkpoints(cmd) => checkpoints::command(cmd),
         Command::ServeModel(args) => serve_model(args),
@@ -236,6 +251,16 @@ fn validate(args: SpecArgs) -> weir_types::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn explain(args: ExplainArgs) -> weir_types::Result<ExitCode> {
+    let plan = plan_file(&args.spec.file, &plan_options(&args.spec)?)?;
+    if args.json {
+        println!("{}", plan.explain_json()?);
+    } else {
+        print!("{}", plan.explain()?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
     let plan = plan_file(&args.spec.file, &plan_options(&args.spec)?)?;
     let threads = args.threads.unwrap_or_else(|| {
@@ -258,8 +283,12 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         };
         restore = checkpoints::newest_complete(&runtime, store)?;
     }
+    // Job start: the declared services are made here (their instances start when the first
+    // step calling them opens); restarts reuse them.
+    let job = plan.start()?;
     let _control = control::open(
         &plan,
+        &job,
         std::net::SocketAddr::new(args.control_host, args.control_port),
         args.control_file.as_deref(),
     )?;
@@ -277,7 +306,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
             }),
             _ => None,
         };
-        match run_once(&runtime, &plan, setup, &args) {
+        match run_once(&runtime, &plan, &job, setup, &args) {
             Ok(report) => break report,
             Err(e)
                 if attempt < plan.restart.attempts
@@ -301,7 +330,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         }
     };
     let (report, slow) = report;
-    let services = why::service_statuses();
+    let services = why::service_statuses(&job.services);
     eprint!("{}", summary::render(&report, &services, &slow));
     if let Some(path) = &args.metrics_json {
         let json = summary::to_json(&report, &services, &slow);
@@ -318,20 +347,22 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
 fn run_once(
     runtime: &Runtime,
     plan: &weir_plan::Plan,
+    job: &weir_plan::Job,
     setup: Option<CheckpointSetup>,
     args: &RunArgs,
 ) -> weir_types::Result<(weir_runtime::JobReport, Vec<why::Held>)> {
-    let handle = runtime.start_with(plan.graph.clone(), setup)?;
+    let handle = runtime.start_with(job.graph.clone(), setup)?;
     tracing::debug!("physical plan:\n{}", handle.description());
     let metrics = handle.metrics().clone();
     let stop = handle.stop_token();
     let mode = args.progress.resolve(std::io::stderr().is_terminal());
     let interval = Duration::from_secs_f64(args.log_interval.max(0.2));
     let steps = plan.steps.clone();
+    let services = job.services.clone();
     runtime.block_on(async move {
         let signals = tokio::spawn(watch_signals(stop));
         let mut display = progress::Progress::new(mode, metrics.clone(), &steps, handle.started());
-        let mut sampler = why::Sampler::new(metrics);
+        let mut sampler = why::Sampler::new(metrics, services);
         let mut tick = tokio::time::interval(display.tick(interval));
         let mut look = tokio::time::interval(why::INTERVAL);
         let wait = handle.wait();

@@ -9,8 +9,9 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_infer::ServiceStatus;
+use weir_infer::{ModelService, ServiceStatus};
 use weir_runtime::{MetricsRegistry, NodeMetrics, NodeRole};
 
 /// How often the sampler looks.
@@ -124,27 +125,26 @@ pub struct Held {
 /// Samples metrics and services, keeps the current reasons and how long each held.
 pub struct Sampler {
     metrics: MetricsRegistry,
+    sources: Vec<Arc<dyn ModelService>>,
     last: Option<(Instant, Vec<NodeMetrics>)>,
     services: Vec<ServiceStatus>,
     current: Vec<Reason>,
     held: BTreeMap<String, Held>,
 }
 
-/// The statuses of every registered service.
-pub fn service_statuses() -> Vec<ServiceStatus> {
-    weir_serve::registered_services()
-        .iter()
-        .map(|s| s.status())
-        .collect()
+/// The statuses of the job's services.
+pub fn service_statuses(services: &[Arc<dyn ModelService>]) -> Vec<ServiceStatus> {
+    services.iter().map(|s| s.status()).collect()
 }
 
 impl Sampler {
-    /// A sampler over `metrics`, starting now.
-    pub fn new(metrics: MetricsRegistry) -> Self {
+    /// A sampler over `metrics` and the job's `services`, starting now.
+    pub fn new(metrics: MetricsRegistry, services: Vec<Arc<dyn ModelService>>) -> Self {
         Sampler {
             metrics,
             last: None,
-            services: service_statuses(),
+            services: service_statuses(&services),
+            sources: services,
             current: Vec::new(),
             held: BTreeMap::new(),
         }
@@ -154,7 +154,7 @@ impl Sampler {
     pub fn sample(&mut self) {
         let now = Instant::now();
         let snap = self.metrics.snapshot();
-        let services = service_statuses();
+        let services = service_statuses(&self.sources);
         if let Some((then, prev)) = &self.last {
             let window = now.duration_since(*then);
             let loads = loads(&snap, prev, window);

@@ -18,7 +18,7 @@ mod results_log;
 pub mod service;
 pub mod spec;
 
-pub use service::{CallOptions, ModelService, ServiceStatus, Tensors};
+pub use service::{CallOptions, DeclaredService, ModelService, ServiceStatus, Tensors};
 
 pub use operator::{InFlight, InferCounters, InferOperator, RowRef};
 pub use spec::{BatchSpec, InferPlan, InferSpec};

@@ -1,21 +1,23 @@
 //! The contract between the `infer` operator and an inference *service* ([`ModelService`]): a
 //! model deployed apart from the data plane, with instances of its own, that the operator calls
 //! asynchronously with batches of tensors. Also the options of one call ([`CallOptions`]), a
-//! service's state for progress displays ([`ServiceStatus`]) and the process's registry of
-//! services by name ([`register_service`], [`service`]).
+//! service's state for progress displays ([`ServiceStatus`]) and how a step finds the services of
+//! its job: by name in the job's resources ([`service`], [`service_info`]).
 //!
 //! The trait lives here, and its implementation in `weir-serve`, so that dependencies point down:
-//! `weir-serve` depends on `weir-infer` for the [`Backend`](crate::Backend) its instances run, and
-//! the `infer` operator finds a service through the registry, which `weir-plan` fills from the
-//! spec's `services:` section.
+//! `weir-serve` depends on `weir-infer` for the [`Backend`](crate::Backend) its instances run. The
+//! services are the job's: the planner puts a [`DeclaredService`] in the plan-time resources for
+//! each entry of the spec's `services:` section, and the job-start function the running service
+//! ([`provide`]); nothing is registered in the process.
 
 use crate::backend::HostTensor;
 use crate::model::ModelInfo;
 use futures::future::BoxFuture;
-use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+use weir_runtime::kind::Resources;
 use weir_types::{Error, Result};
 
 /// Named tensors: (model input or output name, tensor with the batch dimension first).
@@ -232,60 +234,64 @@ pub trait ModelService: Send + Sync + fmt::Debug {
     fn status(&self) -> ServiceStatus;
 }
 
-type Registry = Mutex<BTreeMap<String, Arc<dyn ModelService>>>;
-
-fn registry() -> &'static Registry {
-    static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+/// A service a job declares, as plans see it before the job starts: its name and the model it
+/// serves. The planner puts one in the plan-time [`Resources`] for each declared service, so that
+/// an `infer` step calling it can check its columns against the model without starting anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredService {
+    /// The service's name.
+    pub name: String,
+    /// Its model file.
+    pub model: PathBuf,
 }
 
-/// Registers `service` under its name and returns the service to use: an already registered
-/// service with an equal definition is kept (so jobs share it); one with another definition is
-/// replaced unless a caller is attached to it, which is an error naming the service.
-pub fn register_service(service: Arc<dyn ModelService>) -> Result<Arc<dyn ModelService>> {
-    let mut map = registry()
-        .lock()
-        .map_err(|_| Error::internal("the service registry lock is poisoned"))?;
-    let name = service.name().to_string();
-    if let Some(existing) = map.get(&name) {
-        if existing.definition() == service.definition() {
-            return Ok(existing.clone());
-        }
-        if existing.in_use() {
-            return Err(Error::config(format!(
-                "service '{name}' is already running with another definition ({}); give the new one another name",
-                existing.definition()
-            )));
-        }
+impl DeclaredService {
+    /// The model's inputs, outputs and metadata, read from the model file.
+    pub fn info(&self) -> Result<ModelInfo> {
+        ModelInfo::load(&self.model)
+            .map_err(|e| Error::new(e.kind(), format!("service '{}': {}", self.name, e.report())))
     }
-    map.insert(name, service.clone());
-    Ok(service)
 }
 
-/// The service registered as `name`; the error lists the registered names.
-pub fn service(name: &str) -> Result<Arc<dyn ModelService>> {
-    let map = registry()
-        .lock()
-        .map_err(|_| Error::internal("the service registry lock is poisoned"))?;
-    map.get(name).cloned().ok_or_else(|| {
-        let names: Vec<&str> = map.keys().map(String::as_str).collect();
-        Error::config(format!(
-            "no service named '{name}' is declared (declared: {}); add it to the spec's services section",
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        ))
-    })
+/// Adds a running service to a job's resources, under its name (the job-start function does this
+/// for every declared service; tests that build graphs by hand too).
+pub fn provide(resources: &mut Resources, service: Arc<dyn ModelService>) {
+    resources.insert(service.name().to_string(), service);
 }
 
-/// Every registered service, by name.
-pub fn services() -> Vec<Arc<dyn ModelService>> {
-    registry()
-        .lock()
-        .map(|m| m.values().cloned().collect())
-        .unwrap_or_default()
+/// The running service `name` of the job, from its resources; the error lists the declared names.
+pub fn service(resources: &Resources, name: &str) -> Result<Arc<dyn ModelService>> {
+    resources
+        .get::<Arc<dyn ModelService>>(name)
+        .cloned()
+        .ok_or_else(|| not_declared(resources, name))
+}
+
+/// The model information of service `name`: from the running service when the job has started,
+/// else from its declaration (plan time).
+pub fn service_info(resources: &Resources, name: &str) -> Result<ModelInfo> {
+    if let Some(s) = resources.get::<Arc<dyn ModelService>>(name) {
+        return s.info();
+    }
+    match resources.get::<DeclaredService>(name) {
+        Some(d) => d.info(),
+        None => Err(not_declared(resources, name)),
+    }
+}
+
+fn not_declared(resources: &Resources, name: &str) -> Error {
+    let mut names: Vec<&str> = resources.names::<DeclaredService>();
+    names.extend(resources.names::<Arc<dyn ModelService>>());
+    names.sort_unstable();
+    names.dedup();
+    Error::config(format!(
+        "no service named '{name}' is declared (declared: {}); add it to the spec's services section",
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    ))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use crate::backend::{BackendFactory, BackendOptions, OrtBackend};
 use crate::model::{ModelInfo, model_name};
-use crate::service::{CallOptions, ModelService};
+use crate::service::CallOptions;
 use crate::tensor::{ColumnTensor, InputBinding, Layout, OutputBinding};
 use arrow::datatypes::{Schema, SchemaRef};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_runtime::kind;
+use weir_runtime::kind::{self, Resources};
 use weir_types::{Error, Result};
 
 /// Parses a humantime duration (`10ms`, `1s`).
@@ -239,14 +239,6 @@ impl InferSpec {
         }
     }
 
-    /// The service this step calls, from the registry (`None` when the model runs inline).
-    pub fn resolve_service(&self) -> Result<Option<Arc<dyn ModelService>>> {
-        match &self.service {
-            None => Ok(None),
-            Some(name) => Ok(Some(crate::service::service(name)?)),
-        }
-    }
-
     /// Checks the spec's numbers.
     fn validate(&self) -> Result<()> {
         let name = self.name();
@@ -278,9 +270,15 @@ impl InferSpec {
     /// Plan time: loads the model's metadata (one session), checks every bound input column's
     /// dtype and per-row shape against the model input, and works out the output columns.
     pub fn plan(&self, input: &SchemaRef) -> Result<InferPlan> {
+        self.plan_in(input, &Resources::new())
+    }
+
+    /// [`plan`](InferSpec::plan) with the job's `resources`, where a step with `service` finds the
+    /// service (its declaration at plan time, the running service when the job starts).
+    pub fn plan_in(&self, input: &SchemaRef, resources: &Resources) -> Result<InferPlan> {
         self.validate()?;
-        if let Some(service) = self.resolve_service()? {
-            let info = service.info()?;
+        if let Some(name) = &self.service {
+            let info = crate::service::service_info(resources, name)?;
             return self.plan_with(info, input);
         }
         if self.gpus > 0 {
@@ -457,12 +455,22 @@ impl InferSpec {
 
     /// Creates the operator with ONNX Runtime instances (loaded when the operator opens).
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn weir_runtime::Operator>> {
-        let plan = self.plan(input)?;
-        if let Some(service) = self.resolve_service()? {
+        self.create_in(input, &Resources::new())
+    }
+
+    /// Creates the operator: calling the service of the job's `resources` named by `service`, or
+    /// with ONNX Runtime instances of its own (loaded when the operator opens).
+    pub fn create_in(
+        &self,
+        input: &SchemaRef,
+        resources: &Resources,
+    ) -> Result<Box<dyn weir_runtime::Operator>> {
+        let plan = self.plan_in(input, resources)?;
+        if let Some(name) = &self.service {
             return Ok(Box::new(crate::operator::InferOperator::with_service(
                 self.clone(),
                 plan,
-                service,
+                crate::service::service(resources, name)?,
             )));
         }
         let factory = OrtBackend::factory(
@@ -546,11 +554,17 @@ impl kind::Spec for InferSpec {
 }
 
 impl kind::OperatorSpec for InferSpec {
-    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
-        InferSpec::output_schema(self, kind::first_input(inputs)?)
+    fn output_schema(
+        &self,
+        inputs: &[SchemaRef],
+        ctx: &kind::PlanContext<'_>,
+    ) -> Result<SchemaRef> {
+        Ok(self
+            .plan_in(kind::first_input(inputs)?, ctx.resources)?
+            .schema)
     }
 
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn weir_runtime::Operator>> {
-        InferSpec::create(self, ctx.input()?)
+        self.create_in(ctx.input()?, ctx.resources())
     }
 }

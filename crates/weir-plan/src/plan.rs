@@ -1,15 +1,20 @@
-//! From a parsed spec to the runtime's [`JobGraph`]: resolves inputs, checks schemas step by step
-//! (so a wrong column name fails before anything runs), applies parallelism and routing steps, and
-//! wires the dead-letter output.
+//! From a logical graph to a plan: checks the graph (names, edges, ports, kinds and their specs),
+//! computes every node's output schema (so a wrong column name fails before anything runs),
+//! applies the rewrites (fusion, projection pushdown) and records them in the planned graph, and
+//! makes the runtime's [`JobGraph`] when the job starts ([`Plan::start`]).
+//!
+//! Planning has no side effects: it parses, reads metadata (file footers, model inputs) and
+//! computes; it registers nothing, starts nothing and writes nothing. The declared services are
+//! made by [`Plan::start`], and reach the steps through the job's resources.
 
-use crate::kinds::{KeyBySpec, NoOptions, ROUTING};
-use crate::spec::{OnError, ParsedSpec, Role, StepSpec, parse};
+use crate::graph::{Edge, LogicalGraph, Node, Rewrite, RewriteRule, Routing, VERSION};
+use crate::services::{self, Declared};
+use crate::spec::{OnError, Role};
 use arrow::datatypes::SchemaRef;
-use serde_norway::{Mapping, Value};
-use std::collections::HashMap;
-use std::fmt::Write;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use weir_infer::ModelService;
 use weir_runtime::kind::{
     CreateContext, JobInfo, Need, OperatorSpec, PlanContext, Registry, Resources, Step,
 };
@@ -27,10 +32,10 @@ pub struct PlanOptions {
     pub vars: HashMap<String, String>,
 }
 
-/// What the planner decided for one step.
+/// What the planner decided for one node.
 #[derive(Debug, Clone)]
 pub struct PlannedStep {
-    /// The step's name.
+    /// The node's name.
     pub name: String,
     /// Its role.
     pub role: Role,
@@ -40,21 +45,46 @@ pub struct PlannedStep {
     pub schema: Option<SchemaRef>,
     /// Instances.
     pub parallelism: u32,
-    /// The runtime node, if the step is one (routing steps are not).
+    /// The runtime node (every planned node is one).
     pub node: Option<NodeId>,
 }
 
-/// A planned pipeline.
+/// A planned pipeline: the checked, rewritten logical graph, and what running it needs.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The graph to run.
-    pub graph: JobGraph,
-    /// Per-step decisions, in spec order.
+    /// The planned logical graph: rewritten, with each node's description and output schema and
+    /// the rewrites applied.
+    pub logical: LogicalGraph,
+    /// Per-node decisions, in the planned graph's order (which is the runtime's node order).
     pub steps: Vec<PlannedStep>,
-    /// Checkpoint settings, when the spec has a `checkpoint:` section.
+    /// Checkpoint settings, when the job checkpoints.
     pub checkpoint: Option<CheckpointPlan>,
     /// Restarts after a failure.
     pub restart: Restart,
+    config: JobConfig,
+    nodes: Vec<Bound>,
+    /// (producer, consumer, routing), in each consumer's port order.
+    edges: Vec<(usize, usize, Partitioning)>,
+    dead_letter: Option<usize>,
+    services: Vec<Declared>,
+}
+
+/// A node with its parsed spec and planned schemas.
+#[derive(Debug, Clone)]
+struct Bound {
+    step: Step,
+    inputs: Vec<SchemaRef>,
+    output: Option<SchemaRef>,
+}
+
+/// A started job: the runtime's graph, whose steps hold the job's services, and those services
+/// (for the control endpoint and progress displays). Dropping it drops the services.
+#[derive(Debug)]
+pub struct Job {
+    /// The graph to run (clone it for each attempt).
+    pub graph: JobGraph,
+    /// The services the job declared, made when it started.
+    pub services: Vec<Arc<dyn ModelService>>,
 }
 
 /// Where and how a job checkpoints.
@@ -75,37 +105,40 @@ pub struct Restart {
     pub backoff: std::time::Duration,
 }
 
-fn checkpoint_plan(name: &str, section: &Mapping) -> Result<CheckpointPlan> {
-    let mut m = section.clone();
-    let store = match m.remove("store") {
-        None => format!(".weir/checkpoints/{name}"),
-        Some(Value::String(s)) => s,
-        Some(v) => {
-            return Err(Error::config(format!(
-                "key 'checkpoint.store': expected a directory or URL, found {v:?}"
-            )));
-        }
-    };
-    let config: weir_checkpoint::CheckpointConfig =
-        crate::spec::from_value(Value::Mapping(m), "key 'checkpoint'")?;
-    config.validate()?;
-    if config.mode == weir_checkpoint::CheckpointMode::Unaligned && config.max_concurrent > 1 {
-        return Err(Error::config(format!(
-            "key 'checkpoint.max_concurrent': unaligned checkpoints are taken one at a time \
-             (each records the data its barriers overtook until every input delivered it); \
-             found {}, use 1",
-            config.max_concurrent
-        )));
-    }
-    Ok(CheckpointPlan { store, config })
+/// Reads and plans the pipeline at `path` with every kind weir ships: a YAML spec, or a logical
+/// graph in its JSON form when the file name ends in `.json`.
+pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<Plan> {
+    let registry = crate::kinds::builtin();
+    let graph = graph_file(&registry, path, opts)?;
+    plan_graph(&registry, &graph, &path.display().to_string())
 }
 
-/// Reads and plans the spec at `path` with every kind weir ships.
-pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<Plan> {
+/// The logical graph of the pipeline at `path` (see [`plan_file`]), before planning.
+pub fn graph_file(registry: &Registry, path: &Path, opts: &PlanOptions) -> Result<LogicalGraph> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::config(format!("cannot read pipeline spec {}", path.display())).with_source(e)
     })?;
-    plan_str(&text, &path.display().to_string(), opts)
+    let origin = path.display().to_string();
+    if path.extension().is_some_and(|x| x == "json") {
+        let mut graph = LogicalGraph::from_json(&text, &origin)?;
+        if let Some(p) = opts.parallelism {
+            graph.job.parallelism = p;
+        }
+        return Ok(graph);
+    }
+    yaml_graph(registry, &text, &origin, opts)
+}
+
+/// The logical graph of a YAML spec, before planning.
+pub fn yaml_graph(
+    registry: &Registry,
+    yaml: &str,
+    origin: &str,
+    opts: &PlanOptions,
+) -> Result<LogicalGraph> {
+    let yaml = crate::spec::substitute(yaml, origin, &opts.vars)?;
+    let parsed = crate::spec::parse(&yaml, origin, &opts.overrides)?;
+    crate::yaml::to_graph(registry, &parsed, origin, opts.parallelism)
 }
 
 /// Plans a spec given as YAML text with every kind weir ships; `origin` names it in errors.
@@ -120,136 +153,562 @@ pub fn plan_str_with(
     origin: &str,
     opts: &PlanOptions,
 ) -> Result<Plan> {
-    let yaml = crate::spec::substitute(yaml, origin, &opts.vars)?;
-    let parsed = parse(&yaml, origin, &opts.overrides)?;
-    build(registry, &parsed, opts)
+    let graph = yaml_graph(registry, yaml, origin, opts)?;
+    plan_graph(registry, &graph, origin)
 }
 
-/// What a YAML step turned out to be: a node of some kind, or the routing of the edges out of the
-/// step before it.
-#[derive(Debug, Clone)]
-enum Planned {
-    Node(Step),
-    Route(Partitioning),
-}
-
-impl Planned {
-    fn describe(&self) -> String {
-        match self {
-            Planned::Node(step) => step.describe(),
-            Planned::Route(Partitioning::Hash { keys }) => format!("key_by {}", keys.join(", ")),
-            Planned::Route(p) => p.to_string(),
-        }
-    }
-}
-
-/// Parses a step's kind and options: a registered kind, or a routing step.
-fn parse_kind(registry: &Registry, step: &StepSpec) -> Result<Planned> {
-    if step.role == Role::Op {
-        let route = match step.kind.as_str() {
-            "key_by" => Some(Partitioning::Hash {
-                keys: step.options::<KeyBySpec>()?.keys,
-            }),
-            "rebalance" => step
-                .options::<NoOptions>()
-                .map(|_| Partitioning::Rebalance)
-                .map(Some)?,
-            "broadcast" => step
-                .options::<NoOptions>()
-                .map(|_| Partitioning::Broadcast)
-                .map(Some)?,
-            _ => None,
-        };
-        if let Some(r) = route {
-            return Ok(Planned::Route(r));
-        }
-    }
-    if registry.get(step.role, &step.kind).is_none() {
-        if cfg!(not(feature = "kafka")) && step.kind == "kafka" {
-            return Err(Error::config(format!(
-                "steps[{}]: kind 'kafka' is not in this build of weir (build it with the cargo feature 'kafka')",
-                step.index
-            )));
-        }
-        let extra: &[&str] = if step.role == Role::Op { &ROUTING } else { &[] };
+/// Plans a logical graph with the kinds of `registry`; `origin` names it in errors.
+pub fn plan_graph(registry: &Registry, graph: &LogicalGraph, origin: &str) -> Result<Plan> {
+    if graph.version != VERSION {
         return Err(Error::config(format!(
-            "steps[{}]: key '{}': {}",
-            step.index,
-            step.role.key(),
-            registry.unknown(step.role, &step.kind, extra)
+            "{origin}: key 'version': this weir plans version {VERSION} of the graph, found {}",
+            graph.version
         )));
     }
-    registry
-        .parse(step.role, &step.kind, step.options_json()?, &step.locator())
-        .map(Planned::Node)
-}
-
-fn build(registry: &Registry, spec: &ParsedSpec, opts: &PlanOptions) -> Result<Plan> {
-    let kinds = fuse(
-        &spec.steps,
-        spec.steps
-            .iter()
-            .map(|s| parse_kind(registry, s))
-            .collect::<Result<_>>()?,
-    )?;
-    let mut resources = Resources::new();
-    let p = &spec.pipeline;
-    let checkpoint_interval = match &p.checkpoint {
-        Some(c) => Some(checkpoint_plan(&p.name, c)?.config.interval),
-        None => None,
-    };
-    resources.insert(
-        JobInfo::RESOURCE,
-        JobInfo {
-            name: p.name.clone(),
-            checkpoint_interval,
-        },
-    );
-    let (plan, inputs) = build_with(registry, spec, &kinds, opts, &resources, &HashMap::new())?;
-    let projections = pushdown(spec, &kinds, &plan, &inputs)?;
-    if projections.is_empty() {
-        return Ok(plan);
+    let job = &graph.job;
+    if job.parallelism == 0 {
+        return Err(Error::config(format!(
+            "{origin}: key 'parallelism': expected at least 1"
+        )));
     }
-    Ok(build_with(registry, spec, &kinds, opts, &resources, &projections)?.0)
+    let channel_capacity = job
+        .channel_capacity
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| {
+            Error::config(format!(
+                "key 'channel_capacity': expected a size like 16MiB: {e}"
+            ))
+        })?
+        .as_u64() as usize;
+    let config = JobConfig {
+        name: job.name.clone(),
+        error_policy: match job.on_error {
+            OnError::Fail => ErrorPolicy::Fail,
+            OnError::DeadLetter => ErrorPolicy::DeadLetter,
+        },
+        max_parallelism: job.max_parallelism,
+        channel_capacity_bytes: channel_capacity,
+    };
+    let checkpoint = job
+        .checkpoint
+        .as_ref()
+        .map(|c| checkpoint_plan(&job.name, c))
+        .transpose()?;
+    let restart = match &job.restart {
+        None => Restart::default(),
+        Some(r) => Restart {
+            attempts: r.attempts,
+            backoff: humantime::parse_duration(&r.backoff).map_err(|e| {
+                Error::config(format!(
+                    "key 'restart.backoff': expected a duration like 1s: {e}"
+                ))
+            })?,
+        },
+    };
+    let declared = services::check(&graph.services, origin)?;
+    let mut resources = services::declarations(&declared);
+    resources.insert(JobInfo::RESOURCE, job_info(&job.name, &checkpoint));
+
+    let mut logical = graph.clone();
+    logical.rewrites.clear();
+    let dead_letter = dead_letter_node(&mut logical)?;
+    let steps = logical
+        .nodes
+        .iter()
+        .map(|n| {
+            registry.parse(
+                n.role,
+                &n.kind,
+                n.spec.clone(),
+                &format!("{origin}: node '{}' ({})", n.name, n.kind_label()),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut shape = Shape::of(&logical, dead_letter.as_deref())?;
+    let mut steps = steps;
+    fuse(&mut logical, &mut shape, &mut steps)?;
+
+    let ctx = PlanContext::new(&resources);
+    let mut bound = schemas(&logical, &shape, &steps, &ctx, &HashMap::new())?;
+    let projections = pushdown(&shape, &bound)?;
+    if !projections.is_empty() {
+        bound = schemas(&logical, &shape, &steps, &ctx, &projections)?;
+        for (&i, cols) in &projections {
+            logical.rewrites.push(Rewrite {
+                rule: RewriteRule::ProjectionPushdown,
+                nodes: vec![logical.nodes[i].name.clone()],
+                detail: format!(
+                    "'{}' reads only {} of its columns: {}",
+                    logical.nodes[i].name,
+                    cols.len(),
+                    cols.join(", ")
+                ),
+            });
+        }
+        logical.rewrites.sort_by_key(|r| match r.rule {
+            RewriteRule::Fusion => 0,
+            RewriteRule::ProjectionPushdown => 1,
+        });
+    }
+
+    let mut planned = Vec::with_capacity(bound.len());
+    for (i, (node, b)) in logical.nodes.iter_mut().zip(&bound).enumerate() {
+        let mut description = b.step.describe();
+        if let Some(cols) = projections.get(&i) {
+            description.push_str(&format!(", reads only {}", cols.join(", ")));
+        }
+        node.description = Some(description.clone());
+        node.schema = b.output.clone();
+        planned.push(PlannedStep {
+            name: node.name.clone(),
+            role: node.role,
+            description,
+            schema: b.output.clone(),
+            parallelism: shape.parallelism[i],
+            node: Some(i),
+        });
+    }
+    let plan = Plan {
+        logical,
+        steps: planned,
+        checkpoint,
+        restart,
+        config,
+        nodes: bound,
+        edges: shape.edges.clone(),
+        dead_letter: shape.dead_letter,
+        services: declared,
+    };
+    // The shape checks of the runtime (every node connected, no cycle, parallelism within
+    // bounds), with factories that are never called.
+    plan.job_graph(Arc::new(resources)).validate()?;
+    Ok(plan)
 }
 
-/// Projection pushdown: walks the steps backwards from the sinks collecting the columns each step's
-/// consumers read, and returns, for every source that can read a subset of its columns and whose
-/// consumers do not read all of them, the columns to read (in schema order).
-fn pushdown(
-    spec: &ParsedSpec,
-    kinds: &[Planned],
-    plan: &Plan,
-    inputs: &[Vec<usize>],
-) -> Result<HashMap<usize, Vec<String>>> {
-    let mut need = vec![Need::nothing(); spec.steps.len()];
-    for step in spec.steps.iter().rev() {
-        let i = step.index;
-        let in_schemas: Option<Vec<SchemaRef>> = inputs[i]
+impl Plan {
+    /// The runtime's graph, whose steps are created with `resources` when the job starts.
+    pub fn job_graph(&self, resources: Arc<Resources>) -> JobGraph {
+        let mut resources = Arc::unwrap_or_clone(resources);
+        resources.insert(
+            JobInfo::RESOURCE,
+            job_info(&self.config.name, &self.checkpoint),
+        );
+        let resources = Arc::new(resources);
+        let mut graph = JobGraph::new(self.config.clone());
+        for (i, (b, s)) in self.nodes.iter().zip(&self.steps).enumerate() {
+            let res = resources.clone();
+            let (inputs, output) = (b.inputs.clone(), b.output.clone());
+            let id = match &b.step {
+                Step::Source(spec) => {
+                    let spec = spec.clone();
+                    graph.add_source(&s.name, s.parallelism, move |info| {
+                        spec.create(&CreateContext::new(info, &inputs, output.as_ref(), &res))
+                    })
+                }
+                Step::Op(spec) => {
+                    let spec = spec.clone();
+                    graph.add_operator(&s.name, s.parallelism, move |info| {
+                        spec.create(&CreateContext::new(info, &inputs, output.as_ref(), &res))
+                    })
+                }
+                Step::Sink(spec) => {
+                    let spec = spec.clone();
+                    graph.add_sink(&s.name, s.parallelism, move |info| {
+                        spec.create(&CreateContext::new(info, &inputs, output.as_ref(), &res))
+                    })
+                }
+            };
+            debug_assert_eq!(id, i);
+            graph.nodes[id].description = s.description.clone();
+        }
+        for (from, to, part) in &self.edges {
+            graph.connect(*from, *to, part.clone());
+        }
+        graph.dead_letter = self.dead_letter;
+        graph
+    }
+
+    /// Job start: makes the declared services and returns the graph to run, whose steps find
+    /// them in the job's resources.
+    pub fn start(&self) -> Result<Job> {
+        let services = services::start(&self.services)?;
+        let mut resources = services::declarations(&self.services);
+        for s in &services {
+            weir_infer::service::provide(&mut resources, s.clone());
+        }
+        Ok(Job {
+            graph: self.job_graph(Arc::new(resources)),
+            services,
+        })
+    }
+
+    /// The physical plan (tasks, chains, edges), with the graph it was made from.
+    pub fn physical(&self) -> Result<(JobGraph, weir_runtime::physical::PhysicalPlan)> {
+        let graph = self.job_graph(Arc::new(services::declarations(&self.services)));
+        let physical = weir_runtime::physical::plan(&graph)?;
+        Ok((graph, physical))
+    }
+}
+
+/// What the steps may know of the job (see [`JobInfo`]).
+fn job_info(name: &str, checkpoint: &Option<CheckpointPlan>) -> JobInfo {
+    JobInfo {
+        name: name.to_string(),
+        checkpoint_interval: checkpoint.as_ref().map(|c| c.config.interval),
+    }
+}
+
+fn checkpoint_plan(name: &str, c: &crate::graph::CheckpointOptions) -> Result<CheckpointPlan> {
+    let store = c
+        .store
+        .clone()
+        .unwrap_or_else(|| format!(".weir/checkpoints/{name}"));
+    let config = c.config.clone();
+    config.validate()?;
+    if config.mode == weir_checkpoint::CheckpointMode::Unaligned && config.max_concurrent > 1 {
+        return Err(Error::config(format!(
+            "key 'checkpoint.max_concurrent': unaligned checkpoints are taken one at a time \
+             (each records the data its barriers overtook until every input delivered it); \
+             found {}, use 1",
+            config.max_concurrent
+        )));
+    }
+    Ok(CheckpointPlan { store, config })
+}
+
+/// With `on_error: dead_letter`: the name of the dead-letter sink, added (a `jsonl` sink writing
+/// `<job>.dead-letter.jsonl`) when the graph names none.
+fn dead_letter_node(g: &mut LogicalGraph) -> Result<Option<String>> {
+    match (g.job.on_error, &g.job.dead_letter) {
+        (OnError::Fail, None) => Ok(None),
+        (OnError::Fail, Some(n)) => Err(Error::config(format!(
+            "key 'dead_letter': names '{n}' but on_error is fail; set on_error: dead_letter"
+        ))),
+        (OnError::DeadLetter, Some(n)) => Ok(Some(n.clone())),
+        (OnError::DeadLetter, None) => {
+            let name = "dead_letter".to_string();
+            if g.node(&name).is_some() {
+                return Err(Error::config(
+                    "a node is named 'dead_letter': name the dead-letter sink in key 'dead_letter'",
+                ));
+            }
+            let mut node = Node::new(
+                &name,
+                Role::Sink,
+                "jsonl",
+                serde_json::json!({ "path": format!("{}.dead-letter.jsonl", g.job.name) }),
+            );
+            node.parallelism = Some(1);
+            g.nodes.push(node);
+            g.job.dead_letter = Some(name.clone());
+            Ok(Some(name))
+        }
+    }
+}
+
+/// The graph's structure by node index: edges, inputs per node in port order, parallelism.
+#[derive(Debug, Clone)]
+struct Shape {
+    /// (producer, consumer, routing), grouped by consumer in port order.
+    edges: Vec<(usize, usize, Partitioning)>,
+    /// For each node, its producers in port order.
+    inputs: Vec<Vec<usize>>,
+    /// For each node, its consumers.
+    outputs: Vec<Vec<usize>>,
+    /// For each node, the routing of its input edges in port order.
+    routing: Vec<Vec<Partitioning>>,
+    /// Resolved parallelism.
+    parallelism: Vec<u32>,
+    /// Node indices, producers before consumers.
+    order: Vec<usize>,
+    dead_letter: Option<usize>,
+}
+
+impl Shape {
+    /// Checks names, edges and ports, and orders the nodes.
+    fn of(g: &LogicalGraph, dead_letter: Option<&str>) -> Result<Shape> {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in g.nodes.iter().enumerate() {
+            if n.name.is_empty() {
+                return Err(Error::config(format!(
+                    "node {i}: key 'name' must not be empty"
+                )));
+            }
+            if index.insert(n.name.as_str(), i).is_some() {
+                return Err(Error::config(format!("two nodes are named '{}'", n.name)));
+            }
+            if n.parallelism == Some(0) {
+                return Err(Error::config(format!(
+                    "node '{}': key 'parallelism': expected at least 1",
+                    n.name
+                )));
+            }
+        }
+        let find = |name: &str, e: &Edge| -> Result<usize> {
+            index.get(name).copied().ok_or_else(|| {
+                let hint = weir_runtime::kind::did_you_mean(name, index.keys().copied())
+                    .map(|s| format!("; did you mean '{s}'?"))
+                    .unwrap_or_default();
+                Error::config(format!(
+                    "edge '{}' -> '{}': no node is named '{name}'{hint}",
+                    e.from, e.to
+                ))
+            })
+        };
+        let n = g.nodes.len();
+        let mut ports: Vec<BTreeMap<usize, (usize, Partitioning)>> = vec![BTreeMap::new(); n];
+        let mut outputs = vec![Vec::new(); n];
+        for e in &g.edges {
+            let (from, to) = (find(&e.from, e)?, find(&e.to, e)?);
+            if g.nodes[from].role == Role::Sink {
+                return Err(Error::config(format!(
+                    "edge '{}' -> '{}': '{}' is a sink; sinks have no output",
+                    e.from, e.to, e.from
+                )));
+            }
+            if g.nodes[to].role == Role::Source {
+                return Err(Error::config(format!(
+                    "edge '{}' -> '{}': '{}' is a source; sources have no input",
+                    e.from, e.to, e.to
+                )));
+            }
+            if ports[to]
+                .insert(e.port, (from, partitioning(&e.routing)))
+                .is_some()
+            {
+                return Err(Error::config(format!(
+                    "node '{}': two edges go into its input {}",
+                    e.to, e.port
+                )));
+            }
+            outputs[from].push(to);
+        }
+        let dead_letter = match dead_letter {
+            None => None,
+            Some(name) => {
+                let i = *index.get(name).ok_or_else(|| {
+                    Error::config(format!("key 'dead_letter': no node is named '{name}'"))
+                })?;
+                if g.nodes[i].role != Role::Sink || !ports[i].is_empty() {
+                    return Err(Error::config(format!(
+                        "key 'dead_letter': '{name}' must be a sink without inputs"
+                    )));
+                }
+                Some(i)
+            }
+        };
+        let mut edges = Vec::new();
+        let mut inputs = vec![Vec::new(); n];
+        let mut routing = vec![Vec::new(); n];
+        for (to, p) in ports.iter().enumerate() {
+            for (k, (port, (from, part))) in p.iter().enumerate() {
+                if *port != k {
+                    return Err(Error::config(format!(
+                        "node '{}': its inputs are numbered {}; expected 0 to {} without gaps",
+                        g.nodes[to].name,
+                        p.keys()
+                            .map(|k| k.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        p.len() - 1
+                    )));
+                }
+                edges.push((*from, to, part.clone()));
+                inputs[to].push(*from);
+                routing[to].push(part.clone());
+            }
+        }
+        let parallelism = g
+            .nodes
             .iter()
-            .map(|&k| plan.steps[k].schema.clone())
+            .map(|n| n.parallelism.unwrap_or(g.job.parallelism))
             .collect();
-        let Some(in_schemas) = in_schemas else {
-            continue;
+        let order = topological(&inputs, &outputs).ok_or_else(|| {
+            Error::config("the graph has a cycle: a node reads, through others, its own output")
+        })?;
+        Ok(Shape {
+            edges,
+            inputs,
+            outputs,
+            routing,
+            parallelism,
+            order,
+            dead_letter,
+        })
+    }
+}
+
+/// Node indices with every producer before its consumers (lowest index first among the ready
+/// ones), or `None` on a cycle.
+fn topological(inputs: &[Vec<usize>], outputs: &[Vec<usize>]) -> Option<Vec<usize>> {
+    let mut indegree: Vec<usize> = inputs.iter().map(Vec::len).collect();
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..inputs.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut order = Vec::with_capacity(inputs.len());
+    while let Some(n) = ready.pop_first() {
+        order.push(n);
+        for &c in &outputs[n] {
+            indegree[c] -= 1;
+            if indegree[c] == 0 {
+                ready.insert(c);
+            }
+        }
+    }
+    (order.len() == inputs.len()).then_some(order)
+}
+
+fn partitioning(r: &Routing) -> Partitioning {
+    match r {
+        Routing::Forward => Partitioning::Forward,
+        Routing::Rebalance => Partitioning::Rebalance,
+        Routing::Hash { keys } => Partitioning::Hash { keys: keys.clone() },
+        Routing::Broadcast => Partitioning::Broadcast,
+    }
+}
+
+/// Computes every node's schemas in topological order, reading only `projections[i]` of source
+/// `i` where given; checks arity and hash keys.
+fn schemas(
+    g: &LogicalGraph,
+    shape: &Shape,
+    steps: &[Step],
+    ctx: &PlanContext<'_>,
+    projections: &HashMap<usize, Vec<String>>,
+) -> Result<Vec<Bound>> {
+    let mut outputs: Vec<Option<SchemaRef>> = vec![None; steps.len()];
+    let mut inputs_of: Vec<Vec<SchemaRef>> = vec![Vec::new(); steps.len()];
+    for &i in &shape.order {
+        let node = &g.nodes[i];
+        let named = |e: Error| e.in_operator(node.name.clone());
+        let inputs: Vec<SchemaRef> = shape.inputs[i]
+            .iter()
+            .map(|&k| {
+                outputs[k]
+                    .clone()
+                    .ok_or_else(|| Error::internal("an input without a schema"))
+            })
+            .collect::<Result<_>>()?;
+        for ((&from, part), input) in shape.inputs[i].iter().zip(&shape.routing[i]).zip(&inputs) {
+            if let Partitioning::Hash { keys } = part {
+                check_keys(keys, input).map_err(|e| {
+                    Error::new(
+                        e.kind(),
+                        format!(
+                            "edge '{}' -> '{}': {}",
+                            g.nodes[from].name,
+                            node.name,
+                            e.message()
+                        ),
+                    )
+                })?;
+            }
+        }
+        let arity = steps[i].arity();
+        let is_dead_letter = shape.dead_letter == Some(i);
+        if !is_dead_letter && node.role != Role::Source && !arity.contains(&inputs.len()) {
+            return Err(Error::config(format!(
+                "node '{}' ({}): has {} input(s); {} takes {}",
+                node.name,
+                node.kind_label(),
+                inputs.len(),
+                node.kind_label(),
+                arity_text(arity)
+            )));
+        }
+        let inputs = if is_dead_letter {
+            vec![dead_letter_schema()]
+        } else {
+            inputs
         };
-        let reads = match &kinds[i] {
-            Planned::Node(Step::Source(_)) => continue,
-            Planned::Node(Step::Sink(_)) => vec![Need::All; in_schemas.len()],
-            Planned::Node(Step::Op(op)) => op.input_need(&in_schemas, &need[i])?,
-            Planned::Route(Partitioning::Hash { keys }) => vec![need[i].plus(keys.iter().cloned())],
-            Planned::Route(_) => vec![need[i].clone()],
+        let output = match &steps[i] {
+            Step::Source(s) => {
+                let mut schema = s.schema(ctx).map_err(named)?;
+                if let Some(cols) = projections.get(&i) {
+                    let indices = cols
+                        .iter()
+                        .map(|c| schema.index_of(c))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .and_then(|ix| schema.project(&ix))
+                        .map_err(|e| Error::internal("projection pushdown").with_source(e))?;
+                    schema = Arc::new(indices);
+                }
+                Some(schema)
+            }
+            Step::Op(op) => Some(op.output_schema(&inputs, ctx).map_err(named)?),
+            Step::Sink(sink) => {
+                sink.check_inputs(&inputs, ctx).map_err(named)?;
+                None
+            }
         };
-        for (&input, n) in inputs[i].iter().zip(reads) {
-            need[input].merge(n);
+        outputs[i] = output;
+        inputs_of[i] = inputs;
+    }
+    let bound = steps
+        .iter()
+        .zip(inputs_of)
+        .zip(outputs)
+        .map(|((step, inputs), output)| Bound {
+            step: step.clone(),
+            inputs,
+            output,
+        })
+        .collect();
+    Ok(bound)
+}
+
+/// "one", "2", "1 or more", ...
+fn arity_text(r: std::ops::RangeInclusive<usize>) -> String {
+    match (*r.start(), *r.end()) {
+        (1, 1) => "one".into(),
+        (a, b) if a == b => a.to_string(),
+        (a, usize::MAX) => format!("{a} or more"),
+        (a, b) => format!("{a} to {b}"),
+    }
+}
+
+/// Checks that the key columns of a hash routing are in the rows routed.
+fn check_keys(keys: &[String], input: &SchemaRef) -> Result<()> {
+    if keys.is_empty() {
+        return Err(Error::config("key_by: expected at least one key column"));
+    }
+    for key in keys {
+        if input.column_with_name(key).is_none() {
+            let names: Vec<_> = input.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(Error::schema(format!(
+                "key column '{key}' is not in the input; available: {}",
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Projection pushdown: walks the nodes from the sinks back collecting the columns each node's
+/// consumers read (hash keys included), and returns, for every source that can read a subset of
+/// its columns and whose consumers do not read all of them, the columns to read (in schema order).
+fn pushdown(shape: &Shape, bound: &[Bound]) -> Result<HashMap<usize, Vec<String>>> {
+    let mut need = vec![Need::nothing(); bound.len()];
+    for &i in shape.order.iter().rev() {
+        let b = &bound[i];
+        let reads = match &b.step {
+            Step::Source(_) => continue,
+            Step::Sink(_) => vec![Need::All; b.inputs.len()],
+            Step::Op(op) => op.input_need(&b.inputs, &need[i])?,
+        };
+        for ((&from, part), n) in shape.inputs[i].iter().zip(&shape.routing[i]).zip(reads) {
+            let n = match part {
+                Partitioning::Hash { keys } => n.plus(keys.iter().cloned()),
+                _ => n,
+            };
+            need[from].merge(n);
         }
     }
     let mut projections = HashMap::new();
-    for step in &spec.steps {
-        let i = step.index;
-        let (Need::Columns(cols), Some(schema)) = (&need[i], &plan.steps[i].schema) else {
+    for (i, b) in bound.iter().enumerate() {
+        let (Need::Columns(cols), Some(schema)) = (&need[i], &b.output) else {
             continue;
         };
-        let projects = matches!(&kinds[i], Planned::Node(Step::Source(s)) if s.projects());
+        let projects = matches!(&b.step, Step::Source(s) if s.projects());
         if !projects || cols.len() >= schema.fields().len() {
             continue;
         }
@@ -268,291 +727,61 @@ fn pushdown(
     Ok(projections)
 }
 
-/// Plans the spec, reading only `projections[i]` of source `i` where given. Also returns each
-/// step's inputs (indices into the steps), for [`pushdown`].
-fn build_with(
-    registry: &Registry,
-    spec: &ParsedSpec,
-    kinds: &[Planned],
-    opts: &PlanOptions,
-    resources: &Resources,
-    projections: &HashMap<usize, Vec<String>>,
-) -> Result<(Plan, Vec<Vec<usize>>)> {
-    let p = &spec.pipeline;
-    let channel_capacity = p
-        .channel_capacity
-        .parse::<bytesize::ByteSize>()
-        .map_err(|e| {
-            Error::config(format!(
-                "key 'channel_capacity': expected a size like 16MiB: {e}"
-            ))
-        })?
-        .as_u64() as usize;
-    let config = JobConfig {
-        name: p.name.clone(),
-        error_policy: match p.on_error {
-            OnError::Fail => ErrorPolicy::Fail,
-            OnError::DeadLetter => ErrorPolicy::DeadLetter,
-        },
-        max_parallelism: p.max_parallelism,
-        channel_capacity_bytes: channel_capacity,
-    };
-    let default_par = opts.parallelism.unwrap_or(p.parallelism);
-    if default_par == 0 {
-        return Err(Error::config("--parallelism: expected at least 1"));
-    }
-    let ctx = PlanContext::new(resources);
-    let shared = Arc::new(resources.clone());
-    let mut graph = JobGraph::new(config);
-    let mut by_name: HashMap<&str, usize> = HashMap::new();
-    let mut planned: Vec<PlannedStep> = Vec::new();
-    // For routing steps: where their edge starts and how it routes.
-    let mut routes: HashMap<usize, (NodeId, Partitioning)> = HashMap::new();
-    let mut step_inputs: Vec<Vec<usize>> = Vec::with_capacity(spec.steps.len());
-
-    for (step, kind) in spec.steps.iter().zip(kinds) {
-        if by_name.insert(step.name.as_str(), step.index).is_some() {
-            return Err(Error::config(format!(
-                "steps[{}]: two steps are named '{}'",
-                step.index, step.name
-            )));
-        }
-        let inputs = resolve_inputs(step, &by_name, &planned)?;
-        step_inputs.push(inputs.clone());
-        let single = matches!(kind, Planned::Node(s) if s.single_instance());
-        let parallelism = if single {
-            1
-        } else {
-            step.parallelism.unwrap_or(default_par)
-        };
-        let named = |e: Error| e.in_operator(step.name.clone());
-        let mut description = kind.describe();
-        let in_schemas: Vec<SchemaRef> = inputs
-            .iter()
-            .map(|&i| {
-                planned[i]
-                    .schema
-                    .clone()
-                    .ok_or_else(|| Error::internal("input without schema"))
-            })
-            .collect::<Result<_>>()?;
-        if let Planned::Node(s) = kind
-            && step.role != Role::Source
-            && !s.arity().contains(&in_schemas.len())
-        {
-            return Err(Error::config(format!(
-                "{}: has {} inputs; {}: {} takes {}",
-                step.locator(),
-                in_schemas.len(),
-                step.role.key(),
-                step.kind,
-                arity_text(s.arity())
-            )));
-        }
-        let (schema, node) = match kind {
-            Planned::Node(Step::Source(source)) => {
-                let mut schema = source.schema(&ctx).map_err(named)?;
-                if let Some(cols) = projections.get(&step.index) {
-                    let indices = cols
-                        .iter()
-                        .map(|c| schema.index_of(c))
-                        .collect::<std::result::Result<Vec<_>, _>>()
-                        .and_then(|ix| schema.project(&ix))
-                        .map_err(|e| Error::internal("projection pushdown").with_source(e))?;
-                    schema = Arc::new(indices);
-                    let _ = write!(description, ", reads only {}", cols.join(", "));
-                }
-                let (source, out, res) = (source.clone(), schema.clone(), shared.clone());
-                let id = graph.add_source(&step.name, parallelism, move |info| {
-                    source.create(&CreateContext::new(info, &[], Some(&out), &res))
-                });
-                (Some(schema), Some(id))
-            }
-            Planned::Node(Step::Op(op)) => {
-                let out = op.output_schema(&in_schemas, &ctx).map_err(named)?;
-                let (op, ins, o, res) =
-                    (op.clone(), in_schemas.clone(), out.clone(), shared.clone());
-                let id = graph.add_operator(&step.name, parallelism, move |info| {
-                    op.create(&CreateContext::new(info, &ins, Some(&o), &res))
-                });
-                connect(&mut graph, id, &inputs, &planned, &routes)?;
-                (Some(out), Some(id))
-            }
-            Planned::Node(Step::Sink(sink)) => {
-                sink.check_inputs(&in_schemas, &ctx).map_err(named)?;
-                let (sink, ins, res) = (sink.clone(), in_schemas.clone(), shared.clone());
-                let id = graph.add_sink(&step.name, parallelism, move |info| {
-                    sink.create(&CreateContext::new(info, &ins, None, &res))
-                });
-                connect(&mut graph, id, &inputs, &planned, &routes)?;
-                (None, Some(id))
-            }
-            Planned::Route(part) => {
-                let [input] = in_schemas.as_slice() else {
-                    return Err(Error::config(format!(
-                        "{}: has {} inputs; a routing step takes one",
-                        step.locator(),
-                        in_schemas.len()
-                    )));
-                };
-                if let Partitioning::Hash { keys } = part {
-                    check_keys(keys, input).map_err(named)?;
-                }
-                let (from, _) = endpoint(inputs[0], &planned, &routes)?;
-                routes.insert(step.index, (from, part.clone()));
-                (Some(input.clone()), None)
-            }
-        };
-        if let Some(id) = node {
-            graph.nodes[id].description = description.clone();
-        }
-        planned.push(PlannedStep {
-            name: step.name.clone(),
-            role: step.role,
-            description,
-            schema,
-            parallelism: if node.is_some() { parallelism } else { 0 },
-            node,
-        });
-    }
-
-    if p.on_error == OnError::DeadLetter {
-        let mapping = p
-            .dead_letter
-            .clone()
-            .unwrap_or_else(|| default_dead_letter(&p.name));
-        let step = dead_letter_step(mapping, spec.steps.len())?;
-        let Planned::Node(Step::Sink(sink)) = parse_kind(registry, &step)? else {
-            return Err(Error::internal("the dead-letter step is not a sink"));
-        };
-        let (s, res) = (sink.clone(), shared.clone());
-        let ins = vec![dead_letter_schema()];
-        let id = graph.add_sink(&step.name, 1, move |info| {
-            s.create(&CreateContext::new(info, &ins, None, &res))
-        });
-        graph.nodes[id].description = sink.describe();
-        graph.dead_letter = Some(id);
-        planned.push(PlannedStep {
-            name: step.name.clone(),
-            role: Role::Sink,
-            description: sink.describe(),
-            schema: None,
-            parallelism: 1,
-            node: Some(id),
-        });
-    }
-    graph.validate()?;
-    let checkpoint = p
-        .checkpoint
-        .as_ref()
-        .map(|c| checkpoint_plan(&p.name, c))
-        .transpose()?;
-    let restart = match &p.restart {
-        None => Restart::default(),
-        Some(r) => Restart {
-            attempts: r.attempts,
-            backoff: humantime::parse_duration(&r.backoff).map_err(|e| {
-                Error::config(format!(
-                    "key 'restart.backoff': expected a duration like 1s: {e}"
-                ))
-            })?,
-        },
-    };
-    Ok((
-        Plan {
-            graph,
-            steps: planned,
-            checkpoint,
-            restart,
-        },
-        step_inputs,
-    ))
-}
-
-/// "one", "2", "1 or more", ...
-fn arity_text(r: std::ops::RangeInclusive<usize>) -> String {
-    match (*r.start(), *r.end()) {
-        (1, 1) => "one".into(),
-        (a, b) if a == b => a.to_string(),
-        (a, usize::MAX) => format!("{a} or more"),
-        (a, b) => format!("{a} to {b}"),
-    }
-}
-
-/// Checks that the key columns of `key_by` are in its input.
-fn check_keys(keys: &[String], input: &SchemaRef) -> Result<()> {
-    for key in keys {
-        if input.column_with_name(key).is_none() {
-            let names: Vec<_> = input.fields().iter().map(|f| f.name().as_str()).collect();
-            return Err(Error::schema(format!(
-                "key column '{key}' is not in the input; available: {}",
-                names.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Connects each of `inputs` (step indices) to node `id`, in port order.
-fn connect(
-    graph: &mut JobGraph,
-    id: NodeId,
-    inputs: &[usize],
-    planned: &[PlannedStep],
-    routes: &HashMap<usize, (NodeId, Partitioning)>,
-) -> Result<()> {
-    for &i in inputs {
-        let (from, part) = endpoint(i, planned, routes)?;
-        graph.connect(from, id, part);
-    }
-    Ok(())
-}
-
 /// Fuses steps that are cheaper as one: a `resize`, then a `center_crop`, then a `to_tensor`
-/// right after the `decode_image` whose output they change in place or read (each reading only
-/// the step before it, with the same parallelism, and no other step reading those before it) are
-/// done by the decoder, image by image, while the pixels are still in the decoding thread's
-/// cache; the fused steps stay in the graph and pass batches through. A fused `to_tensor` needs a
-/// fixed image size from the fused crop (or an exact resize), and leaves the image column in the
-/// batch as the unfused one does.
-fn fuse(steps: &[StepSpec], mut kinds: Vec<Planned>) -> Result<Vec<Planned>> {
-    // Whether step `i + 1` reads only step `i`, nothing else reads `i`, and both run with the
-    // same parallelism.
-    let chained = |i: usize| -> bool {
-        let (from, to) = (&steps[i], &steps[i + 1]);
-        let reads_only = to
-            .inputs
-            .as_ref()
-            .is_none_or(|names| names.len() == 1 && names[0] == from.name);
-        // Only the step right after `i` reads it implicitly; others name it.
-        let read_elsewhere = steps
-            .iter()
-            .enumerate()
-            .any(|(k, s)| k != i + 1 && s.inputs.as_ref().is_some_and(|n| n.contains(&from.name)));
-        reads_only && !read_elsewhere && from.parallelism == to.parallelism
+/// right after the `decode_image` whose output they change in place or read (each the only
+/// consumer of the one before, over a forward edge, with the same parallelism) are done by the
+/// decoder, image by image, while the pixels are still in the decoding thread's cache; the fused
+/// nodes stay in the graph and pass batches through. A fused `to_tensor` needs a fixed image size
+/// from the fused crop (or an exact resize), and leaves the image column in the batch as the
+/// unfused one does.
+fn fuse(g: &mut LogicalGraph, shape: &mut Shape, steps: &mut [Step]) -> Result<()> {
+    // The consumer `i` hands its rows to alone, over a forward edge, at the same parallelism.
+    let next = |i: usize| -> Option<usize> {
+        let [c] = shape.outputs[i].as_slice() else {
+            return None;
+        };
+        let single = shape.inputs[*c].len() == 1
+            && shape.routing[*c].first() == Some(&Partitioning::Forward)
+            && shape.parallelism[*c] == shape.parallelism[i];
+        single.then_some(*c)
     };
-    for i in 0..steps.len() {
-        let Some(mut decoder) = op_spec::<weir_media::DecodeImageSpec>(&kinds[i]).cloned() else {
+    for i in shape.order.clone() {
+        let Some(mut decoder) = op_spec::<weir_media::DecodeImageSpec>(&steps[i]).cloned() else {
             continue;
         };
-        // Each step after the decoder that it can take over, in order, until one it cannot.
+        let mut fused = Vec::new();
         let mut last = i;
-        while last + 1 < steps.len() && chained(last) {
-            let Some(fused) = absorb(&mut decoder, &kinds[last + 1]) else {
+        while let Some(c) = next(last) {
+            let Some(pass) = absorb(&mut decoder, &steps[c]) else {
                 break;
             };
-            kinds[last + 1] = Planned::Node(Step::Op(fused));
-            last += 1;
+            steps[c] = Step::Op(pass);
+            fused.push(g.nodes[c].name.clone());
+            last = c;
         }
-        kinds[i] = Planned::Node(Step::Op(Arc::new(decoder)));
+        if fused.is_empty() {
+            continue;
+        }
+        steps[i] = Step::Op(Arc::new(decoder));
+        g.rewrites.push(Rewrite {
+            rule: RewriteRule::Fusion,
+            detail: format!(
+                "'{}' also does {} (they pass batches through)",
+                g.nodes[i].name,
+                fused.join(", ")
+            ),
+            nodes: std::iter::once(g.nodes[i].name.clone())
+                .chain(fused)
+                .collect(),
+        });
     }
-    Ok(kinds)
+    Ok(())
 }
 
 /// The operator spec of type `T` a step is, if it is one.
-fn op_spec<T: 'static>(kind: &Planned) -> Option<&T> {
-    match kind {
-        Planned::Node(Step::Op(op)) => op.as_any().downcast_ref::<T>(),
+fn op_spec<T: 'static>(step: &Step) -> Option<&T> {
+    match step {
+        Step::Op(op) => op.as_any().downcast_ref::<T>(),
         _ => None,
     }
 }
@@ -560,7 +789,7 @@ fn op_spec<T: 'static>(kind: &Planned) -> Option<&T> {
 /// Fuses `next` into the decoder `d` when it is a step the decoder can do next (a `resize`, then a
 /// `center_crop`, then a `to_tensor`; the `can_fuse*` checks keep that order); returns what
 /// `next` becomes (a pass-through) when it did.
-fn absorb(d: &mut weir_media::DecodeImageSpec, next: &Planned) -> Option<Arc<dyn OperatorSpec>> {
+fn absorb(d: &mut weir_media::DecodeImageSpec, next: &Step) -> Option<Arc<dyn OperatorSpec>> {
     if let Some(r) = op_spec::<weir_media::ResizeSpec>(next)
         && d.can_fuse(r)
     {
@@ -586,140 +815,4 @@ fn absorb(d: &mut weir_media::DecodeImageSpec, next: &Planned) -> Option<Arc<dyn
         return Some(Arc::new(t));
     }
     None
-}
-
-fn default_dead_letter(name: &str) -> Mapping {
-    let mut m = Mapping::new();
-    m.insert(Value::String("sink".into()), Value::String("jsonl".into()));
-    m.insert(
-        Value::String("path".into()),
-        Value::String(format!("{name}.dead-letter.jsonl")),
-    );
-    m
-}
-
-fn dead_letter_step(mut mapping: Mapping, index: usize) -> Result<StepSpec> {
-    let kind = match mapping.remove("sink") {
-        Some(Value::String(k)) => k,
-        _ => {
-            return Err(Error::config(
-                "key 'dead_letter': expected a sink, e.g. {sink: jsonl, path: dead.jsonl}",
-            ));
-        }
-    };
-    let name = match mapping.remove("name") {
-        Some(Value::String(n)) => n,
-        _ => "dead_letter".into(),
-    };
-    Ok(StepSpec {
-        index,
-        name,
-        role: Role::Sink,
-        kind,
-        inputs: None,
-        parallelism: Some(1),
-        options: mapping,
-    })
-}
-
-fn resolve_inputs(
-    step: &StepSpec,
-    by_name: &HashMap<&str, usize>,
-    planned: &[PlannedStep],
-) -> Result<Vec<usize>> {
-    if step.role == Role::Source {
-        if step.inputs.is_some() {
-            return Err(Error::config(format!(
-                "{}: a source takes no 'input'",
-                step.locator()
-            )));
-        }
-        return Ok(Vec::new());
-    }
-    let inputs = match &step.inputs {
-        None if step.index == 0 => {
-            return Err(Error::config(format!(
-                "{}: the first step must be a source (or name its 'input')",
-                step.locator()
-            )));
-        }
-        None => vec![step.index - 1],
-        Some(names) => names
-            .iter()
-            .map(|n| {
-                by_name
-                    .get(n.as_str())
-                    .copied()
-                    .filter(|&i| i < step.index)
-                    .ok_or_else(|| {
-                        Error::config(format!(
-                            "{}: key 'input': '{n}' is not a step defined before this one",
-                            step.locator()
-                        ))
-                    })
-            })
-            .collect::<Result<_>>()?,
-    };
-    if inputs.is_empty() {
-        return Err(Error::config(format!(
-            "{}: key 'inputs': expected at least one",
-            step.locator()
-        )));
-    }
-    for &i in &inputs {
-        if planned[i].role == Role::Sink {
-            return Err(Error::config(format!(
-                "{}: reads from '{}', which is a sink; sinks have no output",
-                step.locator(),
-                planned[i].name
-            )));
-        }
-    }
-    Ok(inputs)
-}
-
-/// The node an edge out of step `i` starts from, and its routing.
-fn endpoint(
-    i: usize,
-    planned: &[PlannedStep],
-    routes: &HashMap<usize, (NodeId, Partitioning)>,
-) -> Result<(NodeId, Partitioning)> {
-    if let Some(r) = routes.get(&i) {
-        return Ok(r.clone());
-    }
-    planned[i]
-        .node
-        .map(|n| (n, Partitioning::Forward))
-        .ok_or_else(|| Error::internal(format!("step '{}' has no node", planned[i].name)))
-}
-
-impl Plan {
-    /// The plan rendered for `weir validate`: each step with its schema, then the task chains.
-    pub fn describe(&self) -> Result<String> {
-        let mut s = String::new();
-        let _ = writeln!(s, "steps:");
-        for st in &self.steps {
-            let par = if st.node.is_some() {
-                format!("x{}", st.parallelism)
-            } else {
-                "routing".into()
-            };
-            let _ = writeln!(
-                s,
-                "  {} ({}: {}) {par}",
-                st.name,
-                st.role.key(),
-                st.description
-            );
-            if let Some(schema) = &st.schema {
-                for f in schema.fields() {
-                    let null = if f.is_nullable() { "" } else { " not null" };
-                    let _ = writeln!(s, "      {}: {}{null}", f.name(), f.data_type());
-                }
-            }
-        }
-        let physical = weir_runtime::physical::plan(&self.graph)?;
-        s.push_str(&physical.describe(&self.graph));
-        Ok(s)
-    }
 }

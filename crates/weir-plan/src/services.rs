@@ -1,24 +1,32 @@
-//! The spec's `services:` section: each entry is a `weir_serve::ServiceSpec`, checked and
-//! registered (not started) in the process's service registry, where `infer` steps with
-//! `service: NAME` find it. A service starts when the first step calling it opens. A service
+//! The graph's services: each entry is a `weir_serve::ServiceSpec`. Planning checks them and
+//! describes them to the steps as `weir_infer::DeclaredService`s (what a service's model takes and
+//! gives, read from its file); nothing starts. The job-start function ([`start`]) makes the
+//! services, which start their instances when the first step calling them opens. A service
 //! declared `lifecycle: shared` is a `weir_serve::RemoteService`: its instances run in a service
 //! host process found in (or started into) the registry directory.
 
-use crate::spec::from_value;
-use serde_norway::{Mapping, Value};
 use std::sync::Arc;
-use weir_infer::ModelService;
+use weir_infer::{DeclaredService, ModelService};
+use weir_runtime::kind::Resources;
 use weir_serve::{Lifecycle, RemoteService, Service, ServiceSpec};
 use weir_types::{Error, Result};
 
-/// Checks every service declaration and registers it (an equal declaration already registered,
-/// from an earlier job in this process, is reused). Errors name the entry and the key.
-pub fn declare(services: &[Mapping], origin: &str) -> Result<Vec<Arc<dyn ModelService>>> {
+/// A checked service declaration.
+#[derive(Debug, Clone)]
+pub struct Declared {
+    /// The declaration.
+    pub spec: ServiceSpec,
+    /// As the graph gives it (a shared service's host is started with it).
+    pub value: serde_json::Value,
+}
+
+/// Checks every service declaration; errors name the entry and the key.
+pub fn check(services: &[serde_json::Value], origin: &str) -> Result<Vec<Declared>> {
     let mut names = std::collections::BTreeSet::new();
     let mut out = Vec::with_capacity(services.len());
-    for (i, m) in services.iter().enumerate() {
+    for (i, value) in services.iter().enumerate() {
         let at = format!("{origin}: services[{i}]");
-        let spec: ServiceSpec = from_value(Value::Mapping(m.clone()), &at)?;
+        let spec: ServiceSpec = weir_runtime::kind::from_value(value.clone(), &at)?;
         if !names.insert(spec.name.clone()) {
             return Err(Error::config(format!(
                 "{at}: service name '{}' is declared twice",
@@ -27,19 +35,51 @@ pub fn declare(services: &[Mapping], origin: &str) -> Result<Vec<Arc<dyn ModelSe
         }
         spec.validate()
             .map_err(|e| Error::config(format!("{at}: {}", e.message())))?;
-        let service: Arc<dyn ModelService> = if spec.lifecycle == Lifecycle::Shared {
-            let launch = serde_norway::to_string(&Value::Mapping(m.clone())).map_err(|e| {
-                Error::internal(format!("{at}: cannot encode the declaration")).with_source(e)
-            })?;
-            Arc::new(RemoteService::new(
-                spec,
-                launch,
-                weir_serve::host::registry_dir(),
-            )?)
-        } else {
-            Arc::new(Service::new(spec)?)
-        };
-        out.push(weir_infer::service::register_service(service)?);
+        out.push(Declared {
+            spec,
+            value: value.clone(),
+        });
     }
     Ok(out)
+}
+
+/// The plan-time resources: each service's declaration, by name.
+pub fn declarations(declared: &[Declared]) -> Resources {
+    let mut r = Resources::new();
+    for d in declared {
+        r.insert(
+            d.spec.name.clone(),
+            DeclaredService {
+                name: d.spec.name.clone(),
+                model: d.spec.model.clone(),
+            },
+        );
+    }
+    r
+}
+
+/// Job start: makes each declared service (starting no instance yet: they start when the first
+/// step calling the service opens).
+pub fn start(declared: &[Declared]) -> Result<Vec<Arc<dyn ModelService>>> {
+    declared
+        .iter()
+        .map(|d| -> Result<Arc<dyn ModelService>> {
+            if d.spec.lifecycle == Lifecycle::Shared {
+                let launch = serde_norway::to_string(&d.value).map_err(|e| {
+                    Error::internal(format!(
+                        "service '{}': cannot encode the declaration",
+                        d.spec.name
+                    ))
+                    .with_source(e)
+                })?;
+                Ok(Arc::new(RemoteService::new(
+                    d.spec.clone(),
+                    launch,
+                    weir_serve::host::registry_dir(),
+                )?))
+            } else {
+                Ok(Arc::new(Service::new(d.spec.clone())?))
+            }
+        })
+        .collect()
 }

@@ -5,14 +5,14 @@
 //! from the step before it unless it says `input:` (one step) or `inputs:` (several). See
 //! `docs/pipeline-spec.md` for every option and its default.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
 use weir_types::{Error, Result};
 
 pub use weir_runtime::kind::Role;
 
 /// What to do with rows that cannot be processed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
     /// Stop the job with an error naming the operator, input, row and column (default).
@@ -81,7 +81,7 @@ fn default_backoff() -> String {
 }
 
 /// The restart strategy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
     /// Restarts allowed before the job fails for good. Default: 3.
@@ -242,7 +242,6 @@ pub fn parse(yaml: &str, origin: &str, overrides: &[String]) -> Result<ParsedSpe
         .enumerate()
         .map(|(i, m)| parse_step(i, m))
         .collect::<Result<Vec<_>>>()?;
-    crate::services::declare(&pipeline.services, origin)?;
     Ok(ParsedSpec { pipeline, steps })
 }
 

@@ -26,10 +26,11 @@ use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
-use weir_infer::ServiceStatus;
+use weir_infer::{ModelService, ServiceStatus};
 use weir_types::{Error, Result};
 
 /// What a client needs to reach a running job's control endpoint; written as JSON to the
@@ -146,6 +147,7 @@ pub type ShutdownHook = std::sync::Arc<dyn Fn() + Send + Sync>;
 struct ControlServer {
     token: String,
     shutdown: Option<ShutdownHook>,
+    services: Vec<Arc<dyn ModelService>>,
 }
 
 /// Compares without stopping at the first difference.
@@ -174,6 +176,7 @@ impl ControlServer {
 fn act(
     action: &Action,
     shutdown: Option<&ShutdownHook>,
+    services: &[Arc<dyn ModelService>],
 ) -> std::result::Result<Vec<Vec<u8>>, Status> {
     match action.r#type.as_str() {
         "shutdown" => match shutdown {
@@ -192,8 +195,17 @@ fn act(
                     "scale: expected {{\"service\": NAME, \"instances\": N}}: {e}"
                 ))
             })?;
-            let svc = weir_infer::service::service(&body.service)
-                .map_err(|e| Status::invalid_argument(e.report()))?;
+            let svc = services
+                .iter()
+                .find(|s| s.name() == body.service)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
+                    Status::invalid_argument(format!(
+                        "no service named '{}' in this job (its services: {})",
+                        body.service,
+                        names.join(", ")
+                    ))
+                })?;
             let before = svc.status();
             svc.scale(body.instances)
                 .map_err(|e| Status::invalid_argument(e.report()))?;
@@ -211,7 +223,7 @@ fn act(
                 .into_bytes(),
             ])
         }
-        "status" => weir_infer::service::services()
+        "status" => services
             .iter()
             .map(|s| {
                 serde_json::to_vec(&StatusReply::from(&s.status()))
@@ -233,7 +245,7 @@ impl FlightService for ControlServer {
         request: Request<Action>,
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
         self.check(&request)?;
-        let results = act(request.get_ref(), self.shutdown.as_ref())?;
+        let results = act(request.get_ref(), self.shutdown.as_ref(), &self.services)?;
         let stream = futures::stream::iter(
             results
                 .into_iter()
@@ -291,15 +303,20 @@ pub struct ControlEndpoint {
 }
 
 impl ControlEndpoint {
-    /// Listens on `127.0.0.1:port` (0: any free port) with a fresh token.
-    pub fn start(port: u16) -> Result<Self> {
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], port)), None)
+    /// Listens on `127.0.0.1:port` (0: any free port) with a fresh token, for `services`.
+    pub fn start(port: u16, services: Vec<Arc<dyn ModelService>>) -> Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], port)), None, services)
     }
 
-    /// Listens on `bind` with a fresh token; `shutdown` (service hosts) enables the `shutdown`
-    /// action. An address that is not loopback is logged as a warning: the endpoint is then
-    /// reachable from the network, protected by its token only (no TLS).
-    pub fn start_on(bind: SocketAddr, shutdown: Option<ShutdownHook>) -> Result<Self> {
+    /// Listens on `bind` with a fresh token; `scale` and `status` reach `services` (those of the
+    /// job, or the host's one); `shutdown` (service hosts) enables the `shutdown` action. An
+    /// address that is not loopback is logged as a warning: the endpoint is then reachable from
+    /// the network, protected by its token only (no TLS).
+    pub fn start_on(
+        bind: SocketAddr,
+        shutdown: Option<ShutdownHook>,
+        services: Vec<Arc<dyn ModelService>>,
+    ) -> Result<Self> {
         let token = new_token()?;
         if !bind.ip().is_loopback() {
             tracing::warn!(
@@ -325,6 +342,7 @@ impl ControlEndpoint {
         let server = ControlServer {
             token: token.clone(),
             shutdown,
+            services,
         };
         let thread = std::thread::Builder::new()
             .name("weir-control".into())

@@ -222,8 +222,6 @@ pub async fn serve_host(opts: HostOptions) -> Result<()> {
     let service = Arc::new(Service::new(opts.spec)?);
     let definition = service.definition();
     let dyn_service: Arc<dyn ModelService> = service.clone();
-    // Registered so that the control endpoint's `scale` and `status` find it.
-    let dyn_service = weir_infer::service::register_service(dyn_service)?;
     dyn_service.attach()?;
 
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
@@ -231,7 +229,8 @@ pub async fn serve_host(opts: HostOptions) -> Result<()> {
     let hook: ShutdownHook = Arc::new(move || {
         let _ = hook_tx.send("shutdown requested");
     });
-    let control = ControlEndpoint::start_on(opts.control_bind, Some(hook))?;
+    let control =
+        ControlEndpoint::start_on(opts.control_bind, Some(hook), vec![dyn_service.clone()])?;
 
     let listener = tokio::net::TcpListener::bind(opts.bind)
         .await

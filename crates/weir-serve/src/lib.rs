@@ -37,8 +37,3 @@ pub mod spec;
 pub use remote::RemoteService;
 pub use service::{Membership, Service};
 pub use spec::{AutoscaleSpec, InstancesSpec, Lifecycle, Placement, ResourcesSpec, ServiceSpec};
-
-/// Every inference service registered in this process (by the plans of the specs read so far).
-pub fn registered_services() -> Vec<std::sync::Arc<dyn weir_infer::ModelService>> {
-    weir_infer::service::services()
-}

@@ -41,8 +41,8 @@ pub fn run_spec(
         overrides: overrides.iter().map(|s| s.to_string()).collect(),
         vars,
     };
-    let plan = plan_file(spec, &opts)?;
-    Runtime::new(2)?.run(plan.graph)
+    let job = plan_file(spec, &opts)?.start()?;
+    Runtime::new(2)?.run(job.graph)
 }
 
 /// Every row in `path` (a file, or a directory of `.parquet` / `.jsonl` files; hidden and

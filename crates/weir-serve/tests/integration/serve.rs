@@ -11,10 +11,10 @@ use common::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use weir_infer::service::register_service;
 use weir_infer::{
     Backend, BackendOptions, CallOptions, InferSpec, ModelService, OrtBackend, Tensors,
 };
+use weir_runtime::kind::Resources;
 use weir_runtime::*;
 use weir_serve::fault::{Faults, FaultyBackend};
 use weir_serve::{AutoscaleSpec, InstancesSpec, Service, ServiceSpec};
@@ -46,9 +46,12 @@ fn faulty(spec: ServiceSpec) -> (Arc<Service>, Arc<Faults>) {
     (Arc::new(svc), faults)
 }
 
-fn register(svc: &Arc<Service>) {
+/// The job resources in which an `infer` step calling `svc` by name finds it.
+fn resources(svc: &Arc<Service>) -> Resources {
     let as_dyn: Arc<dyn ModelService> = svc.clone();
-    register_service(as_dyn).unwrap();
+    let mut r = Resources::new();
+    weir_infer::service::provide(&mut r, as_dyn);
+    r
 }
 
 fn wait_ready(svc: &Service, n: usize) {
@@ -122,6 +125,7 @@ fn instances_are_routable_only_after_load_and_warm_up_and_answer_like_the_model(
 /// in order, and the job (which has no restart strategy) succeeded.
 fn under_load(
     service: &str,
+    resources: Resources,
     max_in_flight: usize,
     scenario: impl FnOnce(),
 ) -> (JobReport, Vec<RecordBatch>) {
@@ -147,7 +151,7 @@ fn under_load(
             marker: 0.0,
         }))
     });
-    let inf = g.add_operator("infer", 1, move |_| infer.create(&schema));
+    let inf = g.add_operator("infer", 1, move |_| infer.create_in(&schema, &resources));
     let k = kept.clone();
     let sink = g.add_sink("keep", 1, move |_| Ok(Box::new(Keep(k.clone()))));
     g.connect(src, inf, Partitioning::Forward);
@@ -176,10 +180,10 @@ fn under_load(
 #[test]
 fn scale_1_3_1_under_continuous_load() {
     let svc = Arc::new(Service::new(spec("scale-131", 1, 3)).unwrap());
-    register(&svc);
+    let res = resources(&svc);
     let members = svc.members();
     let s = svc.clone();
-    under_load("scale-131", 6, move || {
+    under_load("scale-131", res, 6, move || {
         wait_until(LONG, "first answers", || s.status().answered >= 10);
         s.scale(3).unwrap();
         wait_until(LONG, "3 ready instances", || {
@@ -212,10 +216,10 @@ fn scale_1_3_1_under_continuous_load() {
 #[test]
 fn an_instance_crash_under_load_re_dispatches_and_replaces_it() {
     let (svc, faults) = faulty(spec("crash", 2, 2));
-    register(&svc);
+    let res = resources(&svc);
     let members = svc.members();
     let s = svc.clone();
-    under_load("crash", 4, move || {
+    under_load("crash", res, 4, move || {
         wait_until(LONG, "2 ready instances", || {
             members.borrow().ready.len() == 2
         });
@@ -265,13 +269,13 @@ async fn drive(
 #[test]
 fn a_poison_row_goes_to_the_dead_letter_output_after_max_deaths() {
     let (svc, faults) = faulty(spec("poison", 2, 2));
-    register(&svc);
+    let res = resources(&svc);
     *faults.poison.lock().unwrap() = Some(12345.0);
     let schema = image_batch(0, 1, &[], 0.0).schema();
     let mut infer = InferSpec::with_service("poison");
     infer.batch.max_size = 4;
     infer.batch.adaptive = false;
-    let mut op = infer.create(&schema).unwrap();
+    let mut op = infer.create_in(&schema, &res).unwrap();
     let batches: Vec<_> = (0..3)
         .map(|i| image_batch(i * 4, 4, &[5], 12345.0))
         .collect();
@@ -342,13 +346,15 @@ fn errors_are_retried_then_reported_and_the_service_stays_usable() {
 #[test]
 fn a_wrong_shape_becomes_dead_letter_rows_with_a_clear_message() {
     let (svc, faults) = faulty(spec("shape", 1, 1));
-    register(&svc);
+    let res = resources(&svc);
     // Attached (and warmed up) before the fault is switched on, so the warm-up batch is right.
     svc.attach().unwrap();
     wait_ready(&svc, 1);
     faults.wrong_shape_next.store(1000, Ordering::SeqCst);
     let schema = image_batch(0, 1, &[], 0.0).schema();
-    let mut op = InferSpec::with_service("shape").create(&schema).unwrap();
+    let mut op = InferSpec::with_service("shape")
+        .create_in(&schema, &res)
+        .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (out, dead) = rt.block_on(drive(op.as_mut(), vec![image_batch(0, 3, &[], 0.0)]));
     assert!(ids(&out).is_empty());
