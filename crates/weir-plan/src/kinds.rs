@@ -59,6 +59,9 @@ pub fn builtin() -> Registry {
         .sink::<conn::JsonlSinkSpec>("jsonl")
         .sink::<conn::ConsoleSinkSpec>("console")
         .sink::<conn::BlackholeSinkSpec>("blackhole");
+    #[cfg(feature = "kafka")]
+    r.source::<weir_kafka::KafkaSourceSpec>("kafka")
+        .sink::<weir_kafka::KafkaSinkSpec>("kafka");
     r
 }
 
@@ -86,16 +89,14 @@ mod tests {
     #[test]
     fn every_kind_is_registered_once_and_routing_names_are_not_kinds() {
         let r = builtin();
-        assert_eq!(
-            r.names(Role::Source),
-            [
-                "parquet", "jsonl", "csv", "files", "text", "values", "datagen", "nexmark"
-            ]
-        );
-        assert_eq!(
-            r.names(Role::Sink),
-            ["parquet", "jsonl", "console", "blackhole"]
-        );
+        let mut sources = vec!["parquet", "jsonl", "csv", "files", "text", "values", "datagen", "nexmark"];
+        let mut sinks = vec!["parquet", "jsonl", "console", "blackhole"];
+        if cfg!(feature = "kafka") {
+            sources.push("kafka");
+            sinks.push("kafka");
+        }
+        assert_eq!(r.names(Role::Source), sources);
+        assert_eq!(r.names(Role::Sink), sinks);
         for name in ROUTING {
             assert!(r.get(Role::Op, name).is_none(), "{name}");
         }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use weir_infer::ModelService;
 use weir_runtime::event_time::WatermarkConfig;
 use weir_runtime::kind::{
-    CreateContext, Need, OperatorSpec, PlanContext, Registry, Resources, Step,
+    CreateContext, JobInfo, Need, OperatorSpec, PlanContext, Registry, Resources, Step,
 };
 use weir_runtime::{ErrorPolicy, EventTimeSource, JobConfig, JobGraph, NodeId, Partitioning};
 use weir_types::{Error, Result, dead_letter_schema};
@@ -210,7 +210,8 @@ pub fn plan_graph(registry: &Registry, graph: &LogicalGraph, origin: &str) -> Re
         },
     };
     let declared = services::check(&graph.services, origin)?;
-    let resources = services::declarations(&declared);
+    let mut resources = services::declarations(&declared);
+    resources.insert(JobInfo::RESOURCE, job_info(&job.name, &checkpoint));
 
     let mut logical = graph.clone();
     logical.rewrites.clear();
@@ -304,6 +305,12 @@ pub fn plan_graph(registry: &Registry, graph: &LogicalGraph, origin: &str) -> Re
 impl Plan {
     /// The runtime's graph, whose steps are created with `resources` when the job starts.
     pub fn job_graph(&self, resources: Arc<Resources>) -> JobGraph {
+        let mut resources = Arc::unwrap_or_clone(resources);
+        resources.insert(
+            JobInfo::RESOURCE,
+            job_info(&self.config.name, &self.checkpoint),
+        );
+        let resources = Arc::new(resources);
         let mut graph = JobGraph::new(self.config.clone());
         for (i, (b, s)) in self.nodes.iter().zip(&self.steps).enumerate() {
             let res = resources.clone();
@@ -362,6 +369,14 @@ impl Plan {
         let graph = self.job_graph(Arc::new(services::declarations(&self.services)));
         let physical = weir_runtime::physical::plan(&graph)?;
         Ok((graph, physical))
+    }
+}
+
+/// What the steps may know of the job (see [`JobInfo`]).
+fn job_info(name: &str, checkpoint: &Option<CheckpointPlan>) -> JobInfo {
+    JobInfo {
+        name: name.to_string(),
+        checkpoint_interval: checkpoint.as_ref().map(|c| c.config.interval),
     }
 }
 

@@ -144,6 +144,12 @@ fn routing(step: &StepSpec) -> Result<Option<Routing>> {
 /// The node of a step: its options parsed by its kind and written back with every default.
 fn node(registry: &Registry, step: &StepSpec) -> Result<Node> {
     if registry.get(step.role, &step.kind).is_none() {
+        if cfg!(not(feature = "kafka")) && step.kind == "kafka" {
+            return Err(Error::config(format!(
+                "steps[{}]: kind 'kafka' is not in this build of weir (build it with the cargo feature 'kafka')",
+                step.index
+            )));
+        }
         let extra: &[&str] = if step.role == Role::Op { &ROUTING } else { &[] };
         return Err(Error::config(format!(
             "steps[{}]: key '{}': {}",

@@ -243,6 +243,28 @@ impl fmt::Debug for Resources {
     }
 }
 
+/// What a step may know of the job it is planned into, in the [`Resources`] as the one
+/// `JobInfo` named [`JobInfo::RESOURCE`] (the planner puts it there): for kinds whose defaults
+/// or checks depend on the job, such as a Kafka sink that names its transactional ids after the
+/// job and must fit a transaction into a checkpoint interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobInfo {
+    /// The job's name.
+    pub name: String,
+    /// How often the job checkpoints; `None` when it does not.
+    pub checkpoint_interval: Option<std::time::Duration>,
+}
+
+impl JobInfo {
+    /// Its name among the [`Resources`].
+    pub const RESOURCE: &'static str = "job";
+
+    /// The job's `JobInfo` in `resources`, if the planner put one there.
+    pub fn of(resources: &Resources) -> Option<&JobInfo> {
+        resources.get::<JobInfo>(Self::RESOURCE)
+    }
+}
+
 /// What planning may consult besides a step's own spec and input schemas.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]

@@ -47,6 +47,7 @@ pub struct OperatorMetrics {
     inputs: OnceLock<Vec<QueueGauge>>,
     subtask: u32,
     dead_letter_log: Option<DeadLetterLog>,
+    waiting: Mutex<Option<&'static str>>,
 }
 
 impl OperatorMetrics {
@@ -157,6 +158,15 @@ impl OperatorMetrics {
     /// Counts rows that arrived behind the watermark (see [`crate::event_time`]).
     pub fn add_late(&self, rows: u64) {
         self.late_rows.fetch_add(rows, Relaxed);
+    }
+    /// Says what external system this instance is waiting for (`Some("waiting for Kafka")`) while
+    /// it cannot reach it, and `None` once it can again; the progress display shows it.
+    pub fn set_waiting(&self, what: Option<&'static str>) {
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = what;
+    }
+    /// What the instance waits for, if anything (see [`set_waiting`](Self::set_waiting)).
+    pub fn waiting(&self) -> Option<&'static str> {
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
     /// Marks the instance as finished.
     pub fn set_finished(&self) {
@@ -327,6 +337,9 @@ pub struct NodeMetrics {
     /// Counters summed over instances.
     #[serde(flatten)]
     pub totals: MetricsSnapshot,
+    /// What an instance is waiting for (an external system it cannot reach), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Debug)]
@@ -396,6 +409,11 @@ impl MetricsRegistry {
                     role: n.role,
                     parallelism: n.instances.len() as u32,
                     totals,
+                    waiting: n
+                        .instances
+                        .iter()
+                        .find_map(|i| i.waiting())
+                        .map(str::to_string),
                 }
             })
             .collect()

@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod kafka_broker;
 pub mod setup;
 
 use arrow::json::LineDelimitedWriter;

@@ -150,6 +150,15 @@ impl Sampler {
             let window = now.duration_since(*then);
             let loads = loads(&snap, prev, window);
             self.current = reasons(&loads, &services, &self.services, window);
+            // Steps that cannot reach an external system they need (a Kafka broker) say so.
+            for n in &snap {
+                if let Some(w) = &n.waiting {
+                    self.current.push(Reason {
+                        key: format!("'{}' {w}", n.name),
+                        message: format!("'{}' {w}", n.name),
+                    });
+                }
+            }
             for r in &self.current {
                 let h = self.held.entry(r.key.clone()).or_insert_with(|| Held {
                     reason: r.key.clone(),

@@ -59,8 +59,8 @@ fn invalid_specs_name_the_key_and_exit_2() {
             "no/such/file.csv",
         ),
         (
-            "steps:\n  - source: kafka\n  - sink: blackhole\n",
-            "unknown source kind 'kafka', expected one of: parquet, jsonl, csv, files, text, values",
+            "steps:\n  - source: pulsar\n  - sink: blackhole\n",
+            "unknown source kind 'pulsar', expected one of: parquet, jsonl, csv, files, text, values, kafka",
         ),
         (
             "steps:\n  - source: csv\n    path: examples/orders/orders.csv\n",

@@ -2,6 +2,7 @@
 
 mod cli;
 mod examples;
+mod kafka;
 mod restart;
 mod services;
 mod torture;

@@ -15,6 +15,7 @@ const LAYERS: &[&str] = &[
     "weir-ops",
     "weir-stream",
     "weir-connectors",
+    "weir-kafka",
     "weir-datagen",
     "weir-media",
     "weir-infer",
