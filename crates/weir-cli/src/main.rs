@@ -245,7 +245,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
     let store = plan
         .checkpoint
         .as_ref()
-        .map(|c| checkpoints::open_store(&c.store))
+        .map(checkpoints::open_store)
         .transpose()?;
     let mut restore = None;
     if args.resume {

@@ -59,6 +59,8 @@ pub struct Plan {
 pub struct CheckpointPlan {
     /// A directory or object-store URL.
     pub store: String,
+    /// Explicit object-store options (`checkpoint.storage`), which win over the environment.
+    pub storage: weir_store::StorageOptions,
     /// Interval, timeout, mode, retention.
     pub config: weir_checkpoint::CheckpointConfig,
 }
@@ -83,6 +85,10 @@ fn checkpoint_plan(name: &str, section: &Mapping) -> Result<CheckpointPlan> {
             )));
         }
     };
+    let storage: weir_store::StorageOptions = match m.remove("storage") {
+        None => Default::default(),
+        Some(v) => crate::spec::from_value(v, "key 'checkpoint.storage'")?,
+    };
     let config: weir_checkpoint::CheckpointConfig =
         crate::spec::from_value(Value::Mapping(m), "key 'checkpoint'")?;
     config.validate()?;
@@ -94,7 +100,11 @@ fn checkpoint_plan(name: &str, section: &Mapping) -> Result<CheckpointPlan> {
             config.max_concurrent
         )));
     }
-    Ok(CheckpointPlan { store, config })
+    Ok(CheckpointPlan {
+        store,
+        storage,
+        config,
+    })
 }
 
 /// Reads and plans the spec at `path`.

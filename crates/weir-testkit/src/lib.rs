@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod s3;
 pub mod setup;
 
 use arrow::json::LineDelimitedWriter;

@@ -519,11 +519,33 @@ fn files_source_lists_a_directory() -> Result<()> {
     let batches = taken(&got);
     let n: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(n, 5);
-    assert!(
-        batches
-            .iter()
-            .all(|b| b.column(3).null_count() == b.num_rows())
-    );
+    // ... but object references: uri, offset 0, length = size, a version.
+    for b in &batches {
+        assert_eq!(b.schema().field(3).name(), "ref");
+        let refs = b
+            .column(3)
+            .as_any()
+            .downcast_ref::<arrow::array::StructArray>()
+            .expect("struct");
+        assert_eq!(
+            refs.column_by_name("uri").map(|c| c.len()),
+            Some(b.num_rows())
+        );
+        let length = refs
+            .column_by_name("length")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned())
+            .expect("length");
+        let size = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .expect("size");
+        assert_eq!(&length, size);
+        assert_eq!(
+            refs.column_by_name("version").map(|c| c.null_count()),
+            Some(0)
+        );
+    }
     let sizes: u64 = batches
         .iter()
         .filter_map(|b| {
