@@ -7,6 +7,7 @@
 //! for several jobs and `weir stop-service` stops one.
 
 mod alloc;
+mod budget;
 mod checkpoints;
 mod control;
 mod host;
@@ -22,6 +23,19 @@ use std::time::Duration;
 use weir_plan::{PlanOptions, plan_file};
 use weir_runtime::{CheckpointSetup, Runtime};
 use weir_types::ErrorKind;
+
+/// Exit statuses of `weir run` (README, `docs/checkpoints.md`).
+mod status {
+    /// The job failed (the error is printed).
+    pub const FAILED: u8 = 1;
+    /// The spec or the command line is invalid.
+    pub const INVALID: u8 = 2;
+    /// Too many rows became dead letters (`error_budget`).
+    pub const OVER_BUDGET: u8 = 3;
+    /// The job was stopped by SIGTERM or Ctrl-C before its input ended: everything read was
+    /// processed and, with checkpoints, a final checkpoint completed; `--resume` continues.
+    pub const STOPPED: u8 = 143;
+}
 
 /// weir: a streaming dataflow engine for AI workloads.
 #[derive(Debug, Parser)]
@@ -185,8 +199,8 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", e.report());
             match e.kind() {
-                ErrorKind::Config | ErrorKind::Schema => ExitCode::from(2),
-                _ => ExitCode::from(1),
+                ErrorKind::Config | ErrorKind::Schema => ExitCode::from(status::INVALID),
+                _ => ExitCode::from(status::FAILED),
             }
         }
     }
@@ -266,7 +280,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         args.spec.file.display()
     );
     let mut attempt = 0;
-    let report = loop {
+    let ended = loop {
         let setup = match (&store, &plan.checkpoint) {
             (Some(store), Some(c)) => Some(CheckpointSetup {
                 store: store.clone(),
@@ -276,7 +290,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
             _ => None,
         };
         match run_once(&runtime, &plan, setup, &args) {
-            Ok(report) => break report,
+            Ok(ended) => break ended,
             Err(e)
                 if attempt < plan.restart.attempts
                     && store.is_some()
@@ -298,7 +312,13 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
             Err(e) => return Err(e),
         }
     };
-    let (report, slow) = report;
+    let (report, slow, reasons) = match ended {
+        Ended::OverBudget(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(status::OVER_BUDGET));
+        }
+        Ended::Report(report, slow, reasons) => (report, slow, reasons),
+    };
     let services = why::service_statuses();
     eprint!("{}", summary::render(&report, &services, &slow));
     if let Some(path) = &args.metrics_json {
@@ -308,17 +328,45 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
                 .with_source(e)
         })?;
     }
+    if let Some(message) = budget::exceeded(&plan.error_budget, &report.nodes, &reasons, true) {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(status::OVER_BUDGET));
+    }
+    if report.stopped_early {
+        eprintln!(
+            "stopped before the input ended (exit status {}){}",
+            status::STOPPED,
+            if store.is_some() {
+                ": the final checkpoint is complete, `weir run --resume` continues"
+            } else {
+                ""
+            }
+        );
+        return Ok(ExitCode::from(status::STOPPED));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the planned job once, with progress, until it ends; returns its report and how long each
-/// reason for slowness held.
+/// How one run of the job ended.
+enum Ended {
+    /// It ended (inputs done, or stopped): its report, how long each reason for slowness held,
+    /// and its dead letters by reason.
+    Report(
+        weir_runtime::JobReport,
+        Vec<why::Held>,
+        Vec<(String, String, u64)>,
+    ),
+    /// It was cut short because too many rows became dead letters.
+    OverBudget(String),
+}
+
+/// Runs the planned job once, with progress, until it ends or exceeds its error budget.
 fn run_once(
     runtime: &Runtime,
     plan: &weir_plan::Plan,
     setup: Option<CheckpointSetup>,
     args: &RunArgs,
-) -> weir_types::Result<(weir_runtime::JobReport, Vec<why::Held>)> {
+) -> weir_types::Result<Ended> {
     let handle = runtime.start_with(plan.graph.clone(), setup)?;
     tracing::debug!("physical plan:\n{}", handle.description());
     let metrics = handle.metrics().clone();
@@ -326,24 +374,42 @@ fn run_once(
     let mode = args.progress.resolve(std::io::stderr().is_terminal());
     let interval = Duration::from_secs_f64(args.log_interval.max(0.2));
     let steps = plan.steps.clone();
+    let budget = plan.error_budget;
     runtime.block_on(async move {
         let signals = tokio::spawn(watch_signals(stop));
         let mut display = progress::Progress::new(mode, metrics.clone(), &steps, handle.started());
-        let mut sampler = why::Sampler::new(metrics);
+        let mut sampler = why::Sampler::new(metrics.clone());
         let mut tick = tokio::time::interval(display.tick(interval));
         let mut look = tokio::time::interval(why::INTERVAL);
         let wait = handle.wait();
         tokio::pin!(wait);
         let result = loop {
             tokio::select! {
-                r = &mut wait => break r,
+                r = &mut wait => break r.map(Ok),
                 _ = tick.tick() => display.update(sampler.current()),
-                _ = look.tick() => sampler.sample(),
+                _ = look.tick() => {
+                    sampler.sample();
+                    if let Some(m) = budget::exceeded(
+                        &budget,
+                        &metrics.snapshot(),
+                        &metrics.dead_letter_reasons(),
+                        false,
+                    ) {
+                        break Ok(Err(m));
+                    }
+                }
             }
         };
         signals.abort();
         display.finish(sampler.current());
-        result.map(|r| (r, sampler.held()))
+        match result? {
+            Ok(r) => Ok(Ended::Report(
+                r,
+                sampler.held(),
+                metrics.dead_letter_reasons(),
+            )),
+            Err(m) => Ok(Ended::OverBudget(m)),
+        }
     })
 }
 

@@ -15,3 +15,4 @@ pub mod services;
 pub mod spec;
 
 pub use plan::{CheckpointPlan, Plan, PlanOptions, PlannedStep, Restart, plan_file, plan_str};
+pub use spec::ErrorBudget;

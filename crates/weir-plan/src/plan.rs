@@ -52,6 +52,8 @@ pub struct Plan {
     pub checkpoint: Option<CheckpointPlan>,
     /// Restarts after a failure.
     pub restart: Restart,
+    /// How many dead letters fail the run.
+    pub error_budget: crate::spec::ErrorBudget,
 }
 
 /// Where and how a job checkpoints.
@@ -367,6 +369,7 @@ fn build_with(
             steps: planned,
             checkpoint,
             restart,
+            error_budget: p.error_budget,
         },
         step_inputs,
     ))

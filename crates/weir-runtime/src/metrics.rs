@@ -28,6 +28,51 @@ pub struct OperatorMetrics {
     batch_latency_us_ewma: AtomicU64,
     model_busy_ns: AtomicU64,
     model_instances: AtomicU64,
+    /// Dead letters by reason (see [`OperatorMetrics::add_dead_letter_reason`]).
+    reasons: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Distinct dead-letter reasons kept per instance; the rest count as one.
+const MAX_REASONS: usize = 32;
+/// The reason the others are counted under.
+const OTHER_REASONS: &str = "(other reasons)";
+
+/// A dead-letter message with what varies from row to row taken out, so that rows that failed
+/// for the same reason count together: URIs and paths become `…`, numbers `N`.
+pub fn reason_of(message: &str) -> String {
+    let mut out = Vec::new();
+    for token in message.split_whitespace() {
+        let bare = token.trim_matches(|c: char| "'\"(),;".contains(c));
+        let t = if bare.contains("://") || bare.starts_with('/') || bare.starts_with("./") {
+            "…".to_string()
+        } else {
+            let mut t = String::with_capacity(token.len());
+            let mut in_digits = false;
+            for c in token.chars() {
+                if c.is_ascii_digit() {
+                    if !in_digits {
+                        t.push('N');
+                    }
+                    in_digits = true;
+                } else {
+                    in_digits = false;
+                    t.push(c);
+                }
+            }
+            t
+        };
+        out.push(t);
+    }
+    let mut r = out.join(" ");
+    if r.len() > 160 {
+        let mut cut = 160;
+        while !r.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        r.truncate(cut);
+        r.push('…');
+    }
+    r
 }
 
 impl OperatorMetrics {
@@ -49,6 +94,18 @@ impl OperatorMetrics {
     /// Counts a row written to the dead-letter output.
     pub fn add_dead_letter(&self) {
         self.dead_letters.fetch_add(1, Relaxed);
+    }
+    /// Counts a dead letter under its reason ([`reason_of`] its message); at most 32 distinct
+    /// reasons per instance are kept, the others count as `(other reasons)`.
+    pub fn add_dead_letter_reason(&self, message: &str) {
+        let reason = reason_of(message);
+        let mut reasons = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if reasons.contains_key(&reason) || reasons.len() < MAX_REASONS {
+            reason
+        } else {
+            OTHER_REASONS.to_string()
+        };
+        *reasons.entry(key).or_default() += 1;
     }
     /// Adds time spent working.
     pub fn add_busy(&self, d: Duration) {
@@ -241,6 +298,24 @@ impl MetricsRegistry {
         instances
     }
 
+    /// Dead letters by node and reason, most frequent first: `(node, reason, count)`.
+    pub fn dead_letter_reasons(&self) -> Vec<(String, String, u64)> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        for n in nodes.iter() {
+            for i in &n.instances {
+                let reasons = i.reasons.lock().unwrap_or_else(|p| p.into_inner());
+                for (r, c) in reasons.iter() {
+                    *out.entry((n.name.clone(), r.clone())).or_default() += c;
+                }
+            }
+        }
+        let mut v: Vec<(String, String, u64)> =
+            out.into_iter().map(|((n, r), c)| (n, r, c)).collect();
+        v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.cmp(b)));
+        v
+    }
+
     /// Current counters of every node, in plan order.
     pub fn snapshot(&self) -> Vec<NodeMetrics> {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
@@ -278,5 +353,34 @@ mod tests {
         assert_eq!(s[0].totals.bytes_in, 150);
         assert_eq!(s[0].totals.busy_ms, 3);
         assert_eq!(s[0].totals.subtasks, 2);
+    }
+
+    #[test]
+    fn dead_letter_reasons_group_rows_that_failed_alike() {
+        assert_eq!(
+            reason_of("object not found: file:///tmp/x/a.jpg"),
+            "object not found: …"
+        );
+        assert_eq!(
+            reason_of("invalid json: expected value at line 1 column 17"),
+            "invalid json: expected value at line N column N"
+        );
+        let reg = MetricsRegistry::default();
+        let inst = reg.register("fetch", NodeRole::Operator, 2);
+        inst[0].add_dead_letter_reason("object not found: s3://b/1.jpg");
+        inst[1].add_dead_letter_reason("object not found: s3://b/2.jpg");
+        inst[1].add_dead_letter_reason("http status 500");
+        for i in 0..40 {
+            inst[0].add_dead_letter_reason(&format!("odd case {i}x{}", "y".repeat(i)));
+        }
+        let r = reg.dead_letter_reasons();
+        assert_eq!(r[0], ("fetch".into(), OTHER_REASONS.into(), 9));
+        assert!(
+            r.iter()
+                .any(|(_, reason, c)| reason == "object not found: …" && *c == 2)
+        );
+        let distinct = r.len();
+        assert!(distinct <= 2 * MAX_REASONS + 1, "{distinct}");
+        assert!(r.iter().any(|(_, reason, _)| reason == OTHER_REASONS));
     }
 }

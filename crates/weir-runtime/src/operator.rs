@@ -177,6 +177,7 @@ impl OperatorContext {
             ErrorPolicy::Fail => Err(error),
             ErrorPolicy::DeadLetter => {
                 self.metrics.add_dead_letter();
+                self.metrics.add_dead_letter_reason(error.message());
                 self.dead_letters.push(DeadLetter {
                     operator: self.info.node.clone(),
                     input,
