@@ -255,6 +255,9 @@ pub enum AbortReason {
         /// The newer checkpoint.
         by: CheckpointId,
     },
+    /// Not every task acknowledged it within the timeout ([`Action::Expire`]; the coordinator
+    /// itself reports expiry as that action, the runtime passes this reason on to the tasks).
+    Expired,
 }
 
 impl fmt::Display for AbortReason {
@@ -262,6 +265,7 @@ impl fmt::Display for AbortReason {
         match self {
             AbortReason::Declined(why) => write!(f, "declined: {why}"),
             AbortReason::Subsumed { by } => write!(f, "subsumed by checkpoint {by}"),
+            AbortReason::Expired => write!(f, "expired before every task acknowledged it"),
         }
     }
 }

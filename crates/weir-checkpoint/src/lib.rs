@@ -21,8 +21,9 @@
 //!
 //! ```text
 //! poll(now) ──► Trigger{id}      inject barriers at every running source
-//! task snapshots at the barrier ──► store.write_state(id, node, subtask, &snapshot) ──► FileEntry
-//!                               ──► on_ack(id, task, now)     (or on_decline on a write error)
+//! each task snapshots at the barrier and writes its own state:
+//!     store.encode_state(node, subtask, &snapshot) ──► store.write_encoded(id, …) ──► FileEntry
+//!     and acks with the FileEntries ──► on_ack(id, task, now)  (or on_decline on a write error)
 //! on_ack ──► Finalize{id}        build the Manifest from the FileEntries, store.commit(&manifest)
 //!                               ──► on_finalized(id, now)     (or on_decline if commit failed)
 //! on_finalized ──► Notify{id}    tell every task: sinks publish what they staged up to id
@@ -31,8 +32,10 @@
 //! ```
 //!
 //! On restart: [`CheckpointStore::latest_complete`] finds the newest checkpoint that verifies, then
-//! [`CheckpointStore::restore_node`] reads each node's files and [`redistribute`]s them to the new
-//! parallelism; the new coordinator starts at the next id ([`Coordinator::new`]'s `next_id`).
+//! each task reads its own share with [`CheckpointStore::read_subtask_state`] (its key groups at
+//! the new parallelism and every union entry, [`state_for_subtask`]); the new coordinator starts
+//! at the next id ([`Coordinator::new`]'s `next_id`). The coordinator's side never holds state
+//! bytes.
 
 #![warn(missing_docs)]
 
@@ -47,8 +50,10 @@ pub use coordinator::{
 };
 pub use fault::FailingStore;
 pub use manifest::{Checksum, FileEntry, MANIFEST_FORMAT_VERSION, Manifest, NodeState};
-pub use state::{StateEntry, StateKey, StateSnapshot, redistribute};
-pub use store::{CheckpointInfo, CheckpointStore, LatestComplete, SkippedCheckpoint};
+pub use state::{StateEntry, StateKey, StateSnapshot, UnionKey, redistribute, state_for_subtask};
+pub use store::{
+    CheckpointInfo, CheckpointStore, EncodedState, LatestComplete, LogStore, SkippedCheckpoint,
+};
 pub use weir_types::CheckpointId;
 
 /// Compile-time checks that the public handles can be shared across tasks and threads.

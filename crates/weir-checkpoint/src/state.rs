@@ -9,37 +9,97 @@
 //!   ([`weir_types::KeyGroupRange::for_subtask`]), so rows and their state stay together.
 //! - [`StateKey::Union`]: list state that is not partitioned by key (a source's file positions, a
 //!   sink's staged commits). On restore *every* subtask of the node receives *every* union entry of
-//!   *every* old subtask and picks what it needs (for example the files it is now assigned).
+//!   *every* old subtask and picks what it needs (for example the files it is now assigned). Its
+//!   [`UnionKey`] is a typed value of the operator's choosing (any serde type, typically an enum:
+//!   `File(path)`, `Staged(path)`), stored as its JSON text and read back as that type.
 //!
 //! [`redistribute`] is the pure function that does this; [`StateSnapshot::encode`] and
 //! [`StateSnapshot::decode`] are the versioned binary form written into checkpoint files.
 //!
-//! # Binary format, version 1
+//! # Binary format, version 2
 //!
 //! All integers little-endian.
 //!
 //! ```text
 //! magic    8 bytes   "WEIRSTAT"
-//! version  u16       1
+//! version  u16       2
 //! count    u32       number of entries
 //! count × entry:
 //!   tag    u8        0 = key group, 1 = union
 //!   tag 0: u32       key group
-//!   tag 1: u32 len, then len bytes of UTF-8: the union entry's name
+//!   tag 1: u32 len, then len bytes of UTF-8: the union key as JSON
 //!   size   u64       payload length, then size bytes of payload
 //! ```
+//!
+//! Version 1 (before union keys were typed) is read too: its union names become JSON strings.
 //!
 //! Nothing may follow the last entry. The file's integrity is checked by the checksum in the
 //! [`Manifest`](crate::Manifest) before it is decoded; decoding still checks every length, so a
 //! corrupt file gives an error, never a panic or a huge allocation.
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use weir_types::key_group::subtask_of_key_group;
 use weir_types::{Error, ErrorKind, Result};
 
 /// The first bytes of every encoded state file.
 pub const STATE_MAGIC: &[u8; 8] = b"WEIRSTAT";
 /// The version of the binary format written by [`StateSnapshot::encode`].
-pub const STATE_FORMAT_VERSION: u16 = 1;
+pub const STATE_FORMAT_VERSION: u16 = 2;
+
+/// The key of a union entry: a typed value of the operator's choosing, kept as its JSON text.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use weir_checkpoint::StateSnapshot;
+///
+/// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// enum Key { File(String), Epoch(u32) }
+///
+/// let mut s = StateSnapshot::new();
+/// s.push_union(&Key::File("a.txt".into()), b"42".to_vec()).unwrap();
+/// let (key, bytes) = s.unions::<Key>().next().unwrap().unwrap();
+/// assert_eq!((key, bytes), (Key::File("a.txt".into()), &b"42"[..]));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnionKey(String);
+
+impl UnionKey {
+    /// The key `key`. Errors (kind `Internal`) only when `key`'s `Serialize` fails (a map with
+    /// keys that are not strings, a failing custom impl).
+    pub fn new<K: Serialize + ?Sized>(key: &K) -> Result<Self> {
+        serde_json::to_string(key).map(UnionKey).map_err(|e| {
+            Error::internal(format!(
+                "cannot write a state key of type {}",
+                std::any::type_name::<K>()
+            ))
+            .with_source(e)
+        })
+    }
+
+    /// Reads the key as a `K`. Errors (kind `Io`: it comes from a checkpoint) when it is not one.
+    pub fn parse<K: DeserializeOwned>(&self) -> Result<K> {
+        serde_json::from_str(&self.0).map_err(|e| {
+            corrupt(format!(
+                "union key {} is not a {}",
+                self.0,
+                std::any::type_name::<K>()
+            ))
+            .with_source(e)
+        })
+    }
+
+    /// The key's JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for UnionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 const TAG_KEY_GROUP: u8 = 0;
 const TAG_UNION: u8 = 1;
@@ -49,8 +109,8 @@ const TAG_UNION: u8 = 1;
 pub enum StateKey {
     /// Keyed state of one key group (`0..max_parallelism`); restored to the subtask owning it.
     KeyGroup(u32),
-    /// Non-keyed list state under a name; restored to every subtask of the node.
-    Union(String),
+    /// Non-keyed list state under a typed key; restored to every subtask of the node.
+    Union(UnionKey),
 }
 
 /// One piece of state: opaque bytes under a routing key.
@@ -91,12 +151,18 @@ impl StateSnapshot {
         });
     }
 
-    /// Adds a union entry under `name`.
-    pub fn push_union(&mut self, name: impl Into<String>, bytes: impl Into<Vec<u8>>) {
+    /// Adds a union entry under `key` (any serde value; see [`UnionKey`]). Errors only when the
+    /// key cannot be serialised.
+    pub fn push_union<K: Serialize + ?Sized>(
+        &mut self,
+        key: &K,
+        bytes: impl Into<Vec<u8>>,
+    ) -> Result<()> {
         self.entries.push(StateEntry {
-            key: StateKey::Union(name.into()),
+            key: StateKey::Union(UnionKey::new(key)?),
             bytes: bytes.into(),
         });
+        Ok(())
     }
 
     /// The payloads of the keyed entries of `key_group`, in order.
@@ -107,10 +173,17 @@ impl StateSnapshot {
         })
     }
 
-    /// The union entries as `(name, payload)`, in order.
-    pub fn unions(&self) -> impl Iterator<Item = (&str, &[u8])> {
+    /// The union entries as `(key, payload)`, in order, each key read as a `K`; a key that is
+    /// not a `K` is an error (kind `Io`) naming it.
+    pub fn unions<K: DeserializeOwned>(&self) -> impl Iterator<Item = Result<(K, &[u8])>> {
+        self.union_entries()
+            .map(|(k, b)| k.parse::<K>().map(|k| (k, b)))
+    }
+
+    /// The union entries as `(key, payload)`, in order, with their keys as written.
+    pub fn union_entries(&self) -> impl Iterator<Item = (&UnionKey, &[u8])> {
         self.entries.iter().filter_map(|e| match &e.key {
-            StateKey::Union(name) => Some((name.as_str(), e.bytes.as_slice())),
+            StateKey::Union(key) => Some((key, e.bytes.as_slice())),
             StateKey::KeyGroup(_) => None,
         })
     }
@@ -127,7 +200,7 @@ impl StateSnapshot {
             .iter()
             .map(|e| match &e.key {
                 StateKey::KeyGroup(_) => 1 + 4 + 8,
-                StateKey::Union(name) => 1 + 4 + name.len() + 8,
+                StateKey::Union(key) => 1 + 4 + key.0.len() + 8,
             })
             .sum();
         let mut out = Vec::with_capacity(14 + framing + self.payload_bytes() as usize);
@@ -140,10 +213,10 @@ impl StateSnapshot {
                     out.push(TAG_KEY_GROUP);
                     out.extend_from_slice(&kg.to_le_bytes());
                 }
-                StateKey::Union(name) => {
+                StateKey::Union(key) => {
                     out.push(TAG_UNION);
-                    out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(&(key.0.len() as u32).to_le_bytes());
+                    out.extend_from_slice(key.0.as_bytes());
                 }
             }
             out.extend_from_slice(&(entry.bytes.len() as u64).to_le_bytes());
@@ -162,7 +235,7 @@ impl StateSnapshot {
             return Err(corrupt("it does not start with the state magic bytes"));
         }
         let version = r.u16()?;
-        if version != STATE_FORMAT_VERSION {
+        if version != STATE_FORMAT_VERSION && version != 1 {
             return Err(corrupt(format!(
                 "unsupported state format version {version} (this build reads version {STATE_FORMAT_VERSION})"
             )));
@@ -184,7 +257,11 @@ impl StateSnapshot {
                     let len = r.u32()? as usize;
                     let name = std::str::from_utf8(r.take(len)?)
                         .map_err(|_| corrupt(format!("entry {i} has a name that is not UTF-8")))?;
-                    StateKey::Union(name.to_owned())
+                    if version == 1 {
+                        StateKey::Union(UnionKey::new(name)?)
+                    } else {
+                        StateKey::Union(UnionKey(name.to_owned()))
+                    }
                 }
                 tag => return Err(corrupt(format!("entry {i} has unknown tag {tag}"))),
             };
@@ -294,18 +371,7 @@ pub fn redistribute(
         for entry in snapshot.entries {
             match entry.key {
                 StateKey::KeyGroup(kg) => {
-                    if kg >= max_parallelism {
-                        return Err(corrupt(format!(
-                            "old subtask {subtask} holds key group {kg}, but the max parallelism \
-                             is {max_parallelism}"
-                        )));
-                    }
-                    if new_parallelism > max_parallelism {
-                        return Err(Error::config(format!(
-                            "cannot restore keyed state at parallelism {new_parallelism}: it must \
-                             not exceed the max parallelism {max_parallelism}"
-                        )));
-                    }
+                    check_key_group(kg, subtask, new_parallelism, max_parallelism)?;
                     let owner = subtask_of_key_group(kg, max_parallelism, new_parallelism);
                     new[owner as usize].entries.push(StateEntry {
                         key: StateKey::KeyGroup(kg),
@@ -323,6 +389,68 @@ pub fn redistribute(
     Ok(new)
 }
 
+/// The state that new subtask `subtask` of `new_parallelism` restores from: exactly
+/// [`redistribute`]`(old, new_parallelism, max_parallelism)[subtask]`, without building the
+/// other subtasks' shares (each task reads its own state on restore).
+///
+/// Errors as [`redistribute`] does, and (kind `Internal`) when `subtask >= new_parallelism`.
+pub fn state_for_subtask(
+    mut old: Vec<(u32, StateSnapshot)>,
+    new_parallelism: u32,
+    max_parallelism: u32,
+    subtask: u32,
+) -> Result<StateSnapshot> {
+    if new_parallelism == 0 {
+        return Err(Error::config("cannot restore state at parallelism 0"));
+    }
+    if subtask >= new_parallelism {
+        return Err(Error::internal(format!(
+            "subtask {subtask} does not exist at parallelism {new_parallelism}"
+        )));
+    }
+    old.sort_by_key(|(subtask, _)| *subtask);
+    if let Some(w) = old.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(corrupt(format!("old subtask {} appears twice", w[0].0)));
+    }
+    let mut mine = StateSnapshot::new();
+    for (old_subtask, snapshot) in old {
+        for entry in snapshot.entries {
+            match entry.key {
+                StateKey::KeyGroup(kg) => {
+                    check_key_group(kg, old_subtask, new_parallelism, max_parallelism)?;
+                    if subtask_of_key_group(kg, max_parallelism, new_parallelism) == subtask {
+                        mine.entries.push(entry);
+                    }
+                }
+                StateKey::Union(_) => mine.entries.push(entry),
+            }
+        }
+    }
+    Ok(mine)
+}
+
+/// Whether keyed state of `kg` (from old subtask `subtask`) can be restored at `new_parallelism`.
+fn check_key_group(
+    kg: u32,
+    subtask: u32,
+    new_parallelism: u32,
+    max_parallelism: u32,
+) -> Result<()> {
+    if kg >= max_parallelism {
+        return Err(corrupt(format!(
+            "old subtask {subtask} holds key group {kg}, but the max parallelism is \
+             {max_parallelism}"
+        )));
+    }
+    if new_parallelism > max_parallelism {
+        return Err(Error::config(format!(
+            "cannot restore keyed state at parallelism {new_parallelism}: it must not exceed the \
+             max parallelism {max_parallelism}"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,7 +466,7 @@ mod tests {
 
     fn union(n: &str, b: &[u8]) -> StateEntry {
         StateEntry {
-            key: StateKey::Union(n.into()),
+            key: StateKey::Union(UnionKey::new(n).expect("key")),
             bytes: b.to_vec(),
         }
     }
@@ -439,14 +567,21 @@ mod tests {
     fn encoding_is_pinned() {
         let mut s = StateSnapshot::new();
         s.push_keyed(2, *b"ab");
-        s.push_union("u", *b"");
+        s.push_union("u", *b"").expect("key");
         let bytes = s.encode();
         let mut expected = b"WEIRSTAT".to_vec();
-        expected.extend_from_slice(&[1, 0, 2, 0, 0, 0]);
+        expected.extend_from_slice(&[2, 0, 2, 0, 0, 0]);
         expected.extend_from_slice(&[0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, b'a', b'b']);
-        expected.extend_from_slice(&[1, 1, 0, 0, 0, b'u', 0, 0, 0, 0, 0, 0, 0, 0]);
+        expected.extend_from_slice(&[1, 3, 0, 0, 0, b'"', b'u', b'"', 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(bytes, expected);
         assert_eq!(StateSnapshot::decode(&bytes).expect("decode"), s);
+        // Version 1 wrote plain names: they read as JSON strings.
+        let mut v1 = b"WEIRSTAT".to_vec();
+        v1.extend_from_slice(&[1, 0, 1, 0, 0, 0]);
+        v1.extend_from_slice(&[1, 1, 0, 0, 0, b'u', 0, 0, 0, 0, 0, 0, 0, 0]);
+        let old = StateSnapshot::decode(&v1).expect("decode v1");
+        let keys: Vec<String> = old.unions::<String>().map(|r| r.expect("key").0).collect();
+        assert_eq!(keys, ["u"]);
     }
 
     #[test]
@@ -486,7 +621,7 @@ mod tests {
             }),
             ("[a-z]{0,4}", proptest::collection::vec(any::<u8>(), 0..8)).prop_map(|(n, b)| {
                 StateEntry {
-                    key: StateKey::Union(n),
+                    key: StateKey::Union(UnionKey::new(&n).expect("key")),
                     bytes: b,
                 }
             }),
@@ -562,6 +697,16 @@ mod tests {
             let new = redistribute(old.clone(), old_p, max).expect("redistribute");
             let old: Vec<StateSnapshot> = old.into_iter().map(|(_, s)| s).collect();
             prop_assert_eq!(new, old);
+        }
+
+        #[test]
+        fn one_subtask_gets_what_redistribute_gives_it(input in arb_old()) {
+            let (max, _old_p, new_p, old) = input;
+            let all = redistribute(old.clone(), new_p, max).expect("redistribute");
+            for (i, want) in all.into_iter().enumerate() {
+                let got = state_for_subtask(old.clone(), new_p, max, i as u32).expect("one");
+                prop_assert_eq!(got, want);
+            }
         }
 
         #[test]

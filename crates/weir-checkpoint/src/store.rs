@@ -9,7 +9,13 @@
 //! <root>/chk-0000000012/map-0.state     one file per subtask that has state, written first
 //! <root>/chk-0000000012/map-1.state
 //! <root>/chk-0000000012/_MANIFEST       written last: its presence makes checkpoint 12 complete
+//! <root>/logs/<node>/…                   objects a node keeps across checkpoints (LogStore)
 //! ```
+//!
+//! Each task writes its own state files ([`CheckpointStore::encode_state`], then
+//! [`CheckpointStore::write_encoded`]) and acknowledges the checkpoint with their
+//! [`FileEntry`]s; the coordinator writes only the manifest. On restore each task reads its own
+//! share ([`CheckpointStore::read_subtask_state`]). A subtask whose state is empty writes no file.
 //!
 //! Folder names are `chk-` and the id in at least 10 digits, so they sort by id. A state file is
 //! named after its node and subtask (`<node>-<subtask>.state`); node names are escaped so that any
@@ -39,7 +45,7 @@
 //!   backend's single PUT (5 GiB on S3) per state file.
 
 use crate::manifest::{Checksum, FileEntry, Manifest};
-use crate::state::{StateSnapshot, redistribute};
+use crate::state::{StateSnapshot, redistribute, state_for_subtask};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
@@ -54,6 +60,8 @@ use weir_types::{CheckpointId, Error, ErrorKind, Result};
 pub const MANIFEST_NAME: &str = "_MANIFEST";
 
 const FOLDER_PREFIX: &str = "chk-";
+/// The folder, under the root, of the objects nodes keep across checkpoints.
+const LOGS_FOLDER: &str = "logs";
 /// How many files are read or verified at once.
 const IO_CONCURRENCY: usize = 8;
 
@@ -97,6 +105,96 @@ pub struct CheckpointInfo {
     pub created_at_ms: Option<u64>,
     /// Why the checkpoint is not complete (`None` when complete).
     pub problem: Option<String>,
+}
+
+/// A state file encoded by [`CheckpointStore::encode_state`], not yet written.
+#[derive(Debug, Clone)]
+pub struct EncodedState {
+    /// Its manifest entry.
+    pub entry: FileEntry,
+    bytes: Bytes,
+}
+
+/// Objects one node keeps beside its checkpoints, across them: `<root>/logs/<node>/<name>`. The
+/// `infer` operator keeps its results log here, so that a restore on another machine finds it.
+/// Checkpoint folders, [`CheckpointStore::retain`] and [`CheckpointStore::list`] never touch
+/// these objects; the node deletes what it no longer needs.
+///
+/// Names are `/`-free object names chosen by the node. Each object is written whole
+/// (`put`), never appended to, so a reader sees it whole or not at all.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+}
+
+impl LogStore {
+    /// A log store at `prefix` of `store` (tests; jobs get theirs from
+    /// [`CheckpointStore::log_store`]).
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: Path) -> Self {
+        LogStore { store, prefix }
+    }
+
+    fn path(&self, name: &str) -> Path {
+        self.prefix.clone().join(name)
+    }
+
+    fn io_error(&self, what: &str, path: &Path, e: object_store::Error) -> Error {
+        Error::io(format!("{what} {path} in {}", self.store)).with_source(e)
+    }
+
+    /// Writes object `name` (replacing one of that name).
+    pub async fn put(&self, name: &str, bytes: Bytes) -> Result<()> {
+        let path = self.path(name);
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.io_error("cannot write", &path, e))?;
+        Ok(())
+    }
+
+    /// Reads object `name`; `None` when it does not exist.
+    pub async fn get(&self, name: &str) -> Result<Option<Bytes>> {
+        let path = self.path(name);
+        let result = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.io_error("cannot read", &path, e)),
+        }
+    }
+
+    /// The names of every object, sorted.
+    pub async fn list(&self) -> Result<Vec<String>> {
+        let objects: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.io_error("cannot list", &self.prefix, e))?;
+        let mut names: Vec<String> = objects
+            .into_iter()
+            .filter_map(|m| {
+                let mut rest = m.location.prefix_match(&self.prefix)?;
+                let first = rest.next()?;
+                rest.next().is_none().then(|| first.as_ref().to_owned())
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Deletes object `name`; deleting one that does not exist is not an error.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path(name);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.io_error("cannot delete", &path, e)),
+        }
+    }
 }
 
 /// Writes, verifies, reads, lists and prunes checkpoints under one root of an object store.
@@ -171,8 +269,36 @@ impl CheckpointStore {
         format!("{}-{subtask}.state", escape_node(node))
     }
 
-    /// Encodes `state` and writes it as the file of `subtask` of `node` in checkpoint `id`.
-    /// Returns the entry to put into the manifest (the checksum is over the bytes written).
+    /// Encodes `state` as the file of `subtask` of `node`, with its manifest entry (the checksum
+    /// is over the encoded bytes). Pure CPU work, proportional to the state's size: run it where
+    /// blocking is allowed.
+    pub fn encode_state(node: &str, subtask: u32, state: &StateSnapshot) -> EncodedState {
+        let bytes = Bytes::from(state.encode());
+        EncodedState {
+            entry: FileEntry {
+                subtask,
+                path: Self::state_file_name(node, subtask),
+                size: bytes.len() as u64,
+                checksum: Checksum::of(&bytes),
+            },
+            bytes,
+        }
+    }
+
+    /// Writes an encoded state file into checkpoint `id`; returns its manifest entry.
+    ///
+    /// Errors (kind `Io`, naming the path) when the write fails: decline checkpoint `id`.
+    pub async fn write_encoded(&self, id: CheckpointId, state: EncodedState) -> Result<FileEntry> {
+        let path = object_path(&self.folder(id), &state.entry.path);
+        self.store
+            .put(&path, PutPayload::from(state.bytes))
+            .await
+            .map_err(|e| self.io_error("cannot write checkpoint file", &path, e))?;
+        Ok(state.entry)
+    }
+
+    /// Encodes `state` and writes it as the file of `subtask` of `node` in checkpoint `id`
+    /// ([`encode_state`](Self::encode_state) then [`write_encoded`](Self::write_encoded)).
     ///
     /// Errors (kind `Io`, naming the path) when the write fails: decline checkpoint `id`.
     pub async fn write_state(
@@ -182,20 +308,16 @@ impl CheckpointStore {
         subtask: u32,
         state: &StateSnapshot,
     ) -> Result<FileEntry> {
-        let name = Self::state_file_name(node, subtask);
-        let bytes = Bytes::from(state.encode());
-        let entry = FileEntry {
-            subtask,
-            path: name.clone(),
-            size: bytes.len() as u64,
-            checksum: Checksum::of(&bytes),
-        };
-        let path = self.folder(id).join(name.as_str());
-        self.store
-            .put(&path, PutPayload::from(bytes))
+        self.write_encoded(id, Self::encode_state(node, subtask, state))
             .await
-            .map_err(|e| self.io_error("cannot write checkpoint file", &path, e))?;
-        Ok(entry)
+    }
+
+    /// The store of the objects `node` keeps across checkpoints (see [`LogStore`]).
+    pub fn log_store(&self, node: &str) -> LogStore {
+        LogStore {
+            store: self.store.clone(),
+            prefix: self.root.clone().join(LOGS_FOLDER).join(escape_node(node)),
+        }
     }
 
     /// Writes the manifest of `manifest.checkpoint_id`, which makes that checkpoint complete. Call
@@ -285,6 +407,40 @@ impl CheckpointStore {
         }
     }
 
+    /// The state new subtask `subtask` of `node` restores from at `new_parallelism`: its key
+    /// groups and every union entry, from every file of the node (see [`state_for_subtask`]).
+    /// Empty when the node wrote no state.
+    ///
+    /// Errors (kind `Io`) when a file cannot be read, or is missing or damaged.
+    pub async fn read_subtask_state(
+        &self,
+        manifest: &Manifest,
+        node: &str,
+        new_parallelism: u32,
+        subtask: u32,
+    ) -> Result<StateSnapshot> {
+        let old = self.read_node(manifest, node).await?;
+        state_for_subtask(old, new_parallelism, manifest.max_parallelism, subtask)
+            .map_err(|e| e.in_operator(node))
+    }
+
+    async fn read_node(
+        &self,
+        manifest: &Manifest,
+        node: &str,
+    ) -> Result<Vec<(u32, StateSnapshot)>> {
+        let files: Vec<FileEntry> = manifest
+            .node(node)
+            .map(|n| n.files.clone())
+            .unwrap_or_default();
+        let id = manifest.checkpoint_id;
+        futures::stream::iter(files)
+            .map(|f| async move { Ok::<_, Error>((f.subtask, self.read_file(id, &f).await?)) })
+            .buffered(IO_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
     /// Reads every state file of `node` and [`redistribute`]s it to `new_parallelism` subtasks
     /// (index = new subtask), under the manifest's `max_parallelism`.
     pub async fn restore_node(
@@ -293,16 +449,7 @@ impl CheckpointStore {
         node: &str,
         new_parallelism: u32,
     ) -> Result<Vec<StateSnapshot>> {
-        let files: Vec<FileEntry> = manifest
-            .node(node)
-            .map(|n| n.files.clone())
-            .unwrap_or_default();
-        let id = manifest.checkpoint_id;
-        let old: Vec<(u32, StateSnapshot)> = futures::stream::iter(files)
-            .map(|f| async move { Ok::<_, Error>((f.subtask, self.read_file(id, &f).await?)) })
-            .buffered(IO_CONCURRENCY)
-            .try_collect()
-            .await?;
+        let old = self.read_node(manifest, node).await?;
         redistribute(old, new_parallelism, manifest.max_parallelism)
             .map_err(|e| e.in_operator(node))
     }
@@ -594,7 +741,8 @@ mod tests {
     fn snapshot(tag: &str) -> StateSnapshot {
         let mut s = StateSnapshot::new();
         s.push_keyed(3, format!("{tag}-keyed").into_bytes());
-        s.push_union("pos", format!("{tag}-union").into_bytes());
+        s.push_union("pos", format!("{tag}-union").into_bytes())
+            .expect("key");
         s
     }
 
@@ -658,7 +806,7 @@ mod tests {
         assert_eq!(restored[1].keyed(3).count(), 2);
         for s in &restored {
             assert_eq!(
-                s.unions().count(),
+                s.union_entries().count(),
                 2,
                 "every subtask sees both union entries"
             );
@@ -991,6 +1139,60 @@ mod tests {
                 snapshot(n)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn each_subtask_reads_its_own_share() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        let m = write_checkpoint(&store, 1).await;
+        let all = store.restore_node(&m, "map", 3).await.expect("restore");
+        for (i, want) in all.iter().enumerate() {
+            let got = store
+                .read_subtask_state(&m, "map", 3, i as u32)
+                .await
+                .expect("read");
+            assert_eq!(&got, want, "subtask {i}");
+        }
+        assert!(
+            store
+                .read_subtask_state(&m, "absent", 2, 0)
+                .await
+                .expect("absent")
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_log_store_keeps_objects_beside_the_checkpoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        write_checkpoint(&store, 1).await;
+        let log = store.log_store("infer a/b");
+        log.put("b.arrow", Bytes::from_static(b"two"))
+            .await
+            .expect("put");
+        log.put("a.arrow", Bytes::from_static(b"one"))
+            .await
+            .expect("put");
+        store
+            .log_store("other")
+            .put("x", Bytes::from_static(b"x"))
+            .await
+            .expect("put");
+        assert_eq!(log.list().await.expect("list"), ["a.arrow", "b.arrow"]);
+        assert_eq!(
+            log.get("a.arrow").await.expect("get").as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(log.get("c.arrow").await.expect("get"), None);
+        // Checkpoints do not see it, and pruning leaves it alone.
+        assert_eq!(store.ids().await.expect("ids"), vec![1]);
+        assert_eq!(store.list().await.expect("list").len(), 1);
+        store.retain(0).await.expect("retain");
+        log.delete("a.arrow").await.expect("delete");
+        log.delete("a.arrow").await.expect("deleting twice is fine");
+        assert_eq!(log.list().await.expect("list"), ["b.arrow"]);
     }
 
     #[test]

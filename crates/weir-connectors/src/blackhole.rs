@@ -3,7 +3,8 @@
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext, TaskInfo};
 use weir_types::Result;
 
@@ -12,7 +13,7 @@ use weir_types::Result;
 /// ```yaml
 /// sink: { type: blackhole }
 /// ```
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlackholeSinkSpec {}
 
@@ -25,6 +26,18 @@ impl BlackholeSinkSpec {
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
         "blackhole sink (drops all rows)".to_string()
+    }
+}
+
+impl kind::Spec for BlackholeSinkSpec {
+    fn describe(&self) -> String {
+        BlackholeSinkSpec::describe(self)
+    }
+}
+
+impl kind::SinkSpec for BlackholeSinkSpec {
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        BlackholeSinkSpec::create(self, ctx.info(), ctx.input()?.clone())
     }
 }
 

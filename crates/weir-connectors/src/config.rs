@@ -2,13 +2,13 @@
 //! declared schemas (a list of `{name, type}`).
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::sync::Arc;
 use std::time::Duration;
 use weir_types::{Error, Result};
 
 /// One column of a declared schema, as a pipeline spec gives it: `{name: id, type: int64}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     /// The column name (required).
@@ -139,6 +139,27 @@ pub fn de_delimiter<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u8, 
             "invalid delimiter '{s}': expected one ASCII character other than a quote or newline"
         ))),
     }
+}
+
+/// Serializes a duration as the text [`de_duration`] reads (`"1s"`, `"250ms"`).
+pub fn ser_duration<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+/// Serializes an optional duration as [`de_opt_duration`] reads it.
+pub fn ser_opt_duration<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Serializes a delimiter byte as the one-character text [`de_delimiter`] reads.
+pub fn ser_delimiter<S: Serializer>(b: &u8, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&char::from(*b).to_string())
 }
 
 pub(crate) fn default_poll_interval() -> Duration {

@@ -3,8 +3,9 @@
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext, TaskInfo};
 use weir_types::{Error, Result};
 
@@ -18,7 +19,7 @@ fn default_max_rows() -> usize {
 /// ```yaml
 /// sink: { type: console, max_rows: 50 }
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleSinkSpec {
     /// Most rows printed per subtask (default 20).
@@ -49,6 +50,23 @@ impl ConsoleSinkSpec {
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
         format!("console sink (first {} rows)", self.max_rows)
+    }
+}
+
+impl kind::Spec for ConsoleSinkSpec {
+    fn describe(&self) -> String {
+        ConsoleSinkSpec::describe(self)
+    }
+
+    /// The console is one.
+    fn single_instance(&self) -> bool {
+        true
+    }
+}
+
+impl kind::SinkSpec for ConsoleSinkSpec {
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        ConsoleSinkSpec::create(self, ctx.info(), ctx.input()?.clone())
     }
 }
 

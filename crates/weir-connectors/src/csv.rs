@@ -12,10 +12,11 @@ use crate::file_source::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io::BufReader;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_runtime::kind;
 use weir_runtime::{Source, TaskInfo};
 use weir_types::{Error, Result};
 
@@ -49,7 +50,7 @@ fn default_delimiter() -> u8 {
 /// With a header, columns are matched by name (a file may order them differently or have extra
 /// columns; a missing column is an error for that file). Without one, they are matched by position
 /// and inferred columns are named `column_1`, `column_2`, ... Empty fields are null.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsvSourceSpec {
     /// One file, a glob (`data/*.csv`) or a directory (all its `.csv` and `.tsv` files, sorted by
@@ -61,7 +62,8 @@ pub struct CsvSourceSpec {
     /// How often to list the input again in continuous mode (default `"1s"`).
     #[serde(
         default = "default_poll_interval",
-        deserialize_with = "crate::config::de_duration"
+        deserialize_with = "crate::config::de_duration",
+        serialize_with = "crate::config::ser_duration"
     )]
     pub poll_interval: Duration,
     /// Rows per batch (default 8192).
@@ -71,7 +73,11 @@ pub struct CsvSourceSpec {
     #[serde(default = "default_true")]
     pub has_header: bool,
     /// The field delimiter, one ASCII character (default `","`; `"\t"` for tabs).
-    #[serde(default = "default_delimiter", deserialize_with = "de_delimiter")]
+    #[serde(
+        default = "default_delimiter",
+        deserialize_with = "de_delimiter",
+        serialize_with = "crate::config::ser_delimiter"
+    )]
     pub delimiter: u8,
     /// The declared schema (default none: inferred from the first 1000 rows of the first file).
     #[serde(default)]
@@ -161,6 +167,22 @@ impl CsvSourceSpec {
             char::from(self.delimiter),
             self.batch_size
         )
+    }
+}
+
+impl kind::Spec for CsvSourceSpec {
+    fn describe(&self) -> String {
+        CsvSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for CsvSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        CsvSourceSpec::schema(self)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        CsvSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
     }
 }
 

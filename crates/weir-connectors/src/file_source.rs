@@ -333,20 +333,21 @@ impl FilePosition {
     }
 }
 
-/// The union entry name of `file`'s position.
-fn entry_name(file: &str) -> String {
-    format!("file:{file}")
+/// The key of a file source's union state entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum PositionKey {
+    /// The position in this file.
+    File(String),
 }
 
-/// Reads the `file:` entries of a restored state, keeping the furthest position per file.
+/// Reads the positions of a restored state, keeping the furthest position per file.
 pub(crate) fn restored_positions(
     state: &weir_runtime::StateSnapshot,
 ) -> Result<HashMap<String, FilePosition>> {
     let mut out: HashMap<String, FilePosition> = HashMap::new();
-    for (name, bytes) in state.unions() {
-        let Some(file) = name.strip_prefix("file:") else {
-            continue;
-        };
+    for entry in state.unions::<PositionKey>() {
+        let (PositionKey::File(file), bytes) = entry?;
+        let file = file.as_str();
         let pos: FilePosition = serde_json::from_slice(bytes).map_err(|e| {
             Error::io(format!("checkpoint state of file {file} is corrupt")).with_source(e)
         })?;
@@ -732,7 +733,7 @@ impl Source for FileSource {
         for (name, pos) in &self.positions {
             let bytes = serde_json::to_vec(pos)
                 .map_err(|e| Error::internal("cannot encode source state").with_source(e))?;
-            snap.push_union(entry_name(name), bytes);
+            snap.push_union(&PositionKey::File(name.clone()), bytes)?;
         }
         Ok(snap)
     }

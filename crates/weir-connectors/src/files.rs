@@ -18,11 +18,12 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weir_runtime::kind;
 use weir_runtime::{OperatorContext, Source, SourceEvent, TaskInfo};
 use weir_store::{Location, StorageOptions};
 use weir_types::multimodal::object_ref_field;
@@ -63,7 +64,7 @@ const FETCH_CONCURRENCY: usize = 8;
 /// `s3://bucket/key` for objects, percent-encoded so that `fetch` decodes them back to the same
 /// file whatever its name. Hidden names (starting with `.`) are skipped. S3 is configured by
 /// weir-store's credential policy (the `AWS_*` environment, then `storage`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesSourceSpec {
     /// Where to list: a local path (file or directory), `file:///abs/dir`, or `s3://bucket/prefix`.
@@ -86,7 +87,8 @@ pub struct FilesSourceSpec {
     /// How often to list again in continuous mode (default `"1s"`).
     #[serde(
         default = "default_poll_interval",
-        deserialize_with = "crate::config::de_duration"
+        deserialize_with = "crate::config::de_duration",
+        serialize_with = "crate::config::ser_duration"
     )]
     pub poll_interval: Duration,
     /// Rows (files) per batch (default 64).
@@ -280,6 +282,22 @@ impl FilesSourceSpec {
                 })
             }
         }
+    }
+}
+
+impl kind::Spec for FilesSourceSpec {
+    fn describe(&self) -> String {
+        FilesSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for FilesSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        FilesSourceSpec::schema(self)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        FilesSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
     }
 }
 
@@ -544,6 +562,13 @@ fn decode(key: &str) -> String {
         .into_owned()
 }
 
+/// The key of the files source's union state entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum FilesKey {
+    /// The listing progress of one instance (by its subtask index).
+    Progress(u32),
+}
+
 #[async_trait]
 impl Source for FilesSource {
     fn schema(&self) -> SchemaRef {
@@ -553,12 +578,13 @@ impl Source for FilesSource {
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         if let Some(state) = ctx.restored_state() {
             let mut entries = Vec::new();
-            for (name, bytes) in state.unions() {
-                if !name.starts_with("files:") {
-                    continue;
-                }
+            for entry in state.unions::<FilesKey>() {
+                let (FilesKey::Progress(subtask), bytes) = entry?;
                 let p: Progress = serde_json::from_slice(bytes).map_err(|e| {
-                    Error::io(format!("checkpoint state entry '{name}' is corrupt")).with_source(e)
+                    Error::io(format!(
+                        "checkpoint state of files instance {subtask} is corrupt"
+                    ))
+                    .with_source(e)
                 })?;
                 entries.push(p);
             }
@@ -662,7 +688,7 @@ impl Source for FilesSource {
         let bytes = serde_json::to_vec(&progress)
             .map_err(|e| Error::internal("cannot encode source state").with_source(e))?;
         let mut snap = weir_runtime::StateSnapshot::new();
-        snap.push_union(format!("files:{}", self.subtask), bytes);
+        snap.push_union(&FilesKey::Progress(self.subtask), bytes)?;
         Ok(snap)
     }
 }

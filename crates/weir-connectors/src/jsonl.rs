@@ -17,11 +17,12 @@ use crate::two_phase::{Layout, TwoPhase, blocking};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext, Source, TaskInfo};
 use weir_types::{Barrier, CheckpointId, Error, Result};
 
@@ -39,7 +40,7 @@ fn default_batch_size() -> usize {
 /// ```yaml
 /// source: { type: jsonl, path: "logs/*.jsonl", schema: [{name: id, type: int64}, {name: msg, type: utf8}] }
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSourceSpec {
     /// One file, a glob (`logs/*.jsonl`) or a directory (all its `.jsonl`, `.ndjson` and `.json`
@@ -51,7 +52,8 @@ pub struct JsonlSourceSpec {
     /// How often to list the input again in continuous mode (default `"1s"`).
     #[serde(
         default = "default_poll_interval",
-        deserialize_with = "crate::config::de_duration"
+        deserialize_with = "crate::config::de_duration",
+        serialize_with = "crate::config::ser_duration"
     )]
     pub poll_interval: Duration,
     /// Rows per batch (default 8192).
@@ -112,6 +114,22 @@ impl JsonlSourceSpec {
             "jsonl source {} ({mode}, {schema}, batches of {} rows)",
             self.path, self.batch_size
         )
+    }
+}
+
+impl kind::Spec for JsonlSourceSpec {
+    fn describe(&self) -> String {
+        JsonlSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for JsonlSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        JsonlSourceSpec::schema(self)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        JsonlSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
     }
 }
 
@@ -410,7 +428,7 @@ impl FileReader for JsonlReader {
 /// ```yaml
 /// sink: { type: jsonl, path: out/errors.jsonl }
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSinkSpec {
     /// The output file (`.jsonl`/`.json`, parallelism 1) or directory. Required.
@@ -472,6 +490,18 @@ impl JsonlSinkSpec {
         } else {
             format!("jsonl sink {} (part-NNN.jsonl per subtask)", self.path)
         }
+    }
+}
+
+impl kind::Spec for JsonlSinkSpec {
+    fn describe(&self) -> String {
+        JsonlSinkSpec::describe(self)
+    }
+}
+
+impl kind::SinkSpec for JsonlSinkSpec {
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        JsonlSinkSpec::create(self, ctx.info(), ctx.input()?.clone())
     }
 }
 

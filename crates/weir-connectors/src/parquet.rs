@@ -15,10 +15,11 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::file::properties::WriterProperties;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext, Source, TaskInfo};
 use weir_types::{Barrier, CheckpointId, Error, Result};
 
@@ -33,7 +34,7 @@ fn default_batch_size() -> usize {
 /// ```yaml
 /// source: { type: parquet, path: data/events/, continuous: true, poll_interval: 5s }
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSourceSpec {
     /// One file, a glob (`data/*.parquet`) or a directory (all its `.parquet` files, sorted by
@@ -46,7 +47,8 @@ pub struct ParquetSourceSpec {
     /// How often to list the input again in continuous mode (default `"1s"`).
     #[serde(
         default = "default_poll_interval",
-        deserialize_with = "crate::config::de_duration"
+        deserialize_with = "crate::config::de_duration",
+        serialize_with = "crate::config::ser_duration"
     )]
     pub poll_interval: Duration,
     /// Rows per batch (default 8192).
@@ -97,6 +99,27 @@ impl ParquetSourceSpec {
             "parquet source {} ({mode}, batches of {} rows)",
             self.path, self.batch_size
         )
+    }
+}
+
+impl kind::Spec for ParquetSourceSpec {
+    fn describe(&self) -> String {
+        ParquetSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for ParquetSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        ParquetSourceSpec::schema(self)
+    }
+
+    /// Its running source reads only the columns it is created with.
+    fn projects(&self) -> bool {
+        true
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        ParquetSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
     }
 }
 
@@ -227,7 +250,7 @@ impl FileReader for ParquetReader {
 }
 
 /// Parquet compression codecs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// Zstandard at its default level (the default).
@@ -284,7 +307,7 @@ fn default_max_file_size() -> u64 {
 /// ```yaml
 /// sink: { type: parquet, path: out/, max_file_size: 256MiB, rollover_interval: 60s }
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkSpec {
     /// The output directory (created if missing). Required.
@@ -294,7 +317,11 @@ pub struct ParquetSinkSpec {
     pub max_file_size: u64,
     /// Also roll over once a file has been open this long, even when no rows arrive (default none:
     /// only size and the end of input close a file).
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_duration",
+        serialize_with = "crate::config::ser_opt_duration"
+    )]
     pub rollover_interval: Option<Duration>,
     /// The compression codec: `zstd` (default), `snappy`, `lz4`, `gzip` or `none`.
     #[serde(default)]
@@ -350,6 +377,18 @@ impl ParquetSinkSpec {
             self.compression.name(),
             bytesize::ByteSize::b(self.max_file_size).display().iec()
         )
+    }
+}
+
+impl kind::Spec for ParquetSinkSpec {
+    fn describe(&self) -> String {
+        ParquetSinkSpec::describe(self)
+    }
+}
+
+impl kind::SinkSpec for ParquetSinkSpec {
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        ParquetSinkSpec::create(self, ctx.info(), ctx.input()?.clone())
     }
 }
 

@@ -14,10 +14,11 @@ use crate::file_source::{
 use arrow::array::{ArrayRef, StringBuilder, UInt64Builder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io::BufReader;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_runtime::kind;
 use weir_runtime::{Source, TaskInfo};
 use weir_types::{Error, Result};
 
@@ -42,7 +43,7 @@ fn default_true() -> bool {
 /// The output schema is `text: Utf8 (not null), uri: Utf8 (not null), line: UInt64 (not null)`:
 /// the record's text (its lines joined with `\n`, without the trailing newline), the file as a
 /// `file:///abs/path` URI, and the 1-based number of the record's first line.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextSourceSpec {
     /// One file, a glob (`texts/*.txt`) or a directory (all its `.txt` and `.text` files, sorted by
@@ -65,7 +66,8 @@ pub struct TextSourceSpec {
     /// How often to list the input again in continuous mode (default `"1s"`).
     #[serde(
         default = "default_poll_interval",
-        deserialize_with = "crate::config::de_duration"
+        deserialize_with = "crate::config::de_duration",
+        serialize_with = "crate::config::ser_duration"
     )]
     pub poll_interval: Duration,
     /// Rows per batch (default 1024).
@@ -147,6 +149,22 @@ impl TextSourceSpec {
             "text source {} ({unit}, {mode}, batches of {} rows)",
             self.path, self.batch_size
         )
+    }
+}
+
+impl kind::Spec for TextSourceSpec {
+    fn describe(&self) -> String {
+        TextSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for TextSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        TextSourceSpec::schema(self)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        TextSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
     }
 }
 

@@ -84,7 +84,16 @@ pub(crate) enum Layout {
     },
 }
 
-/// A file staged for a checkpoint and not yet published: the payload of a `staged:` entry.
+/// The key of a two-phase sink's union state entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum SinkKey {
+    /// A file staged and not yet published (payload: [`Staged`]).
+    Staged(PathBuf),
+    /// The epoch of this subtask (payload: `Epoch`).
+    Epoch(u32),
+}
+
+/// A file staged for a checkpoint and not yet published: the payload of a `Staged` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Staged {
     /// The checkpoint it belongs to.
@@ -233,13 +242,13 @@ impl TwoPhase {
     pub(crate) fn snapshot(&self, id: u64) -> Result<StateSnapshot> {
         let mut snap = StateSnapshot::new();
         for s in &self.staged {
-            snap.push_union(format!("staged:{}", s.staged.display()), enc(s)?);
+            snap.push_union(&SinkKey::Staged(s.staged.clone()), enc(s)?)?;
         }
         let epoch = Epoch {
             checkpoint: id,
             length: self.length,
         };
-        snap.push_union(format!("epoch:{}", self.subtask), enc(&epoch)?);
+        snap.push_union(&SinkKey::Epoch(self.subtask), enc(&epoch)?)?;
         Ok(snap)
     }
 
@@ -266,16 +275,15 @@ impl TwoPhase {
     pub(crate) fn restore(&mut self, state: &StateSnapshot) -> Result<usize> {
         let mut staged: Vec<Staged> = Vec::new();
         let mut epoch: Option<Epoch> = None;
-        for (name, bytes) in state.unions() {
-            if name.starts_with("staged:") {
-                let s: Staged = serde_json::from_slice(bytes).map_err(|e| {
-                    Error::io(format!("checkpoint state entry '{name}' is corrupt")).with_source(e)
-                })?;
+        for entry in state.unions::<SinkKey>() {
+            let (key, bytes) = entry?;
+            let corrupt =
+                |e| Error::io(format!("checkpoint state entry {key:?} is corrupt")).with_source(e);
+            if let SinkKey::Staged(_) = key {
+                let s: Staged = serde_json::from_slice(bytes).map_err(corrupt)?;
                 staged.push(s);
-            } else if name.starts_with("epoch:") {
-                let e: Epoch = serde_json::from_slice(bytes).map_err(|e| {
-                    Error::io(format!("checkpoint state entry '{name}' is corrupt")).with_source(e)
-                })?;
+            } else {
+                let e: Epoch = serde_json::from_slice(bytes).map_err(corrupt)?;
                 if epoch.is_none_or(|old| e.checkpoint > old.checkpoint) {
                     epoch = Some(e);
                 }

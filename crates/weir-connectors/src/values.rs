@@ -6,8 +6,9 @@ use crate::config::{ColumnSpec, declared_schema};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use weir_runtime::kind;
 use weir_runtime::{OperatorContext, Source, SourceEvent, StateSnapshot, TaskInfo};
 use weir_types::{Barrier, Error, Result};
 
@@ -23,7 +24,7 @@ use weir_types::{Barrier, Error, Result};
 /// Each row is a mapping of column to value, read like a JSON Lines row: the schema is declared
 /// with `schema`, or inferred from all the rows (numbers with a fraction are `Float64`, other
 /// numbers `Int64`, text `Utf8`, lists and mappings nested types).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValuesSourceSpec {
     /// The rows. Required, at least one.
@@ -90,8 +91,28 @@ impl ValuesSourceSpec {
     }
 }
 
-/// Name of the union state entry saying the rows were emitted before a checkpoint.
-const EMITTED: &str = "values-emitted";
+impl kind::Spec for ValuesSourceSpec {
+    fn describe(&self) -> String {
+        ValuesSourceSpec::describe(self)
+    }
+}
+
+impl kind::SourceSpec for ValuesSourceSpec {
+    fn schema(&self, _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        ValuesSourceSpec::schema(self)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
+        ValuesSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
+    }
+}
+
+/// The key of the values source's union state entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum ValuesKey {
+    /// The rows were emitted.
+    Emitted,
+}
 
 /// A running values source. Its checkpointed state is one union entry, present once the rows
 /// were emitted, so a restored job does not emit them again.
@@ -109,10 +130,10 @@ impl Source for ValuesSource {
 
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         // Restored from a checkpoint taken after the rows went out: they are not emitted again.
-        if ctx
-            .restored_state()
-            .is_some_and(|s| s.unions().any(|(name, _)| name == EMITTED))
-        {
+        if ctx.restored_state().is_some_and(|s| {
+            s.unions::<ValuesKey>()
+                .any(|e| matches!(e, Ok((ValuesKey::Emitted, _))))
+        }) {
             self.batch = None;
             self.emitted = true;
         }
@@ -137,7 +158,7 @@ impl Source for ValuesSource {
     ) -> Result<StateSnapshot> {
         let mut snap = StateSnapshot::new();
         if ctx.info().subtask == 0 && self.emitted {
-            snap.push_union(EMITTED, b"true".to_vec());
+            snap.push_union(&ValuesKey::Emitted, b"true".to_vec())?;
         }
         Ok(snap)
     }

@@ -10,9 +10,7 @@
 
 use crate::backend::{BackendFactory, HostTensor};
 use crate::batching::{AdaptiveController, Clock, SystemClock, batch_ready, bucket_by_length};
-use crate::results_log::{
-    LoadedLog, LogWriter, delete_before, log_schema, model_identity, row_identity,
-};
+use crate::results_log::{LoadedLog, LogWriter, ipc, log_schema, model_identity, row_identity};
 use crate::service::{CallOptions, ModelService};
 use crate::spec::{InferPlan, InferSpec};
 use crate::tensor::{InputBinding, OutputBinding};
@@ -30,9 +28,14 @@ use tokio::sync::oneshot;
 use weir_runtime::{Emitter, Operator, OperatorContext, StateSnapshot};
 use weir_types::{Barrier, CheckpointId, Error, Result};
 
-/// Prefix of the union state entries holding the rows in flight at a checkpoint:
-/// `infer-inflight-<subtask>-<checkpoint>`.
-const INFLIGHT: &str = "infer-inflight-";
+/// The keys of the operator's union state entries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum StateKey {
+    /// The rows subtask `subtask` held at a checkpoint (admitted, not yet emitted), as Arrow IPC.
+    InFlight { subtask: u32 },
+    /// The results already computed for those rows, as Arrow IPC of the results log's schema.
+    Computed { subtask: u32 },
+}
 
 /// Counters of the results log (shared, so a test or a report can read them while the operator
 /// runs inside the runtime).
@@ -346,8 +349,12 @@ pub struct InferOperator {
     model: String,
     /// (rows, latency) of every batch run, for tests and reports.
     batch_log: Vec<(usize, Duration)>,
-    /// The open results log segment (when the log is on).
+    /// The results log (when on).
     log: Option<LogWriter>,
+    /// The results log's schema (when on).
+    log_schema: Option<arrow::datatypes::SchemaRef>,
+    /// Whether `finish` ran.
+    finished: bool,
     /// Results loaded from the log on restore.
     loaded: LoadedLog,
     counters: Arc<InferCounters>,
@@ -418,6 +425,8 @@ impl InferOperator {
             model,
             batch_log: Vec::new(),
             log: None,
+            log_schema: None,
+            finished: false,
             loaded: LoadedLog::default(),
             counters: Arc::default(),
         }
@@ -431,12 +440,31 @@ impl InferOperator {
     /// Opens the results log (when on), loading it on restore, and re-admits the rows that were in
     /// flight at the restored checkpoint.
     async fn restore(&mut self, ctx: &mut OperatorContext) -> Result<()> {
-        let dir = match (&self.spec.results_log, ctx.checkpointing()) {
-            (Some(d), _) => Some(d.clone()),
-            (None, true) => Some(std::path::PathBuf::from(".weir/infer-log").join(ctx.name())),
-            (None, false) => None,
+        let store = match (self.spec.results_log, ctx.log_store()) {
+            (Some(false), _) | (None, None) => None,
+            (_, Some(store)) => Some(store.clone()),
+            (Some(true), None) => {
+                return Err(Error::config(
+                    "'results_log: true' needs the job to take checkpoints (the log is kept in the checkpoint store)",
+                ));
+            }
         };
-        if let Some(dir) = dir {
+        let restored_from = ctx.restored_from();
+        let mut mine: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut computed: Vec<Vec<u8>> = Vec::new();
+        if let Some(state) = ctx.restored_state() {
+            let (me, par) = (ctx.info().subtask, ctx.info().parallelism.max(1));
+            for entry in state.unions::<StateKey>() {
+                match entry? {
+                    (StateKey::InFlight { subtask }, bytes) if subtask % par == me => {
+                        mine.push((subtask, bytes.to_vec()))
+                    }
+                    (StateKey::Computed { .. }, bytes) => computed.push(bytes.to_vec()),
+                    (StateKey::InFlight { .. }, _) => {}
+                }
+            }
+        }
+        if let Some(store) = store {
             let outputs: Vec<(String, String)> = self
                 .plan
                 .outputs
@@ -451,52 +479,32 @@ impl InferOperator {
                 .collect();
             let schema = log_schema(&fields);
             let path = self.plan.info.path.clone();
-            let restoring = ctx.restored_state().is_some();
-            let (model_id, loaded) = {
-                let (dir, schema) = (dir.clone(), schema.clone());
-                ctx.spawn_cpu(move || -> Result<(u64, LoadedLog)> {
-                    let id = model_identity(&path, &outputs)?;
-                    let loaded = if restoring {
-                        LoadedLog::load(&dir, &schema, id)?
-                    } else {
-                        LoadedLog::default()
-                    };
-                    Ok((id, loaded))
-                })
-                .await??
-            };
-            if restoring {
+            let model_id = ctx
+                .spawn_cpu(move || model_identity(&path, &outputs))
+                .await??;
+            if let Some(from) = restored_from {
+                let mut loaded =
+                    crate::results_log::load(&store, &schema, model_id, from, ctx).await?;
+                for bytes in &computed {
+                    loaded.add_stream(bytes, &schema, model_id, "the checkpoint's state");
+                }
                 tracing::info!(
                     model = %self.model,
-                    dir = %dir.display(),
+                    node = ctx.name(),
+                    checkpoint = from,
                     results = loaded.len(),
                     "loaded the inference results log"
                 );
+                self.loaded = loaded;
             }
-            self.loaded = loaded;
-            let mut w = LogWriter::new(dir, ctx.info().subtask, schema, model_id);
-            w.rotate(0)?;
-            self.log = Some(w);
-        }
-        let Some(state) = ctx.restored_state() else {
-            return Ok(());
-        };
-        let (me, par) = (ctx.info().subtask, ctx.info().parallelism.max(1));
-        let mut mine: Vec<(u32, Vec<u8>)> = Vec::new();
-        for (name, bytes) in state.unions() {
-            let Some(rest) = name.strip_prefix(INFLIGHT) else {
-                continue;
-            };
-            let old: u32 = rest
-                .split('-')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    Error::internal(format!("malformed in-flight state entry '{name}'"))
-                })?;
-            if old % par == me {
-                mine.push((old, bytes.to_vec()));
-            }
+            self.log = Some(LogWriter::new(
+                store,
+                schema.clone(),
+                model_id,
+                ctx.info().subtask,
+                restored_from.unwrap_or(0),
+            ));
+            self.log_schema = Some(schema);
         }
         mine.sort_by_key(|(old, _)| *old);
         let mut batches = Vec::new();
@@ -542,7 +550,7 @@ impl InferOperator {
         Ok(Some(w.into_inner()?))
     }
 
-    /// Rows computed but not yet emitted: their identities and outputs (for a new log segment).
+    /// Rows computed but not yet emitted: their identities and outputs (kept with the checkpoint).
     fn computed_not_emitted(&self) -> Result<(Vec<u64>, Vec<ArrayRef>)> {
         let mut keys = Vec::new();
         let mut order: Vec<u64> = Vec::new();
@@ -944,7 +952,7 @@ impl InferOperator {
                         .reinferred_rows
                         .fetch_add(again as u64, Ordering::Relaxed);
                     if let Some(log) = self.log.as_mut() {
-                        log.append(keys, &reply.outputs)?;
+                        log.append(keys, &reply.outputs, ctx)?;
                     }
                 }
                 for (k, r) in req.batch.rows.iter().enumerate() {
@@ -1080,7 +1088,17 @@ impl InferOperator {
     async fn wait_one(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         let deadline = self.deadline();
         let res = {
-            let reply = std::future::poll_fn(|cx| self.poll_reply(cx));
+            let context: &OperatorContext = ctx;
+            let woken = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = self.poll_reply(cx) {
+                    return Poll::Ready(Ok(Some(r)));
+                }
+                // A results log segment written: the next one starts.
+                match self.log.as_mut().map(|l| l.poll(cx, context)) {
+                    Some(Poll::Ready(r)) => Poll::Ready(r.map(|()| None)),
+                    _ => Poll::Pending,
+                }
+            });
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -1088,7 +1106,7 @@ impl InferOperator {
                 }
             };
             tokio::select! {
-                r = reply => Some(r),
+                r = woken => r?,
                 _ = sleep => None,
             }
         };
@@ -1147,6 +1165,7 @@ impl Operator for InferOperator {
             || !self.state.requests.is_empty()
             || !self.state.queue.is_empty()
             || !self.state.formed.is_empty()
+            || self.log.as_ref().is_some_and(LogWriter::busy)
     }
 
     async fn poll_pending(&mut self, ctx: &mut OperatorContext, out: &mut Emitter) -> Result<()> {
@@ -1165,6 +1184,7 @@ impl Operator for InferOperator {
     async fn finish(&mut self, ctx: &mut OperatorContext, out: &mut Emitter) -> Result<()> {
         self.start_instances().await?;
         self.flushing = true;
+        self.finished = true;
         loop {
             self.drain_ready(ctx)?;
             self.pump()?;
@@ -1208,8 +1228,8 @@ impl Operator for InferOperator {
     }
 
     /// Stores every row admitted and not yet emitted (queued, batched, dispatched or answered but
-    /// waiting for an earlier row) without waiting for them, and starts a new log segment that
-    /// holds the results already computed for them.
+    /// waiting for an earlier row) without waiting for them, with the results already computed
+    /// for them, and starts a new epoch of the results log.
     async fn snapshot(
         &mut self,
         barrier: &Barrier,
@@ -1217,19 +1237,25 @@ impl Operator for InferOperator {
         _out: &mut Emitter,
     ) -> Result<StateSnapshot> {
         let mut state = StateSnapshot::new();
+        let subtask = ctx.info().subtask;
         if let Some(bytes) = self.encode_in_flight()? {
-            state.push_union(
-                format!("{INFLIGHT}{}-{}", ctx.info().subtask, barrier.checkpoint_id),
-                bytes,
-            );
+            state.push_union(&StateKey::InFlight { subtask }, bytes)?;
         }
-        if self.log.is_some() {
+        if let (Some(log), Some(schema)) = (&self.log, &self.log_schema) {
             let (keys, outputs) = self.computed_not_emitted()?;
-            if let Some(log) = self.log.as_mut() {
-                log.rotate(barrier.checkpoint_id)?;
-                log.append(keys, &outputs)?;
-                log.sync()?;
+            if !keys.is_empty() {
+                let n = keys.len();
+                let mut columns: Vec<ArrayRef> = vec![
+                    Arc::new(arrow::array::UInt64Array::from(keys)),
+                    Arc::new(arrow::array::UInt64Array::from(vec![log.model(); n])),
+                ];
+                columns.extend(outputs);
+                let batch = RecordBatch::try_new(schema.clone(), columns)?;
+                state.push_union(&StateKey::Computed { subtask }, ipc(schema, &[batch])?)?;
             }
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.seal(barrier.checkpoint_id, ctx)?;
         }
         Ok(state)
     }
@@ -1240,13 +1266,9 @@ impl Operator for InferOperator {
         id: CheckpointId,
         ctx: &mut OperatorContext,
     ) -> Result<()> {
-        if let Some(dir) = self.log.as_ref().map(|l| l.dir().to_path_buf()) {
-            let deleted = ctx.spawn_cpu(move || delete_before(&dir, id)).await?;
-            tracing::debug!(
-                checkpoint = id,
-                deleted,
-                "inference results log segments deleted"
-            );
+        let finished = self.finished;
+        if let Some(log) = self.log.as_mut() {
+            log.delete_before(id, finished, ctx).await?;
         }
         Ok(())
     }

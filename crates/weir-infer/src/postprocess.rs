@@ -10,9 +10,10 @@ use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::{Error, Result};
 
@@ -96,7 +97,7 @@ fn vector_array(field: &Field, dim: usize, values: Vec<f32>) -> Result<ArrayRef>
 
 /// L2-normalises a fixed-shape tensor or vector column (each row divided by its Euclidean norm;
 /// all-zero rows stay zero). The result is an f32 column of the same shape.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct L2NormalizeSpec {
     /// Input column (`FixedSizeList` of numbers). Required.
@@ -157,6 +158,22 @@ impl L2NormalizeSpec {
     }
 }
 
+impl kind::Spec for L2NormalizeSpec {
+    fn describe(&self) -> String {
+        L2NormalizeSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for L2NormalizeSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        L2NormalizeSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        L2NormalizeSpec::create(self, ctx.input()?)
+    }
+}
+
 struct L2Normalize {
     spec: L2NormalizeSpec,
     schema: SchemaRef,
@@ -202,7 +219,7 @@ impl Operator for L2Normalize {
 
 /// Mean over the first dimension of a per-row `[s, d]` tensor, weighted by a mask column (1 keeps
 /// a position, 0 drops it), giving a vector of dimension `d` — MiniLM's sentence pooling.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeanPoolSpec {
     /// Per-row `[s, d]` tensor column (fixed or variable shape). Required.
@@ -275,6 +292,22 @@ impl MeanPoolSpec {
             self.mask.as_deref().unwrap_or("none"),
             self.output
         )
+    }
+}
+
+impl kind::Spec for MeanPoolSpec {
+    fn describe(&self) -> String {
+        MeanPoolSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for MeanPoolSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        MeanPoolSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        MeanPoolSpec::create(self, ctx.input()?)
     }
 }
 
@@ -361,7 +394,7 @@ impl Operator for MeanPool {
 }
 
 /// The `k` best classes of a score column, with labels.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopKSpec {
     /// Score column (fixed-size tensor or vector of numbers per row). Required.
@@ -477,6 +510,22 @@ impl TopKSpec {
             "top_k {} k={} -> {}, {}",
             self.column, self.k, self.output_label, self.output_score
         )
+    }
+}
+
+impl kind::Spec for TopKSpec {
+    fn describe(&self) -> String {
+        TopKSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for TopKSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        TopKSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        TopKSpec::create(self, ctx.input()?)
     }
 }
 

@@ -1,19 +1,26 @@
-//! The results log of the `infer` operator: model outputs are appended to a log before they are
-//! emitted, keyed by the identity of the input row and of the model, so that a restore answers the
-//! requests it re-issues from the log instead of running the model again.
+//! The results log of the `infer` operator: model outputs are logged, keyed by the identity of
+//! the input row and of the model, so that a restore answers the requests it re-issues (and the
+//! rows its sources replay) from the log instead of running the model again.
 //!
-//! Layout: a directory of Arrow IPC stream files, one per operator instance and *segment*. A
-//! segment is opened when the instance opens (named after the checkpoint it restored from, 0 on a
-//! fresh start) and at every checkpoint `c` (named `c`); the new segment starts with the results
-//! already computed but not yet emitted, so the segments opened at `c` or later hold every result
-//! a restore from `c` can use. When checkpoint `c` completes, the files opened before `c` (by any
-//! instance, of any run) are deleted: a later restore is from `c` or newer. Entries are
-//! content-addressed (input bytes + model identity), so a stale entry is never wrong, only unused.
+//! The log lives in the job's checkpoint store (a local directory or S3), beside the checkpoints
+//! ([`weir_runtime::LogStore`], `<checkpoints>/logs/<node>/`), so a job restored in another
+//! working directory or on another machine finds it. It is a set of *segments*: immutable Arrow
+//! IPC stream objects named `<epoch, 20 digits>-<subtask>-<run>-<seq>.arrow`, whose rows are
+//! `(__input: u64, __model: u64, <output columns>)`. A segment's *epoch* is the checkpoint the
+//! instance snapshotted (or restored from) last before computing its results (0 before any).
 //!
-//! Each file is `<opened checkpoint, 20 digits>-<subtask>-<nonce>.arrow`; its rows are
-//! `(__input: u64, __model: u64, <output columns>)`. A record batch is written (`write(2)`, so it
-//! survives a killed process) before its rows are emitted; the file is `fsync`ed at every
-//! checkpoint. A torn tail (a crash mid-write) is ignored on load.
+//! - Results are buffered and written one segment at a time, asynchronously on the io executor:
+//!   while one segment is being written, new results collect for the next. On a local disk that
+//!   is about one segment per model batch; on S3 one per round trip. A crash loses at most the
+//!   results of the segment being written and those buffered behind it.
+//! - At checkpoint `c` the buffer is closed as a segment of the old epoch and the epoch becomes
+//!   `c`. The results computed for rows still held at the barrier (answered, waiting for an
+//!   earlier row) are not logged again: they go into the checkpoint's state with the held rows.
+//! - When checkpoint `c` completes, subtask 0 deletes every segment of an epoch below `c` (any
+//!   instance, any run): a restore is from `c` or newer, and what it needs from before `c` is in
+//!   `c`'s state. Entries are content-addressed (input bytes + model identity), so a stale entry
+//!   is never wrong, only unused.
+//! - A restore from `c` loads the segments of epoch `c` or later, and the results in `c`'s state.
 
 use crate::tensor::InputBinding;
 use arrow::array::{Array, ArrayRef, UInt64Array};
@@ -21,12 +28,15 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
-use std::collections::HashMap;
+use futures::{StreamExt, TryStreamExt};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use weir_types::{Error, Result};
+use std::task::{Context, Poll};
+use weir_runtime::{IoTask, LogStore, OperatorContext};
+use weir_types::{CheckpointId, Error, Result};
 use xxhash_rust::xxh3::Xxh3;
 
 /// Bytes of the model file hashed for its identity (with its size).
@@ -102,7 +112,7 @@ pub(crate) fn row_identity(
     Ok(h.digest())
 }
 
-/// Results loaded from a log directory on restore: row identity → (batch, row).
+/// Results loaded on restore: row identity → (batch, row).
 #[derive(Debug, Default)]
 pub(crate) struct LoadedLog {
     batches: Vec<RecordBatch>,
@@ -143,66 +153,50 @@ impl LoadedLog {
         Ok(out)
     }
 
-    /// Loads every `*.arrow` file of `dir` whose schema is `schema`, keeping the rows of `model`.
-    /// Unreadable files and torn tails are skipped with a warning.
-    pub(crate) fn load(dir: &Path, schema: &SchemaRef, model: u64) -> Result<LoadedLog> {
-        let mut log = LoadedLog::default();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(log),
+    /// Adds the rows of `model` from one Arrow IPC stream of `schema` (a segment, or results
+    /// from the checkpoint's state). A stream of another schema is skipped, and so is what
+    /// follows a damaged batch, each with a warning naming `what`.
+    pub(crate) fn add_stream(&mut self, bytes: &[u8], schema: &SchemaRef, model: u64, what: &str) {
+        let reader = match StreamReader::try_new(bytes, None) {
+            Ok(r) => r,
             Err(e) => {
-                return Err(Error::external(format!(
-                    "cannot list the inference results log {}",
-                    dir.display()
-                ))
-                .with_source(e));
+                tracing::warn!(segment = what, error = %e, "skipping an unreadable inference log segment");
+                return;
             }
         };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "arrow"))
-            .collect();
-        files.sort();
-        for path in files {
-            let reader = match File::open(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|f| StreamReader::try_new(f, None).map_err(|e| e.to_string()))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "skipping an unreadable inference log file");
-                    continue;
-                }
-            };
-            if reader.schema().fields() != schema.fields() {
-                tracing::warn!(file = %path.display(), "skipping an inference log file of another schema");
-                continue;
-            }
-            for batch in reader {
-                let Ok(batch) = batch else {
-                    // A torn tail: what came before it is good.
-                    break;
-                };
-                let (Some(keys), Some(models)) = (
-                    batch.column(0).as_any().downcast_ref::<UInt64Array>(),
-                    batch.column(1).as_any().downcast_ref::<UInt64Array>(),
-                ) else {
-                    break;
-                };
-                let b = log.batches.len();
-                for r in 0..batch.num_rows() {
-                    if models.value(r) == model {
-                        log.index.insert(keys.value(r), (b, r as u32));
-                    }
-                }
-                log.batches.push(batch);
-            }
+        if reader.schema().fields() != schema.fields() {
+            tracing::warn!(
+                segment = what,
+                "skipping an inference log segment of another schema"
+            );
+            return;
         }
-        Ok(log)
+        for batch in reader {
+            let Ok(batch) = batch else {
+                tracing::warn!(
+                    segment = what,
+                    "an inference log segment ends in a damaged batch"
+                );
+                break;
+            };
+            let (Some(keys), Some(models)) = (
+                batch.column(0).as_any().downcast_ref::<UInt64Array>(),
+                batch.column(1).as_any().downcast_ref::<UInt64Array>(),
+            ) else {
+                break;
+            };
+            let b = self.batches.len();
+            for r in 0..batch.num_rows() {
+                if models.value(r) == model {
+                    self.index.insert(keys.value(r), (b, r as u32));
+                }
+            }
+            self.batches.push(batch);
+        }
     }
 }
 
-/// The schema of a log file for output fields `outputs`.
+/// The schema of a log segment for output fields `outputs`.
 pub(crate) fn log_schema(outputs: &[Field]) -> SchemaRef {
     let mut fields = vec![
         Field::new("__input", DataType::UInt64, false),
@@ -212,71 +206,118 @@ pub(crate) fn log_schema(outputs: &[Field]) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// This instance's open segment.
+/// The epoch of a segment, from its name.
+fn epoch_of(name: &str) -> Option<u64> {
+    name.strip_suffix(".arrow")?.split('-').next()?.parse().ok()
+}
+
+/// Encodes batches of `schema` as one Arrow IPC stream.
+pub(crate) fn ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut w = StreamWriter::try_new(Vec::new(), schema)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    Ok(w.into_inner()?)
+}
+
+/// Loads the segments of epoch `from` or later from `store`, keeping the rows of `model`.
+pub(crate) async fn load(
+    store: &LogStore,
+    schema: &SchemaRef,
+    model: u64,
+    from: CheckpointId,
+    ctx: &OperatorContext,
+) -> Result<LoadedLog> {
+    let names: Vec<String> = store
+        .list()
+        .await?
+        .into_iter()
+        .filter(|n| epoch_of(n).is_some_and(|e| e >= from))
+        .collect();
+    let segments: Vec<(String, bytes::Bytes)> = futures::stream::iter(names)
+        .map(|n| async move { Ok::<_, Error>(store.get(&n).await?.map(|b| (n, b))) })
+        .buffered(8)
+        .try_filter_map(|x| async move { Ok(x) })
+        .try_collect()
+        .await?;
+    let schema = schema.clone();
+    ctx.spawn_cpu(move || {
+        let mut log = LoadedLog::default();
+        for (name, bytes) in &segments {
+            log.add_stream(bytes, &schema, model, name);
+        }
+        log
+    })
+    .await
+}
+
+/// This instance's side of the log: the buffered results and the segment being written.
 pub(crate) struct LogWriter {
-    dir: PathBuf,
-    subtask: u32,
+    store: LogStore,
     schema: SchemaRef,
     model: u64,
-    writer: Option<StreamWriter<File>>,
+    subtask: u32,
+    /// Unique to this instance and run.
+    run: u64,
+    epoch: CheckpointId,
+    seq: u64,
+    /// Results of the current epoch not yet being written.
+    open: Vec<RecordBatch>,
+    /// Closed buffers of earlier epochs, waiting to be written.
+    sealed: VecDeque<(CheckpointId, Vec<RecordBatch>)>,
+    upload: Option<IoTask<Result<()>>>,
+    cleanup: Option<IoTask<Result<usize>>>,
 }
 
 impl std::fmt::Debug for LogWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogWriter").field("dir", &self.dir).finish()
+        f.debug_struct("LogWriter")
+            .field("subtask", &self.subtask)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
     }
-}
-
-fn io_err(what: &str, path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::external(format!(
-        "cannot {what} the inference results log {}",
-        path.display()
-    ))
-    .with_source(e)
 }
 
 impl LogWriter {
-    pub(crate) fn new(dir: PathBuf, subtask: u32, schema: SchemaRef, model: u64) -> Self {
-        LogWriter {
-            dir,
-            subtask,
-            schema,
-            model,
-            writer: None,
-        }
-    }
-
-    /// The log directory.
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Syncs and closes the current segment and opens one named after checkpoint `opened`.
-    pub(crate) fn rotate(&mut self, opened: u64) -> Result<()> {
-        self.close()?;
-        std::fs::create_dir_all(&self.dir).map_err(|e| io_err("create", &self.dir, e))?;
+    /// A writer for instance `subtask`, starting at `epoch` (the restored checkpoint, or 0).
+    pub(crate) fn new(
+        store: LogStore,
+        schema: SchemaRef,
+        model: u64,
+        subtask: u32,
+        epoch: CheckpointId,
+    ) -> Self {
+        let mut h = Xxh3::new();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let name = format!(
-            "{opened:020}-{}-{}-{nanos}.arrow",
-            self.subtask,
-            std::process::id()
-        );
-        let path = self.dir.join(name);
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| io_err("create", &path, e))?;
-        let w = StreamWriter::try_new(file, &self.schema).map_err(|e| io_err("write", &path, e))?;
-        self.writer = Some(w);
-        Ok(())
+        h.update(&nanos.to_le_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        h.update(&subtask.to_le_bytes());
+        LogWriter {
+            store,
+            schema,
+            model,
+            subtask,
+            run: h.digest(),
+            epoch,
+            seq: 0,
+            open: Vec::new(),
+            sealed: VecDeque::new(),
+            upload: None,
+            cleanup: None,
+        }
     }
 
-    /// Appends results: row identities and their output columns.
-    pub(crate) fn append(&mut self, keys: Vec<u64>, outputs: &[ArrayRef]) -> Result<()> {
+    /// Buffers results (row identities and their output columns) and starts writing them if no
+    /// segment is being written.
+    pub(crate) fn append(
+        &mut self,
+        keys: Vec<u64>,
+        outputs: &[ArrayRef],
+        ctx: &OperatorContext,
+    ) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -286,59 +327,127 @@ impl LogWriter {
             Arc::new(UInt64Array::from(vec![self.model; n])),
         ];
         columns.extend(outputs.iter().cloned());
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        let dir = self.dir.clone();
-        let w = self
-            .writer
-            .as_mut()
-            .ok_or_else(|| Error::internal("the inference results log is not open"))?;
-        w.write(&batch).map_err(|e| io_err("write", &dir, e))?;
-        w.flush().map_err(|e| io_err("write", &dir, e))?;
-        Ok(())
+        self.open
+            .push(RecordBatch::try_new(self.schema.clone(), columns)?);
+        self.reap(ctx)
     }
 
-    /// Syncs the current segment to disk.
-    pub(crate) fn sync(&mut self) -> Result<()> {
-        if let Some(w) = self.writer.as_mut() {
-            let dir = self.dir.clone();
-            w.flush().map_err(|e| io_err("write", &dir, e))?;
-            w.get_ref()
-                .sync_data()
-                .map_err(|e| io_err("sync", &dir, e))?;
+    /// The model identity the results are logged under.
+    pub(crate) fn model(&self) -> u64 {
+        self.model
+    }
+
+    /// Whether a segment is being written (the operator then has work pending: its end).
+    pub(crate) fn busy(&self) -> bool {
+        self.upload.is_some()
+    }
+
+    /// At checkpoint `id`: closes the buffer as a segment of the old epoch and starts epoch `id`.
+    pub(crate) fn seal(&mut self, id: CheckpointId, ctx: &OperatorContext) -> Result<()> {
+        if !self.open.is_empty() {
+            self.sealed
+                .push_back((self.epoch, std::mem::take(&mut self.open)));
         }
+        self.epoch = id;
+        self.reap(ctx)
+    }
+
+    /// Handles a segment write that has ended (without waiting) and starts the next one.
+    pub(crate) fn reap(&mut self, ctx: &OperatorContext) -> Result<()> {
+        if self.upload.as_ref().is_some_and(IoTask::is_finished) {
+            let waker = futures::task::noop_waker();
+            let _ = self.poll(&mut Context::from_waker(&waker), ctx)?;
+        }
+        self.start_next(ctx)
+    }
+
+    /// Resolves when the segment being written is written (or failed: a warning, the job goes
+    /// on, those results are computed again if needed), then starts the next one. Pending
+    /// forever when nothing is being written. Cancel-safe.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, ctx: &OperatorContext) -> Poll<Result<()>> {
+        let Some(upload) = self.upload.as_mut() else {
+            return Poll::Pending;
+        };
+        let res = match std::pin::Pin::new(upload).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        self.upload = None;
+        if let Err(e) = res.and_then(|r| r) {
+            tracing::warn!(node = ctx.name(), error = %e.report(), "cannot write an inference results log segment; its results would be computed again after a restore");
+        }
+        Poll::Ready(self.start_next(ctx))
+    }
+
+    fn start_next(&mut self, ctx: &OperatorContext) -> Result<()> {
+        if self.upload.is_some() {
+            return Ok(());
+        }
+        let (epoch, batches) = match self.sealed.pop_front() {
+            Some(s) => s,
+            None if !self.open.is_empty() => (self.epoch, std::mem::take(&mut self.open)),
+            None => return Ok(()),
+        };
+        let bytes = ipc(&self.schema, &batches)?;
+        let name = format!(
+            "{epoch:020}-{}-{:016x}-{:08}.arrow",
+            self.subtask, self.run, self.seq
+        );
+        self.seq += 1;
+        let store = self.store.clone();
+        self.upload = Some(ctx.start_io(async move { store.put(&name, bytes.into()).await }));
         Ok(())
     }
 
-    /// Syncs and closes the current segment.
-    pub(crate) fn close(&mut self) -> Result<()> {
-        self.sync()?;
-        if let Some(mut w) = self.writer.take() {
-            let dir = self.dir.clone();
-            w.finish().map_err(|e| io_err("write", &dir, e))?;
+    /// Checkpoint `id` completed: subtask 0 deletes the segments of epochs before `id` (unless
+    /// a deletion is still running; the next completion catches up). With `wait`, awaits it
+    /// (after the operator finished, so the deletion is not cancelled with the task).
+    pub(crate) async fn delete_before(
+        &mut self,
+        id: CheckpointId,
+        wait: bool,
+        ctx: &OperatorContext,
+    ) -> Result<()> {
+        if self.subtask != 0 {
+            return Ok(());
+        }
+        if self.cleanup.as_ref().is_some_and(|c| !c.is_finished()) && !wait {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        self.cleanup = Some(ctx.start_io(async move {
+            let mut deleted = 0;
+            for name in store.list().await? {
+                if epoch_of(&name).is_some_and(|e| e < id) {
+                    store.delete(&name).await?;
+                    deleted += 1;
+                }
+            }
+            Ok(deleted)
+        }));
+        if wait && let Some(c) = self.cleanup.take() {
+            let deleted = c.await??;
+            tracing::debug!(
+                checkpoint = id,
+                deleted,
+                "inference results log segments deleted"
+            );
         }
         Ok(())
     }
 }
 
-/// Deletes the segments of `dir` opened before checkpoint `before` (any instance, any run).
-/// Returns how many were deleted.
-pub(crate) fn delete_before(dir: &Path, before: u64) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut deleted = 0;
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.ends_with(".arrow") {
-            continue;
-        }
-        let Some(opened) = name.split('-').next().and_then(|s| s.parse::<u64>().ok()) else {
-            continue;
-        };
-        if opened < before && std::fs::remove_file(e.path()).is_ok() {
-            deleted += 1;
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_carry_their_epoch() {
+        assert_eq!(
+            epoch_of("00000000000000000012-0-00ff-00000003.arrow"),
+            Some(12)
+        );
+        assert_eq!(epoch_of("junk.arrow"), None);
+        assert_eq!(epoch_of("00000000000000000012-0-00ff-00000003.tmp"), None);
     }
-    deleted
 }

@@ -6,11 +6,12 @@ use crate::model::{ModelInfo, model_name};
 use crate::service::{CallOptions, ModelService};
 use crate::tensor::{ColumnTensor, InputBinding, Layout, OutputBinding};
 use arrow::datatypes::{Schema, SchemaRef};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_runtime::kind;
 use weir_types::{Error, Result};
 
 /// Parses a humantime duration (`10ms`, `1s`).
@@ -19,15 +20,27 @@ pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<D
     humantime::parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
+/// Serializes a duration as the text [`duration`] reads (`10ms`, `1s`).
+pub(crate) fn ser_duration<S: serde::Serializer>(
+    d: &Duration,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
 /// How rows are grouped into model batches.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSpec {
     /// Largest batch (rows per model run). Default 32.
     #[serde(default = "default_max_size")]
     pub max_size: usize,
     /// Longest time a row waits for its batch to fill before a smaller batch is run. Default `10ms`.
-    #[serde(default = "default_max_wait", deserialize_with = "duration")]
+    #[serde(
+        default = "default_max_wait",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
     pub max_wait: Duration,
     /// Whether the batch size adapts to measured throughput and latency (else always
     /// `max_size`). Default true.
@@ -36,7 +49,11 @@ pub struct BatchSpec {
     /// p95 model run time of one batch the adaptive batch size must stay within (queueing at a
     /// busy instance is not counted: it depends on the load, not on the batch size). Default
     /// `500ms`.
-    #[serde(default = "default_budget", deserialize_with = "duration")]
+    #[serde(
+        default = "default_budget",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
     pub latency_budget: Duration,
 }
 
@@ -80,7 +97,7 @@ impl Default for BatchSpec {
 }
 
 /// Runs an ONNX model on tensor columns. See the field docs for defaults.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InferSpec {
     /// Path of the `.onnx` model file, run inline (instances of the operator's own). Required
@@ -93,14 +110,22 @@ pub struct InferSpec {
     pub service: Option<String>,
     /// With `service`: longest wait for one attempt of a call before it is abandoned and
     /// retried. Default `60s`.
-    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
     pub timeout: Duration,
     /// With `service`: further attempts of a call after a timeout or a retryable error.
     /// Default 2.
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// With `service`: wait before the first retry, doubled for each further one. Default `100ms`.
-    #[serde(default = "default_backoff", deserialize_with = "duration")]
+    #[serde(
+        default = "default_backoff",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
     pub backoff: Duration,
     /// Whether output batches keep the input order (`true`), or each input batch is emitted as
     /// soon as all its rows are answered (`false`). Default true.
@@ -142,14 +167,14 @@ pub struct InferSpec {
     /// before batching; output order is unchanged. Default: true when an input is ragged.
     #[serde(default)]
     pub sort_by_length: Option<bool>,
-    /// Directory of the results log: model outputs are logged there (keyed by input and model
-    /// identity) before they are emitted, so that a restore from a checkpoint answers the
-    /// requests it re-issues from the log instead of running the model again. Default: none,
-    /// which disables the log when the job takes no checkpoints and means
-    /// `.weir/infer-log/<node>` (relative to the working directory) when it does. See
-    /// `results_log.rs` for the layout and clean-up.
+    /// Whether model outputs are kept in the results log (keyed by input and model identity),
+    /// so that a restore from a checkpoint answers the requests it re-issues, and the rows its
+    /// sources replay, from the log instead of running the model again. The log lives in the
+    /// job's checkpoint store (`<store>/logs/<node>/`), so a restore in another directory or on
+    /// another machine finds it. Default: on when the job takes checkpoints; `true` without
+    /// checkpoints is an error. See `results_log.rs` for the layout and clean-up.
     #[serde(default)]
-    pub results_log: Option<PathBuf>,
+    pub results_log: Option<bool>,
 }
 
 /// What planning an [`InferSpec`] against an input schema found.
@@ -511,5 +536,21 @@ impl InferSpec {
             self.batch.latency_budget,
             self.max_in_flight
         )
+    }
+}
+
+impl kind::Spec for InferSpec {
+    fn describe(&self) -> String {
+        InferSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for InferSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        InferSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn weir_runtime::Operator>> {
+        InferSpec::create(self, ctx.input()?)
     }
 }

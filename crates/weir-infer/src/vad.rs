@@ -23,10 +23,11 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, UInt16Type, UInt32Type};
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::{Error, Result};
 
@@ -54,7 +55,7 @@ fn default_speech_pad() -> Duration {
 }
 
 /// Options of a `vad` operator. Durations are written like `100ms` or `1s`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VadSpec {
     /// Path of the Silero VAD model (`silero_vad_16k_op15.onnx`; relative paths are relative to the
@@ -73,21 +74,24 @@ pub struct VadSpec {
     /// Shorter segments are dropped. Default `250ms`.
     #[serde(
         default = "default_min_speech",
-        deserialize_with = "crate::spec::duration"
+        deserialize_with = "crate::spec::duration",
+        serialize_with = "crate::spec::ser_duration"
     )]
     pub min_speech: Duration,
     /// Silence (probability below `threshold` after falling below `neg_threshold`) that ends a
     /// segment. Default `100ms`.
     #[serde(
         default = "default_min_silence",
-        deserialize_with = "crate::spec::duration"
+        deserialize_with = "crate::spec::duration",
+        serialize_with = "crate::spec::ser_duration"
     )]
     pub min_silence: Duration,
     /// Added before and after every segment (half the gap when two segments are closer than
     /// twice this; never beyond the audio). Default `30ms`.
     #[serde(
         default = "default_speech_pad",
-        deserialize_with = "crate::spec::duration"
+        deserialize_with = "crate::spec::duration",
+        serialize_with = "crate::spec::ser_duration"
     )]
     pub speech_pad: Duration,
     /// Intra-op threads of the model session. Default 1.
@@ -255,6 +259,22 @@ impl VadSpec {
             self.min_silence,
             self.speech_pad
         )
+    }
+}
+
+impl kind::Spec for VadSpec {
+    fn describe(&self) -> String {
+        VadSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for VadSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        VadSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        VadSpec::create(self, ctx.input()?)
     }
 }
 

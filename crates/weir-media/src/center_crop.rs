@@ -8,6 +8,7 @@ use crate::common::{
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::multimodal::ImageMode;
 use weir_types::{Error, Result};
@@ -17,7 +18,7 @@ fn default_image() -> String {
 }
 
 /// Options of a `center_crop` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CenterCropSpec {
     /// The decoded `weir.image` column, cropped in place. Default `image`.
@@ -79,6 +80,22 @@ impl CenterCropSpec {
                 ""
             }
         )
+    }
+}
+
+impl kind::Spec for CenterCropSpec {
+    fn describe(&self) -> String {
+        CenterCropSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for CenterCropSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        CenterCropSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        CenterCropSpec::create(self, ctx.input()?)
     }
 }
 

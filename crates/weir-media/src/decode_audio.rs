@@ -22,6 +22,7 @@ use symphonia::core::formats::FormatOptions;
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::multimodal::{audio_field, audio_fields};
 use weir_types::{Error, Result};
@@ -37,7 +38,7 @@ fn default_true() -> bool {
 }
 
 /// Options of a `decode_audio` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeAudioSpec {
     /// The input column of whole audio files (Binary, LargeBinary or BinaryView). Default `bytes`.
@@ -96,6 +97,22 @@ impl DecodeAudioSpec {
                 .map(|r| format!(" at {r} Hz"))
                 .unwrap_or_default()
         )
+    }
+}
+
+impl kind::Spec for DecodeAudioSpec {
+    fn describe(&self) -> String {
+        DecodeAudioSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for DecodeAudioSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        DecodeAudioSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        DecodeAudioSpec::create(self, ctx.input()?)
     }
 }
 

@@ -27,6 +27,7 @@ use fast_image_resize::{ResizeAlg, Resizer};
 use rayon::prelude::*;
 use std::io::Cursor;
 use std::sync::Arc;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::multimodal::ImageMode;
 use weir_types::{Error, Result};
@@ -52,7 +53,7 @@ fn default_max_batch_bytes() -> String {
 }
 
 /// Options of a `decode_image` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeImageSpec {
     /// The input column: Binary (or LargeBinary, BinaryView, or an encoded `weir.image`) holding
@@ -239,6 +240,22 @@ impl DecodeImageSpec {
             "decode_image {} -> {} ({}, max {} pixels, output batches up to {}){fused}",
             self.column, self.output, self.mode, self.max_pixels, self.max_batch_bytes
         )
+    }
+}
+
+impl kind::Spec for DecodeImageSpec {
+    fn describe(&self) -> String {
+        DecodeImageSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for DecodeImageSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        DecodeImageSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        DecodeImageSpec::create(self, ctx.input()?)
     }
 }
 

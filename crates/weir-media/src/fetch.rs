@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::io::{Read, Seek};
 use std::sync::Arc;
 use std::time::Duration;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_store::{AddressPolicy, DataPolicy, DataTarget, HttpFetcher, HttpOptions, StorageOptions};
 use weir_types::multimodal::{ExtensionType, MediaType, ObjectRefType};
@@ -59,7 +60,7 @@ fn default_retries() -> u32 {
 }
 
 /// Options of a `fetch` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FetchSpec {
     /// The input column: Utf8 URIs/paths, or a `weir.object_ref` struct (uri, offset, length).
@@ -229,6 +230,22 @@ impl FetchSpec {
             self.max_size,
             self.allow_schemes.join(",")
         )
+    }
+}
+
+impl kind::Spec for FetchSpec {
+    fn describe(&self) -> String {
+        FetchSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for FetchSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        FetchSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        FetchSpec::create(self, ctx.input()?)
     }
 }
 

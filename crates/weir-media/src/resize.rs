@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use rayon::prelude::*;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::multimodal::ImageMode;
 use weir_types::{Error, Result};
@@ -24,7 +25,7 @@ fn default_filter() -> String {
 
 /// Options of a `resize` operator. Exactly one of `shorter_side` or (`width` and/or `height`) is
 /// set; with only one of `width`/`height` the other follows the aspect ratio.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeSpec {
     /// The decoded `weir.image` column, resized in place. Default `image`.
@@ -181,6 +182,22 @@ impl ResizeSpec {
             ""
         };
         format!("resize {} to {to} ({}){fused}", self.column, self.filter)
+    }
+}
+
+impl kind::Spec for ResizeSpec {
+    fn describe(&self) -> String {
+        ResizeSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for ResizeSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        ResizeSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        ResizeSpec::create(self, ctx.input()?)
     }
 }
 

@@ -20,6 +20,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::sync::Arc;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::multimodal::{ImageMode, tensor_field};
 use weir_types::{Error, Result};
@@ -50,7 +51,7 @@ fn default_std() -> Vec<f32> {
 }
 
 /// Options of a `to_tensor` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToTensorSpec {
     /// The decoded `weir.image` column; its size and mode must be known (put `center_crop`, or
@@ -380,6 +381,22 @@ impl ToTensorSpec {
                 ""
             }
         )
+    }
+}
+
+impl kind::Spec for ToTensorSpec {
+    fn describe(&self) -> String {
+        ToTensorSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for ToTensorSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        ToTensorSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        ToTensorSpec::create(self, ctx.input()?)
     }
 }
 

@@ -8,11 +8,12 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use std::collections::BTreeSet;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::{Error, Result};
 
 /// Options of a `filter` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterSpec {
     /// A SQL boolean expression over the input columns, e.g. `amount > 100 AND name IS NOT NULL`.
@@ -55,6 +56,28 @@ impl FilterSpec {
     /// One line for `weir validate`, e.g. `filter amount > 100`.
     pub fn describe(&self) -> String {
         format!("filter {}", self.predicate)
+    }
+}
+
+impl kind::Spec for FilterSpec {
+    fn describe(&self) -> String {
+        FilterSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for FilterSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        FilterSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn input_need(&self, inputs: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        Ok(vec![
+            out.plus(self.required_columns(kind::first_input(inputs)?)?),
+        ])
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        FilterSpec::create(self, ctx.input()?)
     }
 }
 

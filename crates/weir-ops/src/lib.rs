@@ -12,6 +12,9 @@
 //!
 //! [`UnionSpec`] also has `output_schema_union(&self, inputs: &[SchemaRef])` for its several inputs.
 //!
+//! Each spec also implements [`weir_runtime::kind::OperatorSpec`] (by delegating to those
+//! calls), through which the planner's registry knows it.
+//!
 //! Expressions are SQL, compiled with DataFusion ([`expr`]); rows on which an expression fails go
 //! through the job's `on_error` policy, the other rows of the batch go on.
 

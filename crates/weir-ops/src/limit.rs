@@ -4,11 +4,12 @@
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::Result;
 
 /// Options of a `limit` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSpec {
     /// The number of rows to let through. Required, no default; `0` lets nothing through.
@@ -29,6 +30,31 @@ impl LimitSpec {
     /// One line for `weir validate`, e.g. `limit 10`.
     pub fn describe(&self) -> String {
         format!("limit {}", self.n)
+    }
+}
+
+impl kind::Spec for LimitSpec {
+    fn describe(&self) -> String {
+        LimitSpec::describe(self)
+    }
+
+    /// A limit counts every row of the job in one place.
+    fn single_instance(&self) -> bool {
+        true
+    }
+}
+
+impl kind::OperatorSpec for LimitSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        LimitSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn input_need(&self, _inputs: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        Ok(vec![out.clone()])
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        LimitSpec::create(self, ctx.input()?)
     }
 }
 

@@ -4,11 +4,12 @@ use crate::expr::available_columns;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use weir_runtime::kind;
 use weir_runtime::{Operator, Relabel};
 use weir_types::{Error, Result};
 
 /// Options of a `rename` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenameSpec {
     /// Old column name → new column name. Required, no default. Every old name must be an input
@@ -66,6 +67,39 @@ impl RenameSpec {
             .map(|(old, new)| format!("{old} -> {new}"))
             .collect();
         format!("rename {}", pairs.join(", "))
+    }
+}
+
+impl kind::Spec for RenameSpec {
+    fn describe(&self) -> String {
+        RenameSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for RenameSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        RenameSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    /// The consumers' columns under their old names.
+    fn input_need(&self, _inputs: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        Ok(vec![match out {
+            kind::Need::All => kind::Need::All,
+            kind::Need::Columns(c) => kind::Need::Columns(
+                c.iter()
+                    .map(|name| {
+                        self.columns
+                            .iter()
+                            .find(|(_, new)| *new == name)
+                            .map_or_else(|| name.clone(), |(old, _)| old.clone())
+                    })
+                    .collect(),
+            ),
+        }])
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        RenameSpec::create(self, ctx.input()?)
     }
 }
 

@@ -6,11 +6,12 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use async_trait::async_trait;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::{Error, Result};
 
 /// Options of a `select` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelectSpec {
     /// The output columns, in order: each a SQL expression with an optional alias, e.g. `id`,
@@ -66,6 +67,28 @@ impl SelectSpec {
     /// One line for `weir validate`, e.g. `select id, price * 2 AS doubled`.
     pub fn describe(&self) -> String {
         format!("select {}", self.columns.join(", "))
+    }
+}
+
+impl kind::Spec for SelectSpec {
+    fn describe(&self) -> String {
+        SelectSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for SelectSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        SelectSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn input_need(&self, inputs: &[SchemaRef], _out: &kind::Need) -> Result<Vec<kind::Need>> {
+        Ok(vec![kind::Need::Columns(
+            self.required_columns(kind::first_input(inputs)?)?,
+        )])
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        SelectSpec::create(self, ctx.input()?)
     }
 }
 

@@ -5,11 +5,12 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use std::time::{Duration, Instant};
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::{Error, Result};
 
 /// Options of a `throttle` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleSpec {
     /// Rows per second each instance lets through (the job's rate is this times the parallelism).
@@ -42,6 +43,26 @@ impl ThrottleSpec {
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
         format!("throttle {} rows/s", self.rows_per_second)
+    }
+}
+
+impl kind::Spec for ThrottleSpec {
+    fn describe(&self) -> String {
+        ThrottleSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for ThrottleSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        ThrottleSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn input_need(&self, _inputs: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        Ok(vec![out.clone()])
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        ThrottleSpec::create(self, ctx.input()?)
     }
 }
 

@@ -3,11 +3,12 @@
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use std::sync::Arc;
+use weir_runtime::kind;
 use weir_runtime::{Operator, Relabel};
 use weir_types::{Error, Result};
 
 /// Options of a `union` operator: there are none.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnionSpec {}
 
@@ -74,6 +75,27 @@ impl UnionSpec {
     /// One line for `weir validate`: `union`.
     pub fn describe(&self) -> String {
         "union".to_string()
+    }
+}
+
+impl kind::Spec for UnionSpec {
+    fn describe(&self) -> String {
+        UnionSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for UnionSpec {
+    fn arity(&self) -> std::ops::RangeInclusive<usize> {
+        1..=usize::MAX
+    }
+
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        self.output_schema_union(inputs)
+    }
+
+    /// Relabels every input's batches to the output schema.
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        UnionSpec::create(self, ctx.output()?)
     }
 }
 

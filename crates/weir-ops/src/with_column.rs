@@ -7,11 +7,12 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use async_trait::async_trait;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::{Error, Result};
 
 /// Options of a `with_column` operator.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WithColumnSpec {
     /// The column's name (YAML key `column`; `name` names the step). Required, no default. An
@@ -62,6 +63,35 @@ impl WithColumnSpec {
     /// One line for `weir validate`, e.g. `with_column total = price * quantity`.
     pub fn describe(&self) -> String {
         format!("with_column {} = {}", self.name, self.expr)
+    }
+}
+
+impl kind::Spec for WithColumnSpec {
+    fn describe(&self) -> String {
+        WithColumnSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for WithColumnSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        WithColumnSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    /// What the consumers read, less the computed column, plus what the expression reads.
+    fn input_need(&self, inputs: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        Ok(vec![match out {
+            kind::Need::All => kind::Need::All,
+            kind::Need::Columns(c) => {
+                let mut c = c.clone();
+                c.remove(&self.name);
+                c.extend(self.required_columns(kind::first_input(inputs)?)?);
+                kind::Need::Columns(c)
+            }
+        }])
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        WithColumnSpec::create(self, ctx.input()?)
     }
 }
 

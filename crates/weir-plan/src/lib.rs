@@ -1,8 +1,8 @@
 //! weir's planner: turns a YAML pipeline spec into the runtime's job graph.
 //!
 //! [`spec`] parses the YAML (with `--set` overrides) and points errors at the offending key;
-//! [`kinds`] maps each step's kind to its spec type in `weir-ops` / `weir-connectors`; [`plan`]
-//! checks schemas step by step and builds the [`weir_runtime::JobGraph`].
+//! [`kinds`] registers every step kind weir ships in a [`weir_runtime::kind::Registry`] (one line
+//! each); [`plan`] checks schemas step by step and builds the [`weir_runtime::JobGraph`].
 //!
 //! Invariant: planning runs nothing; it may read file metadata (Parquet footers, the first lines of
 //! CSV/JSON files) to learn schemas.
@@ -14,5 +14,7 @@ pub mod plan;
 pub mod services;
 pub mod spec;
 
-pub use plan::{CheckpointPlan, Plan, PlanOptions, PlannedStep, Restart, plan_file, plan_str};
+pub use plan::{
+    CheckpointPlan, Plan, PlanOptions, PlannedStep, Restart, plan_file, plan_str, plan_str_with,
+};
 pub use spec::ErrorBudget;

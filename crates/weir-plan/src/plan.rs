@@ -2,7 +2,7 @@
 //! (so a wrong column name fails before anything runs), applies parallelism and routing steps, and
 //! wires the dead-letter output.
 
-use crate::kinds::{Kind, Need};
+use crate::kinds::{KeyBySpec, NoOptions, ROUTING};
 use crate::spec::{OnError, ParsedSpec, Role, StepSpec, parse};
 use arrow::datatypes::SchemaRef;
 use serde_norway::{Mapping, Value};
@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
 use std::sync::Arc;
+use weir_runtime::kind::{
+    CreateContext, Need, OperatorSpec, PlanContext, Registry, Resources, Step,
+};
 use weir_runtime::{ErrorPolicy, JobConfig, JobGraph, NodeId, Partitioning};
 use weir_types::{Error, Result, dead_letter_schema};
 
@@ -109,7 +112,7 @@ fn checkpoint_plan(name: &str, section: &Mapping) -> Result<CheckpointPlan> {
     })
 }
 
-/// Reads and plans the spec at `path`.
+/// Reads and plans the spec at `path` with every kind weir ships.
 pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<Plan> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::config(format!("cannot read pipeline spec {}", path.display())).with_source(e)
@@ -117,20 +120,91 @@ pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<Plan> {
     plan_str(&text, &path.display().to_string(), opts)
 }
 
-/// Plans a spec given as YAML text; `origin` names it in errors.
+/// Plans a spec given as YAML text with every kind weir ships; `origin` names it in errors.
 pub fn plan_str(yaml: &str, origin: &str, opts: &PlanOptions) -> Result<Plan> {
-    let yaml = crate::spec::substitute(yaml, origin, &opts.vars)?;
-    let parsed = parse(&yaml, origin, &opts.overrides)?;
-    build(&parsed, opts)
+    plan_str_with(&crate::kinds::builtin(), yaml, origin, opts)
 }
 
-fn build(spec: &ParsedSpec, opts: &PlanOptions) -> Result<Plan> {
-    let (plan, inputs) = build_with(spec, opts, &HashMap::new())?;
-    let projections = pushdown(spec, &plan, &inputs)?;
+/// Plans a spec given as YAML text with the kinds of `registry`.
+pub fn plan_str_with(
+    registry: &Registry,
+    yaml: &str,
+    origin: &str,
+    opts: &PlanOptions,
+) -> Result<Plan> {
+    let yaml = crate::spec::substitute(yaml, origin, &opts.vars)?;
+    let parsed = parse(&yaml, origin, &opts.overrides)?;
+    build(registry, &parsed, opts)
+}
+
+/// What a YAML step turned out to be: a node of some kind, or the routing of the edges out of the
+/// step before it.
+#[derive(Debug, Clone)]
+enum Planned {
+    Node(Step),
+    Route(Partitioning),
+}
+
+impl Planned {
+    fn describe(&self) -> String {
+        match self {
+            Planned::Node(step) => step.describe(),
+            Planned::Route(Partitioning::Hash { keys }) => format!("key_by {}", keys.join(", ")),
+            Planned::Route(p) => p.to_string(),
+        }
+    }
+}
+
+/// Parses a step's kind and options: a registered kind, or a routing step.
+fn parse_kind(registry: &Registry, step: &StepSpec) -> Result<Planned> {
+    if step.role == Role::Op {
+        let route = match step.kind.as_str() {
+            "key_by" => Some(Partitioning::Hash {
+                keys: step.options::<KeyBySpec>()?.keys,
+            }),
+            "rebalance" => step
+                .options::<NoOptions>()
+                .map(|_| Partitioning::Rebalance)
+                .map(Some)?,
+            "broadcast" => step
+                .options::<NoOptions>()
+                .map(|_| Partitioning::Broadcast)
+                .map(Some)?,
+            _ => None,
+        };
+        if let Some(r) = route {
+            return Ok(Planned::Route(r));
+        }
+    }
+    if registry.get(step.role, &step.kind).is_none() {
+        let extra: &[&str] = if step.role == Role::Op { &ROUTING } else { &[] };
+        return Err(Error::config(format!(
+            "steps[{}]: key '{}': {}",
+            step.index,
+            step.role.key(),
+            registry.unknown(step.role, &step.kind, extra)
+        )));
+    }
+    registry
+        .parse(step.role, &step.kind, step.options_json()?, &step.locator())
+        .map(Planned::Node)
+}
+
+fn build(registry: &Registry, spec: &ParsedSpec, opts: &PlanOptions) -> Result<Plan> {
+    let kinds = fuse(
+        &spec.steps,
+        spec.steps
+            .iter()
+            .map(|s| parse_kind(registry, s))
+            .collect::<Result<_>>()?,
+    )?;
+    let resources = Resources::new();
+    let (plan, inputs) = build_with(registry, spec, &kinds, opts, &resources, &HashMap::new())?;
+    let projections = pushdown(spec, &kinds, &plan, &inputs)?;
     if projections.is_empty() {
         return Ok(plan);
     }
-    Ok(build_with(spec, opts, &projections)?.0)
+    Ok(build_with(registry, spec, &kinds, opts, &resources, &projections)?.0)
 }
 
 /// Projection pushdown: walks the steps backwards from the sinks collecting the columns each step's
@@ -138,27 +212,29 @@ fn build(spec: &ParsedSpec, opts: &PlanOptions) -> Result<Plan> {
 /// consumers do not read all of them, the columns to read (in schema order).
 fn pushdown(
     spec: &ParsedSpec,
+    kinds: &[Planned],
     plan: &Plan,
     inputs: &[Vec<usize>],
 ) -> Result<HashMap<usize, Vec<String>>> {
-    let mut need = vec![Need::Columns(Default::default()); spec.steps.len()];
-    let mut kinds = Vec::with_capacity(spec.steps.len());
-    for step in &spec.steps {
-        kinds.push(Kind::parse(step)?);
-    }
+    let mut need = vec![Need::nothing(); spec.steps.len()];
     for step in spec.steps.iter().rev() {
         let i = step.index;
-        let out = match step.role {
-            Role::Source => continue,
-            Role::Sink => Need::All,
-            Role::Op => need[i].clone(),
+        let in_schemas: Option<Vec<SchemaRef>> = inputs[i]
+            .iter()
+            .map(|&k| plan.steps[k].schema.clone())
+            .collect();
+        let Some(in_schemas) = in_schemas else {
+            continue;
         };
-        for &input in &inputs[i] {
-            let reads = match (&kinds[i], &plan.steps[input].schema) {
-                (Kind::Union(_), _) | (_, None) => Need::All,
-                (kind, Some(schema)) => kind.input_need(schema, &out)?,
-            };
-            need[input].merge(reads);
+        let reads = match &kinds[i] {
+            Planned::Node(Step::Source(_)) => continue,
+            Planned::Node(Step::Sink(_)) => vec![Need::All; in_schemas.len()],
+            Planned::Node(Step::Op(op)) => op.input_need(&in_schemas, &need[i])?,
+            Planned::Route(Partitioning::Hash { keys }) => vec![need[i].plus(keys.iter().cloned())],
+            Planned::Route(_) => vec![need[i].clone()],
+        };
+        for (&input, n) in inputs[i].iter().zip(reads) {
+            need[input].merge(n);
         }
     }
     let mut projections = HashMap::new();
@@ -167,8 +243,8 @@ fn pushdown(
         let (Need::Columns(cols), Some(schema)) = (&need[i], &plan.steps[i].schema) else {
             continue;
         };
-        if step.role != Role::Source || !kinds[i].projects() || cols.len() >= schema.fields().len()
-        {
+        let projects = matches!(&kinds[i], Planned::Node(Step::Source(s)) if s.projects());
+        if !projects || cols.len() >= schema.fields().len() {
             continue;
         }
         let mut read: Vec<String> = schema
@@ -189,8 +265,11 @@ fn pushdown(
 /// Plans the spec, reading only `projections[i]` of source `i` where given. Also returns each
 /// step's inputs (indices into the steps), for [`pushdown`].
 fn build_with(
+    registry: &Registry,
     spec: &ParsedSpec,
+    kinds: &[Planned],
     opts: &PlanOptions,
+    resources: &Resources,
     projections: &HashMap<usize, Vec<String>>,
 ) -> Result<(Plan, Vec<Vec<usize>>)> {
     let p = &spec.pipeline;
@@ -216,6 +295,8 @@ fn build_with(
     if default_par == 0 {
         return Err(Error::config("--parallelism: expected at least 1"));
     }
+    let ctx = PlanContext::new(resources);
+    let shared = Arc::new(resources.clone());
     let mut graph = JobGraph::new(config);
     let mut by_name: HashMap<&str, usize> = HashMap::new();
     let mut planned: Vec<PlannedStep> = Vec::new();
@@ -223,10 +304,6 @@ fn build_with(
     let mut routes: HashMap<usize, (NodeId, Partitioning)> = HashMap::new();
     let mut step_inputs: Vec<Vec<usize>> = Vec::with_capacity(spec.steps.len());
 
-    let kinds = fuse(
-        &spec.steps,
-        spec.steps.iter().map(Kind::parse).collect::<Result<_>>()?,
-    );
     for (step, kind) in spec.steps.iter().zip(kinds) {
         if by_name.insert(step.name.as_str(), step.index).is_some() {
             return Err(Error::config(format!(
@@ -236,16 +313,39 @@ fn build_with(
         }
         let inputs = resolve_inputs(step, &by_name, &planned)?;
         step_inputs.push(inputs.clone());
-        let parallelism = if kind.single_instance() {
+        let single = matches!(kind, Planned::Node(s) if s.single_instance());
+        let parallelism = if single {
             1
         } else {
             step.parallelism.unwrap_or(default_par)
         };
         let named = |e: Error| e.in_operator(step.name.clone());
         let mut description = kind.describe();
-        let (schema, node) = match step.role {
-            Role::Source => {
-                let mut schema = kind.source_schema().map_err(named)?;
+        let in_schemas: Vec<SchemaRef> = inputs
+            .iter()
+            .map(|&i| {
+                planned[i]
+                    .schema
+                    .clone()
+                    .ok_or_else(|| Error::internal("input without schema"))
+            })
+            .collect::<Result<_>>()?;
+        if let Planned::Node(s) = kind
+            && step.role != Role::Source
+            && !s.arity().contains(&in_schemas.len())
+        {
+            return Err(Error::config(format!(
+                "{}: has {} inputs; {}: {} takes {}",
+                step.locator(),
+                in_schemas.len(),
+                step.role.key(),
+                step.kind,
+                arity_text(s.arity())
+            )));
+        }
+        let (schema, node) = match kind {
+            Planned::Node(Step::Source(source)) => {
+                let mut schema = source.schema(&ctx).map_err(named)?;
                 if let Some(cols) = projections.get(&step.index) {
                     let indices = cols
                         .iter()
@@ -256,61 +356,45 @@ fn build_with(
                     schema = Arc::new(indices);
                     let _ = write!(description, ", reads only {}", cols.join(", "));
                 }
-                let factory = kind.source_factory(schema.clone())?;
-                let id = graph.add_source(&step.name, parallelism, factory);
+                let (source, out, res) = (source.clone(), schema.clone(), shared.clone());
+                let id = graph.add_source(&step.name, parallelism, move |info| {
+                    source.create(&CreateContext::new(info, &[], Some(&out), &res))
+                });
                 (Some(schema), Some(id))
             }
-            Role::Op | Role::Sink => {
-                let in_schemas: Vec<SchemaRef> = inputs
-                    .iter()
-                    .map(|&i| {
-                        planned[i]
-                            .schema
-                            .clone()
-                            .ok_or_else(|| Error::internal("input without schema"))
-                    })
-                    .collect::<Result<_>>()?;
-                if in_schemas.len() > 1 && !matches!(kind, Kind::Union(_)) {
+            Planned::Node(Step::Op(op)) => {
+                let out = op.output_schema(&in_schemas, &ctx).map_err(named)?;
+                let (op, ins, o, res) =
+                    (op.clone(), in_schemas.clone(), out.clone(), shared.clone());
+                let id = graph.add_operator(&step.name, parallelism, move |info| {
+                    op.create(&CreateContext::new(info, &ins, Some(&o), &res))
+                });
+                connect(&mut graph, id, &inputs, &planned, &routes)?;
+                (Some(out), Some(id))
+            }
+            Planned::Node(Step::Sink(sink)) => {
+                sink.check_inputs(&in_schemas, &ctx).map_err(named)?;
+                let (sink, ins, res) = (sink.clone(), in_schemas.clone(), shared.clone());
+                let id = graph.add_sink(&step.name, parallelism, move |info| {
+                    sink.create(&CreateContext::new(info, &ins, None, &res))
+                });
+                connect(&mut graph, id, &inputs, &planned, &routes)?;
+                (None, Some(id))
+            }
+            Planned::Route(part) => {
+                let [input] = in_schemas.as_slice() else {
                     return Err(Error::config(format!(
-                        "{}: has {} inputs; only 'op: union' takes several",
+                        "{}: has {} inputs; a routing step takes one",
                         step.locator(),
                         in_schemas.len()
                     )));
-                }
-                let out_schema = match step.role {
-                    Role::Op => Some(kind.output_schema(&in_schemas).map_err(named)?),
-                    _ => None,
                 };
-                let routing = match &kind {
-                    Kind::KeyBy(k) => Some(Partitioning::Hash {
-                        keys: k.keys.clone(),
-                    }),
-                    Kind::Rebalance(_) => Some(Partitioning::Rebalance),
-                    Kind::Broadcast(_) => Some(Partitioning::Broadcast),
-                    _ => None,
-                };
-                if let Some(part) = routing {
-                    let (from, _) = endpoint(inputs[0], &planned, &routes)?;
-                    routes.insert(step.index, (from, part));
-                    (out_schema, None)
-                } else {
-                    // A union relabels every input's batches to its output schema.
-                    let build_schema = match (&kind, &out_schema) {
-                        (Kind::Union(_), Some(out)) => out.clone(),
-                        _ => in_schemas[0].clone(),
-                    };
-                    let factory = kind.operator_factory(build_schema)?;
-                    let id = if step.role == Role::Sink {
-                        graph.add_sink(&step.name, parallelism, factory)
-                    } else {
-                        graph.add_operator(&step.name, parallelism, factory)
-                    };
-                    for &i in &inputs {
-                        let (from, part) = endpoint(i, &planned, &routes)?;
-                        graph.connect(from, id, part);
-                    }
-                    (out_schema, Some(id))
+                if let Partitioning::Hash { keys } = part {
+                    check_keys(keys, input).map_err(named)?;
                 }
+                let (from, _) = endpoint(inputs[0], &planned, &routes)?;
+                routes.insert(step.index, (from, part.clone()));
+                (Some(input.clone()), None)
             }
         };
         if let Some(id) = node {
@@ -332,15 +416,20 @@ fn build_with(
             .clone()
             .unwrap_or_else(|| default_dead_letter(&p.name));
         let step = dead_letter_step(mapping, spec.steps.len())?;
-        let kind = Kind::parse(&step)?;
-        let factory = kind.operator_factory(dead_letter_schema())?;
-        let id = graph.add_sink(&step.name, 1, factory);
-        graph.nodes[id].description = kind.describe();
+        let Planned::Node(Step::Sink(sink)) = parse_kind(registry, &step)? else {
+            return Err(Error::internal("the dead-letter step is not a sink"));
+        };
+        let (s, res) = (sink.clone(), shared.clone());
+        let ins = vec![dead_letter_schema()];
+        let id = graph.add_sink(&step.name, 1, move |info| {
+            s.create(&CreateContext::new(info, &ins, None, &res))
+        });
+        graph.nodes[id].description = sink.describe();
         graph.dead_letter = Some(id);
         planned.push(PlannedStep {
             name: step.name.clone(),
             role: Role::Sink,
-            description: kind.describe(),
+            description: sink.describe(),
             schema: None,
             parallelism: 1,
             node: Some(id),
@@ -375,6 +464,45 @@ fn build_with(
     ))
 }
 
+/// "one", "2", "1 or more", ...
+fn arity_text(r: std::ops::RangeInclusive<usize>) -> String {
+    match (*r.start(), *r.end()) {
+        (1, 1) => "one".into(),
+        (a, b) if a == b => a.to_string(),
+        (a, usize::MAX) => format!("{a} or more"),
+        (a, b) => format!("{a} to {b}"),
+    }
+}
+
+/// Checks that the key columns of `key_by` are in its input.
+fn check_keys(keys: &[String], input: &SchemaRef) -> Result<()> {
+    for key in keys {
+        if input.column_with_name(key).is_none() {
+            let names: Vec<_> = input.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(Error::schema(format!(
+                "key column '{key}' is not in the input; available: {}",
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Connects each of `inputs` (step indices) to node `id`, in port order.
+fn connect(
+    graph: &mut JobGraph,
+    id: NodeId,
+    inputs: &[usize],
+    planned: &[PlannedStep],
+    routes: &HashMap<usize, (NodeId, Partitioning)>,
+) -> Result<()> {
+    for &i in inputs {
+        let (from, part) = endpoint(i, planned, routes)?;
+        graph.connect(from, id, part);
+    }
+    Ok(())
+}
+
 /// Fuses steps that are cheaper as one: a `resize`, then a `center_crop`, then a `to_tensor`
 /// right after the `decode_image` whose output they change in place or read (each reading only
 /// the step before it, with the same parallelism, and no other step reading those before it) are
@@ -382,7 +510,7 @@ fn build_with(
 /// cache; the fused steps stay in the graph and pass batches through. A fused `to_tensor` needs a
 /// fixed image size from the fused crop (or an exact resize), and leaves the image column in the
 /// batch as the unfused one does.
-fn fuse(steps: &[StepSpec], mut kinds: Vec<Kind>) -> Vec<Kind> {
+fn fuse(steps: &[StepSpec], mut kinds: Vec<Planned>) -> Result<Vec<Planned>> {
     // Whether step `i + 1` reads only step `i`, nothing else reads `i`, and both run with the
     // same parallelism.
     let chained = |i: usize| -> bool {
@@ -399,45 +527,60 @@ fn fuse(steps: &[StepSpec], mut kinds: Vec<Kind>) -> Vec<Kind> {
         reads_only && !read_elsewhere && from.parallelism == to.parallelism
     };
     for i in 0..steps.len() {
-        if !matches!(kinds[i], Kind::DecodeImage(_)) {
+        let Some(mut decoder) = op_spec::<weir_media::DecodeImageSpec>(&kinds[i]).cloned() else {
             continue;
-        }
+        };
         // Each step after the decoder that it can take over, in order, until one it cannot.
         let mut last = i;
         while last + 1 < steps.len() && chained(last) {
-            let (head, tail) = kinds.split_at_mut(last + 1);
-            let fused = match (&mut head[i], tail.first_mut()) {
-                (Kind::DecodeImage(d), Some(next)) => absorb(d, next),
-                _ => false,
-            };
-            if !fused {
+            let Some(fused) = absorb(&mut decoder, &kinds[last + 1]) else {
                 break;
-            }
+            };
+            kinds[last + 1] = Planned::Node(Step::Op(fused));
             last += 1;
         }
+        kinds[i] = Planned::Node(Step::Op(Arc::new(decoder)));
     }
-    kinds
+    Ok(kinds)
+}
+
+/// The operator spec of type `T` a step is, if it is one.
+fn op_spec<T: 'static>(kind: &Planned) -> Option<&T> {
+    match kind {
+        Planned::Node(Step::Op(op)) => op.as_any().downcast_ref::<T>(),
+        _ => None,
+    }
 }
 
 /// Fuses `next` into the decoder `d` when it is a step the decoder can do next (a `resize`, then a
-/// `center_crop`, then a `to_tensor`; the `can_fuse*` checks keep that order); whether it did.
-fn absorb(d: &mut weir_media::DecodeImageSpec, next: &mut Kind) -> bool {
-    match next {
-        Kind::Resize(r) if d.can_fuse(r) => {
-            d.then_resize = Some(r.clone());
-            r.fused = true;
-        }
-        Kind::CenterCrop(c) if d.can_fuse_crop(c) => {
-            d.then_crop = Some(c.clone());
-            c.fused = true;
-        }
-        Kind::ToTensor(t) if d.can_fuse_tensor(t) => {
-            d.then_tensor = Some(Box::new(t.clone()));
-            t.fused = true;
-        }
-        _ => return false,
+/// `center_crop`, then a `to_tensor`; the `can_fuse*` checks keep that order); returns what
+/// `next` becomes (a pass-through) when it did.
+fn absorb(d: &mut weir_media::DecodeImageSpec, next: &Planned) -> Option<Arc<dyn OperatorSpec>> {
+    if let Some(r) = op_spec::<weir_media::ResizeSpec>(next)
+        && d.can_fuse(r)
+    {
+        d.then_resize = Some(r.clone());
+        let mut r = r.clone();
+        r.fused = true;
+        return Some(Arc::new(r));
     }
-    true
+    if let Some(c) = op_spec::<weir_media::CenterCropSpec>(next)
+        && d.can_fuse_crop(c)
+    {
+        d.then_crop = Some(c.clone());
+        let mut c = c.clone();
+        c.fused = true;
+        return Some(Arc::new(c));
+    }
+    if let Some(t) = op_spec::<weir_media::ToTensorSpec>(next)
+        && d.can_fuse_tensor(t)
+    {
+        d.then_tensor = Some(Box::new(t.clone()));
+        let mut t = t.clone();
+        t.fused = true;
+        return Some(Arc::new(t));
+    }
+    None
 }
 
 fn default_dead_letter(name: &str) -> Mapping {

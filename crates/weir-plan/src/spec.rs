@@ -9,27 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
 use weir_types::{Error, Result};
 
-/// What a step is: where it sits in the graph, and the name of its kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Produces rows (`source:`).
-    Source,
-    /// Transforms rows (`op:`).
-    Op,
-    /// Writes rows (`sink:`).
-    Sink,
-}
-
-impl Role {
-    /// The YAML key naming the kind.
-    pub fn key(self) -> &'static str {
-        match self {
-            Role::Source => "source",
-            Role::Op => "op",
-            Role::Sink => "sink",
-        }
-    }
-}
+pub use weir_runtime::kind::Role;
 
 /// What to do with rows that cannot be processed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -183,20 +163,28 @@ impl StepSpec {
     pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         from_value(Value::Mapping(self.options.clone()), &self.locator())
     }
+
+    /// The kind's options as the neutral JSON value step kinds parse from.
+    pub fn options_json(&self) -> Result<serde_json::Value> {
+        to_json(&Value::Mapping(self.options.clone()), &self.locator())
+    }
 }
 
-/// Deserializes `value` into `T`; errors say where (`at`, plus the path inside) and what was expected.
+/// Deserializes `value` into `T`; errors say where (`at`, plus the path inside) and what was
+/// expected, and suggest the closest key for a misspelled one.
 pub fn from_value<T: serde::de::DeserializeOwned>(value: Value, at: &str) -> Result<T> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = inner.to_string();
-        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-        if path == "." || path.is_empty() {
-            Error::config(format!("{at}: {msg}"))
-        } else {
-            Error::config(format!("{at}: key '{path}': {msg}"))
-        }
+        weir_runtime::kind::key_error(at, &e.path().to_string(), &e.into_inner().to_string())
+    })
+}
+
+/// A YAML value as the neutral JSON value step kinds parse from; `at` names it in errors.
+pub fn to_json(value: &Value, at: &str) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| {
+        Error::config(format!(
+            "{at}: cannot be read as JSON (mapping keys must be strings)"
+        ))
+        .with_source(e)
     })
 }
 
@@ -515,6 +503,10 @@ steps:
         let err = parse("name: t\nparalelism: 2\nsteps: []\n", "t.yaml", &[]).expect_err("typo");
         assert!(err.to_string().contains("paralelism"), "{err}");
         assert!(err.to_string().contains("expected one of"), "{err}");
+        assert!(
+            err.to_string().contains("did you mean 'parallelism'?"),
+            "{err}"
+        );
         let err = parse("steps:\n  - path: a.csv\n", "t.yaml", &[]).expect_err("no kind");
         assert!(
             err.to_string()

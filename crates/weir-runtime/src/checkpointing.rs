@@ -1,7 +1,8 @@
 //! The checkpoint driver: runs the sans-IO [`Coordinator`] of `weir-checkpoint` against the live
-//! job. It injects barriers at the sources, writes each task's acked state to the
-//! [`CheckpointStore`], writes the manifest last, tells every task when a checkpoint is complete
-//! (sinks publish then), and takes the final checkpoint once every task's input has ended.
+//! job. It injects barriers at the sources, collects the files each task wrote into the
+//! [`CheckpointStore`] and acked (it never holds state bytes), writes the manifest last, tells every task when a checkpoint is complete
+//! (sinks publish then) or that it was aborted, and takes the final checkpoint once every task's
+//! input has ended.
 //!
 //! A checkpoint whose state or manifest cannot be written (a full disk, a failing object store) is
 //! declined with a warning naming the cause, and the job goes on; only the final checkpoint is
@@ -12,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use weir_checkpoint::{
-    Action, CheckpointConfig, CheckpointStore, Coordinator, ExpectedTask, FileEntry, Manifest,
-    TaskKey,
+    AbortReason, Action, CheckpointConfig, CheckpointStore, Coordinator, ExpectedTask, FileEntry,
+    Manifest, TaskKey,
 };
 use weir_types::{Barrier, BarrierKind, CheckpointId, Error, Result};
 
@@ -154,7 +155,17 @@ impl Driver {
 
     async fn on_event(&mut self, ev: TaskEvent) -> Result<()> {
         match ev {
-            TaskEvent::Ack { task, id, states } => {
+            TaskEvent::Decline { task, id, error } => {
+                let live =
+                    self.coordinator.in_flight().any(|i| i == id) || self.final_id == Some(id);
+                if !live {
+                    return Ok(());
+                }
+                let e =
+                    Error::io(format!("task {task} could not write its state")).with_source(error);
+                self.decline(id, e).await
+            }
+            TaskEvent::Ack { task, id, files } => {
                 let live =
                     self.coordinator.in_flight().any(|i| i == id) || self.final_id == Some(id);
                 // A task that ended while a barrier was queued for it may answer both the barrier
@@ -163,12 +174,7 @@ impl Driver {
                 if !live || duplicate {
                     return Ok(());
                 }
-                for (node, subtask, snap) in states {
-                    match self.store.write_state(id, &node, subtask, &snap).await {
-                        Ok(entry) => self.files.entry(id).or_default().push((node, entry)),
-                        Err(e) => return self.decline(id, e).await,
-                    }
-                }
+                self.files.entry(id).or_default().extend(files);
                 self.acked.entry(id).or_default().insert(task.clone());
                 if self.final_id == Some(id) {
                     if self.acked[&id].len() == self.tasks.len() {
@@ -282,11 +288,13 @@ impl Driver {
                     tracing::warn!("checkpoint {id} expired before every task acknowledged it");
                     self.stats.failed += 1;
                     self.forget(id).await;
+                    self.tell_aborted(id, AbortReason::Expired);
                 }
                 Action::Abort { id, reason } => {
-                    tracing::debug!("checkpoint {id} aborted: {reason:?}");
+                    tracing::debug!("checkpoint {id} aborted: {reason}");
                     self.stats.failed += 1;
                     self.forget(id).await;
+                    self.tell_aborted(id, reason);
                 }
             }
         }
@@ -294,6 +302,19 @@ impl Driver {
             self.maybe_final().await?;
         }
         Ok(())
+    }
+
+    /// Tells every task that checkpoint `id` will not complete.
+    fn tell_aborted(&self, id: CheckpointId, reason: AbortReason) {
+        for k in self.tasks.keys() {
+            self.send(
+                k,
+                Control::Aborted {
+                    id,
+                    reason: reason.clone(),
+                },
+            );
+        }
     }
 
     async fn forget(&mut self, id: CheckpointId) {
@@ -310,6 +331,7 @@ impl Driver {
         self.stats.failed += 1;
         if self.final_id == Some(id) {
             self.forget(id).await;
+            self.tell_aborted(id, AbortReason::Declined(e.report()));
             return self.retry_final(e).await;
         }
         let actions = self.coordinator.on_decline(id, e.report(), Instant::now());

@@ -4,10 +4,12 @@
 //! `WEIR_CRASH_AT=<phase>:<checkpoint>` aborts the process (as `kill -9` would: no clean-up, no
 //! flushing) when it reaches `<phase>` of checkpoint `<checkpoint>` (`*` matches any checkpoint):
 //!
-//! - `snapshot`: a task snapshotted its operators and is about to acknowledge;
+//! - `snapshot`: a task snapshotted its operators, wrote its state files and is about to
+//!   acknowledge;
 //! - `state-files`: every state file of the checkpoint is written, the manifest is not;
 //! - `manifest`: the manifest is written (the checkpoint is complete), no sink has published yet;
-//! - `restore`: the state of the checkpoint being restored is read, no task has started.
+//! - `restore`: a task read its share of the checkpoint being restored and has not opened its
+//!   operators.
 
 use std::sync::OnceLock;
 use weir_types::CheckpointId;

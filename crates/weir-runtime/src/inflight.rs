@@ -8,7 +8,12 @@
 //! - on other edges any subtask may take a row; batches are spread round robin over the key groups
 //!   of the recording subtask, which spreads them over the new subtasks.
 //!
-//! On restore the task replays them through its chain before it reads its input.
+//! On restore the task replays them through its chain before it reads its input, each batch as
+//! coming from the logical input it was recorded on.
+//!
+//! An entry is the logical input (`u32`, little-endian) followed by one Arrow IPC stream. Entries
+//! written before the input was recorded start with the IPC stream's continuation marker
+//! (`0xFFFFFFFF`) and are read as input 0.
 
 use arrow::array::UInt32Array;
 use arrow::compute::take_record_batch;
@@ -34,10 +39,12 @@ pub(crate) enum InputKeys {
     Any,
 }
 
-/// Encodes the recorded `batches` of a subtask owning `range` of `max_parallelism` key groups.
+/// Encodes the recorded `batches` (with the index of their input channel) of a subtask owning
+/// `range` of `max_parallelism` key groups; `inputs` says per channel how rows map to key groups
+/// and which logical input the channel belongs to.
 pub(crate) fn encode(
     batches: &[(usize, RecordBatch)],
-    inputs: &[InputKeys],
+    inputs: &[(InputKeys, usize)],
     range: KeyGroupRange,
     max_parallelism: u32,
 ) -> Result<StateSnapshot> {
@@ -48,7 +55,10 @@ pub(crate) fn encode(
         if batch.num_rows() == 0 {
             continue;
         }
-        match inputs.get(*input).unwrap_or(&InputKeys::Any) {
+        let (keys, logical) = inputs
+            .get(*input)
+            .map_or((&InputKeys::Any, 0), |(k, l)| (k, *l));
+        match keys {
             InputKeys::Hash(keys) => {
                 let cols = keys
                     .iter()
@@ -66,7 +76,7 @@ pub(crate) fn encode(
                 }
                 for (kg, idx) in rows {
                     let part = take_record_batch(batch, &UInt32Array::from(idx))?;
-                    snapshot.push_keyed(kg, ipc(&part)?);
+                    snapshot.push_keyed(kg, entry(logical, &part)?);
                 }
             }
             InputKeys::Any => {
@@ -75,31 +85,46 @@ pub(crate) fn encode(
                     .copied()
                     .unwrap_or(0);
                 spread += 1;
-                snapshot.push_keyed(kg, ipc(batch)?);
+                snapshot.push_keyed(kg, entry(logical, batch)?);
             }
         }
     }
     Ok(snapshot)
 }
 
-/// The batches of a restored in-flight snapshot, in stored order.
-pub(crate) fn decode(snapshot: &StateSnapshot) -> Result<Vec<RecordBatch>> {
+/// The batches of a restored in-flight snapshot with their logical input, in stored order.
+pub(crate) fn decode(snapshot: &StateSnapshot) -> Result<Vec<(usize, RecordBatch)>> {
     let mut out = Vec::new();
     for entry in &snapshot.entries {
-        let reader = StreamReader::try_new(entry.bytes.as_slice(), None).map_err(|e| {
+        let (input, stream) = match entry.bytes.split_first_chunk::<4>() {
+            Some((marker, _)) if *marker == [0xFF; 4] => (0, entry.bytes.as_slice()),
+            Some((input, rest)) => (u32::from_le_bytes(*input) as usize, rest),
+            None => {
+                return Err(Error::io(
+                    "the in-flight data of the checkpoint is cut short",
+                ));
+            }
+        };
+        let reader = StreamReader::try_new(stream, None).map_err(|e| {
             Error::io("cannot read the in-flight data of the checkpoint").with_source(e)
         })?;
         for b in reader {
-            out.push(b.map_err(|e| {
-                Error::io("cannot read the in-flight data of the checkpoint").with_source(e)
-            })?);
+            out.push((
+                input,
+                b.map_err(|e| {
+                    Error::io("cannot read the in-flight data of the checkpoint").with_source(e)
+                })?,
+            ));
         }
     }
     Ok(out)
 }
 
-fn ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
+/// One entry: the logical input, then the batch as an Arrow IPC stream.
+fn entry(input: usize, batch: &RecordBatch) -> Result<Vec<u8>> {
+    let input = u32::try_from(input)
+        .map_err(|_| Error::internal(format!("input {input} does not fit the in-flight format")))?;
+    let mut buf = input.to_le_bytes().to_vec();
     let mut w = StreamWriter::try_new(&mut buf, &batch.schema())?;
     w.write(batch)?;
     w.finish()?;
@@ -127,7 +152,7 @@ mod tests {
         let range = KeyGroupRange::for_subtask(max, 1, 0);
         let snap = encode(
             &[(0, batch(100))],
-            &[InputKeys::Hash(vec!["k".into()])],
+            &[(InputKeys::Hash(vec!["k".into()]), 0)],
             range,
             max,
         )
@@ -135,7 +160,7 @@ mod tests {
         let parts = redistribute(vec![(0, snap)], 3, max).expect("redistribute");
         let mut total = 0;
         for (t, part) in parts.iter().enumerate() {
-            for b in decode(part).expect("decode") {
+            for (_, b) in decode(part).expect("decode") {
                 total += b.num_rows();
                 let parts =
                     crate::partition::split_by_key(&b, &["k".into()], max, 3).expect("split");
@@ -148,20 +173,35 @@ mod tests {
     }
 
     #[test]
+    fn entries_without_an_input_are_read_as_input_0() {
+        let b = batch(4);
+        let mut old = Vec::new();
+        let mut w = StreamWriter::try_new(&mut old, &b.schema()).expect("writer");
+        w.write(&b).expect("write");
+        w.finish().expect("finish");
+        drop(w);
+        let mut snap = StateSnapshot::new();
+        snap.push_keyed(0, old);
+        let got = decode(&snap).expect("decode");
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0, got[0].1.num_rows()), (0, 4));
+    }
+
+    #[test]
     fn other_edges_keep_every_batch_whole_and_in_order() {
         let max = 8;
         let snap = encode(
             &[(0, batch(3)), (1, batch(5)), (0, batch(7))],
-            &[InputKeys::Any, InputKeys::Any],
+            &[(InputKeys::Any, 0), (InputKeys::Any, 1)],
             KeyGroupRange::for_subtask(max, 1, 0),
             max,
         )
         .expect("encode");
-        let rows: Vec<usize> = decode(&snap)
+        let rows: Vec<(usize, usize)> = decode(&snap)
             .expect("decode")
             .iter()
-            .map(RecordBatch::num_rows)
+            .map(|(i, b)| (*i, b.num_rows()))
             .collect();
-        assert_eq!(rows, vec![3, 5, 7]);
+        assert_eq!(rows, vec![(0, 3), (1, 5), (0, 7)]);
     }
 }

@@ -12,10 +12,12 @@
 //! ([`InputEvent::InFlight`]).
 
 use crate::channel::{Received, Receiver};
+use crate::watermark::{Progress, WatermarkMerge};
 use arrow::record_batch::RecordBatch;
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::Poll;
-use weir_types::{Barrier, CheckpointId, Error, Message, Result, Watermark};
+use weir_types::{Barrier, CheckpointId, Error, Message, Result, Watermark, WatermarkStatus};
 
 /// What the gate yields to the task loop.
 #[derive(Debug)]
@@ -27,8 +29,10 @@ pub enum InputEvent {
         /// The rows.
         batch: RecordBatch,
     },
-    /// The minimum watermark over all live inputs advanced.
+    /// The minimum watermark over all live, active inputs advanced.
     Watermark(Watermark),
+    /// Every live input went idle ([`WatermarkStatus::Idle`]), or one became active again.
+    WatermarkStatus(WatermarkStatus),
     /// A barrier has arrived on every live input (aligned), or the first barrier of an unaligned
     /// checkpoint has arrived on any input.
     Barrier(Barrier),
@@ -58,8 +62,9 @@ enum InputState {
 pub struct InputGate {
     inputs: Vec<Receiver>,
     states: Vec<InputState>,
-    watermarks: Vec<Option<Watermark>>,
-    combined: Option<Watermark>,
+    watermarks: WatermarkMerge,
+    /// Events decided but not yet yielded (a message can cause two).
+    ready: VecDeque<InputEvent>,
     pending_barrier: Option<Barrier>,
     recording: Option<Recording>,
     next: usize,
@@ -82,8 +87,8 @@ impl InputGate {
         InputGate {
             inputs,
             states: vec![InputState::Open; n],
-            watermarks: vec![None; n],
-            combined: None,
+            watermarks: WatermarkMerge::new(n),
+            ready: VecDeque::new(),
             pending_barrier: None,
             recording: None,
             next: 0,
@@ -101,6 +106,9 @@ impl InputGate {
     pub async fn next(&mut self) -> Result<InputEvent> {
         loop {
             if let Some(ev) = self.take_recording() {
+                return Ok(ev);
+            }
+            if let Some(ev) = self.ready.pop_front() {
                 return Ok(ev);
             }
             if self.ended {
@@ -202,8 +210,12 @@ impl InputGate {
         match msg {
             Some(Message::Data(batch)) => Ok(Some(InputEvent::Data { input: idx, batch })),
             Some(Message::Watermark(w)) => {
-                self.watermarks[idx] = Some(self.watermarks[idx].map_or(w, |old| old.max(w)));
-                Ok(self.advance_watermark().map(InputEvent::Watermark))
+                let p = self.watermarks.watermark(idx, w);
+                Ok(self.progress(p))
+            }
+            Some(Message::WatermarkStatus(s)) => {
+                let p = self.watermarks.set_status(idx, s);
+                Ok(self.progress(p))
             }
             Some(Message::Barrier(b)) => {
                 match self.pending_barrier {
@@ -220,15 +232,23 @@ impl InputGate {
             }
             Some(Message::EndOfStream) | None => {
                 self.states[idx] = InputState::Ended;
-                self.watermarks[idx] = None;
-                if let Some(b) = self.try_release_barrier() {
-                    return Ok(Some(InputEvent::Barrier(b)));
-                }
+                let p = self.watermarks.end(idx);
+                let released = self.try_release_barrier();
                 if self.states.iter().all(|s| *s == InputState::Ended) {
                     self.ended = true;
-                    return Ok(Some(InputEvent::End));
+                    return Ok(released.map(InputEvent::Barrier).or(Some(InputEvent::End)));
                 }
-                Ok(self.advance_watermark().map(InputEvent::Watermark))
+                let progressed = self.progress(p);
+                match released {
+                    Some(b) => {
+                        // The barrier first: it was aligned before this input's end moved time.
+                        if let Some(ev) = progressed {
+                            self.ready.push_front(ev);
+                        }
+                        Ok(Some(InputEvent::Barrier(b)))
+                    }
+                    None => Ok(progressed),
+                }
             }
         }
     }
@@ -252,23 +272,23 @@ impl InputGate {
         Some(b)
     }
 
-    fn advance_watermark(&mut self) -> Option<Watermark> {
-        let live: Vec<_> = self
-            .states
-            .iter()
-            .zip(&self.watermarks)
-            .filter(|(s, _)| **s != InputState::Ended)
-            .map(|(_, w)| *w)
-            .collect();
-        if live.is_empty() || live.iter().any(|w| w.is_none()) {
-            return None;
+    /// Turns a change of the merged watermarks into events: the first is returned, any second one
+    /// queued.
+    fn progress(&mut self, p: Progress) -> Option<InputEvent> {
+        let mut events = Vec::new();
+        if p.status == Some(WatermarkStatus::Active) {
+            events.push(InputEvent::WatermarkStatus(WatermarkStatus::Active));
         }
-        let min = live.into_iter().flatten().min()?;
-        if self.combined.is_none_or(|c| min > c) {
-            self.combined = Some(min);
-            return Some(min);
+        if let Some(w) = p.watermark {
+            events.push(InputEvent::Watermark(w));
         }
-        None
+        if p.status == Some(WatermarkStatus::Idle) {
+            events.push(InputEvent::WatermarkStatus(WatermarkStatus::Idle));
+        }
+        let mut events = events.into_iter();
+        let first = events.next();
+        self.ready.extend(events);
+        first
     }
 }
 
@@ -315,7 +335,9 @@ mod tests {
                     seen.push(format!("d{}", a.value(0)));
                 }
                 InputEvent::Barrier(b) => seen.push(format!("b{}", b.checkpoint_id)),
-                InputEvent::Watermark(_) | InputEvent::InFlight { .. } => {}
+                InputEvent::Watermark(_)
+                | InputEvent::WatermarkStatus(_)
+                | InputEvent::InFlight { .. } => {}
                 InputEvent::End => break,
             }
         }
@@ -366,7 +388,7 @@ mod tests {
                     events.push("recorded".into());
                     recorded = batches.iter().map(|(i, b)| (*i, value(b))).collect();
                 }
-                InputEvent::Watermark(_) => {}
+                InputEvent::Watermark(_) | InputEvent::WatermarkStatus(_) => {}
                 InputEvent::End => break,
             }
         }
@@ -405,7 +427,7 @@ mod tests {
                 InputEvent::InFlight { checkpoint, .. } => events.push(format!("r{checkpoint}")),
                 InputEvent::Barrier(b) => events.push(format!("b{}", b.checkpoint_id)),
                 InputEvent::Data { batch, .. } => events.push(format!("d{}", value(&batch))),
-                InputEvent::Watermark(_) => {}
+                InputEvent::Watermark(_) | InputEvent::WatermarkStatus(_) => {}
                 InputEvent::End => break,
             }
         }
@@ -439,5 +461,45 @@ mod tests {
         ));
         t0.send(Message::EndOfStream).await.expect("send");
         assert!(matches!(gate.next().await.expect("event"), InputEvent::End));
+    }
+
+    #[tokio::test]
+    async fn an_idle_input_is_left_out_until_it_is_active_again() {
+        let (t0, r0) = channel(1 << 20);
+        let (t1, r1) = channel(1 << 20);
+        let mut gate = InputGate::new(vec![r0, r1]);
+        t1.send(Message::WatermarkStatus(WatermarkStatus::Idle))
+            .await
+            .expect("send");
+        t0.send(Message::Watermark(Watermark(5)))
+            .await
+            .expect("send");
+        assert!(matches!(
+            gate.next().await.expect("event"),
+            InputEvent::Watermark(Watermark(5))
+        ));
+        // Input 0 goes idle too: the gate is idle.
+        t0.send(Message::WatermarkStatus(WatermarkStatus::Idle))
+            .await
+            .expect("send");
+        assert!(matches!(
+            gate.next().await.expect("event"),
+            InputEvent::WatermarkStatus(WatermarkStatus::Idle)
+        ));
+        // Input 1 comes back with a watermark: active first, then the watermark.
+        t1.send(Message::WatermarkStatus(WatermarkStatus::Active))
+            .await
+            .expect("send");
+        t1.send(Message::Watermark(Watermark(9)))
+            .await
+            .expect("send");
+        assert!(matches!(
+            gate.next().await.expect("event"),
+            InputEvent::WatermarkStatus(WatermarkStatus::Active)
+        ));
+        assert!(matches!(
+            gate.next().await.expect("event"),
+            InputEvent::Watermark(Watermark(9))
+        ));
     }
 }

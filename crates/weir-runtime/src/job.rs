@@ -15,14 +15,15 @@ use crate::operator::{OperatorContext, TaskInfo};
 use crate::partition::EdgeRouter;
 use crate::physical::{PhysicalPlan, plan};
 use crate::task::{
-    ChainedOperator, CheckpointLink, Head, InFlightSetup, Outputs, Task, TaskEnd, is_secondary,
+    ChainedOperator, CheckpointLink, Head, InFlightSetup, Outputs, Task, TaskEnd, Watermarks,
+    is_secondary,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weir_checkpoint::{StateSnapshot, TaskKey};
+use weir_checkpoint::{CheckpointStore, Manifest, TaskKey};
 use weir_types::{Error, KeyGroupRange, Result};
 
 /// How the whole job ended: whether a stop ended it early, and what its checkpoints did.
@@ -99,43 +100,16 @@ impl Runtime {
         }
         let metrics = MetricsRegistry::default();
         let stop = CancellationToken::new();
-        let restored = match checkpoint
-            .as_ref()
-            .and_then(|c| c.restore.as_ref().map(|m| (c, m)))
-        {
-            Some((setup, manifest)) => {
-                let mut states = HashMap::new();
-                for n in &graph.nodes {
-                    for name in [n.name.clone(), crate::inflight::node_name(&n.name)] {
-                        if manifest.node(&name).is_some() {
-                            let s = self.io.block_on(setup.store.restore_node(
-                                manifest,
-                                &name,
-                                n.parallelism,
-                            ))?;
-                            states.insert(name, s);
-                        }
-                    }
-                }
-                crate::fault::crash_point("restore", manifest.checkpoint_id);
-                states
-            }
-            None => HashMap::new(),
-        };
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut handles = BTreeMap::new();
-        let link = checkpoint
-            .as_ref()
-            .map(|_| (events_tx, &mut handles, unaligned));
-        let tasks = wire(
-            &graph,
-            &plan,
-            &metrics,
-            &stop,
-            self.io.handle(),
-            &restored,
-            link,
-        )?;
+        let link = checkpoint.as_ref().map(|setup| Link {
+            events: events_tx,
+            handles: &mut handles,
+            unaligned,
+            store: setup.store.clone(),
+            restore: setup.restore.clone().map(Arc::new),
+        });
+        let tasks = wire(&graph, &plan, &metrics, &stop, self.io.handle(), link)?;
         let mut set = JoinSet::new();
         if let Some(setup) = &checkpoint {
             let mut parallelism: HashMap<String, u32> = graph
@@ -321,6 +295,17 @@ async fn supervise(mut set: JoinSet<Result<Ended>>) -> Result<Outcome> {
     }
 }
 
+/// What the wiring of a checkpointing job needs.
+struct Link<'a> {
+    /// Where tasks send their acks.
+    events: tokio::sync::mpsc::UnboundedSender<crate::task::TaskEvent>,
+    /// Filled with each task's control channel, for the driver.
+    handles: &'a mut BTreeMap<TaskKey, TaskHandle>,
+    unaligned: bool,
+    store: CheckpointStore,
+    restore: Option<Arc<Manifest>>,
+}
+
 /// Creates every task of the plan with its channels.
 fn wire(
     graph: &JobGraph,
@@ -328,16 +313,11 @@ fn wire(
     registry: &MetricsRegistry,
     stop: &CancellationToken,
     io: &tokio::runtime::Handle,
-    restored: &HashMap<String, Vec<StateSnapshot>>,
-    mut checkpoint: Option<(
-        tokio::sync::mpsc::UnboundedSender<crate::task::TaskEvent>,
-        &mut BTreeMap<TaskKey, TaskHandle>,
-        bool,
-    )>,
+    mut checkpoint: Option<Link<'_>>,
 ) -> Result<Vec<Task>> {
-    // The third element: whether checkpoints are unaligned.
-    let unaligned = checkpoint.as_ref().is_some_and(|c| c.2);
+    let unaligned = checkpoint.as_ref().is_some_and(|c| c.unaligned);
     let checkpointing = checkpoint.is_some();
+    let log_stores: Option<CheckpointStore> = checkpoint.as_ref().map(|c| c.store.clone());
     let cfg = &graph.config;
     // Metrics per node and subtask, registered in graph order.
     let node_metrics: Vec<Vec<Arc<OperatorMetrics>>> = graph
@@ -398,8 +378,9 @@ fn wire(
             .map(|(i, s)| EdgeRouter::new(partitioning.clone(), s, i, cfg.max_parallelism))
             .collect::<Vec<_>>()
     };
-    // Per chain: how each of its input channels maps rows to key groups (in receiver order).
-    let mut in_keys: Vec<Vec<InputKeys>> = vec![Vec::new(); plan.chains.len()];
+    // Per chain: how each of its input channels maps rows to key groups, and which logical input
+    // of the head node it belongs to (in receiver order).
+    let mut in_keys: Vec<Vec<(InputKeys, usize)>> = vec![Vec::new(); plan.chains.len()];
     let keys_of = |p: &Partitioning| match p {
         Partitioning::Hash { keys } => InputKeys::Hash(keys.clone()),
         _ => InputKeys::Any,
@@ -410,7 +391,7 @@ fn wire(
         } else {
             plan.chains[e.from].parallelism as usize
         };
-        in_keys[e.to].extend(std::iter::repeat_n(keys_of(&e.partitioning), n));
+        in_keys[e.to].extend(std::iter::repeat_n((keys_of(&e.partitioning), e.input), n));
         for (i, r) in connect(e.from, e.to, &e.partitioning, &mut inputs)
             .into_iter()
             .enumerate()
@@ -424,7 +405,7 @@ fn wire(
                 continue;
             }
             in_keys[dl].extend(std::iter::repeat_n(
-                InputKeys::Any,
+                (InputKeys::Any, 0),
                 plan.chains[c].parallelism as usize,
             ));
             for (i, r) in connect(c, dl, &Partitioning::Rebalance, &mut inputs)
@@ -451,12 +432,9 @@ fn wire(
                     max_parallelism: cfg.max_parallelism,
                 };
                 let metrics = node_metrics[node][subtask as usize].clone();
-                let state = restored
-                    .get(&n.name)
-                    .and_then(|s| s.get(subtask as usize))
-                    .cloned();
                 let ctx = OperatorContext::new(info.clone(), cfg.error_policy, metrics, io.clone())
-                    .with_restored_state(state, checkpointing);
+                    .with_restored_state(None, checkpointing)
+                    .with_log_store(log_stores.as_ref().map(|s| s.log_store(&n.name)));
                 (info, ctx)
             };
             let mut nodes = chain.nodes.iter().copied();
@@ -470,11 +448,17 @@ fn wire(
                     all_metrics.push(ctx.metrics().clone());
                     Head::Source { source, ctx }
                 }
-                _ => Head::Input(InputGate::new(head_in)),
+                _ => Head::Input {
+                    gate: InputGate::new(head_in),
+                    input_of: in_keys[ci].iter().map(|(_, i)| *i).collect(),
+                },
             };
             let mut ops = Vec::new();
             for node in nodes {
-                let (info, ctx) = ctx_for(node);
+                let (info, mut ctx) = ctx_for(node);
+                if node == chain.nodes[0] {
+                    ctx = ctx.with_inputs(graph.inputs(node).count());
+                }
                 let op = match &graph.nodes[node].kind {
                     NodeKind::Operator(f) | NodeKind::Sink(f) => f(&info),
                     NodeKind::Source(_) => Err(Error::internal("a source inside a chain")),
@@ -484,11 +468,11 @@ fn wire(
                 ops.push(ChainedOperator { op, ctx });
             }
             let head_node = &graph.nodes[chain.nodes[0]];
-            let link = checkpoint.as_mut().map(|(events, handles, _)| {
+            let link = checkpoint.as_mut().map(|c| {
                 let key = TaskKey::new(head_node.name.clone(), subtask);
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let is_source = matches!(head_node.kind, NodeKind::Source(_));
-                handles.insert(
+                c.handles.insert(
                     key.clone(),
                     TaskHandle {
                         is_source,
@@ -498,18 +482,20 @@ fn wire(
                 CheckpointLink {
                     key,
                     control: rx,
-                    events: events.clone(),
+                    events: c.events.clone(),
+                    store: c.store.clone(),
+                    io: io.clone(),
+                    writes: tokio::task::JoinSet::new(),
+                    restore: c.restore.clone(),
                 }
             });
-            let in_flight = (unaligned && matches!(head, Head::Input(_))).then(|| {
+            let in_flight = (unaligned && matches!(head, Head::Input { .. })).then(|| {
                 let node = crate::inflight::node_name(&head_node.name);
                 InFlightSetup {
-                    replay: restored
-                        .get(&node)
-                        .and_then(|s| s.get(subtask as usize))
-                        .cloned(),
+                    replay: None,
                     node,
                     subtask,
+                    parallelism: chain.parallelism,
                     inputs: in_keys[ci].clone(),
                     range: KeyGroupRange::for_subtask(
                         cfg.max_parallelism,
@@ -520,6 +506,7 @@ fn wire(
                 }
             });
             tasks.push(Task {
+                watermarks: Watermarks::new(ops.len()),
                 in_flight,
                 pending_ack: None,
                 last_snapshot: None,

@@ -79,19 +79,26 @@ pub mod graph;
 mod inflight;
 pub mod input;
 pub mod job;
+pub mod kind;
 pub mod metrics;
 pub mod operator;
 pub mod partition;
 pub mod physical;
 pub mod source;
 mod task;
+pub mod watermark;
 
 pub use checkpointing::{CheckpointSetup, CheckpointStats};
 pub use graph::{Edge, JobConfig, JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, JobReport, Runtime};
 pub use metrics::{MetricsRegistry, MetricsSnapshot, NodeMetrics, NodeRole, OperatorMetrics};
-pub use operator::{CpuTask, Emitter, ErrorPolicy, Operator, OperatorContext, Relabel, TaskInfo};
+pub use operator::{
+    CpuTask, Emitted, Emitter, ErrorPolicy, IoTask, Operator, OperatorContext, Relabel, TaskInfo,
+};
 pub use source::{Source, SourceEvent};
 /// Cancelled when a stop of the job is requested.
 pub use tokio_util::sync::CancellationToken as StopToken;
-pub use weir_checkpoint::{StateKey, StateSnapshot};
+pub use watermark::{Progress, WatermarkMerge};
+pub use weir_checkpoint::AbortReason;
+pub use weir_checkpoint::{LogStore, StateKey, StateSnapshot, UnionKey};
+pub use weir_types::{Watermark, WatermarkStatus};

@@ -9,7 +9,7 @@ use crate::metrics::OperatorMetrics;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use std::sync::Arc;
-use weir_checkpoint::StateSnapshot;
+use weir_checkpoint::{AbortReason, LogStore, StateSnapshot};
 use weir_types::{Barrier, CheckpointId, DeadLetter, Error, Result, Watermark};
 
 /// What to do with a row an operator cannot process.
@@ -35,28 +35,55 @@ pub struct TaskInfo {
     pub max_parallelism: u32,
 }
 
-/// Collects the batches a hook emits. The runtime passes them on after the hook returns.
+/// One thing an operator emitted, in order.
+#[derive(Debug, Clone)]
+pub enum Emitted {
+    /// A batch of rows.
+    Batch(RecordBatch),
+    /// Event-time progress: no row emitted after it has an event time below it.
+    Watermark(Watermark),
+}
+
+/// Collects what a hook emits: batches and watermarks, in order. The runtime passes them on after
+/// the hook returns, in the same order.
 #[derive(Debug, Default)]
 pub struct Emitter {
-    batches: Vec<RecordBatch>,
+    items: Vec<Emitted>,
 }
 
 impl Emitter {
     /// Emits a batch downstream. Empty batches are dropped.
     pub fn emit(&mut self, batch: RecordBatch) {
         if batch.num_rows() > 0 {
-            self.batches.push(batch);
+            self.items.push(Emitted::Batch(batch));
         }
     }
 
-    /// Takes what was emitted so far.
-    pub fn take(&mut self) -> Vec<RecordBatch> {
-        std::mem::take(&mut self.batches)
+    /// Emits a watermark downstream, after the batches emitted before it. The runtime drops a
+    /// watermark that does not advance past the last one this operator emitted.
+    pub fn emit_watermark(&mut self, watermark: Watermark) {
+        self.items.push(Emitted::Watermark(watermark));
     }
 
-    /// Whether nothing was emitted.
+    /// Takes the batches emitted so far (and drops the watermarks): for tests of one operator.
+    pub fn take(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.items)
+            .into_iter()
+            .filter_map(|i| match i {
+                Emitted::Batch(b) => Some(b),
+                Emitted::Watermark(_) => None,
+            })
+            .collect()
+    }
+
+    /// Takes everything emitted so far, in order.
+    pub fn take_all(&mut self) -> Vec<Emitted> {
+        std::mem::take(&mut self.items)
+    }
+
+    /// Whether no batch was emitted (watermarks do not count).
     pub fn is_empty(&self) -> bool {
-        self.batches.is_empty()
+        !self.items.iter().any(|i| matches!(i, Emitted::Batch(_)))
     }
 }
 
@@ -69,7 +96,15 @@ pub struct OperatorContext {
     dead_letters: Vec<DeadLetter>,
     io: tokio::runtime::Handle,
     restored: Option<StateSnapshot>,
+    restored_from: Option<CheckpointId>,
     checkpointing: bool,
+    log_store: Option<LogStore>,
+    /// The input the batch being processed came from, and the number of inputs.
+    input: usize,
+    inputs: usize,
+    /// (Sources) the watermark emitted during the current call, and whether it went idle.
+    source_watermark: Option<Watermark>,
+    source_idle: bool,
 }
 
 impl OperatorContext {
@@ -87,8 +122,71 @@ impl OperatorContext {
             dead_letters: Vec::new(),
             io,
             restored: None,
+            restored_from: None,
             checkpointing: false,
+            log_store: None,
+            input: 0,
+            inputs: 1,
+            source_watermark: None,
+            source_idle: false,
         }
+    }
+
+    /// Sets the number of logical inputs of this instance's node (set by the runtime; 1 for a
+    /// chained operator and by default).
+    pub fn with_inputs(mut self, inputs: usize) -> Self {
+        self.inputs = inputs.max(1);
+        self
+    }
+
+    /// Which input the batch now in [`Operator::process_batch`] came from: the index of the edge,
+    /// in the order the node's input edges were added to the [`JobGraph`](crate::JobGraph)
+    /// (`connect(a, op)` then `connect(b, op)`: rows of `a` are input 0, rows of `b` input 1).
+    /// Always 0 for an operator chained behind another one (it has one input) and outside
+    /// `process_batch`. Rows replayed from an unaligned checkpoint keep the input they came on.
+    pub fn input(&self) -> usize {
+        self.input
+    }
+
+    /// The number of logical inputs of this node (1 for a chained operator).
+    pub fn input_count(&self) -> usize {
+        self.inputs
+    }
+
+    /// Sets the input of the next batch (the runtime calls this before `process_batch`).
+    pub fn set_input(&mut self, input: usize) {
+        self.input = input;
+    }
+
+    /// (Sources only) Emits event-time progress: no row this source subtask emits later has an
+    /// event time below `watermark`. Called during [`Source::next`](crate::Source::next); the
+    /// runtime sends the watermark after the batch that call returns, through the chained
+    /// operators' [`Operator::on_watermark`] and on to every consumer. The largest of several calls
+    /// counts; a watermark that does not advance past the last one sent is dropped. Sending one
+    /// makes an idle source active again. Operators emit watermarks through
+    /// [`Emitter::emit_watermark`] instead.
+    pub fn emit_watermark(&mut self, watermark: Watermark) {
+        self.source_watermark = Some(
+            self.source_watermark
+                .map_or(watermark, |w| w.max(watermark)),
+        );
+        self.source_idle = false;
+    }
+
+    /// (Sources only) Marks this source subtask idle: it expects no rows for a while (all its
+    /// splits are idle, or it has none), so consumers stop waiting for its watermark (see
+    /// [`WatermarkMerge`](crate::WatermarkMerge)). The runtime sends the status after the batch
+    /// the current call of `next` returns. The next batch or watermark makes it active again.
+    pub fn mark_idle(&mut self) {
+        self.source_idle = true;
+    }
+
+    /// Takes the watermark and idleness requested during the last source call (the runtime).
+    pub(crate) fn take_source_progress(&mut self) -> (Option<Watermark>, bool) {
+        (
+            self.source_watermark.take(),
+            std::mem::take(&mut self.source_idle),
+        )
     }
 
     /// Hands this instance the state it restores from (set by the runtime before `open`).
@@ -100,6 +198,34 @@ impl OperatorContext {
         self.restored = state;
         self.checkpointing = checkpointing;
         self
+    }
+
+    /// Hands this instance the state it restores from checkpoint `from` (the runtime calls this
+    /// before `open`, after the task read its share from the checkpoint store).
+    pub fn set_restored_state(&mut self, state: StateSnapshot, from: CheckpointId) {
+        self.restored = Some(state);
+        self.restored_from = Some(from);
+    }
+
+    /// Gives this instance a store for objects it keeps across checkpoints (the runtime does,
+    /// when the job checkpoints).
+    pub fn with_log_store(mut self, store: Option<LogStore>) -> Self {
+        self.log_store = store;
+        self
+    }
+
+    /// The checkpoint this instance was restored from, if any.
+    pub fn restored_from(&self) -> Option<CheckpointId> {
+        self.restored_from
+    }
+
+    /// When the job checkpoints: a store in the job's checkpoint store (local or S3) for objects
+    /// this node keeps across checkpoints, such as a log of results it can reuse after a restore
+    /// on any machine (see [`LogStore`]). Shared by the node's subtasks; use names that say
+    /// which subtask wrote them. Write through [`OperatorContext::start_io`] so the task goes on
+    /// meanwhile.
+    pub fn log_store(&self) -> Option<&LogStore> {
+        self.log_store.as_ref()
     }
 
     /// The state this instance restores from, if the job was resumed from a checkpoint: its own
@@ -200,6 +326,20 @@ impl OperatorContext {
         &self.io
     }
 
+    /// Starts `io` (object-store calls, network) on the io executor without waiting for it, so
+    /// the task goes on meanwhile; await the returned [`IoTask`] for its result. The IO is owned
+    /// by the handle: dropping it cancels the IO.
+    pub fn start_io<T, F>(&self, io: F) -> IoTask<T>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        IoTask {
+            handle: self.io.spawn(io),
+            node: self.info.node.clone(),
+        }
+    }
+
     /// Starts CPU-heavy `work` on a blocking thread without waiting for it, so that it overlaps
     /// with what the task does next (read-ahead while the task processes the previous chunks).
     /// [`CpuTask::join`] awaits the result; dropping the handle lets `work` run to its end and
@@ -230,6 +370,43 @@ impl OperatorContext {
     }
 }
 
+/// IO started by [`OperatorContext::start_io`]: a future that resolves to the IO's result.
+/// Dropping it cancels the IO (nothing runs on unowned).
+#[derive(Debug)]
+pub struct IoTask<T> {
+    handle: tokio::task::JoinHandle<T>,
+    node: String,
+}
+
+impl<T> IoTask<T> {
+    /// Whether the IO has ended (awaiting it then does not wait).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+impl<T> std::future::Future for IoTask<T> {
+    type Output = Result<T>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<T>> {
+        std::pin::Pin::new(&mut self.handle).poll(cx).map(|r| {
+            r.map_err(|e| {
+                Error::internal("io work panicked or was cancelled")
+                    .with_source(e)
+                    .in_operator(self.node.clone())
+            })
+        })
+    }
+}
+
+impl<T> Drop for IoTask<T> {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
 /// CPU work started by [`OperatorContext::start_cpu`] and not yet awaited.
 #[derive(Debug)]
 pub struct CpuTask<T> {
@@ -251,7 +428,7 @@ impl<T> CpuTask<T> {
 
 /// A running operator: the hooks the runtime calls, in this order per instance:
 /// `open`, then any number of `process_batch` / `on_watermark` / `snapshot` /
-/// `notify_checkpoint_complete` / `poll_pending` interleaved as messages arrive, then `finish` once
+/// `notify_checkpoint_complete` / `notify_checkpoint_aborted` / `poll_pending` interleaved as messages arrive, then `finish` once
 /// when every input has ended (not on failure or cancellation).
 ///
 /// All hooks run on the task's executor thread: they may `.await` IO but must not block it for long;
@@ -291,9 +468,10 @@ pub trait Operator: Send {
         Ok(())
     }
 
-    /// Called for every data batch from any input, in arrival order per input. May emit any number
-    /// of batches through `out` (which the runtime sends on after the hook returns), keep rows in
-    /// state, or report bad rows through `ctx.bad_row`.
+    /// Called for every data batch from any input, in arrival order per input;
+    /// [`OperatorContext::input`] says which input (for operators with several, such as joins).
+    /// May emit any number of batches through `out` (which the runtime sends on after the hook
+    /// returns), keep rows in state, or report bad rows through `ctx.bad_row`.
     async fn process_batch(
         &mut self,
         batch: RecordBatch,
@@ -301,14 +479,20 @@ pub trait Operator: Send {
         out: &mut Emitter,
     ) -> Result<()>;
 
-    /// Called when the combined watermark of all inputs advances, before the runtime forwards it.
-    /// May emit batches (for example, closed windows).
+    /// Called when the combined watermark of the operator's inputs advances (the minimum over its
+    /// live, active inputs; for a chained operator, what the operator before it emitted). May emit
+    /// batches (for example, closed windows) and must emit the watermark it lets through with
+    /// [`Emitter::emit_watermark`], after the rows it holds that must precede it. The default
+    /// forwards `watermark` at once, which is right for every operator that emits each row while
+    /// processing it. An operator that holds rows back (asynchronous calls, buffers) forwards
+    /// `watermark` only once the rows that arrived before it are emitted, from a later hook.
     async fn on_watermark(
         &mut self,
-        _watermark: Watermark,
+        watermark: Watermark,
         _ctx: &mut OperatorContext,
-        _out: &mut Emitter,
+        out: &mut Emitter,
     ) -> Result<()> {
+        out.emit_watermark(watermark);
         Ok(())
     }
 
@@ -335,6 +519,27 @@ pub trait Operator: Send {
     async fn notify_checkpoint_complete(
         &mut self,
         _id: CheckpointId,
+        _ctx: &mut OperatorContext,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called when checkpoint `id` will not complete: it expired, a task or the store declined it
+    /// (a snapshot or a state write failed), or a newer checkpoint completed first and subsumes it
+    /// (`reason` says which). May come before this task snapshotted `id` (its barrier may still
+    /// be on the way; the task then still snapshots it), and for a checkpoint the task never
+    /// snapshots. Emits nothing.
+    ///
+    /// The job goes on, and nothing staged for `id` may be lost: the rows a sink staged for `id`
+    /// are still part of the output and are published when a later checkpoint completes
+    /// (`notify_checkpoint_complete(n)` publishes everything staged up to `n`; a subsumed
+    /// checkpoint's rows by the one that subsumed it, notified right after). A transactional sink
+    /// may abort here what it opened for `id` only when it writes those rows again before the
+    /// next checkpoint.
+    async fn notify_checkpoint_aborted(
+        &mut self,
+        _id: CheckpointId,
+        _reason: &AbortReason,
         _ctx: &mut OperatorContext,
     ) -> Result<()> {
         Ok(())

@@ -26,6 +26,11 @@ pub struct ChainEdge {
     pub to: usize,
     /// Routing, after forward edges of unequal parallelism became rebalance.
     pub partitioning: Partitioning,
+    /// Which input of the consuming chain's head node this edge is (its index among that node's
+    /// input edges, in the order they were added): what [`OperatorContext::input`] says.
+    ///
+    /// [`OperatorContext::input`]: crate::OperatorContext::input
+    pub input: usize,
 }
 
 /// The physical plan: chains and the edges between them.
@@ -74,7 +79,10 @@ pub fn plan(graph: &JobGraph) -> Result<PhysicalPlan> {
         }
     }
     let mut edges = Vec::new();
+    let mut inputs_seen = vec![0usize; graph.nodes.len()];
     for e in &graph.edges {
+        let input = inputs_seen[e.to];
+        inputs_seen[e.to] += 1;
         let (from, to) = (chain_of[e.from], chain_of[e.to]);
         if from == to {
             continue;
@@ -89,6 +97,7 @@ pub fn plan(graph: &JobGraph) -> Result<PhysicalPlan> {
             from,
             to,
             partitioning,
+            input,
         });
     }
     Ok(PhysicalPlan {

@@ -5,7 +5,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use std::time::Duration;
-use weir_checkpoint::StateSnapshot;
+use weir_checkpoint::{AbortReason, StateSnapshot};
 use weir_types::{Barrier, CheckpointId, Result};
 
 /// What one call of [`Source::next`] produced.
@@ -25,7 +25,15 @@ pub enum SourceEvent {
 /// concurrently), until `next` returns [`SourceEvent::Finished`] or the job is stopped, then `close`.
 ///
 /// Each subtask reads its own share of the input (for example, the files whose index modulo the
-/// parallelism equals the subtask index). `next` must return within about 100 ms (return a smaller
+/// parallelism equals the subtask index).
+///
+/// Event time: during `next` a source may call [`OperatorContext::emit_watermark`] (sent after
+/// the batch that call returns) and [`OperatorContext::mark_idle`] (it expects no rows for a
+/// while, so consumers stop waiting for its watermark; its next batch or watermark makes it
+/// active again). A source reading several splits keeps one watermark per split and emits their
+/// minimum over the splits that are not idle, for example with a [`WatermarkMerge`].
+///
+/// [`WatermarkMerge`]: crate::WatermarkMerge `next` must return within about 100 ms (return a smaller
 /// batch or `Idle` rather than wait longer), so that barriers and stop requests are not delayed.
 /// Bad rows go through [`OperatorContext::bad_row`]; a hook that returns an error fails the job.
 #[async_trait]
@@ -59,6 +67,18 @@ pub trait Source: Send {
     async fn notify_checkpoint_complete(
         &mut self,
         _id: CheckpointId,
+        _ctx: &mut OperatorContext,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called when checkpoint `id` will not complete (see
+    /// [`Operator::notify_checkpoint_aborted`](crate::Operator::notify_checkpoint_aborted)), between
+    /// two calls of `next`.
+    async fn notify_checkpoint_aborted(
+        &mut self,
+        _id: CheckpointId,
+        _reason: &AbortReason,
         _ctx: &mut OperatorContext,
     ) -> Result<()> {
         Ok(())

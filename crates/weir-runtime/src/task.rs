@@ -4,7 +4,7 @@
 use crate::inflight::{self, InputKeys};
 use crate::input::{InputEvent, InputGate};
 use crate::metrics::OperatorMetrics;
-use crate::operator::{Emitter, Operator, OperatorContext};
+use crate::operator::{Emitted, Emitter, Operator, OperatorContext};
 use crate::partition::EdgeRouter;
 use crate::source::{Source, SourceEvent};
 use arrow::record_batch::RecordBatch;
@@ -12,11 +12,12 @@ use futures::future::{BoxFuture, select_all};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weir_checkpoint::{StateSnapshot, TaskKey};
+use weir_checkpoint::{AbortReason, CheckpointStore, FileEntry, Manifest, StateSnapshot, TaskKey};
 use weir_types::{
     Barrier, BarrierKind, CheckpointId, Error, ErrorKind, KeyGroupRange, Message, Result,
-    dead_letter_batch,
+    Watermark, WatermarkStatus, dead_letter_batch,
 };
 
 /// What the checkpoint driver tells a task.
@@ -28,6 +29,11 @@ pub(crate) enum Control {
     SnapshotNow(Barrier),
     /// Checkpoint `id` is complete; `last` says it was the final one and the task may end.
     Complete { id: CheckpointId, last: bool },
+    /// Checkpoint `id` will not complete.
+    Aborted {
+        id: CheckpointId,
+        reason: AbortReason,
+    },
 }
 
 /// States of the nodes of a task for one checkpoint: (node, subtask, state).
@@ -36,21 +42,36 @@ pub(crate) type NodeStates = Vec<(String, u32, StateSnapshot)>;
 /// What a task tells the checkpoint driver.
 #[derive(Debug)]
 pub(crate) enum TaskEvent {
-    /// The task snapshotted checkpoint `id`: state per node of its chain.
+    /// The task snapshotted checkpoint `id` and wrote its state: the file of each node of its
+    /// chain that had state, to list in the manifest. No state bytes travel here.
     Ack {
         task: TaskKey,
         id: CheckpointId,
-        states: Vec<(String, u32, StateSnapshot)>,
+        files: Vec<(String, FileEntry)>,
+    },
+    /// The task could not write its state of checkpoint `id`.
+    Decline {
+        task: TaskKey,
+        id: CheckpointId,
+        error: Error,
     },
     /// The task's input has ended and `finish` ran; it now waits for the final checkpoint.
     ReadyToFinish { task: TaskKey },
 }
 
-/// A task's link to the checkpoint driver.
+/// A task's link to the checkpoint driver and the checkpoint store.
 pub(crate) struct CheckpointLink {
     pub(crate) key: TaskKey,
     pub(crate) control: mpsc::UnboundedReceiver<Control>,
     pub(crate) events: mpsc::UnboundedSender<TaskEvent>,
+    /// Where the task writes its state.
+    pub(crate) store: CheckpointStore,
+    /// The io executor, where state writes run.
+    pub(crate) io: tokio::runtime::Handle,
+    /// State writes in flight (each acks or declines when done); aborted when the task is dropped.
+    pub(crate) writes: JoinSet<()>,
+    /// The checkpoint to restore from.
+    pub(crate) restore: Option<Arc<Manifest>>,
 }
 
 /// One operator of a chain with its context.
@@ -65,7 +86,11 @@ pub(crate) enum Head {
         source: Box<dyn Source>,
         ctx: OperatorContext,
     },
-    Input(InputGate),
+    Input {
+        gate: InputGate,
+        /// Per input channel of the gate: which logical input of the head node it belongs to.
+        input_of: Vec<usize>,
+    },
 }
 
 /// The task's outputs: routers for data edges and the dead-letter channel.
@@ -98,6 +123,27 @@ pub(crate) struct Task {
     pub(crate) in_flight: Option<InFlightSetup>,
     /// An unaligned checkpoint snapshotted but not yet acked: its in-flight data is recording.
     pub(crate) pending_ack: Option<(CheckpointId, NodeStates)>,
+    /// Event time: the last watermark handed to each chained operator, the last one sent out,
+    /// and the status sent out.
+    pub(crate) watermarks: Watermarks,
+}
+
+/// The watermarks a task has passed on so far (each only advances).
+#[derive(Debug)]
+pub(crate) struct Watermarks {
+    into: Vec<Option<Watermark>>,
+    out: Option<Watermark>,
+    status: WatermarkStatus,
+}
+
+impl Watermarks {
+    pub(crate) fn new(chain: usize) -> Self {
+        Watermarks {
+            into: vec![None; chain],
+            out: None,
+            status: WatermarkStatus::Active,
+        }
+    }
 }
 
 /// Where an input task's in-flight data goes (see [`crate::inflight`]).
@@ -105,7 +151,10 @@ pub(crate) struct InFlightSetup {
     /// The pseudo node name.
     pub(crate) node: String,
     pub(crate) subtask: u32,
-    pub(crate) inputs: Vec<InputKeys>,
+    /// The chain's parallelism.
+    pub(crate) parallelism: u32,
+    /// Per input channel: how its rows map to key groups, and its logical input.
+    pub(crate) inputs: Vec<(InputKeys, usize)>,
     pub(crate) range: KeyGroupRange,
     pub(crate) max_parallelism: u32,
     /// Restored in-flight data, replayed before the input is read.
@@ -132,6 +181,7 @@ fn coordinator_gone() -> Error {
 
 impl Task {
     pub(crate) async fn run(mut self) -> Result<TaskEnd> {
+        self.restore().await?;
         if let Head::Source { source, ctx } = &mut self.head {
             let name = ctx.name().to_string();
             source.open(ctx).await.map_err(|e| e.in_operator(name))?;
@@ -144,13 +194,57 @@ impl Task {
         }
         let end = match &self.head {
             Head::Source { .. } => self.run_source().await?,
-            Head::Input(_) => self.run_input().await?,
+            Head::Input { .. } => self.run_input().await?,
         };
         self.await_final_checkpoint().await?;
+        if let Some(link) = &mut self.checkpoint {
+            // Writes of checkpoints that were aborted may still run: let them end.
+            while link.writes.join_next().await.is_some() {}
+        }
         for m in &self.all_metrics {
             m.set_finished();
         }
         Ok(end)
+    }
+
+    /// On a restore, reads this subtask's share of the restored checkpoint for the source and
+    /// every chained operator (and the in-flight data to replay), before anything is opened.
+    async fn restore(&mut self) -> Result<()> {
+        let Some((store, manifest)) = self
+            .checkpoint
+            .as_ref()
+            .and_then(|l| Some((l.store.clone(), l.restore.clone()?)))
+        else {
+            return Ok(());
+        };
+        let read = |node: String, parallelism: u32, subtask: u32| {
+            let (store, manifest) = (store.clone(), manifest.clone());
+            async move {
+                if manifest.node(&node).is_none() {
+                    return Ok(None);
+                }
+                store
+                    .read_subtask_state(&manifest, &node, parallelism, subtask)
+                    .await
+                    .map(Some)
+            }
+        };
+        let mut contexts: Vec<&mut OperatorContext> = Vec::new();
+        if let Head::Source { ctx, .. } = &mut self.head {
+            contexts.push(ctx);
+        }
+        contexts.extend(self.chain.iter_mut().map(|c| &mut c.ctx));
+        for ctx in contexts {
+            let info = ctx.info().clone();
+            let state = read(info.node.clone(), info.parallelism, info.subtask).await?;
+            ctx.set_restored_state(state.unwrap_or_default(), manifest.checkpoint_id);
+        }
+        if let Some(setup) = &mut self.in_flight {
+            let parallelism = setup.parallelism;
+            setup.replay = read(setup.node.clone(), parallelism, setup.subtask).await?;
+        }
+        crate::fault::crash_point("restore", manifest.checkpoint_id);
+        Ok(())
     }
 
     /// With checkpoints, a task whose input has ended stays until the final checkpoint completes:
@@ -179,6 +273,7 @@ impl Task {
                         return Ok(());
                     }
                 }
+                Control::Aborted { id, reason } => self.notify_aborted(id, &reason).await?,
             }
         }
     }
@@ -228,21 +323,32 @@ impl Task {
             self.pending_ack = Some((barrier.checkpoint_id, states));
             return Ok(());
         }
-        crate::fault::crash_point("snapshot", barrier.checkpoint_id);
         self.ack(barrier.checkpoint_id, states)
     }
 
-    /// Sends the driver the states of checkpoint `id`.
-    fn ack(&self, id: CheckpointId, states: NodeStates) -> Result<()> {
-        if let Some(link) = &self.checkpoint {
-            link.events
-                .send(TaskEvent::Ack {
-                    task: link.key.clone(),
-                    id,
-                    states,
-                })
-                .map_err(|_| coordinator_gone())?;
-        }
+    /// Writes the states of checkpoint `id` into the store, on the io executor while the task
+    /// goes on, and then acks the driver with the files written (or declines).
+    fn ack(&mut self, id: CheckpointId, states: NodeStates) -> Result<()> {
+        let Some(link) = &mut self.checkpoint else {
+            return Ok(());
+        };
+        // Reap the writes that ended (each already told the driver).
+        while link.writes.try_join_next().is_some() {}
+        let (store, events, task) = (link.store.clone(), link.events.clone(), link.key.clone());
+        link.writes.spawn_on(
+            async move {
+                let event = match write_states(&store, id, states).await {
+                    Ok(files) => {
+                        crate::fault::crash_point("snapshot", id);
+                        TaskEvent::Ack { task, id, files }
+                    }
+                    Err(error) => TaskEvent::Decline { task, id, error },
+                };
+                // A driver that is gone has ended the job; the task hears of it itself.
+                let _ = events.send(event);
+            },
+            &link.io,
+        );
         Ok(())
     }
 
@@ -266,7 +372,6 @@ impl Task {
         let snapshot = inflight::encode(batches, &setup.inputs, setup.range, setup.max_parallelism)
             .map_err(|e| e.in_operator(setup.node.clone()))?;
         states.push((setup.node.clone(), setup.subtask, snapshot));
-        crate::fault::crash_point("snapshot", id);
         self.ack(id, states)
     }
 
@@ -281,14 +386,26 @@ impl Task {
             .map(|s| s.node.clone())
             .unwrap_or_default();
         let batches = inflight::decode(&snapshot).map_err(|e| e.in_operator(node.clone()))?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let rows: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
         if rows > 0 {
             tracing::info!(node = %node, "replaying {rows} in-flight rows from the checkpoint");
         }
-        for b in batches {
-            self.push(0, b).await?;
+        for (input, b) in batches {
+            self.push_input(input, b).await?;
         }
         Ok(())
+    }
+
+    /// Runs a batch that came on logical input `input` of the head operator through the chain.
+    async fn push_input(&mut self, input: usize, batch: RecordBatch) -> Result<()> {
+        if let Some(head) = self.chain.first_mut() {
+            head.ctx.set_input(input);
+        }
+        let r = self.push(0, Emitted::Batch(batch)).await;
+        if let Some(head) = self.chain.first_mut() {
+            head.ctx.set_input(0);
+        }
+        r
     }
 
     /// Tells the source and every chained operator that checkpoint `id` is complete.
@@ -308,6 +425,23 @@ impl Task {
         Ok(())
     }
 
+    /// Tells the source and every chained operator that checkpoint `id` will not complete.
+    async fn notify_aborted(&mut self, id: CheckpointId, reason: &AbortReason) -> Result<()> {
+        if let Head::Source { source, ctx } = &mut self.head {
+            source
+                .notify_checkpoint_aborted(id, reason, ctx)
+                .await
+                .map_err(|e| e.in_operator(ctx.name().to_string()))?;
+        }
+        for c in &mut self.chain {
+            let name = c.ctx.name().to_string();
+            c.op.notify_checkpoint_aborted(id, reason, &mut c.ctx)
+                .await
+                .map_err(|e| e.in_operator(name))?;
+        }
+        Ok(())
+    }
+
     async fn on_control(&mut self, control: Control) -> Result<()> {
         match control {
             Control::InjectBarrier(b) => self.snapshot_all(&b, true).await,
@@ -316,6 +450,7 @@ impl Task {
                 b.checkpoint_id
             ))),
             Control::Complete { id, .. } => self.notify_complete(id).await,
+            Control::Aborted { id, reason } => self.notify_aborted(id, &reason).await,
         }
     }
 
@@ -343,31 +478,35 @@ impl Task {
                 .map_err(|e| e.in_operator(ctx.name().to_string()))?;
             ctx.metrics().add_busy(started.elapsed());
             let dead = ctx.take_dead_letters();
-            self.send_dead_letters(dead).await?;
-            self.emit_ready_pending().await?;
-            match ev {
+            let (watermark, idle) = ctx.take_source_progress();
+            let (batch, pause) = match ev {
                 SourceEvent::Batch(b) => {
-                    let Head::Source { ctx, .. } = &self.head else {
-                        unreachable!("source task")
-                    };
                     ctx.metrics()
                         .add_out(b.num_rows(), b.get_array_memory_size());
-                    self.push(0, b).await?;
+                    (Some(b), None)
                 }
-                SourceEvent::Idle(d) => {
-                    let t = Instant::now();
-                    let stop = self.stop.clone();
-                    let woken = tokio::select! {
-                        _ = tokio::time::sleep(d) => None,
-                        _ = stop.cancelled() => None,
-                        c = recv_control(&mut self.checkpoint) => Some(c),
-                    };
-                    self.add_idle(t.elapsed());
-                    if let Some(c) = woken {
-                        self.on_control(c.ok_or_else(coordinator_gone)?).await?;
-                    }
+                SourceEvent::Idle(d) => (None, Some(d)),
+                SourceEvent::Finished => (None, None),
+            };
+            let finished = batch.is_none() && pause.is_none();
+            self.send_dead_letters(dead).await?;
+            self.emit_ready_pending().await?;
+            self.source_progress(batch, watermark, idle).await?;
+            if finished {
+                break;
+            }
+            if let Some(d) = pause {
+                let t = Instant::now();
+                let stop = self.stop.clone();
+                let woken = tokio::select! {
+                    _ = tokio::time::sleep(d) => None,
+                    _ = stop.cancelled() => None,
+                    c = recv_control(&mut self.checkpoint) => Some(c),
+                };
+                self.add_idle(t.elapsed());
+                if let Some(c) = woken {
+                    self.on_control(c.ok_or_else(coordinator_gone)?).await?;
                 }
-                SourceEvent::Finished => break,
             }
         }
         if let Head::Source { source, ctx } = &mut self.head {
@@ -394,19 +533,15 @@ impl Task {
                 }
                 Woken::Control(c) => self.on_control(c.ok_or_else(coordinator_gone)?).await?,
                 Woken::Input(ev) => match ev? {
-                    InputEvent::Data { batch, .. } => self.push(0, batch).await?,
-                    InputEvent::Watermark(w) => {
-                        for i in 0..self.chain.len() {
-                            let c = &mut self.chain[i];
-                            let mut out = Emitter::default();
-                            let name = c.ctx.name().to_string();
-                            c.op.on_watermark(w, &mut c.ctx, &mut out)
-                                .await
-                                .map_err(|e| e.in_operator(name))?;
-                            self.after_hook(i, &mut out).await?;
-                        }
-                        self.broadcast(&Message::Watermark(w), false).await?;
+                    InputEvent::Data { input, batch } => {
+                        let Head::Input { input_of, .. } = &self.head else {
+                            unreachable!("input task")
+                        };
+                        let input = input_of.get(input).copied().unwrap_or(0);
+                        self.push_input(input, batch).await?
                     }
+                    InputEvent::Watermark(w) => self.push(0, Emitted::Watermark(w)).await?,
+                    InputEvent::WatermarkStatus(s) => self.send_status(s).await?,
                     InputEvent::Barrier(b) => self.snapshot_all(&b, true).await?,
                     InputEvent::InFlight {
                         checkpoint,
@@ -433,7 +568,7 @@ impl Task {
             checkpoint,
             ..
         } = self;
-        let Head::Input(gate) = head else {
+        let Head::Input { gate, .. } = head else {
             unreachable!("input task")
         };
         let control = recv_control(checkpoint);
@@ -495,45 +630,68 @@ impl Task {
         self.broadcast(&Message::EndOfStream, true).await
     }
 
-    /// Routes dead letters of operator `i` and passes its emitted batches to operator `i + 1`.
+    /// Routes dead letters of operator `i` and passes what it emitted to operator `i + 1`.
     async fn after_hook(&mut self, i: usize, out: &mut Emitter) -> Result<()> {
         let dead = self.chain[i].ctx.take_dead_letters();
         self.send_dead_letters(dead).await?;
-        for b in out.take() {
-            self.chain[i]
-                .ctx
-                .metrics()
-                .add_out(b.num_rows(), b.get_array_memory_size());
-            self.push(i + 1, b).await?;
+        for item in out.take_all() {
+            if let Emitted::Batch(b) = &item {
+                self.chain[i]
+                    .ctx
+                    .metrics()
+                    .add_out(b.num_rows(), b.get_array_memory_size());
+            }
+            self.push(i + 1, item).await?;
         }
         Ok(())
     }
 
-    /// Runs `batch` through the chain from operator `start` (depth first) and sends what comes out.
-    async fn push(&mut self, start: usize, batch: RecordBatch) -> Result<()> {
-        let mut stack = vec![(start, batch)];
-        while let Some((i, b)) = stack.pop() {
+    /// Runs a batch or watermark through the chain from operator `start` (depth first) and sends
+    /// what comes out. A watermark that does not advance past the last one an operator was handed
+    /// (or the last one sent out) goes no further.
+    async fn push(&mut self, start: usize, item: Emitted) -> Result<()> {
+        let mut stack = vec![(start, item)];
+        while let Some((i, item)) = stack.pop() {
             if i == self.chain.len() {
-                self.send(b).await?;
+                match item {
+                    Emitted::Batch(b) => self.send(b).await?,
+                    Emitted::Watermark(w) => self.send_watermark(w).await?,
+                }
                 continue;
             }
             let c = &mut self.chain[i];
-            c.ctx
-                .metrics()
-                .add_in(b.num_rows(), b.get_array_memory_size());
-            let started = Instant::now();
             let mut out = Emitter::default();
             let name = c.ctx.name().to_string();
-            c.op.process_batch(b, &mut c.ctx, &mut out)
-                .await
-                .map_err(|e| e.in_operator(name))?;
-            c.ctx.metrics().add_busy(started.elapsed());
+            match item {
+                Emitted::Batch(b) => {
+                    c.ctx
+                        .metrics()
+                        .add_in(b.num_rows(), b.get_array_memory_size());
+                    let started = Instant::now();
+                    c.op.process_batch(b, &mut c.ctx, &mut out)
+                        .await
+                        .map_err(|e| e.in_operator(name))?;
+                    c.ctx.metrics().add_busy(started.elapsed());
+                }
+                Emitted::Watermark(w) => {
+                    let last = &mut self.watermarks.into[i];
+                    if last.is_some_and(|l| w <= l) {
+                        continue;
+                    }
+                    *last = Some(w);
+                    c.op.on_watermark(w, &mut c.ctx, &mut out)
+                        .await
+                        .map_err(|e| e.in_operator(name))?;
+                }
+            }
             let dead = c.ctx.take_dead_letters();
-            let produced = out.take();
+            let produced = out.take_all();
             for p in &produced {
-                c.ctx
-                    .metrics()
-                    .add_out(p.num_rows(), p.get_array_memory_size());
+                if let Emitted::Batch(p) = p {
+                    c.ctx
+                        .metrics()
+                        .add_out(p.num_rows(), p.get_array_memory_size());
+                }
             }
             self.send_dead_letters(dead).await?;
             for p in produced.into_iter().rev() {
@@ -541,6 +699,50 @@ impl Task {
             }
         }
         Ok(())
+    }
+
+    /// Passes on what a source call produced, in order: its batch, its watermark, then its going
+    /// idle. A batch or watermark from an idle source makes it active again first.
+    async fn source_progress(
+        &mut self,
+        batch: Option<RecordBatch>,
+        watermark: Option<Watermark>,
+        idle: bool,
+    ) -> Result<()> {
+        if (batch.is_some() || watermark.is_some())
+            && self.watermarks.status == WatermarkStatus::Idle
+        {
+            self.send_status(WatermarkStatus::Active).await?;
+        }
+        if let Some(b) = batch {
+            self.push(0, Emitted::Batch(b)).await?;
+        }
+        if let Some(w) = watermark {
+            self.push(0, Emitted::Watermark(w)).await?;
+        }
+        if idle {
+            self.send_status(WatermarkStatus::Idle).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a watermark on every data output, if it advances.
+    async fn send_watermark(&mut self, w: Watermark) -> Result<()> {
+        if self.watermarks.out.is_some_and(|l| w <= l) {
+            return Ok(());
+        }
+        self.watermarks.out = Some(w);
+        self.broadcast(&Message::Watermark(w), false).await
+    }
+
+    /// Sends a change of watermark status on every data output.
+    async fn send_status(&mut self, status: WatermarkStatus) -> Result<()> {
+        if self.watermarks.status == status {
+            return Ok(());
+        }
+        self.watermarks.status = status;
+        self.broadcast(&Message::WatermarkStatus(status), false)
+            .await
     }
 
     async fn send(&mut self, batch: RecordBatch) -> Result<()> {
@@ -595,6 +797,33 @@ impl Task {
             m.add_backpressured(d);
         }
     }
+}
+
+/// Encodes (on a blocking thread) and writes the non-empty states of checkpoint `id`; returns the
+/// files written, by node.
+async fn write_states(
+    store: &CheckpointStore,
+    id: CheckpointId,
+    states: NodeStates,
+) -> Result<Vec<(String, FileEntry)>> {
+    let encoded = tokio::task::spawn_blocking(move || {
+        states
+            .into_iter()
+            .filter(|(_, _, s)| !s.is_empty())
+            .map(|(node, subtask, s)| {
+                let e = CheckpointStore::encode_state(&node, subtask, &s);
+                (node, e)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| Error::internal("encoding checkpoint state panicked").with_source(e))?;
+    futures::future::try_join_all(
+        encoded.into_iter().map(|(node, e)| async move {
+            Ok::<_, Error>((node, store.write_encoded(id, e).await?))
+        }),
+    )
+    .await
 }
 
 /// Whether an error only says a neighbouring task went away (not a root cause).

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationParams};
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::{Error, Result, row_as_json};
 
@@ -47,7 +48,7 @@ fn default_token_type_ids() -> String {
 }
 
 /// What to do with a text longer than `max_length` tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Truncation {
     /// Cut it to `max_length` tokens, keeping the special tokens (`[CLS] ... [SEP]`). The default.
@@ -58,7 +59,7 @@ pub enum Truncation {
 }
 
 /// How rows are padded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Padding {
     /// No padding: ragged `List<Int64>` columns, each row as long as its tokens; the inference
@@ -70,7 +71,7 @@ pub enum Padding {
 }
 
 /// What to do with empty or whitespace-only text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EmptyText {
     /// A bad row naming the column and row. The default.
@@ -81,7 +82,7 @@ pub enum EmptyText {
 }
 
 /// Names of the output columns.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizeOutputs {
     /// The token ids. Default `input_ids`.
@@ -110,7 +111,7 @@ impl Default for TokenizeOutputs {
 /// The output is the input's columns followed by the three output columns (named by `outputs`),
 /// each `List<Int64>` (ragged, `padding: none`) or `FixedSizeList<Int64>(max_length)`
 /// (`padding: max_length`). Bad rows are left out of the output.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizeSpec {
     /// The text column: Utf8, LargeUtf8 or Utf8View. Default `text`.
@@ -332,6 +333,22 @@ impl TokenizeSpec {
             list_type: self.list_type()?,
         };
         Ok((tokenizer, config))
+    }
+}
+
+impl kind::Spec for TokenizeSpec {
+    fn describe(&self) -> String {
+        TokenizeSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for TokenizeSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        TokenizeSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        TokenizeSpec::create(self, ctx.input()?)
     }
 }
 

@@ -16,4 +16,4 @@ pub use batch::planned_column;
 pub use dead_letter::{DeadLetter, dead_letter_batch, dead_letter_schema, row_as_json};
 pub use error::{Error, ErrorDomain, ErrorKind, Result};
 pub use key_group::{KeyGroupRange, hash_keys};
-pub use message::{Barrier, BarrierKind, CheckpointId, Message, Watermark};
+pub use message::{Barrier, BarrierKind, CheckpointId, Message, Watermark, WatermarkStatus};

@@ -10,6 +10,19 @@ pub type CheckpointId = u64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Watermark(pub i64);
 
+/// Whether a producer currently sends watermarks.
+///
+/// An *idle* producer (a source subtask whose splits have no data for a while) does not hold
+/// event time back: a consumer leaves it out of the minimum over its inputs until it is *active*
+/// again. A producer becomes active by sending `Active` (before its next batch or watermark).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WatermarkStatus {
+    /// Sends watermarks; counts in the minimum over inputs.
+    Active,
+    /// Sends nothing for now; left out of the minimum over inputs.
+    Idle,
+}
+
 /// How a barrier is to be aligned by the tasks it passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BarrierKind {
@@ -37,6 +50,8 @@ pub enum Message {
     Data(RecordBatch),
     /// Event-time progress.
     Watermark(Watermark),
+    /// The producer went idle or became active again (see [`WatermarkStatus`]).
+    WatermarkStatus(WatermarkStatus),
     /// A checkpoint barrier.
     Barrier(Barrier),
     /// The producer will send nothing more on this channel.

@@ -25,6 +25,7 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_types::{Error, Result, row_as_json};
 
@@ -41,7 +42,7 @@ fn default_output() -> String {
 }
 
 /// How closeness is scored; higher is closer either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Cosine similarity: the dot product of the unit-normalised vectors (the default).
@@ -81,7 +82,7 @@ impl fmt::Debug for SharedIndex {
 /// `List<Struct<rank: UInt32, score: Float32, <id columns...>>>`: for each row, its best
 /// `min(k, index rows)` index rows in score order (rank 1 is the closest; equal scores keep index
 /// file order), each with its id columns' values.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VectorSearchSpec {
     /// The query column: `FixedSizeList<Float32>(dim)` (or the `weir.vector` extension over it),
@@ -409,6 +410,22 @@ impl VectorSearchSpec {
             vectors,
             ids,
         })
+    }
+}
+
+impl kind::Spec for VectorSearchSpec {
+    fn describe(&self) -> String {
+        VectorSearchSpec::describe(self)
+    }
+}
+
+impl kind::OperatorSpec for VectorSearchSpec {
+    fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
+        VectorSearchSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
+        VectorSearchSpec::create(self, ctx.input()?)
     }
 }
 

@@ -101,8 +101,9 @@ async fn snapshot(r: &mut Running, id: u64) -> StateSnapshot {
 fn union_of(snaps: &[StateSnapshot]) -> StateSnapshot {
     let mut all = StateSnapshot::new();
     for s in snaps {
-        for (k, v) in s.unions() {
-            all.push_union(k, v.to_vec());
+        for entry in s.unions::<serde_json::Value>() {
+            let (k, v) = entry.expect("union entry");
+            all.push_union(&k, v.to_vec()).expect("push");
         }
     }
     all

@@ -1,9 +1,13 @@
 //! Inference in the checkpoint: a job with a slow model is killed mid-stream (its tasks aborted),
 //! restored from the newest complete checkpoint and finished. Requests in flight at the
 //! checkpoint are re-issued; results computed after it come from the results log, not the model.
+//! The log lives in the checkpoint store: on a local directory, and on S3 (SeaweedFS) with
+//! nothing of the job on the local disk.
 #![allow(clippy::unwrap_used)]
 
 use crate::common;
+#[path = "../../../weir-checkpoint/tests/common/s3_server.rs"]
+mod s3_server;
 
 use arrow::array::{Array, AsArray, Float32Array, UInt64Array};
 use arrow::datatypes::SchemaRef;
@@ -11,7 +15,6 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use common::{image_batch, orientation};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,7 +66,8 @@ impl Source for Images {
     }
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         if let Some(state) = ctx.restored_state() {
-            for (name, bytes) in state.unions() {
+            for entry in state.unions::<String>() {
+                let (name, bytes) = entry?;
                 if name == "pos" {
                     let b: [u8; 8] = bytes.try_into().map_err(|_| Error::internal("pos"))?;
                     self.pos = u64::from_le_bytes(b);
@@ -83,7 +87,7 @@ impl Source for Images {
     }
     async fn snapshot(&mut self, _: &Barrier, _: &mut OperatorContext) -> Result<StateSnapshot> {
         let mut s = StateSnapshot::new();
-        s.push_union("pos", self.pos.to_le_bytes().to_vec());
+        s.push_union("pos", self.pos.to_le_bytes().to_vec())?;
         Ok(s)
     }
 }
@@ -132,8 +136,9 @@ impl Operator for TxnSink {
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         if let Some(state) = ctx.restored_state() {
             let mut c = self.committed.lock().unwrap();
-            for (name, bytes) in state.unions() {
-                c.entry(name.to_string()).or_insert_with(|| decode(bytes));
+            for entry in state.unions::<String>() {
+                let (name, bytes) = entry?;
+                c.entry(name).or_insert_with(|| decode(bytes));
             }
         }
         Ok(())
@@ -183,7 +188,7 @@ impl Operator for TxnSink {
             .append(&mut self.buffer);
         let mut s = StateSnapshot::new();
         for (name, rows) in self.staged.values() {
-            s.push_union(name.clone(), encode(rows));
+            s.push_union(name, encode(rows))?;
         }
         Ok(s)
     }
@@ -217,7 +222,7 @@ impl Probe {
     }
 }
 
-fn graph(committed: &Committed, run: u64, log: &Path, probe: &Probe) -> JobGraph {
+fn graph(committed: &Committed, run: u64, probe: &Probe) -> JobGraph {
     let model = orientation();
     let schema = image_batch(&[3, 224, 224], 0, 1).schema();
     let mut spec = InferSpec::new(&model);
@@ -225,7 +230,6 @@ fn graph(committed: &Committed, run: u64, log: &Path, probe: &Probe) -> JobGraph
     spec.batch.adaptive = false;
     spec.batch.max_wait = Duration::from_millis(5);
     spec.max_in_flight = 1;
-    spec.results_log = Some(log.to_path_buf());
     let mut g = JobGraph::new(JobConfig {
         name: "infer-ckpt".into(),
         ..JobConfig::default()
@@ -276,8 +280,8 @@ fn graph(committed: &Committed, run: u64, log: &Path, probe: &Probe) -> JobGraph
     g
 }
 
-fn setup(dir: &Path, restore: bool, rt: &Runtime) -> CheckpointSetup {
-    let store = CheckpointStore::local(dir).unwrap();
+fn setup(store: &CheckpointStore, restore: bool, rt: &Runtime) -> CheckpointSetup {
+    let store = store.clone();
     let config = CheckpointConfig {
         interval: Duration::from_millis(50),
         ..CheckpointConfig::default()
@@ -321,23 +325,59 @@ fn rows_of_run(c: &Committed, run: u64) -> u64 {
         .sum()
 }
 
-fn log_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
+/// The segments of the `infer` step's results log in `store`.
+fn log_files(store: &CheckpointStore, rt: &Runtime) -> Vec<String> {
+    rt.io_handle()
+        .block_on(store.log_store("infer").list())
+        .unwrap()
 }
 
 #[test]
 fn a_killed_inference_job_resumes_exactly_once_without_reinferring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    kill_and_resume(move |attempt| {
+        CheckpointStore::local(dir.join(format!("ckpt{attempt}"))).unwrap()
+    });
+}
+
+/// The same with the checkpoints, and so the results log, on S3: run 2 is another runtime that
+/// opens the store afresh and finds everything there (nothing of the job is on the local disk),
+/// and runs no finished inference again.
+#[test]
+fn a_job_checkpointed_to_s3_resumes_anywhere_without_reinferring() {
+    let s3 = s3_server::s3_client();
+    let ready = Runtime::new(1).unwrap();
+    ready.block_on(s3_server::wait_ready(&s3));
+    let root = s3_server::unique_prefix("infer-results-log");
+    kill_and_resume(move |attempt| {
+        let env = s3_server::s3_env();
+        CheckpointStore::open(
+            &format!("s3://{}/{root}/{attempt}", env.bucket),
+            [
+                ("aws_endpoint", env.endpoint.clone()),
+                ("aws_allow_http", "true".to_string()),
+                ("aws_region", "us-east-1".to_string()),
+                ("aws_access_key_id", env.key.clone()),
+                ("aws_secret_access_key", env.secret.clone()),
+            ],
+        )
+        .unwrap()
+    });
+}
+
+/// A straight run for reference, then up to four tries of: run 1 killed mid-stream, run 2
+/// restored from a store opened afresh (`store(attempt)`) on a new runtime; output exactly once
+/// and equal, no inference run twice, and (in one try at least) results answered from the log.
+fn kill_and_resume(store: impl Fn(u64) -> CheckpointStore) {
     let rt = Runtime::new(2).unwrap();
 
     // The straight run (with checkpoints, never killed): the reference output.
-    let tmp = tempfile::tempdir().unwrap();
     let straight: Committed = Arc::default();
     let probe0 = Probe::default();
     rt.run_with(
-        graph(&straight, 0, &tmp.path().join("log0"), &probe0),
-        Some(setup(&tmp.path().join("ckpt0"), false, &rt)),
+        graph(&straight, 0, &probe0),
+        Some(setup(&store(0), false, &rt)),
     )
     .unwrap();
     let want = by_id(&straight);
@@ -361,34 +401,48 @@ fn a_killed_inference_job_resumes_exactly_once_without_reinferring() {
 
     let mut landed = false;
     for attempt in 0..4 {
-        let dir = tmp.path().join(format!("ckpt{}", attempt + 1));
-        let log = tmp.path().join(format!("log{}", attempt + 1));
         let committed: Committed = Arc::default();
         // Run 1: killed mid-stream, after some checkpoints completed.
         let probe1 = Probe::default();
+        let first = store(attempt + 1);
         let h = rt
             .start_with(
-                graph(&committed, 1, &log, &probe1),
-                Some(setup(&dir, false, &rt)),
+                graph(&committed, 1, &probe1),
+                Some(setup(&first, false, &rt)),
             )
             .unwrap();
-        std::thread::sleep(Duration::from_millis(700 + 150 * attempt));
+        // Killed once a checkpoint completed (start-up, the model load included, can take over a
+        // second on a loaded machine), a little later at each try.
+        let waited = std::time::Instant::now();
+        while !rt
+            .io_handle()
+            .block_on(first.list())
+            .unwrap()
+            .iter()
+            .any(|c| c.complete)
+        {
+            assert!(
+                waited.elapsed() < Duration::from_secs(60),
+                "no checkpoint completed in a minute"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100 + 150 * attempt));
         drop(h); // aborts every task: a crash, as far as the job is concerned
         let before = by_id(&committed).len() as u64;
         assert!(before < ROWS, "the kill should land mid-stream");
-        assert!(
-            !log_files(&log).is_empty(),
-            "the results log should have been written"
-        );
 
-        // Run 2: restored from the newest complete checkpoint, to the end.
-        let s = setup(&dir, true, &rt);
+        // Run 2: on another runtime, with the store opened afresh, restored from the newest
+        // complete checkpoint, to the end.
+        let rt2 = Runtime::new(2).unwrap();
+        let second = store(attempt + 1);
+        let s = setup(&second, true, &rt2);
         let Some(restored_from) = s.restore.as_ref().map(|m| m.checkpoint_id) else {
             continue; // no checkpoint completed before the kill: try a later kill
         };
         let probe2 = Probe::default();
-        let report = rt
-            .run_with(graph(&committed, 2, &log, &probe2), Some(s))
+        let report = rt2
+            .run_with(graph(&committed, 2, &probe2), Some(s))
             .unwrap();
         assert_eq!(
             report.checkpoints.unwrap().restored_from,
@@ -422,7 +476,7 @@ fn a_killed_inference_job_resumes_exactly_once_without_reinferring() {
             probe1.calls.load(Ordering::SeqCst),
             probe1.rows.load(Ordering::SeqCst),
             probe2.calls.load(Ordering::SeqCst),
-            log_files(&log).len()
+            log_files(&second, &rt2).len()
         );
         assert_eq!(reinferred, 0);
         assert_eq!(probe2.sum(InferCounters::model_rows), model2);

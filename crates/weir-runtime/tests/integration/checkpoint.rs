@@ -41,11 +41,8 @@ impl Source for Seq {
             self.pos.insert(*s, 0);
         }
         if let Some(state) = ctx.restored_state() {
-            for (name, bytes) in state.unions() {
-                let split: u32 = name
-                    .trim_start_matches("split-")
-                    .parse()
-                    .map_err(|_| Error::internal("split"))?;
+            for entry in state.unions::<u32>() {
+                let (split, bytes) = entry?;
                 if self.mine.contains(&split) {
                     let b: [u8; 8] = bytes.try_into().map_err(|_| Error::internal("pos"))?;
                     self.pos.insert(split, i64::from_le_bytes(b));
@@ -74,7 +71,7 @@ impl Source for Seq {
     ) -> Result<StateSnapshot> {
         let mut s = StateSnapshot::new();
         for (split, pos) in &self.pos {
-            s.push_union(format!("split-{split}"), pos.to_le_bytes().to_vec());
+            s.push_union(split, pos.to_le_bytes().to_vec())?;
         }
         Ok(s)
     }
@@ -112,8 +109,9 @@ impl Operator for TxnSink {
             // Transactions staged before the crash and part of the restored checkpoint: commit them
             // (idempotently; every instance sees all of them, the first one wins).
             let mut c = self.committed.lock().map_err(|_| Error::internal("lock"))?;
-            for (name, bytes) in state.unions() {
-                c.entry(name.to_string()).or_insert_with(|| decode(bytes));
+            for entry in state.unions::<String>() {
+                let (name, bytes) = entry?;
+                c.entry(name).or_insert_with(|| decode(bytes));
             }
         }
         Ok(())
@@ -151,7 +149,7 @@ impl Operator for TxnSink {
             .insert(b.checkpoint_id, (name, std::mem::take(&mut self.buffer)));
         let mut s = StateSnapshot::new();
         for (name, rows) in self.staged.values() {
-            s.push_union(name.clone(), encode(rows));
+            s.push_union(name, encode(rows))?;
         }
         Ok(s)
     }

@@ -4,3 +4,4 @@ mod fusion;
 mod golden;
 mod layering;
 mod pushdown;
+mod specs;
