@@ -233,10 +233,10 @@ impl CheckpointStore {
         Ok(Self::new(Arc::new(fs), Path::default()))
     }
 
-    /// A store at `location`: a URL (`s3://bucket/prefix`, `file:///abs/dir`, `memory:///`) or a
-    /// plain local path (relative or absolute). `options` are passed to `object_store` (for S3,
-    /// keys such as `aws_endpoint`, `aws_access_key_id`, `aws_allow_http`; the environment's
-    /// `AWS_*` variables are not read here, pass them explicitly).
+    /// A store at `location`: a plain local path (relative or absolute), `file:///abs/dir` or
+    /// `s3://bucket/prefix`, resolved by `weir_store::resolve` under its one credential policy:
+    /// the `AWS_*` environment variables, then `options` (object_store keys such as
+    /// `aws_endpoint`, `aws_access_key_id`, `aws_allow_http`), which win.
     ///
     /// Errors (kind `Config`) on a URL that cannot be parsed or whose scheme is not supported.
     pub fn open<I, K, V>(location: &str, options: I) -> Result<Self>
@@ -245,24 +245,13 @@ impl CheckpointStore {
         K: AsRef<str>,
         V: Into<String>,
     {
-        if !location.contains("://") {
-            return Self::local(location);
+        let options = weir_store::StorageOptions::from_pairs(
+            options.into_iter().map(|(k, v)| (k.as_ref().to_owned(), v)),
+        );
+        match weir_store::resolve(location, &options)? {
+            weir_store::Location::Local(dir) => Self::local(dir),
+            weir_store::Location::Store(s) => Ok(Self::new(s.store, s.prefix)),
         }
-        let url = url::Url::parse(location).map_err(|e| {
-            Error::config(format!("invalid checkpoint location '{location}'")).with_source(e)
-        })?;
-        if url.scheme() == "file" {
-            let dir = url.to_file_path().map_err(|()| {
-                Error::config(format!(
-                    "checkpoint location '{location}' is not a local absolute path"
-                ))
-            })?;
-            return Self::local(dir);
-        }
-        let (store, root) = object_store::parse_url_opts(&url, options).map_err(|e| {
-            Error::config(format!("unsupported checkpoint location '{location}'")).with_source(e)
-        })?;
-        Ok(Self::new(Arc::from(store), root))
     }
 
     /// The underlying object store.

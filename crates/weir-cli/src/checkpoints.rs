@@ -7,14 +7,10 @@ use weir_plan::plan_file;
 use weir_runtime::Runtime;
 use weir_types::{Error, Result};
 
-/// Opens a checkpoint store: a directory, or an object-store URL configured from the `AWS_*`
-/// environment variables (for `s3://`).
-pub fn open_store(location: &str) -> Result<CheckpointStore> {
-    let options: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("AWS_"))
-        .map(|(k, v)| (k.to_lowercase(), v))
-        .collect();
-    CheckpointStore::open(location, options)
+/// Opens the checkpoint store of a plan: a directory, or an object-store URL configured by
+/// weir-store's credential policy (the `AWS_*` environment, then `checkpoint.storage`).
+pub fn open_store(c: &weir_plan::CheckpointPlan) -> Result<CheckpointStore> {
+    CheckpointStore::open(&c.store, c.storage.0.clone())
 }
 
 /// The newest complete checkpoint, saying which newer ones were skipped and why.
@@ -63,7 +59,7 @@ pub fn command(cmd: CheckpointsCommand) -> Result<ExitCode> {
             spec.file.display()
         )));
     };
-    let store = open_store(&c.store)?;
+    let store = open_store(c)?;
     let runtime = Runtime::new(1)?;
     match cmd {
         CheckpointsCommand::List(_) => {

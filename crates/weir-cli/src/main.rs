@@ -9,6 +9,7 @@
 //! for several jobs and `weir stop-service` stops one.
 
 mod alloc;
+mod budget;
 mod checkpoints;
 mod control;
 mod host;
@@ -27,6 +28,19 @@ use std::time::{Duration, Instant};
 use weir_plan::{PlanOptions, plan_file};
 use weir_runtime::{CheckpointSetup, Runtime};
 use weir_types::ErrorKind;
+
+/// Exit statuses of `weir run` (README, `docs/checkpoints.md`).
+mod exit {
+    /// The job failed (the error is printed).
+    pub const FAILED: u8 = 1;
+    /// The spec or the command line is invalid.
+    pub const INVALID: u8 = 2;
+    /// Too many rows became dead letters (`error_budget`).
+    pub const OVER_BUDGET: u8 = 3;
+    /// The job was stopped by SIGTERM or Ctrl-C before its input ended: everything read was
+    /// processed and, with checkpoints, a final checkpoint completed; `--resume` continues.
+    pub const STOPPED: u8 = 143;
+}
 
 /// weir: a streaming dataflow engine for AI workloads.
 #[derive(Debug, Parser)]
@@ -223,8 +237,8 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", e.report());
             match e.kind() {
-                ErrorKind::Config | ErrorKind::Schema => ExitCode::from(2),
-                _ => ExitCode::from(1),
+                ErrorKind::Config | ErrorKind::Schema => ExitCode::from(exit::INVALID),
+                _ => ExitCode::from(exit::FAILED),
             }
         }
     }
@@ -295,7 +309,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
     let store = plan
         .checkpoint
         .as_ref()
-        .map(|c| checkpoints::open_store(&c.store))
+        .map(checkpoints::open_store)
         .transpose()?;
     let mut restore = None;
     if args.resume {
@@ -329,7 +343,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         args.spec.file.display()
     );
     let mut attempt = 0;
-    let report = loop {
+    let ended = loop {
         let setup = match (&store, &plan.checkpoint) {
             (Some(store), Some(c)) => Some(CheckpointSetup {
                 store: store.clone(),
@@ -339,7 +353,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
             _ => None,
         };
         match run_once(&runtime, &plan, &job, setup, &args, &watch) {
-            Ok(report) => break report,
+            Ok(ended) => break ended,
             Err(e)
                 if attempt < plan.restart.attempts
                     && store.is_some()
@@ -366,12 +380,34 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         }
     };
     watch.ended(Ok(()));
-    let (report, slow) = report;
+    let (report, slow, reasons) = match ended {
+        Ended::OverBudget(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(exit::OVER_BUDGET));
+        }
+        Ended::Report(report, slow, reasons) => (report, slow, reasons),
+    };
     let services = why::service_statuses(&job.services);
     eprint!("{}", summary::render(&report, &services, &slow));
     if let Some(path) = &args.metrics_json {
         let json = summary::to_json(&report, &services, &slow, "finished");
         write_atomically(path, &json)?;
+    }
+    if let Some(message) = budget::exceeded(&plan.error_budget, &report.nodes, &reasons, true) {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(exit::OVER_BUDGET));
+    }
+    if report.stopped_early {
+        eprintln!(
+            "stopped before the input ended (exit status {}){}",
+            exit::STOPPED,
+            if store.is_some() {
+                ": the final checkpoint is complete, `weir run --resume` continues"
+            } else {
+                ""
+            }
+        );
+        return Ok(ExitCode::from(exit::STOPPED));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -474,8 +510,20 @@ fn write_atomically(path: &Path, text: &str) -> weir_types::Result<()> {
         })
 }
 
-/// Runs the planned job once, with progress, until it ends; returns its report and how long each
-/// reason for slowness held.
+/// How one run of the job ended.
+enum Ended {
+    /// It ended (inputs done, or stopped): its report, how long each reason for slowness held,
+    /// and its dead letters by reason.
+    Report(
+        weir_runtime::JobReport,
+        Vec<why::Held>,
+        Vec<(String, String, u64)>,
+    ),
+    /// It was cut short because too many rows became dead letters.
+    OverBudget(String),
+}
+
+/// Runs the planned job once, with progress, until it ends or exceeds its error budget.
 fn run_once(
     runtime: &Runtime,
     plan: &weir_plan::Plan,
@@ -483,7 +531,7 @@ fn run_once(
     setup: Option<CheckpointSetup>,
     args: &RunArgs,
     watch: &Arc<weir_web::Watch>,
-) -> weir_types::Result<(weir_runtime::JobReport, Vec<why::Held>)> {
+) -> weir_types::Result<Ended> {
     let handle = runtime.start_with(job.graph.clone(), setup)?;
     tracing::debug!("physical plan:\n{}", handle.description());
     watch.attach(weir_web::Attempt::of(&handle));
@@ -496,6 +544,7 @@ fn run_once(
     let json_every = Duration::from_secs_f64(args.metrics_json_interval.max(0.5));
     let started = handle.started();
     let watch = watch.clone();
+    let budget = plan.error_budget;
     runtime.block_on(async move {
         let signals = tokio::spawn(watch_signals(stop));
         let mut display = progress::Progress::new(mode, metrics.clone(), &steps, started);
@@ -506,9 +555,19 @@ fn run_once(
         tokio::pin!(wait);
         let result = loop {
             tokio::select! {
-                r = &mut wait => break r,
+                r = &mut wait => break r.map(Ok),
                 _ = tick.tick() => display.update(&watch.reasons()),
-                _ = look.tick() => watch.sample(),
+                _ = look.tick() => {
+                    watch.sample();
+                    if let Some(m) = budget::exceeded(
+                        &budget,
+                        &metrics.snapshot(),
+                        &metrics.dead_letter_reasons(),
+                        false,
+                    ) {
+                        break Ok(Err(m));
+                    }
+                }
                 _ = json.tick(), if metrics_json.is_some() => {
                     if let Some(path) = &metrics_json {
                         let text = summary::live_json(&watch, &metrics, started.elapsed());
@@ -522,7 +581,14 @@ fn run_once(
         signals.abort();
         watch.sample();
         display.finish(&watch.reasons());
-        result.map(|r| (r, watch.held()))
+        match result? {
+            Ok(r) => Ok(Ended::Report(
+                r,
+                watch.held(),
+                metrics.dead_letter_reasons(),
+            )),
+            Err(m) => Ok(Ended::OverBudget(m)),
+        }
     })
 }
 

@@ -1,25 +1,32 @@
-//! Raw files: a source listing a local directory or an object-store prefix (through the
-//! `object_store` crate) and emitting one row per file: its URI, size, modification time and,
-//! optionally, its bytes. For pipelines over images, documents and other unstructured inputs.
+//! Raw files: a source listing a local directory or an object-store prefix (resolved by
+//! `weir_store`) and emitting one row per file: its URI, size, modification time and either its
+//! bytes or a `weir.object_ref` to be fetched later. For pipelines over images, documents and
+//! other unstructured inputs.
+//!
+//! Listing, hidden names and the bounded state are described in [`crate::listing`].
 
 use crate::config::{de_size, default_poll_interval};
-use crate::file_source::{is_mine, stable_hash, thousands};
+use crate::file_source::thousands;
+use crate::listing::{
+    At, Listed, Listing, Progress, Restored, Split, Tracker, list_local, list_store, owner,
+};
 use arrow::array::{
-    ArrayRef, BinaryBuilder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
+    ArrayRef, BinaryBuilder, StringBuilder, StructArray, TimestampMillisecondBuilder, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use futures::{StreamExt, TryStreamExt};
-use object_store::local::LocalFileSystem;
-use object_store::path::Path as StorePath;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use futures::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_runtime::kind;
 use weir_runtime::{OperatorContext, Source, SourceEvent, TaskInfo};
+use weir_store::{Location, StorageOptions};
+use weir_types::multimodal::object_ref_field;
 use weir_types::{Barrier, Error, Result};
 
 fn default_true() -> bool {
@@ -38,7 +45,11 @@ fn default_max_batch_bytes() -> u64 {
     64 << 20
 }
 
-/// Files fetched at once.
+fn default_lookback() -> usize {
+    1000
+}
+
+/// Files fetched at once from an object store.
 const FETCH_CONCURRENCY: usize = 8;
 
 /// Lists files and emits one row per file.
@@ -47,10 +58,12 @@ const FETCH_CONCURRENCY: usize = 8;
 /// source: { type: files, url: "s3://photos/2024/", glob: "*.jpg", max_file_size: 16MiB }
 /// ```
 ///
-/// The output schema is `uri: Utf8 (not null), size: UInt64, modified: Timestamp(ms, UTC),
-/// bytes: Binary (nullable)`. URIs are `file:///abs/path` for local files and
-/// `s3://bucket/key` for S3 objects. Hidden files (names starting with `.`) are skipped. S3 is
-/// configured from the usual `AWS_*` environment variables.
+/// The output schema is `uri: Utf8 (not null), size: UInt64, modified: Timestamp(ms, UTC)` and
+/// then `bytes: Binary` with `include_bytes` (the default), or `ref: weir.object_ref` (uri,
+/// offset 0, length = size, version) without it. URIs are `file:///abs/path` for local files and
+/// `s3://bucket/key` for objects, percent-encoded so that `fetch` decodes them back to the same
+/// file whatever its name. Hidden names (starting with `.`) are skipped. S3 is configured by
+/// weir-store's credential policy (the `AWS_*` environment, then `storage`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesSourceSpec {
@@ -61,8 +74,8 @@ pub struct FilesSourceSpec {
     /// path below `url` (default none: all files).
     #[serde(default)]
     pub glob: Option<String>,
-    /// Emit each file's contents in `bytes` (default `true`); `false` emits only the reference and
-    /// `bytes` is null.
+    /// Emit each file's contents in `bytes` (default `true`); `false` emits a `ref` column of
+    /// `weir.object_ref` values instead, which `fetch` materialises later.
     #[serde(default = "default_true")]
     pub include_bytes: bool,
     /// With `include_bytes`, files larger than this become bad rows (default `"64MiB"`).
@@ -81,14 +94,24 @@ pub struct FilesSourceSpec {
     /// Rows (files) per batch (default 64).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// With `include_bytes`, most bytes in one batch (default `"64MiB"`): a batch ends before the
-    /// file that would take it over (a single larger file gets a batch of its own). A file counts
+    /// Most bytes in one batch (default `"64MiB"`): a batch ends before the file that would take
+    /// it over (a single larger file gets a batch of its own). With `include_bytes` a file counts
     /// as its size, or, when it is a JPEG, PNG or WebP image, as its decoded RGB size predicted
     /// from its header (width × height × 3) if that is larger, so the batch stays within the
-    /// budget after `decode_image` too. Together with `batch_size` this bounds what one batch
-    /// holds in memory, whatever the file sizes.
+    /// budget after `decode_image` too; without, it counts as its listed size (and `fetch` cuts
+    /// its output by the predicted decoded size). Together with `batch_size` this bounds what one
+    /// batch holds in memory, whatever the file sizes.
     #[serde(default = "default_max_batch_bytes", deserialize_with = "de_size")]
     pub max_batch_bytes: u64,
+    /// How many of the newest emitted keys each subtask remembers (default 1000): the state stays
+    /// this small however many files arrive, and a file that appears later with a key below that
+    /// many newer ones is not read (see `docs/pipeline-spec.md`).
+    #[serde(default = "default_lookback")]
+    pub lookback: usize,
+    /// Object-store options (`aws_endpoint`, `aws_access_key_id`, ...), which win over the
+    /// environment (default none).
+    #[serde(default)]
+    pub storage: StorageOptions,
 }
 
 /// The bytes a file counts for in a batch: its size, or its decoded RGB size predicted from its
@@ -110,8 +133,13 @@ pub fn admission_size(bytes: &[u8]) -> u64 {
         .unwrap_or(own)
 }
 
-/// The output schema of the files source.
-pub fn files_schema() -> SchemaRef {
+/// The output schema of the files source: with the file's `bytes`, or with a `ref`.
+pub fn files_schema(include_bytes: bool) -> SchemaRef {
+    let last = if include_bytes {
+        Field::new("bytes", DataType::Binary, true)
+    } else {
+        object_ref_field("ref")
+    };
     Arc::new(Schema::new(vec![
         Field::new("uri", DataType::Utf8, false),
         Field::new("size", DataType::UInt64, false),
@@ -120,22 +148,22 @@ pub fn files_schema() -> SchemaRef {
             DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
             false,
         ),
-        Field::new("bytes", DataType::Binary, true),
+        last,
     ]))
 }
 
 /// Where a files source lists.
-struct Location {
-    store: Arc<dyn ObjectStore>,
-    /// The prefix (or single object) to list.
-    prefix: StorePath,
-    /// Prepended to an object's location to make its URI.
-    base_uri: String,
-    /// Whether `prefix` names one object rather than a directory.
-    single: bool,
-    /// The same store when it is the local file system: its files are then read with plain
-    /// blocking reads, a batch at a time (see [`read_local`]).
-    local: Option<Arc<LocalFileSystem>>,
+#[derive(Clone)]
+enum Where {
+    /// A local directory (or one file).
+    Local { root: PathBuf, single: bool },
+    /// A prefix (or one object) of an object store.
+    Store {
+        store: Arc<dyn ObjectStore>,
+        prefix: object_store::path::Path,
+        base: String,
+        single: bool,
+    },
 }
 
 impl FilesSourceSpec {
@@ -150,6 +178,8 @@ impl FilesSourceSpec {
             poll_interval: default_poll_interval(),
             batch_size: default_batch_size(),
             max_batch_bytes: default_max_batch_bytes(),
+            lookback: default_lookback(),
+            storage: StorageOptions::default(),
         }
     }
 
@@ -163,31 +193,35 @@ impl FilesSourceSpec {
         if self.max_batch_bytes == 0 {
             return Err(Error::config("max_batch_bytes must be at least 1 byte"));
         }
-        Ok(files_schema())
+        if self.lookback == 0 {
+            return Err(Error::config("lookback must be at least 1"));
+        }
+        Ok(files_schema(self.include_bytes))
     }
 
     /// One running instance for subtask `info.subtask` of `info.parallelism`.
     pub fn create(&self, info: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Source>> {
-        if schema.fields() != files_schema().fields() {
+        if schema.fields() != files_schema(self.include_bytes).fields() {
             return Err(Error::schema(
-                "the files source can only produce its own schema (uri, size, modified, bytes)",
+                "the files source can only produce its own schema (uri, size, modified, bytes or ref)",
             ));
         }
-        let loc = self.location()?;
         Ok(Box::new(FilesSource {
             spec: self.clone(),
             pattern: self.pattern()?,
-            loc,
+            at: self.location()?,
             schema,
             subtask: info.subtask,
             parallelism: info.parallelism.max(1),
-            queue: VecDeque::new(),
-            seen: HashSet::new(),
+            queue: BTreeMap::new(),
+            fetched: VecDeque::new(),
+            tracker: Tracker {
+                lookback: self.lookback,
+                ..Default::default()
+            },
+            restored: Restored::default(),
             total: 0,
             last_poll: None,
-            done: 0,
-            taken: BTreeSet::new(),
-            fetched: VecDeque::new(),
         }))
     }
 
@@ -206,7 +240,7 @@ impl FilesSourceSpec {
                 bytesize::ByteSize::b(self.max_batch_bytes).display().iec()
             )
         } else {
-            "references only".to_string()
+            "object references".to_string()
         };
         format!(
             "files source {}{filter} ({mode}, {what}, batches of {} files)",
@@ -225,57 +259,29 @@ impl FilesSourceSpec {
             .transpose()
     }
 
-    fn location(&self) -> Result<Location> {
-        let url = self.url.trim();
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(Error::config(format!("url '{url}' names no bucket")));
-            }
-            let store = object_store::aws::AmazonS3Builder::from_env()
-                .with_url(format!("s3://{bucket}"))
-                .build()
-                .map_err(|e| {
-                    Error::config(format!("cannot configure s3 access for '{url}'")).with_source(e)
-                })?;
-            let prefix = StorePath::parse(prefix.trim_end_matches('/')).map_err(|e| {
-                Error::config(format!("invalid object path in '{url}'")).with_source(e)
-            })?;
-            return Ok(Location {
-                store: Arc::new(store),
-                prefix,
-                base_uri: format!("s3://{bucket}/"),
+    fn location(&self) -> Result<Where> {
+        match weir_store::resolve(&self.url, &self.storage)? {
+            Location::Store(s) => Ok(Where::Store {
+                store: s.store,
+                prefix: s.prefix,
+                base: s.base,
                 single: false,
-                local: None,
-            });
+            }),
+            Location::Local(p) => {
+                let abs = std::fs::canonicalize(&p).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Error::config(format!("input path '{}' does not exist", self.url))
+                            .with_source(e)
+                    } else {
+                        Error::io(format!("cannot read input path '{}'", self.url)).with_source(e)
+                    }
+                })?;
+                Ok(Where::Local {
+                    single: abs.is_file(),
+                    root: abs,
+                })
+            }
         }
-        let local = match url.strip_prefix("file://") {
-            Some(p) => p,
-            None if url.contains("://") => {
-                return Err(Error::config(format!(
-                    "unsupported url '{url}': use a local path, file:// or s3://"
-                )));
-            }
-            None => url,
-        };
-        let abs = std::fs::canonicalize(local).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::config(format!("input path '{url}' does not exist")).with_source(e)
-            } else {
-                Error::io(format!("cannot read input path '{url}'")).with_source(e)
-            }
-        })?;
-        let single = abs.is_file();
-        let prefix = StorePath::from_filesystem_path(&abs)
-            .map_err(|e| Error::config(format!("invalid local path '{url}'")).with_source(e))?;
-        let local = Arc::new(LocalFileSystem::new());
-        Ok(Location {
-            store: local.clone(),
-            prefix,
-            base_uri: "file:///".to_string(),
-            single,
-            local: Some(local),
-        })
     }
 }
 
@@ -299,116 +305,145 @@ impl kind::SourceSpec for FilesSourceSpec {
 struct FilesSource {
     spec: FilesSourceSpec,
     pattern: Option<glob::Pattern>,
-    loc: Location,
+    at: Where,
     schema: SchemaRef,
     subtask: u32,
     parallelism: u32,
-    queue: VecDeque<ObjectMeta>,
-    seen: HashSet<StorePath>,
-    total: u64,
-    last_poll: Option<Instant>,
-    done: u64,
-    /// Checkpointed state: the locations of the files emitted (or reported bad) by this instance,
-    /// and the restored ones it carries on (by name hash). One union entry `file:<location>` each.
-    taken: BTreeSet<String>,
+    /// Listed, owned by this subtask and not yet read, by key.
+    queue: BTreeMap<String, Listed>,
     /// Files read but not yet emitted (the rest of a read whose decoded sizes exceeded the budget).
     fetched: VecDeque<Fetched>,
+    /// What this subtask emitted (its checkpointed state).
+    tracker: Tracker,
+    /// What the run it was restored from emitted.
+    restored: Restored,
+    total: u64,
+    last_poll: Option<Instant>,
 }
 
 /// A file read from the store, or why it could not be.
-type Fetched = (ObjectMeta, object_store::Result<Option<bytes::Bytes>>);
+type Fetched = (Listed, std::result::Result<Option<bytes::Bytes>, Error>);
 
-/// Reads local files one after the other on the calling (blocking) thread. Going through
-/// `ObjectStore::get` instead costs a blocking-pool hand-over per file, which on a small machine
-/// left dozens of IO threads waking and preempting the decoders (three times the loop's context
-/// switches on the image benchmark), while reading from the page cache gains nothing from
-/// concurrency.
-fn read_local(fs: &LocalFileSystem, metas: Vec<ObjectMeta>) -> Vec<Fetched> {
-    metas
+fn read_local(files: Vec<Listed>) -> Vec<Fetched> {
+    files
         .into_iter()
-        .map(|m| {
-            let read = fs.path_to_filesystem(&m.location).and_then(|path| {
-                std::fs::read(&path)
+        .map(|f| {
+            let r = match &f.at {
+                At::Local(p) => std::fs::read(p)
                     .map(|v| Some(bytes::Bytes::from(v)))
-                    .map_err(|e| match e.kind() {
-                        std::io::ErrorKind::NotFound => object_store::Error::NotFound {
-                            path: path.display().to_string(),
-                            source: Box::new(e),
-                        },
-                        _ => object_store::Error::Generic {
-                            store: "LocalFileSystem",
-                            source: Box::new(e),
-                        },
-                    })
-            });
-            (m, read)
+                    .map_err(|e| Error::io(format!("cannot read file {}", f.uri)).with_source(e)),
+                At::Object(_) => Err(Error::internal("a local read of an object")),
+            };
+            (f, r)
         })
         .collect()
 }
 
 impl FilesSource {
-    fn uri(&self, m: &ObjectMeta) -> String {
-        format!("{}{}", self.loc.base_uri, m.location)
+    fn split(&self) -> Split {
+        if self.spec.continuous {
+            Split::Hash
+        } else {
+            Split::Index
+        }
     }
 
-    fn wanted(&self, m: &ObjectMeta) -> bool {
-        let name = m.location.filename().unwrap_or_default();
-        if name.starts_with('.') || name.ends_with(".inprogress") {
-            return false;
+    fn wanted(&self, f: &Listed) -> bool {
+        let Some(p) = &self.pattern else {
+            return true;
+        };
+        // The path below the listed root, as text.
+        let rel = match &self.at {
+            Where::Local { .. } => decode(&f.key),
+            Where::Store { prefix, .. } => f
+                .key
+                .strip_prefix(prefix.as_ref())
+                .unwrap_or(&f.key)
+                .trim_start_matches('/')
+                .to_string(),
+        };
+        if p.as_str().contains('/') {
+            p.matches(&rel)
+        } else {
+            p.matches(rel.rsplit('/').next().unwrap_or(&rel))
         }
-        match &self.pattern {
-            None => true,
-            Some(p) if p.as_str().contains('/') => {
-                let full = m.location.as_ref();
-                let rel = full
-                    .strip_prefix(self.loc.prefix.as_ref())
-                    .map(|r| r.trim_start_matches('/'))
-                    .unwrap_or(full);
-                p.matches(rel)
+    }
+
+    /// The smallest key listed and not yet emitted.
+    fn pending(&self) -> Option<String> {
+        let a = self.fetched.front().map(|(f, _)| f.key.clone());
+        let b = self.queue.first_key_value().map(|(k, _)| k.clone());
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn mark(&mut self, key: &str) {
+        let pending = self.pending();
+        self.tracker.mark(key, pending.as_deref());
+    }
+
+    /// Lists again and queues this subtask's objects not emitted before. Entries that cannot be
+    /// listed are reported as bad rows.
+    async fn poll(&mut self, ctx: &mut OperatorContext) -> Result<usize> {
+        let after = if self.spec.continuous {
+            self.tracker.position.clone()
+        } else {
+            None
+        };
+        let listing: Listing = match self.at.clone() {
+            Where::Local { root, single } => ctx
+                .io()
+                .spawn_blocking(move || list_local(&root, single, after.as_deref()))
+                .await
+                .map_err(|e| Error::internal("listing files panicked").with_source(e))??,
+            Where::Store {
+                store,
+                prefix,
+                base,
+                single,
+            } => {
+                let url = self.spec.url.clone();
+                ctx.io()
+                    .spawn(list_store(store, base, prefix, single, after))
+                    .await
+                    .map_err(|e| Error::internal("listing objects panicked").with_source(e))?
+                    .map_err(|e| Error::io(format!("cannot list '{url}'")).with_source(e))?
             }
-            Some(p) => p.matches(name),
-        }
-    }
-
-    /// Lists again and queues this subtask's objects not seen before.
-    async fn poll(&mut self, ctx: &OperatorContext) -> Result<usize> {
-        let store = self.loc.store.clone();
-        let prefix = self.loc.prefix.clone();
-        let single = self.loc.single;
-        let url = self.spec.url.clone();
-        let listed = ctx
-            .io()
-            .spawn(async move {
-                if single {
-                    store.head(&prefix).await.map(|m| vec![m])
-                } else {
-                    store.list(Some(&prefix)).try_collect::<Vec<_>>().await
-                }
-            })
-            .await
-            .map_err(|e| Error::internal("listing objects panicked").with_source(e))?
-            .map_err(|e| Error::io(format!("cannot list '{url}'")).with_source(e))?;
+        };
         self.last_poll = Some(Instant::now());
-        let mut listed: Vec<ObjectMeta> = listed.into_iter().filter(|m| self.wanted(m)).collect();
-        listed.sort_by(|a, b| a.location.cmp(&b.location));
+        for (uri, e) in listing.unreadable {
+            ctx.bad_row(e, Some(uri), None, None)?;
+        }
+        let split = self.split();
+        let wanted: Vec<Listed> = listing
+            .objects
+            .into_iter()
+            .filter(|f| self.wanted(f))
+            .collect();
         let mut added = 0;
-        for (i, m) in listed.into_iter().enumerate() {
-            if self.seen.contains(&m.location)
-                || !is_mine(
-                    i,
-                    m.location.as_ref(),
-                    self.spec.continuous,
-                    self.subtask,
-                    self.parallelism,
-                )
+        for (i, f) in wanted.into_iter().enumerate() {
+            if owner(split, &f.key, i, self.parallelism) != self.subtask
+                || self.tracker.is_done(&f.key)
+                || self.queue.contains_key(&f.key)
+                || self.fetched.iter().any(|(g, _)| g.key == f.key)
             {
                 continue;
             }
-            self.seen.insert(m.location.clone());
-            self.total += m.size;
-            self.queue.push_back(m);
+            if !self.restored.is_empty() && self.restored.was_done(&f.key, i) {
+                ctx.metrics().add_progress(f.size);
+                self.total += f.size;
+                self.tracker.done.insert(f.key.clone());
+                continue;
+            }
+            self.total += f.size;
+            self.queue.insert(f.key.clone(), f);
             added += 1;
         }
+        // Fold what the restore marked into the position.
+        let pending = self.pending();
+        self.tracker.compact(pending.as_deref());
         ctx.metrics().set_total(self.total);
         Ok(added)
     }
@@ -432,88 +467,106 @@ impl FilesSource {
                 )));
             }
         }
-        let metas = self.take_batch(ctx)?;
-        if metas.is_empty() {
+        let files = self.take_batch(ctx)?;
+        if files.is_empty() {
             return Ok(Some(SourceEvent::Idle(Duration::ZERO)));
         }
         let contents: Vec<Fetched> = if !self.spec.include_bytes {
-            metas.into_iter().map(|m| (m, Ok(None))).collect()
-        } else if let Some(fs) = self.loc.local.clone() {
-            ctx.io()
-                .spawn_blocking(move || read_local(&fs, metas))
-                .await
-                .map_err(|e| Error::internal("reading files panicked").with_source(e))?
+            files.into_iter().map(|f| (f, Ok(None))).collect()
         } else {
-            let store = self.loc.store.clone();
-            ctx.io()
-                .spawn(async move {
-                    futures::stream::iter(metas)
-                        .map(|m| {
-                            let store = store.clone();
-                            async move {
-                                let r = match store.get(&m.location).await {
-                                    Ok(g) => g.bytes().await.map(Some),
-                                    Err(e) => Err(e),
-                                };
-                                (m, r)
-                            }
+            match &self.at {
+                Where::Local { .. } => ctx
+                    .io()
+                    .spawn_blocking(move || read_local(files))
+                    .await
+                    .map_err(|e| Error::internal("reading files panicked").with_source(e))?,
+                Where::Store { store, .. } => {
+                    let store = store.clone();
+                    ctx.io()
+                        .spawn(async move {
+                            futures::stream::iter(files)
+                                .map(|f| {
+                                    let store = store.clone();
+                                    async move {
+                                        let r = match &f.at {
+                                            At::Object(p) => match store.get(p).await {
+                                                Ok(g) => g.bytes().await.map(Some),
+                                                Err(e) => Err(e),
+                                            }
+                                            .map_err(|e| {
+                                                Error::io(format!("cannot read {}", f.uri))
+                                                    .with_source(e)
+                                            }),
+                                            At::Local(_) => {
+                                                Err(Error::internal("a store read of a local file"))
+                                            }
+                                        };
+                                        (f, r)
+                                    }
+                                })
+                                .buffered(FETCH_CONCURRENCY)
+                                .collect::<Vec<_>>()
+                                .await
                         })
-                        .buffered(FETCH_CONCURRENCY)
-                        .collect::<Vec<_>>()
                         .await
-                })
-                .await
-                .map_err(|e| Error::internal("reading objects panicked").with_source(e))?
+                        .map_err(|e| Error::internal("reading objects panicked").with_source(e))?
+                }
+            }
         };
         self.fetched.extend(contents);
         Ok(None)
     }
 
     /// Takes the next objects for one batch, reporting files too large to read as bad rows.
-    fn take_batch(&mut self, ctx: &mut OperatorContext) -> Result<Vec<ObjectMeta>> {
+    fn take_batch(&mut self, ctx: &mut OperatorContext) -> Result<Vec<Listed>> {
         let mut batch = Vec::new();
         let mut bytes = 0u64;
         while batch.len() < self.spec.batch_size {
-            let Some(m) = self.queue.front() else { break };
-            if self.spec.include_bytes {
-                if m.size > self.spec.max_file_size {
-                    let m = self
-                        .queue
-                        .pop_front()
-                        .ok_or_else(|| Error::internal("queue emptied"))?;
-                    let uri = self.uri(&m);
-                    ctx.metrics().add_progress(m.size);
-                    self.done += 1;
-                    self.taken.insert(m.location.to_string());
-                    ctx.bad_row(
-                        Error::input(format!(
-                            "file {uri} is {} bytes, above max_file_size ({} bytes)",
-                            m.size, self.spec.max_file_size
-                        )),
-                        Some(uri),
-                        None,
-                        None,
-                    )?;
-                    continue;
-                }
-                if !batch.is_empty() && bytes + m.size > self.spec.max_batch_bytes {
+            let Some((_, f)) = self.queue.first_key_value() else {
+                break;
+            };
+            if self.spec.include_bytes && f.size > self.spec.max_file_size {
+                let Some((_, f)) = self.queue.pop_first() else {
                     break;
-                }
-                bytes += m.size;
+                };
+                ctx.metrics().add_progress(f.size);
+                self.mark(&f.key);
+                ctx.bad_row(
+                    Error::input(format!(
+                        "file {} is {} bytes, above max_file_size ({} bytes)",
+                        f.uri, f.size, self.spec.max_file_size
+                    )),
+                    Some(f.uri.clone()),
+                    None,
+                    None,
+                )?;
+                continue;
             }
-            if let Some(m) = self.queue.pop_front() {
-                batch.push(m);
+            // By listed size here; with bytes, the decoded size is counted once read (`next`).
+            if !batch.is_empty() && bytes + f.size > self.spec.max_batch_bytes {
+                break;
+            }
+            bytes += f.size;
+            if let Some((_, f)) = self.queue.pop_first() {
+                batch.push(f);
             }
         }
         Ok(batch)
     }
 }
 
+/// Percent-decoded text of a key, for glob matching (lossy for bytes that are not UTF-8).
+fn decode(key: &str) -> String {
+    percent_encoding::percent_decode_str(key)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// The key of the files source's union state entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-enum TakenKey {
-    /// This object was emitted.
-    Done(String),
+enum FilesKey {
+    /// The listing progress of one instance (by its subtask index).
+    Progress(u32),
 }
 
 #[async_trait]
@@ -524,34 +577,38 @@ impl Source for FilesSource {
 
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         if let Some(state) = ctx.restored_state() {
-            // Files emitted before the checkpoint are never taken again, by any instance.
-            let p = u64::from(self.parallelism);
-            let mut restored = 0u64;
-            for entry in state.unions::<TakenKey>() {
-                let (TakenKey::Done(loc), _) = entry?;
-                let loc = loc.as_str();
-                let path = StorePath::parse(loc).map_err(|e| {
+            let mut entries = Vec::new();
+            for entry in state.unions::<FilesKey>() {
+                let (FilesKey::Progress(subtask), bytes) = entry?;
+                let p: Progress = serde_json::from_slice(bytes).map_err(|e| {
                     Error::io(format!(
-                        "checkpoint state names an invalid object path '{loc}'"
+                        "checkpoint state of files instance {subtask} is corrupt"
                     ))
                     .with_source(e)
                 })?;
-                if self.seen.insert(path) {
-                    restored += 1;
-                }
-                if stable_hash(loc) % p == u64::from(self.subtask) {
-                    self.taken.insert(loc.to_string());
-                }
+                entries.push(p);
             }
+            self.restored = Restored::new(entries);
+            // Every key at or below the lowest old position was emitted by its owner.
+            self.tracker.position = self.restored.floor();
             if self.subtask == 0 {
                 tracing::info!(
                     node = %ctx.name(),
-                    "resumed: skipping {} files already emitted before the checkpoint",
-                    thousands(restored)
+                    "resumed: skipping files emitted before the checkpoint (listing after {})",
+                    self.tracker.position.as_deref().unwrap_or("the start")
                 );
             }
         }
-        self.poll(ctx).await.map(|_| ())
+        let added = self.poll(ctx).await?;
+        if ctx.restored_state().is_some() {
+            tracing::debug!(
+                node = %ctx.name(),
+                subtask = self.subtask,
+                "{} files to read after the restore",
+                thousands(added as u64)
+            );
+        }
+        Ok(())
     }
 
     async fn next(&mut self, ctx: &mut OperatorContext) -> Result<SourceEvent> {
@@ -580,33 +637,34 @@ impl Source for FilesSource {
         let mut size = UInt64Builder::new();
         let mut modified = TimestampMillisecondBuilder::new().with_timezone("UTC");
         let mut data = BinaryBuilder::new();
-        for (m, r) in contents {
-            let u = self.uri(&m);
-            ctx.metrics().add_progress(m.size);
-            self.done += 1;
-            self.taken.insert(m.location.to_string());
+        let mut refs = RefBuilder::default();
+        for (f, r) in contents {
+            ctx.metrics().add_progress(f.size);
+            self.mark(&f.key);
             match r {
                 Ok(b) => {
-                    uri.append_value(&u);
-                    size.append_value(b.as_ref().map_or(m.size, |b| b.len() as u64));
-                    modified.append_value(m.last_modified.timestamp_millis());
-                    data.append_option(b.as_deref());
+                    uri.append_value(&f.uri);
+                    size.append_value(b.as_ref().map_or(f.size, |b| b.len() as u64));
+                    modified.append_value(f.modified_ms);
+                    if self.spec.include_bytes {
+                        data.append_option(b.as_deref());
+                    } else {
+                        refs.push(&f);
+                    }
                 }
-                Err(e) => {
-                    ctx.bad_row(
-                        Error::io(format!("cannot read file {u}")).with_source(e),
-                        Some(u),
-                        None,
-                        None,
-                    )?;
-                }
+                Err(e) => ctx.bad_row(e, Some(f.uri.clone()), None, None)?,
             }
         }
+        let last: ArrayRef = if self.spec.include_bytes {
+            Arc::new(data.finish())
+        } else {
+            refs.finish(&self.schema)?
+        };
         let cols: Vec<ArrayRef> = vec![
             Arc::new(uri.finish()),
             Arc::new(size.finish()),
             Arc::new(modified.finish()),
-            Arc::new(data.finish()),
+            last,
         ];
         let batch = RecordBatch::try_new(self.schema.clone(), cols)?;
         if batch.num_rows() == 0 {
@@ -620,10 +678,48 @@ impl Source for FilesSource {
         _barrier: &Barrier,
         _ctx: &mut OperatorContext,
     ) -> Result<weir_runtime::StateSnapshot> {
+        let progress = Progress {
+            split: Some(self.split()),
+            parallelism: self.parallelism,
+            subtask: self.subtask,
+            position: self.tracker.position.clone(),
+            done: self.tracker.done.clone(),
+        };
+        let bytes = serde_json::to_vec(&progress)
+            .map_err(|e| Error::internal("cannot encode source state").with_source(e))?;
         let mut snap = weir_runtime::StateSnapshot::new();
-        for loc in &self.taken {
-            snap.push_union(&TakenKey::Done(loc.clone()), b"done".to_vec())?;
-        }
+        snap.push_union(&FilesKey::Progress(self.subtask), bytes)?;
         Ok(snap)
+    }
+}
+
+/// Builds the `ref` column: `weir.object_ref` values (uri, offset 0, length, version).
+#[derive(Default)]
+struct RefBuilder {
+    uri: StringBuilder,
+    offset: UInt64Builder,
+    length: UInt64Builder,
+    version: StringBuilder,
+}
+
+impl RefBuilder {
+    fn push(&mut self, f: &Listed) {
+        self.uri.append_value(&f.uri);
+        self.offset.append_value(0);
+        self.length.append_value(f.size);
+        self.version.append_option(f.version.as_deref());
+    }
+
+    fn finish(mut self, schema: &SchemaRef) -> Result<ArrayRef> {
+        let DataType::Struct(fields) = schema.field(3).data_type().clone() else {
+            return Err(Error::internal("the ref column is not a struct"));
+        };
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.uri.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.length.finish()),
+            Arc::new(self.version.finish()),
+        ];
+        Ok(Arc::new(StructArray::try_new(fields, cols, None)?))
     }
 }

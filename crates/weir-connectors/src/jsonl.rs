@@ -133,21 +133,27 @@ impl kind::SourceSpec for JsonlSourceSpec {
     }
 }
 
-/// Infers a schema from the first lines of `file`; lines that are not valid JSON are skipped.
+/// Infers a schema from the first lines of `file`. Lines that are not UTF-8 or not a JSON object
+/// are skipped (the source reports them as bad rows when it reads them). A column whose values
+/// have conflicting types in the sample (a number in some lines, a string in others) is an error
+/// naming the column, the types and their lines, asking for a declared schema: widening it to
+/// text would make every other row a bad row.
 fn infer_schema(file: &ListedFile) -> Result<SchemaRef> {
     let name = file.name();
     let f = std::fs::File::open(&file.path)
         .map_err(|e| Error::io(format!("cannot open json file {name}")).with_source(e))?;
     let mut values = Vec::new();
-    for line in BufReader::new(f).lines().take(INFER_LINES) {
+    let mut types = TypesSeen::default();
+    for (i, line) in BufReader::new(f).split(b'\n').take(INFER_LINES).enumerate() {
         let line =
             line.map_err(|e| Error::io(format!("cannot read json file {name}")).with_source(e))?;
-        if line.trim().is_empty() {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         if let Ok(v @ serde_json::Value::Object(_)) =
-            serde_json::from_str::<serde_json::Value>(&line)
+            serde_json::from_slice::<serde_json::Value>(&line)
         {
+            types.record("", &v, i as u64 + 1);
             values.push(v);
         }
     }
@@ -156,11 +162,93 @@ fn infer_schema(file: &ListedFile) -> Result<SchemaRef> {
             "cannot infer the schema of file {name}: none of its first {INFER_LINES} lines is a json object; declare a schema"
         )));
     }
+    if let Some(conflict) = types.conflict() {
+        return Err(Error::config(format!(
+            "cannot infer the schema of file {name}: {conflict} in its first {INFER_LINES} lines; \
+             declare the column's type with `schema:` (e.g. `schema: [{{name: ..., type: utf8}}]`), \
+             and rows that do not fit it become bad rows"
+        )));
+    }
     let schema = arrow::json::reader::infer_json_schema_from_iterator(values.into_iter().map(Ok))
         .map_err(|e| {
         Error::config(format!("cannot infer the schema of file {name}")).with_source(e)
     })?;
     Ok(Arc::new(schema))
+}
+
+/// The JSON types each column (`a`, `a.b` for nested objects, `a[]` for list elements) had in an
+/// inference sample, with the first lines of each.
+#[derive(Default)]
+struct TypesSeen {
+    columns: std::collections::BTreeMap<String, std::collections::BTreeMap<&'static str, Vec<u64>>>,
+}
+
+impl TypesSeen {
+    fn record(&mut self, path: &str, v: &serde_json::Value, line: u64) {
+        use serde_json::Value;
+        let kind = match v {
+            Value::Null => return,
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_f64() => "number",
+            Value::Number(_) => "integer",
+            Value::String(_) => "string",
+            Value::Array(items) => {
+                for item in items {
+                    self.record(&format!("{path}[]"), item, line);
+                }
+                "list"
+            }
+            Value::Object(m) => {
+                for (k, item) in m {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    self.record(&p, item, line);
+                }
+                "object"
+            }
+        };
+        if path.is_empty() {
+            return;
+        }
+        let lines = self
+            .columns
+            .entry(path.to_string())
+            .or_default()
+            .entry(kind)
+            .or_default();
+        if lines.len() < 3 {
+            lines.push(line);
+        }
+    }
+
+    /// The first column with conflicting types, described; integers and numbers together widen
+    /// to floats, which is no conflict.
+    fn conflict(&self) -> Option<String> {
+        for (col, kinds) in &self.columns {
+            let real: Vec<(&&str, &Vec<u64>)> = kinds
+                .iter()
+                .filter(|(k, _)| !(**k == "integer" && kinds.contains_key("number")))
+                .collect();
+            if real.len() > 1 {
+                let seen: Vec<String> = real
+                    .iter()
+                    .map(|(k, lines)| {
+                        let l: Vec<String> = lines.iter().map(u64::to_string).collect();
+                        let word = if lines.len() > 1 { "lines" } else { "line" };
+                        format!("{k} ({word} {})", l.join(", "))
+                    })
+                    .collect();
+                return Some(format!(
+                    "column '{col}' has conflicting types: {}",
+                    seen.join(", ")
+                ));
+            }
+        }
+        None
+    }
 }
 
 struct JsonlFormat;
@@ -287,10 +375,19 @@ impl FileReader for JsonlReader {
                 Err(e) => {
                     let raw = text.strip_suffix(b"\n").unwrap_or(text);
                     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-                    let error = match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
-                        Err(je) => Error::input(format!("invalid json: {je}")).with_source(je),
-                        Ok(_) => Error::input(format!("json line does not fit the schema: {e}"))
-                            .with_source(e),
+                    let error = if let Err(u) = std::str::from_utf8(raw) {
+                        Error::input(format!(
+                            "line is not valid UTF-8 (invalid byte at offset {})",
+                            u.valid_up_to()
+                        ))
+                    } else {
+                        match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+                            Err(je) => Error::input(format!("invalid json: {je}")).with_source(je),
+                            Ok(_) => {
+                                Error::input(format!("json line does not fit the schema: {e}"))
+                                    .with_source(e)
+                            }
+                        }
                     };
                     bad_rows.push(BadRow {
                         error,

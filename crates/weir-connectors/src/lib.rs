@@ -24,6 +24,7 @@ pub mod csv;
 pub mod file_source;
 pub mod files;
 pub mod jsonl;
+mod listing;
 pub mod parquet;
 mod sink_util;
 pub mod text;

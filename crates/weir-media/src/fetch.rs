@@ -1,8 +1,19 @@
-//! `fetch`: materialises the bytes behind a column of URIs (or `weir.object_ref` handles) through
-//! object_store: local paths and `file://` by default, `s3://` (configured from the `AWS_*`
-//! environment), `http(s)://` when allowed. Requests run concurrently on the IO runtime, at most
-//! `max_concurrency` at a time, and the output keeps the row order. Missing, refused and too-large
-//! objects are bad rows naming the URI.
+//! `fetch`: materialises the bytes behind a column of URIs (or `weir.object_ref` handles). URIs
+//! come from data, so they are treated as hostile (see `weir_store::data` and `weir_store::http`):
+//!
+//! - `s3://` objects (configured by weir-store's credential policy), and `http(s)://` URLs whose
+//!   addresses are checked after DNS resolution and on every redirect (loopback, private,
+//!   link-local and metadata ranges are refused unless allow-listed), with timeouts and bounded
+//!   retries;
+//! - local files (`file://` URIs, plain paths) only under the declared `roots`, with `..` and
+//!   percent-encoded escapes resolved (and symbolic links followed) before the check.
+//!
+//! Requests run concurrently on the IO runtime, at most `max_concurrency` at a time, and the output
+//! keeps the row order. Every row that cannot be fetched (refused, missing, too large, DNS failure,
+//! refused connection, TLS error, error status, timeout) is a bad row naming the URI and the
+//! cause; it never fails the job by itself. The output is cut into batches whose bytes, counting
+//! an image at its decoded size predicted from its header, stay within `max_batch_bytes`, as the
+//! `files` source does with `include_bytes`.
 
 use crate::common::{column_index, parse_size, schema_with};
 use arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray};
@@ -11,15 +22,15 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::io::{Read, Seek};
 use std::sync::Arc;
-use url::Url;
+use std::time::Duration;
 use weir_runtime::kind;
 use weir_runtime::{Emitter, Operator, OperatorContext};
+use weir_store::{AddressPolicy, DataPolicy, DataTarget, HttpFetcher, HttpOptions, StorageOptions};
 use weir_types::multimodal::{ExtensionType, MediaType, ObjectRefType};
 use weir_types::{Error, Result};
 
@@ -36,7 +47,16 @@ fn default_max_size() -> String {
     "64MiB".into()
 }
 fn default_schemes() -> Vec<String> {
-    vec!["file".into(), "s3".into()]
+    weir_store::DEFAULT_SCHEMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+fn default_timeout() -> String {
+    "30s".into()
+}
+fn default_retries() -> u32 {
+    2
 }
 
 /// Options of a `fetch` operator.
@@ -57,14 +77,38 @@ pub struct FetchSpec {
     /// Largest object (or range) fetched, e.g. `64MiB`; larger ones are bad rows. Default `64MiB`.
     #[serde(default = "default_max_size")]
     pub max_size: String,
-    /// URI schemes that may be fetched (`file` covers plain paths; also `s3`, `http`, `https`).
-    /// Default `["file", "s3"]`.
+    /// Most bytes in one output batch, an image counting as its decoded size predicted from its
+    /// header when larger (a single larger row gets a batch of its own). Default `64MiB`.
+    #[serde(default = "default_max_size")]
+    pub max_batch_bytes: String,
+    /// URI schemes that may be fetched, among `s3`, `http`, `https`. Default all three. Local
+    /// files are enabled by `roots`, not here.
     #[serde(default = "default_schemes")]
     pub allow_schemes: Vec<String>,
-    /// Allow http(s) hosts given as link-local (169.254.0.0/16, cloud metadata), loopback or private
-    /// addresses. Default false.
+    /// Where URIs may point: local directories (which enables `file://` URIs and plain paths under
+    /// them) and `s3://bucket/prefix` prefixes (which confine `s3://` URIs to them). Default none:
+    /// no local file can be read, and `s3://` URIs may name any object the credentials reach.
+    #[serde(default)]
+    pub roots: Vec<String>,
+    /// Address ranges http(s) URIs may reach although they are not public (`10.0.0.0/8`,
+    /// `127.0.0.1`, `fd00::/8`). Default none.
+    #[serde(default)]
+    pub allow_addresses: Vec<String>,
+    /// Allow every non-public address (loopback, private, link-local, metadata): the same as
+    /// listing every range in `allow_addresses`. Default false.
     #[serde(default)]
     pub allow_private: bool,
+    /// Longest time for one http(s) attempt. Default `30s`.
+    #[serde(default = "default_timeout")]
+    pub timeout: String,
+    /// Further attempts for errors a retry may cure (connection failures, timeouts, 5xx, 429),
+    /// with doubling backoff from 200 ms. Default 2.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Object-store options for `s3://` URIs (`aws_endpoint`, ...), which win over the
+    /// environment. Default none.
+    #[serde(default)]
+    pub storage: StorageOptions,
 }
 
 impl Default for FetchSpec {
@@ -74,28 +118,58 @@ impl Default for FetchSpec {
             output: default_bytes(),
             max_concurrency: default_concurrency(),
             max_size: default_max_size(),
+            max_batch_bytes: default_max_size(),
             allow_schemes: default_schemes(),
+            roots: Vec::new(),
+            allow_addresses: Vec::new(),
             allow_private: false,
+            timeout: default_timeout(),
+            retries: default_retries(),
+            storage: StorageOptions::default(),
         }
     }
 }
 
-const KNOWN_SCHEMES: &[&str] = &["file", "s3", "http", "https"];
+/// What the checked options come to.
+struct Checked {
+    max_size: u64,
+    max_batch_bytes: u64,
+    policy: DataPolicy,
+    http: HttpOptions,
+}
 
 impl FetchSpec {
-    fn check(&self) -> Result<u64> {
+    fn check(&self) -> Result<Checked> {
+        let err = |e: Error| Error::config(format!("fetch: {}", e.report()));
         if self.max_concurrency == 0 {
             return Err(Error::config("fetch: max_concurrency must be at least 1"));
         }
-        for s in &self.allow_schemes {
-            if !KNOWN_SCHEMES.contains(&s.to_ascii_lowercase().as_str()) {
-                return Err(Error::config(format!(
-                    "fetch: scheme '{s}' in allow_schemes is not supported ({})",
-                    KNOWN_SCHEMES.join(", ")
-                )));
-            }
+        let policy = DataPolicy::new(&self.allow_schemes, &self.roots).map_err(err)?;
+        let mut addresses = AddressPolicy::new(&self.allow_addresses).map_err(err)?;
+        if self.allow_private {
+            addresses = AddressPolicy::new(&["0.0.0.0/0", "::/0"]).map_err(err)?;
         }
-        parse_size(&self.max_size, "fetch: max_size")
+        let timeout = humantime::parse_duration(&self.timeout).map_err(|e| {
+            Error::config(format!(
+                "fetch: timeout '{}' is not a duration such as 30s: {e}",
+                self.timeout
+            ))
+        })?;
+        let http = HttpOptions {
+            addresses,
+            allow_http: policy.allows_scheme("http"),
+            allow_https: policy.allows_scheme("https"),
+            timeout,
+            connect_timeout: timeout.min(Duration::from_secs(10)),
+            retries: self.retries,
+            ..HttpOptions::default()
+        };
+        Ok(Checked {
+            max_size: parse_size(&self.max_size, "fetch: max_size")?,
+            max_batch_bytes: parse_size(&self.max_batch_bytes, "fetch: max_batch_bytes")?.max(1),
+            policy,
+            http,
+        })
     }
 
     /// Plan time: checks the input column (Utf8 or `weir.object_ref`) and returns the output schema.
@@ -124,19 +198,32 @@ impl FetchSpec {
 
     /// Builds one running instance for that input schema.
     pub fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>> {
-        let max_size = self.check()?;
+        let checked = self.check()?;
+        let http = if checked.policy.allows_http() {
+            Some(HttpFetcher::new(checked.http)?)
+        } else {
+            None
+        };
         Ok(Box::new(Fetch {
             schema: self.output_schema(input)?,
             spec: self.clone(),
-            max_size,
-            stores: HashMap::new(),
+            max_size: checked.max_size,
+            max_batch_bytes: checked.max_batch_bytes,
+            policy: checked.policy,
+            http,
+            buckets: HashMap::new(),
         }))
     }
 
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
+        let roots = if self.roots.is_empty() {
+            "no local files".to_string()
+        } else {
+            format!("roots {}", self.roots.join(","))
+        };
         format!(
-            "fetch {} -> {} ({} at a time, max {}, schemes {})",
+            "fetch {} -> {} ({} at a time, max {}, schemes {}, {roots})",
             self.column,
             self.output,
             self.max_concurrency,
@@ -167,7 +254,11 @@ pub struct Fetch {
     schema: SchemaRef,
     spec: FetchSpec,
     max_size: u64,
-    stores: HashMap<String, Arc<dyn ObjectStore>>,
+    max_batch_bytes: u64,
+    policy: DataPolicy,
+    http: Option<HttpFetcher>,
+    /// S3 clients by bucket.
+    buckets: HashMap<String, Arc<dyn ObjectStore>>,
 }
 
 impl std::fmt::Debug for Fetch {
@@ -184,108 +275,17 @@ struct Request {
     length: Option<u64>,
 }
 
-/// Where a URI points.
-enum Location {
+/// What one row reads, once its URI is allowed.
+enum Job {
     Local(std::path::PathBuf),
-    Store(String, Url),
+    Object(Arc<dyn ObjectStore>, StorePath),
+    Http(HttpFetcher, url::Url),
 }
 
-/// Whether `ip` is link-local, loopback, private or otherwise not a public internet address.
-pub fn is_private_address(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_link_local()
-                || v4.is_loopback()
-                || v4.is_private()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64 // 100.64/10 (CGNAT, Alibaba metadata)
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (s[0] & 0xffc0) == 0xfe80 // link-local
-                || (s[0] & 0xfe00) == 0xfc00 // unique local (incl. fd00:ec2::254)
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private_address(IpAddr::V4(v4)))
-        }
-    }
-}
-
-fn parse_location(uri: &str, spec: &FetchSpec) -> Result<Location> {
-    let allowed = |scheme: &str| {
-        spec.allow_schemes
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(scheme))
-    };
-    if !uri.contains("://") {
-        if !allowed("file") {
-            return Err(Error::input(format!(
-                "local path '{uri}' refused: 'file' is not in allow_schemes"
-            )));
-        }
-        return Ok(Location::Local(uri.into()));
-    }
-    let url = Url::parse(uri).map_err(|e| Error::input(format!("invalid uri '{uri}': {e}")))?;
-    let scheme = url.scheme().to_ascii_lowercase();
-    if !allowed(&scheme) {
-        return Err(Error::input(format!(
-            "uri '{uri}' refused: scheme '{scheme}' is not in allow_schemes ({})",
-            spec.allow_schemes.join(", ")
-        )));
-    }
-    match scheme.as_str() {
-        "file" => {
-            let p = url
-                .to_file_path()
-                .map_err(|_| Error::input(format!("invalid file uri '{uri}'")))?;
-            Ok(Location::Local(p))
-        }
-        "s3" | "http" | "https" => {
-            if scheme != "s3" && !spec.allow_private {
-                let blocked = match url.host() {
-                    Some(url::Host::Ipv4(ip)) => is_private_address(IpAddr::V4(ip)),
-                    Some(url::Host::Ipv6(ip)) => is_private_address(IpAddr::V6(ip)),
-                    Some(url::Host::Domain(d)) => {
-                        let d = d.to_ascii_lowercase();
-                        d == "localhost" || d == "metadata.google.internal" || d == "metadata"
-                    }
-                    None => true,
-                };
-                if blocked {
-                    return Err(Error::input(format!(
-                        "uri '{uri}' refused: its host is a link-local, metadata, loopback or private address (set allow_private: true to allow)"
-                    )));
-                }
-            }
-            let key = format!("{}://{}", scheme, url.authority());
-            Ok(Location::Store(key, url))
-        }
-        other => Err(Error::input(format!(
-            "uri '{uri}': scheme '{other}' is not supported"
-        ))),
-    }
-}
-
-fn build_store(scheme: &str, url: &Url) -> Result<Arc<dyn ObjectStore>> {
-    let base = &url[..url::Position::BeforePath];
-    let err = |e: object_store::Error| {
-        Error::config(format!("fetch: cannot set up an object store for '{base}'")).with_source(e)
-    };
-    Ok(match scheme {
-        "s3" => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_url(base)
-                .build()
-                .map_err(err)?,
-        ),
-        _ => Arc::new(
-            object_store::http::HttpBuilder::new()
-                .with_url(base)
-                .build()
-                .map_err(err)?,
-        ),
-    })
+fn too_large(uri: &str, size: u64, max: u64) -> Error {
+    Error::input(format!(
+        "object {uri} is {size} bytes, more than max_size {max} bytes"
+    ))
 }
 
 fn store_error(uri: &str, e: object_store::Error) -> Error {
@@ -293,54 +293,59 @@ fn store_error(uri: &str, e: object_store::Error) -> Error {
         object_store::Error::NotFound { .. } => {
             Error::input(format!("object not found: {uri}")).with_source(e)
         }
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. }
-        | object_store::Error::InvalidPath { .. } => {
-            Error::input(format!("cannot read {uri}")).with_source(e)
-        }
-        other => Error::io(format!("fetching {uri} failed")).with_source(other),
+        other => Error::input(format!("cannot fetch {uri}")).with_source(other),
     }
 }
 
-/// Whether a fetch error is about this row only (a bad row) rather than the store (a job error).
-fn is_row_error(e: &Error) -> bool {
-    e.kind() == weir_types::ErrorKind::InvalidInput
+/// Reads `req` of a local file on a blocking thread: size checked before reading.
+fn read_local(path: &std::path::Path, req: &Request, max: u64) -> Result<Bytes> {
+    let uri = &req.uri;
+    let io = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::input(format!("object not found: {uri}")).with_source(e)
+        } else {
+            Error::input(format!("cannot read {uri}")).with_source(e)
+        }
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let size = f.metadata().map_err(io)?.len();
+    if !f.metadata().map_err(io)?.is_file() {
+        return Err(Error::input(format!("{uri} is not a file")));
+    }
+    let end = match req.length {
+        Some(l) => req
+            .offset
+            .checked_add(l)
+            .ok_or_else(|| Error::input(format!("range of {uri} overflows")))?,
+        None => size,
+    };
+    if end > size {
+        return Err(Error::input(format!(
+            "range {}..{end} of {uri} is past its end ({size} bytes)",
+            req.offset
+        )));
+    }
+    let len = end.saturating_sub(req.offset);
+    if len > max {
+        return Err(too_large(uri, len, max));
+    }
+    f.seek(std::io::SeekFrom::Start(req.offset)).map_err(io)?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).map_err(io)?;
+    Ok(Bytes::from(buf))
 }
 
-async fn fetch_one(
+async fn read_object(
     store: Arc<dyn ObjectStore>,
-    path: Option<StorePath>,
-    local: Option<std::path::PathBuf>,
-    req: Request,
+    path: StorePath,
+    req: &Request,
     max: u64,
 ) -> Result<Bytes> {
     let uri = &req.uri;
-    let path = match (path, local) {
-        (Some(p), _) => p,
-        (None, Some(l)) => {
-            let abs = std::path::absolute(&l)
-                .map_err(|e| Error::input(format!("invalid path {uri}")).with_source(e))?;
-            StorePath::from_absolute_path(&abs)
-                .map_err(|e| Error::input(format!("invalid path {uri}")).with_source(e))?
-        }
-        (None, None) => return Err(Error::internal("fetch: request without a location")),
-    };
-    let too_large = |size: u64| {
-        Error::input(format!(
-            "object {uri} is {size} bytes, more than max_size {max} bytes"
-        ))
-    };
     match (req.offset, req.length) {
-        (0, None) => {
-            let r = store.get(&path).await.map_err(|e| store_error(uri, e))?;
-            if r.meta.size > max {
-                return Err(too_large(r.meta.size));
-            }
-            r.bytes().await.map_err(|e| store_error(uri, e))
-        }
         (off, Some(len)) => {
             if len > max {
-                return Err(too_large(len));
+                return Err(too_large(uri, len, max));
             }
             let end = off
                 .checked_add(len)
@@ -352,7 +357,7 @@ async fn fetch_one(
         }
         (off, None) => {
             let opts = GetOptions {
-                range: Some(GetRange::Offset(off)),
+                range: (off > 0).then_some(GetRange::Offset(off)),
                 ..Default::default()
             };
             let r = store
@@ -361,10 +366,33 @@ async fn fetch_one(
                 .map_err(|e| store_error(uri, e))?;
             let len = r.range.end.saturating_sub(r.range.start);
             if len > max {
-                return Err(too_large(len));
+                return Err(too_large(uri, len, max));
             }
             r.bytes().await.map_err(|e| store_error(uri, e))
         }
+    }
+}
+
+/// Runs one row's fetch on the IO runtime (aborted if this future is dropped).
+async fn run_job(
+    io: tokio::runtime::Handle,
+    job: Result<(Job, Request)>,
+    max: u64,
+) -> Result<Bytes> {
+    let (job, req) = job?;
+    let task = match job {
+        Job::Local(path) => AbortOnDrop(io.spawn_blocking(move || read_local(&path, &req, max))),
+        Job::Object(store, path) => {
+            AbortOnDrop(io.spawn(async move { read_object(store, path, &req, max).await }))
+        }
+        Job::Http(client, url) => AbortOnDrop(
+            io.spawn(async move { client.get(&url, req.offset, req.length, max).await }),
+        ),
+    };
+    let mut task = task;
+    match (&mut task.0).await {
+        Ok(r) => r,
+        Err(e) => Err(Error::internal("fetch: request task failed").with_source(e)),
     }
 }
 
@@ -445,6 +473,67 @@ fn requests(column: &ArrayRef) -> Result<Vec<Option<Request>>> {
     })
 }
 
+impl Fetch {
+    /// Decides what a row reads, without any IO; a refused URI is an error of that row.
+    fn job(&mut self, req: Request) -> Result<(Job, Request)> {
+        let job = match self.policy.locate(&req.uri)? {
+            DataTarget::Local(p) => Job::Local(p),
+            DataTarget::Object { bucket, path } => {
+                let store = match self.buckets.get(&bucket) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s: Arc<dyn ObjectStore> = weir_store::s3(&bucket, &self.spec.storage)
+                            .map_err(|e| {
+                            Error::input(format!("cannot fetch {}", req.uri)).with_source(e)
+                        })?;
+                        self.buckets.insert(bucket, s.clone());
+                        s
+                    }
+                };
+                Job::Object(store, path)
+            }
+            DataTarget::Http(url) => match &self.http {
+                Some(c) => Job::Http(c.clone(), url),
+                None => {
+                    return Err(Error::input(format!(
+                        "refused: http(s) is not in allow_schemes ({})",
+                        req.uri
+                    )));
+                }
+            },
+        };
+        Ok((job, req))
+    }
+}
+
+/// The bytes a fetched row counts for in an output batch: its size, or an image's decoded RGB
+/// size predicted from its header when larger.
+fn admission(bytes: &[u8]) -> u64 {
+    let own = bytes.len() as u64;
+    crate::decode_image::header_dims(bytes)
+        .map(|(w, h)| own.max(u64::from(w) * u64::from(h) * 3))
+        .unwrap_or(own)
+}
+
+/// Rows of one output batch being gathered.
+struct Group {
+    start: usize,
+    builder: BinaryBuilder,
+    mask: Vec<bool>,
+    bytes: u64,
+}
+
+impl Group {
+    fn new(start: usize) -> Self {
+        Group {
+            start,
+            builder: BinaryBuilder::new(),
+            mask: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
 #[async_trait]
 impl Operator for Fetch {
     async fn process_batch(
@@ -455,100 +544,71 @@ impl Operator for Fetch {
     ) -> Result<()> {
         let column = weir_types::planned_column(&batch, &self.spec.column, "fetch")?;
         let reqs = requests(&column)?;
-        let local: Arc<dyn ObjectStore> = self
-            .stores
-            .entry("file://".into())
-            .or_insert_with(|| Arc::new(LocalFileSystem::new()))
-            .clone();
         // Resolve every row first (cheap, no IO), so refused URIs never reach a store.
-        let mut jobs = Vec::with_capacity(reqs.len());
-        for req in reqs {
-            let job = match req {
+        let jobs: Vec<Result<(Job, Request)>> = reqs
+            .into_iter()
+            .map(|r| match r {
                 None => Err(Error::input("uri is null")),
-                Some(req) => match parse_location(&req.uri, &self.spec) {
-                    Err(e) => Err(e),
-                    Ok(Location::Local(p)) => Ok((local.clone(), None, Some(p), req)),
-                    Ok(Location::Store(key, url)) => {
-                        let store = match self.stores.get(&key) {
-                            Some(s) => s.clone(),
-                            None => {
-                                let s = build_store(url.scheme(), &url)?;
-                                self.stores.insert(key, s.clone());
-                                s
-                            }
-                        };
-                        let path = StorePath::from_url_path(url.path()).map_err(|e| {
-                            Error::input(format!("invalid uri '{}'", req.uri)).with_source(e)
-                        });
-                        path.map(|p| (store, Some(p), None, req))
-                    }
-                },
-            };
-            jobs.push(job);
-        }
+                Some(r) => self.job(r),
+            })
+            .collect();
         let io = ctx.io().clone();
         let max = self.max_size;
-        let futures: Vec<FetchFuture> = jobs
-            .into_iter()
-            .map(|job| Box::pin(run_job(io.clone(), job, max)) as FetchFuture)
-            .collect();
-        let results: Vec<Result<Bytes>> = futures::stream::iter(futures)
-            .buffered(self.spec.max_concurrency)
-            .collect()
-            .await;
+        let mut results = futures::stream::iter(jobs)
+            .map(|job| run_job(io.clone(), job, max))
+            .buffered(self.spec.max_concurrency);
         let inputs = crate::common::RowInputs::new(&batch);
-        let mut builder = BinaryBuilder::with_capacity(
-            results.len(),
-            results
-                .iter()
-                .map(|r| r.as_ref().map_or(0, |b| b.len()))
-                .sum(),
-        );
-        let mut mask = Vec::with_capacity(results.len());
-        for (row, r) in results.into_iter().enumerate() {
+        let mut group = Group::new(0);
+        let mut row = 0;
+        while let Some(r) = results.next().await {
             match r {
                 Ok(b) => {
-                    builder.append_value(&b);
-                    mask.push(true);
+                    let weight = admission(&b);
+                    if !group.mask.iter().all(|k| !k)
+                        && group.bytes.saturating_add(weight) > self.max_batch_bytes
+                    {
+                        let next = Group::new(row);
+                        self.emit(&batch, std::mem::replace(&mut group, next), out)?;
+                    }
+                    group.bytes = group.bytes.saturating_add(weight);
+                    group.builder.append_value(&b);
+                    group.mask.push(true);
                 }
-                Err(e) if is_row_error(&e) => {
+                Err(e) if e.kind() == weir_types::ErrorKind::Internal => return Err(e),
+                Err(e) => {
                     let uri = inputs.get(row).or_else(|| uri_at(&column, row));
                     ctx.bad_row(e, uri, Some(format!("row {row}")), None)?;
-                    mask.push(false);
+                    group.mask.push(false);
                 }
-                Err(e) => return Err(e),
             }
+            row += 1;
         }
-        let keep = mask.iter().any(|k| !k).then(|| BooleanArray::from(mask));
-        let col: ArrayRef = Arc::new(builder.finish());
+        self.emit(&batch, group, out)
+    }
+}
+
+impl Fetch {
+    /// Emits the rows of `group` that were fetched, with their other columns.
+    fn emit(&self, batch: &RecordBatch, mut group: Group, out: &mut Emitter) -> Result<()> {
+        let n = group.mask.len();
+        if n == 0 || group.mask.iter().all(|k| !k) {
+            return Ok(());
+        }
+        let rows = batch.slice(group.start, n);
+        let keep = group
+            .mask
+            .iter()
+            .any(|k| !k)
+            .then(|| BooleanArray::from(std::mem::take(&mut group.mask)));
+        let col: ArrayRef = Arc::new(group.builder.finish());
         out.emit(crate::common::assemble(
-            &batch,
+            &rows,
             keep.as_ref(),
             &self.schema,
             &self.spec.output,
             col,
         )?);
         Ok(())
-    }
-}
-
-/// What one row needs: the store, its path (or a local path to resolve) and the request.
-type Job = (
-    Arc<dyn ObjectStore>,
-    Option<StorePath>,
-    Option<std::path::PathBuf>,
-    Request,
-);
-
-type FetchFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes>> + Send>>;
-
-/// Runs one row's fetch as a task on the IO runtime (aborted if this future is dropped).
-async fn run_job(io: tokio::runtime::Handle, job: Result<Job>, max: u64) -> Result<Bytes> {
-    let (store, path, local, req) = job?;
-    let mut task = AbortOnDrop(io.spawn(fetch_one(store, path, local, req, max)));
-    match (&mut task.0).await {
-        Ok(r) => r,
-        Err(e) => Err(Error::internal("fetch: request task failed").with_source(e)),
     }
 }
 

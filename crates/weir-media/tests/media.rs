@@ -589,7 +589,8 @@ fn fetch_reads_paths_file_uris_and_object_refs_in_order() {
     .unwrap();
     let limit = jpg.len() + 10;
     let fetch: FetchSpec = spec(&format!(
-        r#"{{"max_size": "{limit}", "max_concurrency": 3, "allow_schemes": ["file", "http"]}}"#
+        r#"{{"max_size": "{limit}", "max_concurrency": 3, "roots": ["{}"]}}"#,
+        dir.path().display()
     ));
     let out = run(
         batch,
@@ -626,6 +627,73 @@ fn fetch_reads_paths_file_uris_and_object_refs_in_order() {
     );
     assert!(errors[3].contains("gs"), "{errors:?}");
 
+    // Without roots no local file is read: every local row is a bad row, the job goes on.
+    let schema = Arc::new(Schema::new(vec![Field::new("uri", DataType::Utf8, false)]));
+    let hostile = [
+        a_s.clone(),
+        format!("file://{a_s}"),
+        "file:///etc/shadow".to_owned(),
+        "/etc/passwd".to_owned(),
+    ];
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(StringArray::from_iter_values(
+            hostile.iter().cloned(),
+        ))],
+    )
+    .unwrap();
+    let out = run(
+        batch,
+        vec![step(
+            spec::<FetchSpec>("{}"),
+            FetchSpec::output_schema,
+            FetchSpec::create,
+        )],
+    );
+    assert!(out.rows.iter().all(|b| b.num_rows() == 0), "nothing read");
+    let errors = strings(&out.dead, "error");
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(errors.iter().all(|e| e.contains("refused")), "{errors:?}");
+
+    // With a root, escapes out of it are refused: `..`, `%2e%2e`, an encoded slash, a symlink.
+    let inner = dir.path().join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::write(inner.join("ok.jpg"), &jpg).unwrap();
+    std::os::unix::fs::symlink(&a, inner.join("link.jpg")).unwrap();
+    let i = std::fs::canonicalize(&inner).unwrap().display().to_string();
+    let tries = [
+        format!("file://{i}/ok.jpg"),
+        format!("file://{i}/../a.jpg"),
+        format!("file://{i}/%2e%2e/a.jpg"),
+        format!("file://{i}/..%2Fa.jpg"),
+        format!("{i}/../a.jpg"),
+        format!("file://{i}/link.jpg"),
+    ];
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![Arc::new(StringArray::from_iter_values(
+            tries.iter().cloned(),
+        ))],
+    )
+    .unwrap();
+    let out = run(
+        batch,
+        vec![step(
+            spec::<FetchSpec>(&format!(r#"{{"roots": ["{i}"]}}"#)),
+            FetchSpec::output_schema,
+            FetchSpec::create,
+        )],
+    );
+    assert_eq!(strings(&out.rows, "uri"), vec![tries[0].clone()]);
+    let errors = strings(&out.dead, "error");
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("outside the declared roots")),
+        "{errors:?}"
+    );
+
     // object references: byte ranges of one file
     let refs = StructArray::try_new(
         object_ref_fields(),
@@ -647,7 +715,10 @@ fn fetch_reads_paths_file_uris_and_object_refs_in_order() {
     let out = run(
         batch,
         vec![step(
-            spec::<FetchSpec>(r#"{"column": "ref"}"#),
+            spec::<FetchSpec>(&format!(
+                r#"{{"column": "ref", "roots": ["{}"]}}"#,
+                dir.path().display()
+            )),
             FetchSpec::output_schema,
             FetchSpec::create,
         )],
@@ -792,4 +863,48 @@ fn src_schema() -> SchemaRef {
         Field::new("uri", DataType::Utf8, false),
         Field::new("bytes", DataType::Binary, false),
     ]))
+}
+
+#[test]
+fn fetch_cuts_its_output_by_predicted_decoded_bytes() {
+    // Object references (as `files` emits them with include_bytes: false) materialised by fetch
+    // come out in batches bounded like the files source's own byte batches: each image counts as
+    // its decoded size predicted from its header.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, jpg) = photo("opencv_fruits.jpg");
+    let (w, h) = weir_media::decode_image::header_dims(&jpg).unwrap();
+    let decoded = u64::from(w) * u64::from(h) * 3;
+    let mut uris = Vec::new();
+    for i in 0..7 {
+        let p = dir.path().join(format!("{i}.jpg"));
+        std::fs::write(&p, &jpg).unwrap();
+        uris.push(weir_store::file_uri(&std::fs::canonicalize(&p).unwrap()).unwrap());
+    }
+    let schema = Arc::new(Schema::new(vec![Field::new("uri", DataType::Utf8, false)]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![Arc::new(StringArray::from_iter_values(
+            uris.iter().cloned(),
+        ))],
+    )
+    .unwrap();
+    let budget = decoded * 5 / 2;
+    let out = run(
+        batch,
+        vec![step(
+            spec::<FetchSpec>(&format!(
+                r#"{{"roots": ["{}"], "max_batch_bytes": "{budget}"}}"#,
+                dir.path().display()
+            )),
+            FetchSpec::output_schema,
+            FetchSpec::create,
+        )],
+    );
+    let sizes: Vec<usize> = out.rows.iter().map(|b| b.num_rows()).collect();
+    assert_eq!(
+        sizes,
+        vec![2, 2, 2, 1],
+        "each batch holds at most 2.5 decoded images"
+    );
+    assert_eq!(strings(&out.rows, "uri"), uris);
 }

@@ -106,6 +106,9 @@ pub struct JobOptions {
     /// Restarts after a failure; absent means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartSpec>,
+    /// How many dead letters fail the run. Default `{max_fraction: 0.5, min_rows: 0}`.
+    #[serde(default)]
+    pub error_budget: crate::spec::ErrorBudget,
 }
 
 impl Default for JobOptions {
@@ -119,6 +122,7 @@ impl Default for JobOptions {
             channel_capacity: default_channel_capacity(),
             checkpoint: None,
             restart: None,
+            error_budget: Default::default(),
         }
     }
 }
@@ -130,9 +134,17 @@ pub struct CheckpointOptions {
     /// A directory or object-store URL. Default `.weir/checkpoints/<job name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// Explicit object-store options for `store` (object_store keys such as `aws_endpoint`), which
+    /// win over the environment. Default none.
+    #[serde(default, skip_serializing_if = "storage_is_empty")]
+    pub storage: weir_store::StorageOptions,
     /// Interval, timeout, mode, retention (defaults: see `weir_checkpoint::CheckpointConfig`).
     #[serde(default)]
     pub config: CheckpointConfig,
+}
+
+fn storage_is_empty(s: &weir_store::StorageOptions) -> bool {
+    s.0.is_empty()
 }
 
 fn empty_object() -> serde_json::Value {

@@ -89,7 +89,9 @@ mod tests {
     #[test]
     fn every_kind_is_registered_once_and_routing_names_are_not_kinds() {
         let r = builtin();
-        let mut sources = vec!["parquet", "jsonl", "csv", "files", "text", "values", "datagen", "nexmark"];
+        let mut sources = vec![
+            "parquet", "jsonl", "csv", "files", "text", "values", "datagen", "nexmark",
+        ];
         let mut sinks = vec!["parquet", "jsonl", "console", "blackhole"];
         if cfg!(feature = "kafka") {
             sources.push("kafka");

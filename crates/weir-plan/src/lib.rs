@@ -27,3 +27,4 @@ pub use plan::{
     CheckpointPlan, Job, Plan, PlanOptions, PlannedStep, Restart, graph_file, plan_file,
     plan_graph, plan_str, plan_str_with, yaml_graph,
 };
+pub use spec::ErrorBudget;

@@ -16,9 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use weir_infer::ModelService;
 use weir_runtime::event_time::WatermarkConfig;
-use weir_runtime::kind::{
-    CreateContext, JobInfo, Need, OperatorSpec, PlanContext, Registry, Resources, Step,
-};
+use weir_runtime::kind::{CreateContext, JobInfo, Need, PlanContext, Registry, Resources, Step};
 use weir_runtime::{ErrorPolicy, EventTimeSource, JobConfig, JobGraph, NodeId, Partitioning};
 use weir_types::{Error, Result, dead_letter_schema};
 
@@ -62,6 +60,8 @@ pub struct Plan {
     pub checkpoint: Option<CheckpointPlan>,
     /// Restarts after a failure.
     pub restart: Restart,
+    /// How many dead letters fail the run.
+    pub error_budget: crate::spec::ErrorBudget,
     config: JobConfig,
     nodes: Vec<Bound>,
     /// (producer, consumer, routing), in each consumer's port order.
@@ -96,6 +96,8 @@ pub struct Job {
 pub struct CheckpointPlan {
     /// A directory or object-store URL.
     pub store: String,
+    /// Explicit object-store options (`checkpoint.storage`), which win over the environment.
+    pub storage: weir_store::StorageOptions,
     /// Interval, timeout, mode, retention.
     pub config: weir_checkpoint::CheckpointConfig,
 }
@@ -198,6 +200,12 @@ pub fn plan_graph(registry: &Registry, graph: &LogicalGraph, origin: &str) -> Re
         .as_ref()
         .map(|c| checkpoint_plan(&job.name, c))
         .transpose()?;
+    if !(0.0..=1.0).contains(&job.error_budget.max_fraction) {
+        return Err(Error::config(format!(
+            "{origin}: key 'error_budget.max_fraction': expected a share between 0.0 and 1.0, found {}",
+            job.error_budget.max_fraction
+        )));
+    }
     let restart = match &job.restart {
         None => Restart::default(),
         Some(r) => Restart {
@@ -290,6 +298,7 @@ pub fn plan_graph(registry: &Registry, graph: &LogicalGraph, origin: &str) -> Re
         steps: planned,
         checkpoint,
         restart,
+        error_budget: graph.job.error_budget,
         config,
         nodes: bound,
         edges: shape.edges.clone(),
@@ -395,7 +404,11 @@ fn checkpoint_plan(name: &str, c: &crate::graph::CheckpointOptions) -> Result<Ch
             config.max_concurrent
         )));
     }
-    Ok(CheckpointPlan { store, config })
+    Ok(CheckpointPlan {
+        store,
+        storage: c.storage.clone(),
+        config,
+    })
 }
 
 /// With `on_error: dead_letter`: the name of the dead-letter sink, added (a `jsonl` sink writing

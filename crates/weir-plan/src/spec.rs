@@ -64,6 +64,10 @@ pub struct PipelineSpec {
     /// `min_pause` 0s, `mode` aligned, `retain` 3).
     #[serde(default)]
     pub checkpoint: Option<Mapping>,
+    /// How many dead letters a run may make before it fails. Default: more than half of the rows
+    /// read fail it (`{max_fraction: 0.5, min_rows: 0}`).
+    #[serde(default)]
+    pub error_budget: ErrorBudget,
     /// What to do when the job fails: restart it in this process from the newest complete
     /// checkpoint. Default: no restarts.
     #[serde(default)]
@@ -74,6 +78,34 @@ pub struct PipelineSpec {
     pub services: Vec<Mapping>,
     /// The steps, in order.
     pub steps: Vec<Mapping>,
+}
+
+/// How many rows may become dead letters: a run whose dead letters are more than `max_fraction`
+/// of the rows its sources read fails (exit status 3) with the most frequent reasons. Checked
+/// while the job runs once `min_rows` rows were read, and at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBudget {
+    /// The largest share of dead letters allowed, `0.0`..=`1.0` (`1.0` never fails). Default 0.5.
+    #[serde(default = "default_max_fraction")]
+    pub max_fraction: f64,
+    /// Rows the sources must have read before the budget is checked while the job runs (the end
+    /// of a run is always checked). Default 0.
+    #[serde(default)]
+    pub min_rows: u64,
+}
+
+fn default_max_fraction() -> f64 {
+    0.5
+}
+
+impl Default for ErrorBudget {
+    fn default() -> Self {
+        ErrorBudget {
+            max_fraction: default_max_fraction(),
+            min_rows: 0,
+        }
+    }
 }
 
 fn default_backoff() -> String {
@@ -231,6 +263,12 @@ pub fn parse(yaml: &str, origin: &str, overrides: &[String]) -> Result<ParsedSpe
     if pipeline.steps.is_empty() {
         return Err(Error::config(format!(
             "{origin}: key 'steps': expected at least one step"
+        )));
+    }
+    if !(0.0..=1.0).contains(&pipeline.error_budget.max_fraction) {
+        return Err(Error::config(format!(
+            "{origin}: key 'error_budget.max_fraction': expected a share between 0.0 and 1.0, found {}",
+            pipeline.error_budget.max_fraction
         )));
     }
     if pipeline.parallelism == 0 {

@@ -48,6 +48,7 @@ pub fn to_graph(
             channel_capacity: p.channel_capacity.clone(),
             checkpoint,
             restart: p.restart.clone(),
+            error_budget: p.error_budget,
         },
         services: p
             .services
@@ -177,8 +178,13 @@ fn checkpoint_options(section: &Mapping) -> Result<CheckpointOptions> {
             )));
         }
     };
+    let storage = match m.remove("storage") {
+        None => Default::default(),
+        Some(v) => from_value(v, "key 'checkpoint.storage'")?,
+    };
     Ok(CheckpointOptions {
         store,
+        storage,
         config: from_value(Value::Mapping(m), "key 'checkpoint'")?,
     })
 }

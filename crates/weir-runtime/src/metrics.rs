@@ -394,6 +394,17 @@ impl MetricsRegistry {
         instances
     }
 
+    /// Dead letters by node and reason, most frequent first: `(node, reason, count)` (from the
+    /// job's [`DeadLetterLog`], which groups rows that failed alike by
+    /// [`reason_of`](crate::observe::reason_of)).
+    pub fn dead_letter_reasons(&self) -> Vec<(String, String, u64)> {
+        self.dead_letters
+            .counts()
+            .into_iter()
+            .map(|c| (c.operator, c.reason, c.count))
+            .collect()
+    }
+
     /// Current counters of every node, in plan order.
     pub fn snapshot(&self) -> Vec<NodeMetrics> {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
@@ -436,6 +447,11 @@ impl MetricsRegistry {
                         role: n.role,
                         parallelism: n.instances.len() as u32,
                         totals,
+                        waiting: n
+                            .instances
+                            .iter()
+                            .find_map(|i| i.waiting())
+                            .map(str::to_string),
                     },
                     subtasks,
                     input_queues: n.instances.iter().map(|i| i.input_queues()).collect(),

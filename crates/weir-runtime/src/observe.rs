@@ -244,6 +244,44 @@ impl CheckpointHistory {
     }
 }
 
+/// A dead-letter message with what varies from row to row taken out, so that rows that failed
+/// for the same reason count together: URIs and paths become `…`, numbers `N`.
+pub fn reason_of(message: &str) -> String {
+    let mut out = Vec::new();
+    for token in message.split_whitespace() {
+        let bare = token.trim_matches(|c: char| "'\"(),;".contains(c));
+        let t = if bare.contains("://") || bare.starts_with('/') || bare.starts_with("./") {
+            "…".to_string()
+        } else {
+            let mut t = String::with_capacity(token.len());
+            let mut in_digits = false;
+            for c in token.chars() {
+                if c.is_ascii_digit() {
+                    if !in_digits {
+                        t.push('N');
+                    }
+                    in_digits = true;
+                } else {
+                    in_digits = false;
+                    t.push(c);
+                }
+            }
+            t
+        };
+        out.push(t);
+    }
+    let mut r = out.join(" ");
+    if r.len() > 160 {
+        let mut cut = 160;
+        while !r.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        r.truncate(cut);
+        r.push('…');
+    }
+    r
+}
+
 /// One dead letter as the log keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeadLetterSample {
@@ -272,7 +310,7 @@ pub struct DeadLetterSample {
 pub struct DeadLetterCount {
     /// The operator.
     pub operator: String,
-    /// The reason (the error's message), or `other` past [`DEAD_LETTER_REASONS`] distinct ones.
+    /// The reason (the error's message with what varies row to row taken out: [`reason_of`]), or `other` past [`DEAD_LETTER_REASONS`] distinct ones.
     pub reason: String,
     /// Rows refused for it.
     pub count: u64,
@@ -326,7 +364,7 @@ impl DeadLetterLog {
             raw_preview,
         };
         let mut g = lock(&self.inner);
-        let mut key = (sample.operator.clone(), sample.reason.clone());
+        let mut key = (sample.operator.clone(), reason_of(&sample.reason));
         if !g.counts.contains_key(&key) && g.counts.len() >= DEAD_LETTER_REASONS {
             key.1 = "other".into();
         }
@@ -554,6 +592,38 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letter_reasons_group_rows_that_failed_alike() {
+        assert_eq!(
+            reason_of("object not found: file:///tmp/x/a.jpg"),
+            "object not found: …"
+        );
+        assert_eq!(
+            reason_of("invalid json: expected value at line 1 column 17"),
+            "invalid json: expected value at line N column N"
+        );
+        let log = DeadLetterLog::default();
+        let dl = |op: &str| DeadLetter {
+            operator: op.into(),
+            input: None,
+            position: None,
+            error: String::new(),
+            raw: None,
+        };
+        for uri in ["s3://b/1.jpg", "s3://b/2.jpg"] {
+            log.record(
+                &Error::input(format!("object not found: {uri}")),
+                &dl("fetch"),
+                0,
+            );
+        }
+        log.record(&Error::external("http status 500"), &dl("fetch"), 1);
+        let counts = log.counts();
+        assert_eq!(counts[0].reason, "object not found: …");
+        assert_eq!(counts[0].count, 2);
+        assert_eq!(counts.len(), 2);
+    }
 
     #[test]
     fn history_keeps_acks_sizes_and_failures() {

@@ -479,9 +479,6 @@ impl Task {
             ctx.metrics().add_busy(started.elapsed());
             let dead = ctx.take_dead_letters();
             let (watermark, idle) = ctx.take_source_progress();
-            if let Some(w) = watermark {
-                ctx.metrics().set_watermark(w);
-            }
             let finished = matches!(ev, SourceEvent::Finished);
             let (batch, pause) = match ev {
                 SourceEvent::Batch(b) | SourceEvent::SplitBatch { batch: b, .. } => {

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod kafka_broker;
+pub mod s3;
 pub mod setup;
 
 use arrow::json::LineDelimitedWriter;

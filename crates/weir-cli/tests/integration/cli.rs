@@ -152,7 +152,12 @@ fn sigterm_stops_cleanly_and_says_what_was_written() {
     assert!(status.success());
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    // Stopped is not finished: a documented status of its own.
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("stopped before the input ended (exit status 143)"),
+        "{err}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "stop took too long"
@@ -275,4 +280,70 @@ fn explain_shows_the_logical_graph_the_rewrites_and_the_physical_plan() {
     let (code, out, err) = run(weir().arg("validate").arg(&g));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("edge task 0 -> task 1: hash(city)"), "{out}");
+}
+
+/// Runs a JSONL file of `good` valid and `bad` malformed lines under `budget` (a YAML line, or
+/// none); returns the exit status and stderr.
+fn run_with_bad_lines(dir: &Path, good: usize, bad: usize, budget: &str) -> (i32, String) {
+    let input = dir.join("in.jsonl");
+    let mut text = String::new();
+    // The good lines first: schema inference needs one.
+    for i in 0..good + bad {
+        if i < good {
+            text.push_str(&format!("{{\"id\": {i}}}\n"));
+        } else {
+            text.push_str(&format!("{{\"id\": {i}, oops\n"));
+        }
+    }
+    std::fs::write(&input, text).expect("write input");
+    let spec = format!(
+        "name: budget\non_error: dead_letter\n{budget}\ndead_letter:\n  sink: jsonl\n  path: {}\nsteps:\n  - source: jsonl\n    path: {}\n  - sink: jsonl\n    path: {}\n",
+        dir.join("dead.jsonl").display(),
+        input.display(),
+        dir.join("out.jsonl").display()
+    );
+    let p = write_spec(dir, &spec);
+    let (code, _, err) = run(weir().args(["run", "--progress", "log"]).arg(&p));
+    (code, err)
+}
+
+#[test]
+fn a_run_that_dead_letters_most_rows_fails_with_the_top_reasons() {
+    // F2's shape: 998 of 999 rows dead-lettered used to exit 0. With no budget set, more than
+    // half fails the run with status 3 and says why.
+    let dir = tempfile::tempdir().expect("tmp");
+    let (code, err) = run_with_bad_lines(dir.path(), 1, 998, "");
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("error budget exceeded: 998 of 999 rows read (99.9%)"),
+        "{err}"
+    );
+    assert!(err.contains("998 × jsonl_0: invalid json"), "{err}");
+    // Exactly half is still within the default budget.
+    let dir = tempfile::tempdir().expect("tmp");
+    let (code, err) = run_with_bad_lines(dir.path(), 500, 500, "");
+    assert_eq!(code, 0, "{err}");
+    // A budget of 1.0 never fails.
+    let dir = tempfile::tempdir().expect("tmp");
+    let (code, err) = run_with_bad_lines(dir.path(), 1, 998, "error_budget: {max_fraction: 1.0}");
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_declared_error_budget_fails_a_run_over_it_and_passes_one_under_it() {
+    let budget = "error_budget: {max_fraction: 0.01, min_rows: 1000}";
+    let dir = tempfile::tempdir().expect("tmp");
+    let (code, err) = run_with_bad_lines(dir.path(), 1950, 50, budget);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("50 of 2000 rows read (2.5%)"), "{err}");
+    assert!(err.contains("more than the 1.0% allowed"), "{err}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let (code, err) = run_with_bad_lines(dir.path(), 1990, 10, budget);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("dead letters: 10 row(s)"), "{err}");
+    // A budget out of range is a spec error.
+    let dir = tempfile::tempdir().expect("tmp");
+    let (code, err) = run_with_bad_lines(dir.path(), 10, 1, "error_budget: {max_fraction: 2}");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("error_budget.max_fraction"), "{err}");
 }

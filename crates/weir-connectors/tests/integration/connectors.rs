@@ -339,6 +339,74 @@ fn jsonl_bad_line_goes_to_dead_letter() -> Result<()> {
 }
 
 #[test]
+fn jsonl_line_that_is_not_utf8_is_a_dead_letter_with_file_and_line() -> Result<()> {
+    let dir = tmp()?;
+    let file = dir.path().join("in.jsonl");
+    let mut text = Vec::new();
+    text.extend_from_slice(b"{\"id\": 1, \"msg\": \"a\"}\n");
+    text.extend_from_slice(b"{\"id\": 2, \"msg\": \"\xff\xfe\"}\n");
+    text.extend_from_slice(b"{\"id\": 3, \"msg\": \"c\"}\n");
+    io(std::fs::write(&file, text))?;
+    // Inference skips the bad line; the job reads the others and dead-letters it alone.
+    let spec = JsonlSourceSpec::new(s(&file));
+    let schema = spec.schema()?;
+    let got: Shared = Shared::default();
+    let dead: Shared = Shared::default();
+    let g = graph(
+        1,
+        ErrorPolicy::DeadLetter,
+        move |info| spec.create(info, schema.clone()),
+        collect_sink(&got),
+        Some(dead.clone()),
+    );
+    Runtime::new(2)?.run(g)?;
+    assert_eq!(rows(&taken(&got)), ["1|a", "3|c"]);
+    let dl = rows(&taken(&dead));
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert!(
+        dl[0].contains("in.jsonl") && dl[0].contains("line 2") && dl[0].contains("not valid UTF-8"),
+        "{dl:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn jsonl_inference_refuses_conflicting_types_naming_column_types_and_lines() -> Result<()> {
+    let dir = tmp()?;
+    let file = dir.path().join("in.jsonl");
+    let mut text = String::new();
+    for i in 0..999 {
+        if i == 56 {
+            text.push_str("{\"id\": \"x-56\", \"v\": 1.5}\n");
+        } else {
+            text.push_str(&format!("{{\"id\": {i}, \"v\": {i}}}\n"));
+        }
+    }
+    io(std::fs::write(&file, text))?;
+    let e = JsonlSourceSpec::new(s(&file))
+        .schema()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("column 'id' has conflicting types")
+            && e.contains("integer (lines 1, 2, 3)")
+            && e.contains("string (line 57)")
+            && e.contains("schema:"),
+        "{e}"
+    );
+    // Integers and floats together are no conflict (v widens to a float).
+    let ok = dir.path().join("ok.jsonl");
+    io(std::fs::write(
+        &ok,
+        "{\"v\": 1}\n{\"v\": 2.5}\n{\"v\": null}\n",
+    ))?;
+    let schema = JsonlSourceSpec::new(s(&ok)).schema()?;
+    assert_eq!(schema.field(0).data_type(), &DataType::Float64);
+    Ok(())
+}
+
+#[test]
 fn jsonl_bad_line_fails_the_job_by_default() -> Result<()> {
     let dir = tmp()?;
     write_jsonl_inputs(dir.path())?;
@@ -519,11 +587,33 @@ fn files_source_lists_a_directory() -> Result<()> {
     let batches = taken(&got);
     let n: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(n, 5);
-    assert!(
-        batches
-            .iter()
-            .all(|b| b.column(3).null_count() == b.num_rows())
-    );
+    // ... but object references: uri, offset 0, length = size, a version.
+    for b in &batches {
+        assert_eq!(b.schema().field(3).name(), "ref");
+        let refs = b
+            .column(3)
+            .as_any()
+            .downcast_ref::<arrow::array::StructArray>()
+            .expect("struct");
+        assert_eq!(
+            refs.column_by_name("uri").map(|c| c.len()),
+            Some(b.num_rows())
+        );
+        let length = refs
+            .column_by_name("length")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned())
+            .expect("length");
+        let size = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .expect("size");
+        assert_eq!(&length, size);
+        assert_eq!(
+            refs.column_by_name("version").map(|c| c.null_count()),
+            Some(0)
+        );
+    }
     let sizes: u64 = batches
         .iter()
         .filter_map(|b| {

@@ -2,3 +2,4 @@
 
 mod connectors;
 mod exactly_once;
+mod files;

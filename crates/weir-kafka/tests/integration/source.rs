@@ -72,8 +72,8 @@ async fn drain(
     let mut dead = Vec::new();
     for _ in 0..2000 {
         match src.next(&mut ctx).await.expect("next") {
-            SourceEvent::Batch(b) => out.push(b),
-            SourceEvent::Idle(_) => {}
+            SourceEvent::Batch(b) | SourceEvent::SplitBatch { batch: b, .. } => out.push(b),
+            SourceEvent::Idle(_) | SourceEvent::SplitStart(_) | SourceEvent::SplitEnd(_) => {}
             SourceEvent::Finished => break,
         }
         dead.extend(

@@ -9,6 +9,7 @@ use weir_testkit::repo_root;
 /// Bottom to top: a crate may depend only on crates before it.
 const LAYERS: &[&str] = &[
     "weir-types",
+    "weir-store",
     "weir-checkpoint",
     "weir-state",
     "weir-runtime",
