@@ -57,7 +57,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Int64Array, RecordBatch, UInt8Array,
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt8Type};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use weir_checkpoint::{StateKey, StateSnapshot};
 use weir_types::{Error, ErrorKind, KeyGroupRange, Result};
@@ -66,6 +66,7 @@ use weir_types::{Error, ErrorKind, KeyGroupRange, Result};
 pub const KEY_COLUMN: &str = "__key";
 const MAP_KEY_COLUMN: &str = "__map_key";
 const TIMERS: &str = "__timers";
+const TTL: &str = "__ttl";
 
 /// A value state of a [`StateBackend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +93,35 @@ pub struct StateBackend {
     names: Vec<String>,
     states: Vec<Named>,
     timers: Timers,
+    ttl: Ttl,
+}
+
+/// Last-update times of keys, for state TTL (see [`StateBackend::set_ttl`]).
+#[derive(Debug, Default)]
+struct Ttl {
+    ttl: Option<i64>,
+    /// Per key id: when it was last updated, or `i64::MIN` when never (or expired).
+    touched: Vec<i64>,
+    /// `(last update, key)` for every touched key, oldest first.
+    by_time: BTreeSet<(i64, KeyId)>,
+}
+
+impl Ttl {
+    fn touch(&mut self, id: KeyId, time: i64) {
+        let i = id as usize;
+        if i >= self.touched.len() {
+            self.touched.resize(i + 1, i64::MIN);
+        }
+        let old = self.touched[i];
+        if old >= time {
+            return;
+        }
+        if old != i64::MIN {
+            self.by_time.remove(&(old, id));
+        }
+        self.touched[i] = time;
+        self.by_time.insert((time, id));
+    }
 }
 
 impl StateBackend {
@@ -108,6 +138,7 @@ impl StateBackend {
             names: Vec::new(),
             states: Vec::new(),
             timers: Timers::new(),
+            ttl: Ttl::default(),
         })
     }
 
@@ -218,10 +249,93 @@ impl StateBackend {
         &mut self.timers
     }
 
+    /// Sets the state TTL (milliseconds; `None`, the default, keeps state until the operator
+    /// removes it). With a TTL, every state and timer of a key that was not
+    /// [touched](Self::touch) for `ttl` is dropped by [`expire`](Self::expire).
+    ///
+    /// The backend has no clock of its own: the operator says which time it counts in by what
+    /// it passes to `touch` and `expire`, the same for both. Event time (the row's time, then the
+    /// watermark) gives answers that do not depend on speed or restarts; processing time (the
+    /// wall clock, as Flink's state TTL) bounds memory even when event time stalls.
+    pub fn set_ttl(&mut self, ttl_ms: Option<i64>) {
+        self.ttl.ttl = ttl_ms;
+    }
+
+    /// The state TTL in milliseconds, if any.
+    pub fn ttl(&self) -> Option<i64> {
+        self.ttl.ttl
+    }
+
+    /// Records that the keys `ids` were updated at `time` (ms, in the TTL's time; an earlier time
+    /// than a key's last update changes nothing). A no-op without a TTL.
+    pub fn touch(&mut self, ids: &[KeyId], time: i64) {
+        if self.ttl.ttl.is_none() {
+            return;
+        }
+        for &id in ids {
+            self.ttl.touch(id, time);
+        }
+    }
+
+    /// When key `id` was last [touched](Self::touch), if it was and has not expired since.
+    pub fn last_touched(&self, id: KeyId) -> Option<i64> {
+        self.ttl
+            .touched
+            .get(id as usize)
+            .copied()
+            .filter(|&t| t != i64::MIN)
+    }
+
+    /// Drops every state and timer of the keys last touched at or before `now - ttl`, and
+    /// returns those keys, oldest update first. Costs time in the number of keys dropped (plus
+    /// the timers, when some are dropped). Returns nothing without a TTL.
+    pub fn expire(&mut self, now: i64) -> Result<Vec<KeyId>> {
+        let Some(ttl) = self.ttl.ttl else {
+            return Ok(Vec::new());
+        };
+        let cut = now.saturating_sub(ttl);
+        let rest = match cut.checked_add(1) {
+            Some(next) => self.ttl.by_time.split_off(&(next, 0)),
+            None => BTreeSet::new(),
+        };
+        let gone: Vec<KeyId> = std::mem::replace(&mut self.ttl.by_time, rest)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        for &id in &gone {
+            self.ttl.touched[id as usize] = i64::MIN;
+        }
+        for state in &mut self.states {
+            match state {
+                Named::Value(v) => v.remove(&gone),
+                Named::List(l) => {
+                    for &id in &gone {
+                        l.clear(id)?;
+                    }
+                }
+                Named::Map(m) => {
+                    for &id in &gone {
+                        m.clear(id);
+                    }
+                }
+            }
+        }
+        if !self.timers.is_empty() {
+            let set: std::collections::HashSet<KeyId> = gone.iter().copied().collect();
+            self.timers.retain_keys(|k| !set.contains(&k));
+        }
+        Ok(gone)
+    }
+
     /// Memory held by keys, states and timers (approximately).
     pub fn size_bytes(&self) -> usize {
         self.keys.size_bytes()
             + self.timers.len() * 24
+            + self.ttl.touched.capacity() * 8
+            + self.ttl.by_time.len() * 24
             + self
                 .states
                 .iter()
@@ -324,6 +438,20 @@ impl StateBackend {
             .map_err(|e| Error::internal("cannot build the timers' snapshot").with_source(e))?;
             snap.push_keyed(kg, encode_part(TIMERS, &batch)?);
         }
+        let mut touched: BTreeMap<u32, (Vec<KeyId>, Vec<i64>)> = BTreeMap::new();
+        for &(time, key) in &self.ttl.by_time {
+            let e = touched.entry(self.keys.key_group(key)).or_default();
+            e.0.push(key);
+            e.1.push(time);
+        }
+        for (kg, (keys, times)) in touched {
+            let batch = RecordBatch::try_from_iter([
+                (KEY_COLUMN, Arc::new(self.key_column(&keys)) as ArrayRef),
+                ("__touched", Arc::new(Int64Array::from(times)) as ArrayRef),
+            ])
+            .map_err(|e| Error::internal("cannot build the TTL snapshot").with_source(e))?;
+            snap.push_keyed(kg, encode_part(TTL, &batch)?);
+        }
         Ok(snap)
     }
 
@@ -369,6 +497,16 @@ impl StateBackend {
                     let domain = TimeDomain::from_code(domains.value(i))
                         .ok_or_else(|| mismatch("a timer of an unknown time domain"))?;
                     self.timers.register(domain, id, times.value(i));
+                }
+                continue;
+            }
+            if name == TTL {
+                let times = batch
+                    .column_by_name("__touched")
+                    .and_then(|c| c.as_primitive_opt::<Int64Type>())
+                    .ok_or_else(|| mismatch("the TTL snapshot has no __touched column"))?;
+                for (i, &id) in ids.iter().enumerate() {
+                    self.ttl.touch(id, times.value(i));
                 }
                 continue;
             }

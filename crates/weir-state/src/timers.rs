@@ -115,6 +115,12 @@ impl Timers {
             )
     }
 
+    /// Keeps only the timers of keys for which `keep` is true (linear in the number of timers).
+    pub fn retain_keys(&mut self, mut keep: impl FnMut(KeyId) -> bool) {
+        self.event.retain(|&(_, k)| keep(k));
+        self.processing.retain(|&(_, k)| keep(k));
+    }
+
     /// Removes every timer of `key` (linear in the number of timers).
     pub fn clear_key(&mut self, key: KeyId) {
         self.event.retain(|&(_, k)| k != key);

@@ -1,6 +1,7 @@
 //! Property: a keyed computation over value, list and map state and event-time timers, snapshotted
 //! at any point at parallelism p, redistributed and restored at p', gives the same answers as one
-//! instance that never stopped.
+//! instance that never stopped; also with a state TTL in event time, whose last-update times are
+//! snapshotted with the state.
 
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
@@ -41,9 +42,10 @@ struct Answers {
 }
 
 impl Instance {
-    fn new(range: KeyGroupRange) -> Self {
+    fn new(range: KeyGroupRange, ttl: Option<i64>) -> Self {
         let mut state =
             StateBackend::new(vec![DataType::Utf8], MAX_PARALLELISM, range).expect("backend");
+        state.set_ttl(ttl);
         let sum = state.value_state("sum", schema("sum")).expect("sum");
         let seen = state.list_state("seen", schema("v")).expect("seen");
         let parity = state
@@ -90,6 +92,7 @@ impl Instance {
         self.state
             .timers_mut()
             .register(TimeDomain::EventTime, ids[0], time + 10);
+        self.state.touch(&ids, time);
     }
 
     fn watermark(&mut self, w: i64, out: &mut Answers) {
@@ -103,6 +106,7 @@ impl Instance {
                 s.column(0).as_primitive::<Int64Type>().value(0),
             ));
         }
+        self.state.expire(w).expect("expire");
     }
 
     fn finals(&mut self, out: &mut Answers) {
@@ -134,10 +138,10 @@ impl Instance {
 
 /// Runs `events` with a watermark after each, at `p` instances until `cut`, then (snapshot,
 /// redistribute) at `p2` instances to the end.
-fn run(events: &[(String, i64, i64)], p: u32, cut: usize, p2: u32) -> Answers {
+fn run(events: &[(String, i64, i64)], p: u32, cut: usize, p2: u32, ttl: Option<i64>) -> Answers {
     let mut out = Answers::default();
     let mut instances: Vec<Instance> = (0..p)
-        .map(|i| Instance::new(KeyGroupRange::for_subtask(MAX_PARALLELISM, p, i)))
+        .map(|i| Instance::new(KeyGroupRange::for_subtask(MAX_PARALLELISM, p, i), ttl))
         .collect();
     let mut max_time = i64::MIN;
     for (n, (key, value, time)) in events.iter().enumerate() {
@@ -152,8 +156,10 @@ fn run(events: &[(String, i64, i64)], p: u32, cut: usize, p2: u32) -> Answers {
                 .into_iter()
                 .enumerate()
                 .map(|(i, snap)| {
-                    let mut inst =
-                        Instance::new(KeyGroupRange::for_subtask(MAX_PARALLELISM, p2, i as u32));
+                    let mut inst = Instance::new(
+                        KeyGroupRange::for_subtask(MAX_PARALLELISM, p2, i as u32),
+                        ttl,
+                    );
                     inst.state.restore(&snap).expect("restore");
                     inst
                 })
@@ -192,23 +198,29 @@ proptest! {
         cut_frac in 0.0f64..1.0,
     ) {
         let cut = ((events.len() as f64) * cut_frac) as usize;
-        let straight = run(&events, 1, usize::MAX, 1);
-        let rescaled = run(&events, p, cut, p2);
+        let straight = run(&events, 1, usize::MAX, 1, None);
+        let rescaled = run(&events, p, cut, p2, None);
+        prop_assert_eq!(straight, rescaled);
+        let straight = run(&events, 1, usize::MAX, 1, Some(40));
+        let rescaled = run(&events, p, cut, p2, Some(40));
         prop_assert_eq!(straight, rescaled);
     }
 }
 
 #[test]
 fn a_part_of_a_foreign_key_group_is_refused() {
-    let mut a = Instance::new(KeyGroupRange {
-        start: 0,
-        end: MAX_PARALLELISM,
-    });
+    let mut a = Instance::new(
+        KeyGroupRange {
+            start: 0,
+            end: MAX_PARALLELISM,
+        },
+        None,
+    );
     for k in ["a", "b", "c", "d", "e"] {
         a.event(k, 1, 0);
     }
     let snap = a.state.snapshot().expect("snapshot");
-    let mut half = Instance::new(KeyGroupRange::for_subtask(MAX_PARALLELISM, 2, 0));
+    let mut half = Instance::new(KeyGroupRange::for_subtask(MAX_PARALLELISM, 2, 0), None);
     let e = half.state.restore(&snap).expect_err("foreign key group");
     assert!(
         e.message().contains("was restored to the instance owning"),
@@ -226,4 +238,40 @@ fn a_part_of_a_foreign_key_group_is_refused() {
     .expect("backend");
     let e = other.restore(&snap).expect_err("undeclared");
     assert!(e.message().contains("does not declare"), "{e}");
+}
+
+#[test]
+fn a_ttl_drops_every_state_and_timer_of_keys_not_updated_for_it() {
+    let all = KeyGroupRange {
+        start: 0,
+        end: MAX_PARALLELISM,
+    };
+    let events: Vec<(String, i64, i64)> = vec![
+        ("a".into(), 1, 0),
+        ("b".into(), 2, 0),
+        ("b".into(), 3, 60),
+        ("c".into(), 4, 100),
+    ];
+    // Without a TTL every key stays; with 40 ms, "a" (last updated at 0) is gone once the
+    // watermark (max time - 5) passes 40, "b" (updated at 60) stays until 100.
+    let kept = run(&events, 1, usize::MAX, 1, None);
+    assert_eq!(kept.finals.len(), 3);
+    let ttl = run(&events, 2, 3, 3, Some(40));
+    let keys: Vec<&str> = ttl.finals.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(keys, ["b", "c"]);
+    assert_eq!(ttl.finals[0].2, [2, 3], "b's list kept both updates");
+
+    // Timers of an expired key go too, and expire says which keys it dropped.
+    let mut i = Instance::new(all, Some(40));
+    i.event("a", 1, 0);
+    i.state
+        .timers_mut()
+        .register(TimeDomain::EventTime, 0, 1_000);
+    assert_eq!(i.state.last_touched(0), Some(0));
+    assert_eq!(i.state.expire(39).expect("expire"), Vec::<u32>::new());
+    assert_eq!(i.state.expire(40).expect("expire"), [0]);
+    assert!(i.state.timers().is_empty());
+    assert_eq!(i.state.last_touched(0), None);
+    assert_eq!(i.state.list(i.seen).n_rows(), 0);
+    assert!(i.state.value(i.sum).is_empty());
 }
