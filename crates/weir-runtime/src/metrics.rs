@@ -39,6 +39,9 @@ pub struct OperatorMetrics {
     model_busy_ns: AtomicU64,
     model_instances: AtomicU64,
     late_rows: AtomicU64,
+    state_bytes: AtomicU64,
+    state_bytes_peak: AtomicU64,
+    state_entries: AtomicU64,
     watermark: AtomicI64,
     watermark_known: AtomicBool,
     watermark_idle: AtomicBool,
@@ -159,6 +162,14 @@ impl OperatorMetrics {
     pub fn add_late(&self, rows: u64) {
         self.late_rows.fetch_add(rows, Relaxed);
     }
+    /// Stateful operators: the memory their state holds now (approximately) and how many entries
+    /// it has (a key and window group of an aggregate, a buffered row of a join); the peak of the
+    /// bytes is kept too, for the end-of-job summary.
+    pub fn set_state(&self, bytes: u64, entries: u64) {
+        self.state_bytes.store(bytes, Relaxed);
+        self.state_bytes_peak.fetch_max(bytes, Relaxed);
+        self.state_entries.store(entries, Relaxed);
+    }
     /// Says what external system this instance is waiting for (`Some("waiting for Kafka")`) while
     /// it cannot reach it, and `None` once it can again; the progress display shows it.
     pub fn set_waiting(&self, what: Option<&'static str>) {
@@ -204,6 +215,9 @@ impl OperatorMetrics {
             model_busy_ms: self.model_busy_ns.load(Relaxed) / 1_000_000,
             model_instances: self.model_instances.load(Relaxed),
             late_rows: self.late_rows.load(Relaxed),
+            state_bytes: self.state_bytes.load(Relaxed),
+            state_bytes_peak: self.state_bytes_peak.load(Relaxed),
+            state_entries: self.state_entries.load(Relaxed),
         }
     }
 }
@@ -261,6 +275,13 @@ pub struct MetricsSnapshot {
     pub model_instances: u64,
     /// Rows that arrived behind the watermark, summed.
     pub late_rows: u64,
+    /// Stateful operators: bytes their state holds in memory now (approximately), summed.
+    pub state_bytes: u64,
+    /// Stateful operators: the most bytes their state held, summed over instances' peaks.
+    pub state_bytes_peak: u64,
+    /// Stateful operators: entries their state holds now (key and window groups of an
+    /// aggregate, buffered rows of a join or top-n), summed.
+    pub state_entries: u64,
     /// The watermark reached (event time, ms): the least over active instances that reached
     /// one (over all of them when every one is idle), as downstream merges it.
     pub watermark_ms: Option<i64>,
@@ -305,6 +326,9 @@ impl MetricsSnapshot {
         self.model_busy_ms += o.model_busy_ms;
         self.model_instances += o.model_instances;
         self.late_rows += o.late_rows;
+        self.state_bytes += o.state_bytes;
+        self.state_bytes_peak += o.state_bytes_peak;
+        self.state_entries += o.state_entries;
         self.watermark_ms = match (self.watermark_ms, o.watermark_ms) {
             (_, b) if self_idle && !o_idle => b,
             (a, _) if o_idle && !self_idle => a,
@@ -482,6 +506,20 @@ mod tests {
         assert_eq!(s[0].totals.bytes_in, 150);
         assert_eq!(s[0].totals.busy_ms, 3);
         assert_eq!(s[0].totals.subtasks, 2);
+    }
+
+    #[test]
+    fn state_size_is_a_gauge_with_a_peak() {
+        let reg = MetricsRegistry::default();
+        let inst = reg.register("agg", NodeRole::Operator, 2);
+        inst[0].set_state(1_000, 10);
+        inst[0].set_state(400, 4);
+        inst[1].set_state(50, 1);
+        let t = &reg.snapshot()[0].totals;
+        assert_eq!(
+            (t.state_bytes, t.state_bytes_peak, t.state_entries),
+            (450, 1_050, 5)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! prefix (`left_prefix`, `right_prefix`); names must not clash.
 
 use crate::buffer::Buffer;
+use crate::gauge::StateGauge;
 use crate::late::{Clock, OnLate};
 use crate::parts::{Parts, key_groups, read};
 use crate::window::{Span, names};
@@ -345,6 +346,7 @@ pub struct StreamJoin {
     clock: Clock,
     range: KeyGroupRange,
     max_parallelism: u32,
+    gauge: StateGauge,
 }
 
 impl std::fmt::Debug for StreamJoin {
@@ -378,6 +380,7 @@ impl StreamJoin {
             clock: Clock::new(on_late),
             range: KeyGroupRange { start: 0, end: 1 },
             max_parallelism: 1,
+            gauge: StateGauge::default(),
         })
     }
 
@@ -531,6 +534,20 @@ impl StreamJoin {
     }
 }
 
+impl StreamJoin {
+    /// Bytes and rows buffered.
+    fn state_size(&self) -> (usize, usize) {
+        let [l, r] = self.buffered_rows();
+        (self.state_bytes(), l + r)
+    }
+
+    /// Records the state's size in the metrics.
+    fn report_state(&mut self, ctx: &OperatorContext) {
+        let size = self.state_size();
+        self.gauge.report(ctx, size);
+    }
+}
+
 #[async_trait]
 impl Operator for StreamJoin {
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
@@ -558,6 +575,7 @@ impl Operator for StreamJoin {
                 }
             }
         }
+        self.report_state(ctx);
         Ok(())
     }
 
@@ -568,25 +586,30 @@ impl Operator for StreamJoin {
         out: &mut Emitter,
     ) -> Result<()> {
         let side = side_of(ctx)?;
-        self.add(side, batch, ctx, out)
+        self.add(side, batch, ctx, out)?;
+        if self.gauge.due() {
+            self.report_state(ctx);
+        }
+        Ok(())
     }
 
     async fn on_watermark(
         &mut self,
         watermark: Watermark,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         _out: &mut Emitter,
     ) -> Result<()> {
         if self.clock.advance(watermark.0) {
             self.expire(watermark.0);
         }
+        self.report_state(ctx);
         Ok(())
     }
 
     async fn snapshot(
         &mut self,
         _barrier: &Barrier,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         _out: &mut Emitter,
     ) -> Result<StateSnapshot> {
         let mut snap = StateSnapshot::new();
@@ -600,10 +623,12 @@ impl Operator for StreamJoin {
             }
             parts.write(part, &mut snap)?;
         }
+        self.report_state(ctx);
         Ok(snap)
     }
 
     async fn finish(&mut self, ctx: &mut OperatorContext, _out: &mut Emitter) -> Result<()> {
+        self.report_state(ctx);
         self.clock.finish(ctx.name());
         Ok(())
     }

@@ -21,6 +21,7 @@
 
 pub mod aggregate;
 mod buffer;
+mod gauge;
 pub mod join;
 mod kinds;
 pub mod late;

@@ -117,6 +117,11 @@ impl Sessions {
         }
     }
 
+    /// Open sessions over all keys.
+    pub(crate) fn entries(&self) -> usize {
+        self.sessions.iter().map(Vec::len).sum()
+    }
+
     pub(crate) fn size_bytes(&self) -> usize {
         self.state.as_ref().map_or(0, StateBackend::size_bytes)
             + self.sessions.iter().map(|s| s.len() * 24).sum::<usize>()

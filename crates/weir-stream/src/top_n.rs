@@ -7,6 +7,7 @@
 //! is about `n` rows per key and window. When the watermark reaches the window's end the survivors
 //! are emitted, optionally with their rank.
 
+use crate::gauge::StateGauge;
 use crate::late::{Clock, OnLate};
 use crate::parts::{Parts, key_groups, read};
 use crate::window::{Assigner, RowWindows, WindowSpec, names};
@@ -213,6 +214,7 @@ impl TopNSpec {
             slots: BTreeMap::new(),
             range: KeyGroupRange { start: 0, end: 1 },
             max_parallelism: 1,
+            gauge: StateGauge::default(),
         }))
     }
 
@@ -253,6 +255,7 @@ pub struct TopN {
     slots: BTreeMap<(i64, i64), Candidates>,
     range: KeyGroupRange,
     max_parallelism: u32,
+    gauge: StateGauge,
 }
 
 impl std::fmt::Debug for TopN {
@@ -425,6 +428,24 @@ impl TopN {
     }
 }
 
+impl TopN {
+    /// Bytes and rows of the candidates kept.
+    fn state_size(&self) -> (usize, usize) {
+        self.slots
+            .values()
+            .flat_map(|c| &c.batches)
+            .fold((0, 0), |(b, n), x| {
+                (b + x.get_array_memory_size(), n + x.num_rows())
+            })
+    }
+
+    /// Records the state's size in the metrics.
+    fn report_state(&mut self, ctx: &OperatorContext) {
+        let size = self.state_size();
+        self.gauge.report(ctx, size);
+    }
+}
+
 #[async_trait]
 impl Operator for TopN {
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
@@ -458,6 +479,7 @@ impl Operator for TopN {
                 }
             }
         }
+        self.report_state(ctx);
         Ok(())
     }
 
@@ -467,25 +489,30 @@ impl Operator for TopN {
         ctx: &mut OperatorContext,
         _out: &mut Emitter,
     ) -> Result<()> {
-        self.add(batch, ctx)
+        self.add(batch, ctx)?;
+        if self.gauge.due() {
+            self.report_state(ctx);
+        }
+        Ok(())
     }
 
     async fn on_watermark(
         &mut self,
         watermark: Watermark,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
         if self.clock.advance(watermark.0) {
             self.fire(watermark.0, out)?;
         }
+        self.report_state(ctx);
         Ok(())
     }
 
     async fn snapshot(
         &mut self,
         _barrier: &Barrier,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         _out: &mut Emitter,
     ) -> Result<StateSnapshot> {
         let mut snap = StateSnapshot::new();
@@ -517,11 +544,13 @@ impl Operator for TopN {
             }
         }
         parts.write(PART, &mut snap)?;
+        self.report_state(ctx);
         Ok(snap)
     }
 
     async fn finish(&mut self, ctx: &mut OperatorContext, out: &mut Emitter) -> Result<()> {
         self.fire(i64::MAX, out)?;
+        self.report_state(ctx);
         self.clock.finish(ctx.name());
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! left's.
 
 use crate::buffer::Buffer;
+use crate::gauge::StateGauge;
 use crate::join::{JoinOn, side_of};
 use crate::late::{Clock, OnLate};
 use crate::parts::{Parts, key_groups, read};
@@ -130,6 +131,7 @@ impl WindowJoinSpec {
             slots: BTreeMap::new(),
             range: KeyGroupRange { start: 0, end: 1 },
             max_parallelism: 1,
+            gauge: StateGauge::default(),
         }))
     }
 
@@ -152,6 +154,7 @@ pub struct WindowJoin {
     slots: BTreeMap<(i64, i64), [Vec<RecordBatch>; 2]>,
     range: KeyGroupRange,
     max_parallelism: u32,
+    gauge: StateGauge,
 }
 
 impl std::fmt::Debug for WindowJoin {
@@ -267,6 +270,25 @@ impl WindowJoin {
     }
 }
 
+impl WindowJoin {
+    /// Bytes and rows kept for open windows.
+    fn state_size(&self) -> (usize, usize) {
+        self.slots
+            .values()
+            .flatten()
+            .flatten()
+            .fold((0, 0), |(b, n), x| {
+                (b + x.get_array_memory_size(), n + x.num_rows())
+            })
+    }
+
+    /// Records the state's size in the metrics.
+    fn report_state(&mut self, ctx: &OperatorContext) {
+        let size = self.state_size();
+        self.gauge.report(ctx, size);
+    }
+}
+
 #[async_trait]
 impl Operator for WindowJoin {
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
@@ -302,6 +324,7 @@ impl Operator for WindowJoin {
                 }
             }
         }
+        self.report_state(ctx);
         Ok(())
     }
 
@@ -312,25 +335,30 @@ impl Operator for WindowJoin {
         _out: &mut Emitter,
     ) -> Result<()> {
         let side = side_of(ctx)?;
-        self.add(side, batch, ctx)
+        self.add(side, batch, ctx)?;
+        if self.gauge.due() {
+            self.report_state(ctx);
+        }
+        Ok(())
     }
 
     async fn on_watermark(
         &mut self,
         watermark: Watermark,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
         if self.clock.advance(watermark.0) {
             self.fire(watermark.0, out)?;
         }
+        self.report_state(ctx);
         Ok(())
     }
 
     async fn snapshot(
         &mut self,
         _barrier: &Barrier,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         _out: &mut Emitter,
     ) -> Result<StateSnapshot> {
         let mut snap = StateSnapshot::new();
@@ -368,11 +396,13 @@ impl Operator for WindowJoin {
             }
             parts.write(name, &mut snap)?;
         }
+        self.report_state(ctx);
         Ok(snap)
     }
 
     async fn finish(&mut self, ctx: &mut OperatorContext, out: &mut Emitter) -> Result<()> {
         self.fire(i64::MAX, out)?;
+        self.report_state(ctx);
         self.clock.finish(ctx.name());
         Ok(())
     }

@@ -14,6 +14,7 @@
 //! fresh accumulators, and a window merges all the parts of its slots when it fires.
 
 use crate::aggregate::{Accumulators, AggregateInput, CompiledAggregate, compile_aggregate};
+use crate::gauge::StateGauge;
 use crate::late::{Clock, OnLate};
 use crate::session::Sessions;
 use crate::window::{Assigner, RowWindows, Span, WindowSpec, names};
@@ -237,6 +238,12 @@ struct Frozen {
     states: Vec<Vec<ArrayRef>>,
 }
 
+impl Frozen {
+    fn len(&self) -> usize {
+        self.keys.first().map_or(0, |k| k.len())
+    }
+}
+
 /// One window (tumbling, column) or pane (hopping).
 struct Slot {
     groups: Box<dyn GroupValues>,
@@ -298,6 +305,7 @@ pub struct WindowAggregate {
     range: KeyGroupRange,
     max_parallelism: u32,
     group_ids: Vec<usize>,
+    gauge: StateGauge,
 }
 
 impl std::fmt::Debug for WindowAggregate {
@@ -339,6 +347,7 @@ impl WindowAggregate {
             range: KeyGroupRange { start: 0, end: 1 },
             max_parallelism: 1,
             group_ids: Vec::new(),
+            gauge: StateGauge::default(),
         })
     }
 
@@ -346,6 +355,22 @@ impl WindowAggregate {
     pub fn state_bytes(&self) -> usize {
         self.slots.values().map(Slot::size).sum::<usize>()
             + self.sessions.as_ref().map_or(0, Sessions::size_bytes)
+    }
+
+    /// Entries of the window state: `(key, window)` groups (sessions for session windows).
+    pub fn state_entries(&self) -> usize {
+        match &self.sessions {
+            Some(s) => s.entries(),
+            None => self
+                .slots
+                .values()
+                .map(|s| s.groups.len() + s.frozen.iter().map(Frozen::len).sum::<usize>())
+                .sum(),
+        }
+    }
+
+    fn state_size(&self) -> (usize, usize) {
+        (self.state_bytes(), self.state_entries())
     }
 
     fn key_arrays(&self, batch: &RecordBatch) -> Vec<ArrayRef> {
@@ -759,6 +784,8 @@ impl Operator for WindowAggregate {
             }
         }
         self.fired_upto = self.clock.watermark();
+        let size = self.state_size();
+        self.gauge.report(ctx, size);
         Ok(())
     }
 
@@ -769,12 +796,17 @@ impl Operator for WindowAggregate {
         out: &mut Emitter,
     ) -> Result<()> {
         if let Some(s) = &mut self.sessions {
-            return s.add(batch, &mut self.clock, ctx);
+            s.add(batch, &mut self.clock, ctx)?;
+        } else {
+            self.add(batch, ctx)?;
+            if !self.refire.is_empty() {
+                let w = self.clock.watermark();
+                self.refire_due(w, out)?;
+            }
         }
-        self.add(batch, ctx)?;
-        if !self.refire.is_empty() {
-            let w = self.clock.watermark();
-            self.refire_due(w, out)?;
+        if self.gauge.due() {
+            let size = self.state_size();
+            self.gauge.report(ctx, size);
         }
         Ok(())
     }
@@ -782,7 +814,7 @@ impl Operator for WindowAggregate {
     async fn on_watermark(
         &mut self,
         watermark: Watermark,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         out: &mut Emitter,
     ) -> Result<()> {
         if !self.clock.advance(watermark.0) {
@@ -790,17 +822,20 @@ impl Operator for WindowAggregate {
         }
         let w = self.clock.watermark();
         if let Some(s) = &mut self.sessions {
-            return s.fire(w, out);
+            s.fire(w, out)?;
+        } else {
+            self.fire(w, out)?;
+            self.fired_upto = w;
         }
-        self.fire(w, out)?;
-        self.fired_upto = w;
+        let size = self.state_size();
+        self.gauge.report(ctx, size);
         Ok(())
     }
 
     async fn snapshot(
         &mut self,
         _barrier: &Barrier,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         _out: &mut Emitter,
     ) -> Result<StateSnapshot> {
         let mut snap = StateSnapshot::new();
@@ -809,6 +844,8 @@ impl Operator for WindowAggregate {
             Some(s) => s.snapshot(&mut snap)?,
             None => self.snapshot_slots(&mut snap)?,
         }
+        let size = self.state_size();
+        self.gauge.report(ctx, size);
         Ok(snap)
     }
 
@@ -819,6 +856,8 @@ impl Operator for WindowAggregate {
         } else {
             self.fire(i64::MAX, out)?;
         }
+        let size = self.state_size();
+        self.gauge.report(ctx, size);
         self.clock.finish(ctx.name());
         Ok(())
     }

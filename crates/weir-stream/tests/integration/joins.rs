@@ -282,6 +282,74 @@ proptest! {
     }
 }
 
+/// Regular join with a TTL (event time): a pair matches when its later row arrives while the
+/// earlier row's time is at most `ttl` behind the watermark; the script's watermark before batch
+/// `j` is `10 * j`. Checked across rescales, so expiry and restore agree.
+fn ttl_oracle(script: &[(bool, Vec<Row>, Option<u32>)], ttl: i64) -> String {
+    let mut seen: Vec<(usize, bool, Row)> = Vec::new();
+    let (mut l_rows, mut r_rows) = (Vec::new(), Vec::new());
+    let mut base = 0;
+    for (j, (is_left, rows, _)) in script.iter().enumerate() {
+        let w = if j == 0 { i64::MIN } else { base };
+        for (k, t, v) in rows {
+            let row = (*k, base + t, *v);
+            for (_, _, e) in seen
+                .iter()
+                .filter(|(i, side, _)| *i < j && *side != *is_left)
+            {
+                if row.0.is_some() && row.0 == e.0 && e.1 >= w.saturating_sub(ttl) {
+                    let (l, r) = if *is_left { (row, *e) } else { (*e, row) };
+                    l_rows.push(l);
+                    r_rows.push(r);
+                }
+            }
+        }
+        for (k, t, v) in rows {
+            seen.push((j, *is_left, (*k, base + t, *v)));
+        }
+        base += 10;
+    }
+    let l = batch(bids_schema(), &l_rows);
+    let r = batch(auctions_schema(), &r_rows);
+    let mut fields: Vec<Field> = bids_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.extend(
+        auctions_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone()),
+    );
+    let mut cols = l.columns().to_vec();
+    cols.extend(r.columns().iter().cloned());
+    let joined = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("joined");
+    sorted_table(&[joined])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn regular_join_with_a_ttl_matches_the_oracle_across_rescales(script in arb_join_script(), p in 1u32..=3, ttl in 1i64..40) {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let (steps, _, _) = steps_of(&script);
+        let spec = JoinSpec {
+            on: on(),
+            ttl: Some(Span(ttl)),
+            left_time: Some("bts".into()),
+            right_time: Some("ats".into()),
+        };
+        let inputs = [bids_schema(), auctions_schema()];
+        let f = move || spec.create(&inputs).expect("create");
+        let out = rt.block_on(run_inputs(&f, &KEYS, p, &steps));
+        prop_assert!(out.dead.is_empty(), "{:?}", out.dead);
+        let got = if out.batches.is_empty() { ttl_oracle(&[], ttl) } else { out.sorted() };
+        prop_assert_eq!(got, ttl_oracle(&script, ttl));
+    }
+}
+
 /// An unbounded stream (simulated: 2000 batches, time always moving on): the interval join's
 /// buffers stay within what the bounds need, where a join without bounds would grow forever.
 #[tokio::test]
