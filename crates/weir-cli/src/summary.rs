@@ -1,7 +1,7 @@
 //! The end-of-run summary: a table of every operator's counters, what each sink wrote, and the
 //! JSON form written by `--metrics-json` (refreshed while the job runs, see [`live_json`]).
 
-use crate::progress::fmt_secs;
+use crate::progress::{fmt_secs, human_bytes};
 use crate::why::Held;
 use serde::Serialize;
 use std::fmt::Write;
@@ -82,6 +82,17 @@ pub fn render(r: &JobReport, services: &[ServiceStatus], slow: &[Held]) -> Strin
             n.name,
             t.model_instances,
             (t.model_busy_ms as f64 / capacity * 100.0).min(100.0)
+        );
+    }
+    for n in r.nodes.iter().filter(|n| n.totals.state_bytes_peak > 0) {
+        let t = &n.totals;
+        let _ = writeln!(
+            s,
+            "state: {} held at most {} in memory; at the end {} in {} entries",
+            n.name,
+            human_bytes(t.state_bytes_peak),
+            human_bytes(t.state_bytes),
+            t.state_entries
         );
     }
     if let Some(c) = &r.checkpoints {

@@ -88,6 +88,13 @@ pub struct Counters {
     pub dead_letters: u64,
     /// Rows that arrived behind the watermark (dead-lettered or dropped as late).
     pub late_rows: u64,
+    /// Stateful steps: bytes their keyed state holds in memory now (approximately).
+    pub state_bytes: u64,
+    /// Stateful steps: the most bytes their state held (summed over subtasks' peaks).
+    pub state_bytes_peak: u64,
+    /// Stateful steps: entries their state holds now (key and window groups of an aggregate,
+    /// buffered rows of a join or top-n).
+    pub state_entries: u64,
     /// Milliseconds working.
     pub busy_ms: u64,
     /// Milliseconds waiting for room downstream.
@@ -115,6 +122,9 @@ impl From<&MetricsSnapshot> for Counters {
             errors: m.errors,
             dead_letters: m.dead_letters,
             late_rows: m.late_rows,
+            state_bytes: m.state_bytes,
+            state_bytes_peak: m.state_bytes_peak,
+            state_entries: m.state_entries,
             busy_ms: m.busy_ms,
             backpressured_ms: m.backpressured_ms,
             idle_ms: m.idle_ms,

@@ -233,6 +233,26 @@ impl Collector for JobCollector {
             &with_watermarks,
             |m, (l, s)| gauge(m, l, s.watermark_idle_subtasks as f64),
         )?;
+        let stateful: Vec<&(Labels, MetricsSnapshot)> = series
+            .iter()
+            .filter(|(_, s)| s.state_bytes_peak > 0)
+            .collect();
+        family(
+            &mut enc,
+            "weir_operator_state_bytes",
+            "Bytes a stateful subtask's keyed state holds in memory (approximately).",
+            MetricType::Gauge,
+            &stateful,
+            |m, (l, s)| gauge(m, l, s.state_bytes as f64),
+        )?;
+        family(
+            &mut enc,
+            "weir_operator_state_entries",
+            "Entries a stateful subtask's state holds (key and window groups, buffered rows).",
+            MetricType::Gauge,
+            &stateful,
+            |m, (l, s)| gauge(m, l, s.state_entries as f64),
+        )?;
         let queued: Vec<&(Labels, MetricsSnapshot)> = series
             .iter()
             .filter(|(_, s)| s.queue_capacity_bytes > 0)

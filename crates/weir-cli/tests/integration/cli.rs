@@ -119,6 +119,58 @@ fn a_run_with_bad_rows_writes_dead_letters_metrics_and_a_summary() {
     );
 }
 
+/// A keyed windowed aggregation reports its state size: the end-of-job summary names the step's
+/// peak state, and `--metrics-json` carries `state_bytes_peak` and `state_entries`.
+#[test]
+fn a_stateful_step_reports_its_state_size() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let metrics = dir.path().join("metrics.json");
+    let spec = "name: stateful
+steps:
+  - name: bid
+    source: nexmark
+    table: bid
+    events: 20000
+    batch_size: 500
+    seed: 1
+    watermark: {column: date_time}
+  - name: per_auction
+    op: aggregate
+    keys: [auction]
+    time: date_time
+    window: {type: tumbling, size: 10s}
+    aggregates: [\"count(*) AS n\"]
+  - sink: blackhole
+";
+    let p = write_spec(dir.path(), spec);
+    let (code, _, err) = run(weir()
+        .args(["run", "--progress", "log"])
+        .arg(&p)
+        .args(["--metrics-json".to_string(), metrics.display().to_string()]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("state: per_auction held at most "),
+        "the summary names the state size:\n{err}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).expect("metrics")).expect("json");
+    let steps = m["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no nodes in {m}"));
+    let agg = steps
+        .iter()
+        .find(|s| s["name"] == "per_auction")
+        .unwrap_or_else(|| panic!("no per_auction in {m}"));
+    assert!(
+        agg["state_bytes_peak"].as_u64().unwrap_or(0) > 1_000,
+        "{agg}"
+    );
+    // Every window fired at the end of the input: nothing is left.
+    assert_eq!(agg["state_entries"].as_u64(), Some(0), "{agg}");
+    let bid = steps.iter().find(|s| s["name"] == "bid").expect("bid");
+    assert_eq!(bid["state_bytes_peak"].as_u64(), Some(0), "{bid}");
+}
+
 #[test]
 fn sigterm_stops_cleanly_and_says_what_was_written() {
     let dir = tempfile::tempdir().expect("tmp");
