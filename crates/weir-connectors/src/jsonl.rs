@@ -446,6 +446,11 @@ impl JsonlSinkSpec {
         lower.ends_with(".jsonl") || lower.ends_with(".json")
     }
 
+    /// Where it publishes, for the checks `weir run` makes before a run.
+    pub fn output_at(&self) -> crate::OutputAt {
+        crate::OutputAt(PathBuf::from(&self.path))
+    }
+
     /// The file subtask `subtask` of `parallelism` writes.
     pub fn output_path(&self, subtask: u32, parallelism: u32) -> PathBuf {
         if self.is_file() && parallelism <= 1 {

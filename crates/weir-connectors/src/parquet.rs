@@ -300,7 +300,7 @@ fn default_max_file_size() -> u64 {
 ///
 /// When the job takes checkpoints the output is exactly-once (two-phase commit): files are closed
 /// at every checkpoint barrier (and when rolled over) into hidden staged files, and published as
-/// `part-{subtask:03}-{checkpoint:06}-{seq:03}.parquet` only when that checkpoint completes; a
+/// `part-{subtask:03}-{checkpoint:06}-{seq:03}-{run}.parquet` only when that checkpoint completes; a
 /// restored job publishes what the crashed one had staged and removes its leftovers. See
 /// `two_phase` for the names and the state.
 ///
@@ -337,6 +337,11 @@ impl ParquetSinkSpec {
             rollover_interval: None,
             compression: Compression::default(),
         }
+    }
+
+    /// Where it publishes, for the checks `weir run` makes before a run.
+    pub fn output_at(&self) -> crate::OutputAt {
+        crate::OutputAt(PathBuf::from(&self.path))
     }
 
     /// One running instance for subtask `info.subtask`, writing batches of schema `input`.

@@ -12,9 +12,11 @@
 //!
 //! - [`Layout::Parts`]: a directory of part files. In progress
 //!   `.part-{subtask:03}-{run}-{n:05}.{ext}.inprogress`, staged
-//!   `.part-{subtask:03}-{ckpt:06}-{seq:03}.{ext}.{run}.staged`, published by an atomic rename to
-//!   `part-{subtask:03}-{ckpt:06}-{seq:03}.{ext}`. Names never collide across restarts: a restored
-//!   job only stages checkpoints after the one it restored from.
+//!   `.part-{subtask:03}-{ckpt:06}-{seq:03}-{run}.{ext}.staged`, published by an atomic rename to
+//!   `part-{subtask:03}-{ckpt:06}-{seq:03}-{run}.{ext}`. Published names carry the run that wrote
+//!   them, so one run never overwrites another's files (`weir run` also refuses to start a fresh
+//!   run into a location holding an earlier run's output, see [`OutputAt`]), and a restored job
+//!   only stages checkpoints after the one it restored from.
 //! - [`Layout::Append`]: one file (JSON Lines at parallelism 1, such as the dead-letter output)
 //!   that grows by each checkpoint's output. A staged file records the length the target had
 //!   before it (`base`); publishing truncates the target to `base`, appends the staged bytes,
@@ -197,12 +199,11 @@ impl TwoPhase {
         for (seq, tmp) in std::mem::take(&mut self.closed).into_iter().enumerate() {
             let (staged, target, base) = match &self.layout {
                 Layout::Parts { dir, ext } => {
-                    let name = format!("part-{:03}-{id:06}-{seq:03}.{ext}", self.subtask);
-                    (
-                        dir.join(format!(".{name}.{}.staged", self.run)),
-                        dir.join(name),
-                        None,
-                    )
+                    let name = format!(
+                        "part-{:03}-{id:06}-{seq:03}-{}.{ext}",
+                        self.subtask, self.run
+                    );
+                    (dir.join(format!(".{name}.staged")), dir.join(name), None)
                 }
                 Layout::Append { file } => {
                     let size = std::fs::metadata(&tmp)
@@ -388,7 +389,8 @@ fn leading_number(s: &str) -> Option<u32> {
     s[..end].parse().ok()
 }
 
-/// `(subtask, checkpoint)` of a published part file name `part-{sub}-{ckpt}-{seq}.{ext}`.
+/// `(subtask, checkpoint)` of a published part file name `part-{sub}-{ckpt}-{seq}-{run}.{ext}`
+/// (or `part-{sub}-{ckpt}-{seq}.{ext}`, as earlier versions named them).
 fn published_part(name: &str, ext: &str) -> Option<(u32, u64)> {
     let stem = name
         .strip_prefix("part-")?
@@ -396,10 +398,103 @@ fn published_part(name: &str, ext: &str) -> Option<(u32, u64)> {
         .strip_suffix('.')?;
     let parts: Vec<&str> = stem.split('-').collect();
     match parts.as_slice() {
-        [sub, ckpt, seq] if seq.chars().all(|c| c.is_ascii_digit()) => {
+        [sub, ckpt, seq] | [sub, ckpt, seq, _] if seq.chars().all(|c| c.is_ascii_digit()) => {
             Some((sub.parse().ok()?, ckpt.parse().ok()?))
         }
         _ => None,
+    }
+}
+
+/// Where a file sink publishes (a directory of part files, or one file), seen before a run
+/// starts: `weir run` refuses to start a fresh run into a location that holds an earlier run's
+/// published output (unless `--overwrite`, which [`clear`](OutputAt::clear)s it), and removes the
+/// hidden in-progress and staged files a crashed run left there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputAt(pub PathBuf);
+
+/// What an [`OutputAt`] holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Survey {
+    /// Published output: the part files (`part-*`) of a directory, or a one-file output that is
+    /// not empty. Other files in the directory are not the sink's and are left alone.
+    pub published: Vec<PathBuf>,
+    /// Hidden in-progress and staged files (`.NAME.inprogress`, `.NAME.staged`) of earlier runs.
+    pub stale: Vec<PathBuf>,
+}
+
+impl OutputAt {
+    /// Lists what the location holds (blocking). A missing location holds nothing.
+    pub fn survey(&self) -> Result<Survey> {
+        let path = &self.0;
+        let mut out = Survey::default();
+        let is_stale =
+            |n: &str| n.starts_with('.') && (n.ends_with(".inprogress") || n.ends_with(".staged"));
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path)
+                .map_err(|e| io_err(format!("cannot list {}", path.display()), e))?;
+            for entry in entries {
+                let entry =
+                    entry.map_err(|e| io_err(format!("cannot list {}", path.display()), e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".part-") && is_stale(&name) {
+                    out.stale.push(entry.path());
+                } else if name.starts_with("part-") {
+                    out.published.push(entry.path());
+                }
+            }
+        } else {
+            if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+                out.published.push(path.clone());
+            }
+            let own = format!(".{}.", file_name(path));
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if let Ok(entries) = std::fs::read_dir(parent) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&own) && is_stale(&name) {
+                        out.stale.push(entry.path());
+                    }
+                }
+            }
+        }
+        out.published.sort();
+        out.stale.sort();
+        Ok(out)
+    }
+
+    /// Removes the stale in-progress and staged files (blocking); returns how many.
+    pub fn clean_stale(&self) -> Result<usize> {
+        let stale = self.survey()?.stale;
+        for p in &stale {
+            remove(p)?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Removes everything published and stale (blocking): `--overwrite`. The directory itself and
+    /// files that are not the sink's are kept.
+    pub fn clear(&self) -> Result<usize> {
+        let s = self.survey()?;
+        let mut n = 0;
+        for p in s.published.iter().chain(&s.stale) {
+            if p.is_dir() {
+                continue;
+            }
+            remove(p)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn remove(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("cannot remove {}", p.display()), e)),
     }
 }
 
@@ -488,6 +583,10 @@ mod tests {
     fn names_parse() {
         assert_eq!(
             published_part("part-002-000017-001.parquet", "parquet"),
+            Some((2, 17))
+        );
+        assert_eq!(
+            published_part("part-002-000017-001-r0123abcd.parquet", "parquet"),
             Some((2, 17))
         );
         assert_eq!(published_part("part-002-00017.parquet", "parquet"), None);

@@ -2,8 +2,10 @@
 
 mod cli;
 mod examples;
+mod grace;
 mod kafka;
 mod restart;
 mod services;
+mod stale;
 mod torture;
 mod web;
