@@ -4,6 +4,7 @@ mod cli;
 mod examples;
 mod grace;
 mod kafka;
+mod object_refs;
 mod restart;
 mod services;
 mod stale;
