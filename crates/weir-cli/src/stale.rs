@@ -44,7 +44,7 @@ pub fn preflight(
     for (name, at) in &outputs {
         let survey = at.survey()?;
         if !survey.published.is_empty() {
-            published.push((name.clone(), at.0.clone(), survey.published));
+            published.push((name.clone(), at.path.clone(), survey.published));
         }
     }
     let ids = match store {
@@ -59,7 +59,7 @@ pub fn preflight(
             if n > 0 {
                 tracing::warn!(
                     "--overwrite: removed {n} file(s) of an earlier run from {} (sink '{name}')",
-                    at.0.display()
+                    at.path.display()
                 );
             }
         }
@@ -124,7 +124,7 @@ pub fn preflight(
                 if n > 0 {
                     tracing::info!(
                         "removed {n} in-progress file(s) of a crashed run from {} (sink '{name}')",
-                        at.0.display()
+                        at.path.display()
                     );
                 }
             }

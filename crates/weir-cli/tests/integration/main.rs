@@ -6,6 +6,7 @@ mod grace;
 mod kafka;
 mod object_refs;
 mod restart;
+mod s3_sink;
 mod services;
 mod stale;
 mod torture;
