@@ -1,4 +1,4 @@
-//! The Parquet sink writing to S3 (SeaweedFS on loopback) exactly once: a paced job with
+//! The Parquet and JSON Lines sinks writing to S3 (SeaweedFS on loopback) exactly once: a paced job with
 //! checkpoints is killed with SIGKILL again and again and resumed; afterwards the objects under
 //! the output prefix hold every input row exactly once, and no staged object is left.
 
@@ -62,8 +62,17 @@ fn checkpoint_since(store: &Path, since: SystemTime) -> bool {
 
 #[test]
 fn kill_9s_of_a_job_writing_parquet_to_s3_leave_every_row_once() {
+    kill_and_resume("parquet");
+}
+
+#[test]
+fn kill_9s_of_a_job_writing_jsonl_to_s3_leave_every_row_once() {
+    kill_and_resume("jsonl");
+}
+
+fn kill_and_resume(kind: &str) {
     let env = s3::s3_env();
-    let prefix = s3::unique_prefix("parquet-sink");
+    let prefix = s3::unique_prefix(&format!("{kind}-sink"));
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     let mut csv = String::from("id,word\n");
@@ -87,7 +96,7 @@ steps:
     op: throttle
     rows_per_second: ${{RATE:-1500}}
   - name: out
-    sink: parquet
+    sink: {kind}
     path: s3://{bucket}/{prefix}/rows/
     storage: {opts}
 ",
@@ -129,18 +138,23 @@ steps:
         assert!(ok.success());
         let _ = child.wait();
     }
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let s = store(env);
+    // The killed runs published part of the output on S3 already.
+    let early = download(&rt, &s, &format!("{prefix}/rows"), &d.join("early"));
+    assert!(
+        early.iter().any(|n| n.starts_with("part-")),
+        "nothing was published before the last run: {early:?}"
+    );
     let fin = weir(&["--var", "RATE=1000000"]).output().expect("run");
     let err = String::from_utf8_lossy(&fin.stderr);
     assert!(fin.status.success(), "{err}");
     assert!(err.contains("resuming from checkpoint"), "{err}");
-
-    let rt = tokio::runtime::Runtime::new().expect("rt");
-    let s = store(env);
     let names = download(&rt, &s, &format!("{prefix}/rows"), &d.join("got"));
     assert!(
         names
             .iter()
-            .all(|n| n.starts_with("part-") && n.ends_with(".parquet")),
+            .all(|n| n.starts_with("part-") && n.ends_with(&format!(".{kind}"))),
         "staged or foreign objects left: {names:?}"
     );
     let rows = read_rows(&d.join("got")).expect("rows");
