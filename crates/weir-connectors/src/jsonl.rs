@@ -459,6 +459,7 @@ impl JsonlSinkSpec {
         crate::OutputAt {
             path: PathBuf::from(&self.path),
             one_file: self.is_file(),
+            storage: self.storage.clone(),
         }
     }
 

@@ -350,6 +350,7 @@ impl ParquetSinkSpec {
         crate::OutputAt {
             path: PathBuf::from(&self.path),
             one_file: false,
+            storage: self.storage.clone(),
         }
     }
 

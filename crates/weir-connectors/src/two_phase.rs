@@ -637,6 +637,16 @@ pub struct OutputAt {
     /// Whether it may be one file (a `.jsonl` output); otherwise it is a directory, and a file in
     /// its place is not the sink's (the sink reports it when it cannot create its directory).
     pub one_file: bool,
+    /// Object-store options, for an `s3://` path (its objects are then listed and deleted).
+    pub storage: weir_store::StorageOptions,
+}
+
+/// An object-store output prefix, with a runtime of its own to wait on (for `weir run`'s checks,
+/// made before the job's runtime runs anything).
+struct Listing {
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    prefix: object_store::path::Path,
+    rt: tokio::runtime::Runtime,
 }
 
 /// What an [`OutputAt`] holds.
@@ -650,13 +660,45 @@ pub struct Survey {
 }
 
 impl OutputAt {
-    /// Lists what the location holds (blocking). A missing location holds nothing.
+    fn listing(&self) -> Result<Option<Listing>> {
+        let url = self.path.to_string_lossy();
+        match weir_store::resolve(&url, &self.storage)? {
+            weir_store::Location::Local(_) => Ok(None),
+            weir_store::Location::Store(s) => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| io_err("cannot start a runtime".into(), e))?;
+                Ok(Some(Listing {
+                    store: s.store,
+                    prefix: s.prefix,
+                    rt,
+                }))
+            }
+        }
+    }
+
+    /// Lists what the location holds (blocking). A missing location holds nothing. Objects of an
+    /// object store are given as their keys.
     pub fn survey(&self) -> Result<Survey> {
         let path = &self.path;
         let mut out = Survey::default();
         let is_stale =
             |n: &str| n.starts_with('.') && (n.ends_with(".inprogress") || n.ends_with(".staged"));
-        if path.is_dir() {
+        if let Some(l) = self.listing()? {
+            let listed = l
+                .rt
+                .block_on(l.store.list_with_delimiter(Some(&l.prefix)))
+                .map_err(|e| Error::io(format!("cannot list {}", path.display())).with_source(e))?;
+            for m in listed.objects {
+                let name = m.location.filename().unwrap_or_default().to_string();
+                if name.starts_with(".part-") && is_stale(&name) {
+                    out.stale.push(PathBuf::from(m.location.as_ref()));
+                } else if name.starts_with("part-") {
+                    out.published.push(PathBuf::from(m.location.as_ref()));
+                }
+            }
+        } else if path.is_dir() {
             let entries = std::fs::read_dir(path)
                 .map_err(|e| io_err(format!("cannot list {}", path.display()), e))?;
             for entry in entries {
@@ -695,25 +737,39 @@ impl OutputAt {
     /// Removes the stale in-progress and staged files (blocking); returns how many.
     pub fn clean_stale(&self) -> Result<usize> {
         let stale = self.survey()?.stale;
-        for p in &stale {
-            remove(p)?;
-        }
+        self.remove_all(&stale)?;
         Ok(stale.len())
+    }
+
+    fn remove_all(&self, paths: &[PathBuf]) -> Result<()> {
+        if let Some(l) = self.listing()? {
+            use object_store::ObjectStoreExt;
+            for p in paths {
+                let key = object_store::path::Path::from(p.to_string_lossy().as_ref());
+                match l.rt.block_on(l.store.delete(&key)) {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        return Err(Error::io(format!("cannot remove {key}")).with_source(e));
+                    }
+                }
+            }
+            return Ok(());
+        }
+        for p in paths {
+            if !p.is_dir() {
+                remove(p)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes everything published and stale (blocking): `--overwrite`. The directory itself and
     /// files that are not the sink's are kept.
     pub fn clear(&self) -> Result<usize> {
         let s = self.survey()?;
-        let mut n = 0;
-        for p in s.published.iter().chain(&s.stale) {
-            if p.is_dir() {
-                continue;
-            }
-            remove(p)?;
-            n += 1;
-        }
-        Ok(n)
+        let all: Vec<PathBuf> = s.published.into_iter().chain(s.stale).collect();
+        self.remove_all(&all)?;
+        Ok(all.len())
     }
 }
 

@@ -106,12 +106,17 @@ steps:
         ),
     )
     .expect("spec");
-    let weir = |args: &[&str]| {
+    let plain = |args: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
         c.arg("run")
             .arg(&spec)
-            .args(["--progress", "off", "--http", "off", "--resume"])
+            .args(["--progress", "off", "--http", "off"])
             .args(args);
+        c
+    };
+    let weir = |args: &[&str]| {
+        let mut c = plain(&["--resume"]);
+        c.args(args);
         c
     };
     let started = Instant::now();
@@ -161,6 +166,27 @@ steps:
     let distinct: std::collections::BTreeSet<&String> = rows.iter().collect();
     assert_eq!(distinct.len(), rows.len(), "rows duplicated");
     assert_eq!(rows.len(), ROWS, "rows lost");
+
+    // A fresh run over the published objects is refused; --overwrite deletes them first.
+    let again = plain(&["--var", "RATE=1000000"]).output().expect("run");
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(err.contains("refusing to start a fresh run"), "{err}");
+    assert!(err.contains("s3://"), "{err}");
+    let over = plain(&["--overwrite", "--var", "RATE=1000000"])
+        .output()
+        .expect("run");
+    assert!(
+        over.status.success(),
+        "{}",
+        String::from_utf8_lossy(&over.stderr)
+    );
+    download(&rt, &s, &format!("{prefix}/rows"), &d.join("over"));
+    assert_eq!(
+        read_rows(&d.join("over")).expect("rows"),
+        rows,
+        "after --overwrite"
+    );
     // Clean up (best effort: the server is shared).
     rt.block_on(async {
         let p = object_store::path::Path::from(prefix.as_str());
