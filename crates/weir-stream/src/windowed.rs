@@ -790,10 +790,13 @@ impl Operator for WindowAggregate {
         }
         let w = self.clock.watermark();
         if let Some(s) = &mut self.sessions {
-            return s.fire(w, out);
+            s.fire(w, out)?;
+        } else {
+            self.fire(w, out)?;
+            self.fired_upto = w;
         }
-        self.fire(w, out)?;
-        self.fired_upto = w;
+        // After the windows it completed, so a windowed step downstream sees time advance.
+        out.emit_watermark(watermark);
         Ok(())
     }
 
