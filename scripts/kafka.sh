@@ -7,16 +7,16 @@
 #   scripts/kafka.sh stop             # stop it (SIGTERM, then SIGKILL after 20 s)
 #
 # PORT defaults to 9092 (the controller listens on PORT+1). Data, logs and the pid live in
-# $WEIR_HOME/kafka/run (WEIR_HOME defaults to $REPO/.weir); `start` formats a fresh data directory
-# every time. The broker gets -Xmx512m. Tests do not use this script: they start their own brokers
-# on free ports (crates/weir-testkit/src/kafka_broker.rs).
+# $WEIR_KAFKA_RUN, default $WEIR_HOME/kafka/run (WEIR_HOME defaults to $REPO/.weir); `start`
+# formats a fresh data directory every time. The broker gets -Xmx512m. Tests do not use this
+# script: they start their own brokers on free ports (crates/weir-testkit/src/kafka_broker.rs).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WEIR_HOME="${WEIR_HOME:-$REPO/.weir}"
 KAFKA_VERSION="${WEIR_KAFKA_VERSION:-4.4.0}"
 LIBS="$WEIR_HOME/kafka/$KAFKA_VERSION/libs"
-RUN="$WEIR_HOME/kafka/run"
+RUN="${WEIR_KAFKA_RUN:-$WEIR_HOME/kafka/run}"
 JAVA=(java -Xmx512m -Xms128m -XX:+UseSerialGC -cp "$LIBS/*")
 TOOLS_LOG=("-Dlog4j.configuration=file:$RUN/log4j-tools.properties")
 

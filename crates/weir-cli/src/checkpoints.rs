@@ -69,7 +69,13 @@ pub fn command(cmd: CheckpointsCommand) -> Result<ExitCode> {
                 println!("  none");
             }
             for i in infos {
-                let state = match &i.problem {
+                // Verified as `--resume` verifies (the checksums of every file), not only the
+                // manifest and the sizes.
+                let problem = match &i.problem {
+                    None => runtime.io_handle().block_on(store.verify(i.id))?.err(),
+                    Some(p) => Some(p.clone()),
+                };
+                let state = match problem {
                     None => "complete".to_string(),
                     Some(p) => format!("incomplete: {p}"),
                 };

@@ -14,6 +14,7 @@ mod checkpoints;
 mod control;
 mod host;
 mod progress;
+mod stale;
 mod status;
 mod summary;
 
@@ -40,6 +41,9 @@ mod exit {
     /// The job was stopped by SIGTERM or Ctrl-C before its input ended: everything read was
     /// processed and, with checkpoints, a final checkpoint completed; `--resume` continues.
     pub const STOPPED: u8 = 143;
+    /// `--grace` ran out after SIGTERM or Ctrl-C before the job had stopped: the process exited
+    /// at once, leaving the last complete checkpoint intact (`--resume` continues from it).
+    pub const GRACE_EXPIRED: u8 = 124;
 }
 
 /// weir: a streaming dataflow engine for AI workloads.
@@ -202,6 +206,19 @@ struct RunArgs {
     /// where it left off; output staged but not yet published is published).
     #[arg(long)]
     resume: bool,
+    /// Delete the output of an earlier run (the sinks' published and in-progress files) and every
+    /// checkpoint in the spec's checkpoint store, then start from the beginning. Without it, a
+    /// run that is not `--resume` refuses to start where an earlier run left output or
+    /// checkpoints (they would be duplicated), and so does `--resume` with no usable checkpoint
+    /// but published output.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Preemption: after SIGTERM (or Ctrl-C), the longest time to stop cleanly. The sources stop,
+    /// a checkpoint is taken at once (when the job checkpoints) and what was read is written;
+    /// the job exits with status 143. If this runs out first, the process exits at once with
+    /// status 124, leaving the last complete checkpoint intact for `--resume`. Default: no limit.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    grace: Option<std::time::Duration>,
     /// Port of the control endpoint (`weir scale`, `weir services`), opened when the spec
     /// declares services; 0 takes any free port.
     #[arg(long, default_value_t = 0)]
@@ -320,6 +337,16 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         };
         restore = checkpoints::newest_complete(&runtime, store)?;
     }
+    stale::preflight(
+        &runtime,
+        &plan,
+        store.as_ref(),
+        restore.as_ref(),
+        stale::Intent {
+            resume: args.resume,
+            overwrite: args.overwrite,
+        },
+    )?;
     // Job start: the declared services are made here (their instances start when the first
     // step calling them opens); restarts reuse them.
     let job = plan.start()?;
@@ -537,6 +564,8 @@ fn run_once(
     watch.attach(weir_web::Attempt::of(&handle));
     let metrics = handle.metrics().clone();
     let stop = handle.stop_token();
+    let control = handle.control();
+    let grace = args.grace;
     let mode = args.progress.resolve(std::io::stderr().is_terminal());
     let interval = Duration::from_secs_f64(args.log_interval.max(0.2));
     let steps = plan.steps.clone();
@@ -546,7 +575,7 @@ fn run_once(
     let watch = watch.clone();
     let budget = plan.error_budget;
     runtime.block_on(async move {
-        let signals = tokio::spawn(watch_signals(stop));
+        let signals = tokio::spawn(watch_signals(stop, control, grace));
         let mut display = progress::Progress::new(mode, metrics.clone(), &steps, started);
         let mut tick = tokio::time::interval(display.tick(interval));
         let mut look = tokio::time::interval(why::INTERVAL);
@@ -592,9 +621,14 @@ fn run_once(
     })
 }
 
-/// First Ctrl-C or SIGTERM: stop the sources and let everything read so far be written.
-/// Second: abort at once.
-async fn watch_signals(stop: weir_runtime::StopToken) {
+/// First Ctrl-C or SIGTERM: stop the sources and let everything read so far be written (with
+/// `--grace`: also take a checkpoint at once, and exit with [`exit::GRACE_EXPIRED`] when the grace
+/// runs out first). Second: abort at once.
+async fn watch_signals(
+    stop: weir_runtime::StopToken,
+    control: weir_runtime::JobControl,
+    grace: Option<Duration>,
+) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -602,17 +636,55 @@ async fn watch_signals(stop: weir_runtime::StopToken) {
             return;
         }
     };
-    for round in 0.. {
+    let signal = async {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        if round == 0 {
-            eprintln!("\nstopping: finishing and writing what was read (Ctrl-C again aborts)");
-            stop.cancel();
-        } else {
-            eprintln!("\naborted: output written so far may be incomplete");
-            std::process::exit(130);
-        }
+    };
+    signal.await;
+    let Some(grace) = grace else {
+        eprintln!("\nstopping: finishing and writing what was read (Ctrl-C again aborts)");
+        stop.cancel();
+        second_signal(&mut term).await;
+        return;
+    };
+    eprintln!(
+        "\nstopping within {}: a final checkpoint, then what was read is written (Ctrl-C again aborts)",
+        humantime::format_duration(grace)
+    );
+    // The checkpoint first, so that its barrier is injected before the sources stop: the newest
+    // checkpoint is then at most as old as the signal even if the drain outlasts the grace.
+    if control.checkpoints() {
+        let c = control.clone();
+        tokio::spawn(async move {
+            match c.checkpoint_now().await {
+                Ok(r) => tracing::info!("checkpoint {} taken after the stop signal", r.id),
+                Err(e) => tracing::debug!("no checkpoint after the stop signal: {}", e.report()),
+            }
+        });
+        tokio::task::yield_now().await;
     }
+    stop.cancel();
+    tokio::select! {
+        () = tokio::time::sleep(grace) => {
+            eprintln!(
+                "grace of {} ran out before the job stopped: exiting (status {}); the last complete checkpoint is intact, `weir run --resume` continues from it",
+                humantime::format_duration(grace),
+                exit::GRACE_EXPIRED
+            );
+            std::process::exit(i32::from(exit::GRACE_EXPIRED));
+        }
+        () = second_signal(&mut term) => {}
+    }
+}
+
+/// A second Ctrl-C or SIGTERM aborts at once.
+async fn second_signal(term: &mut tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("\naborted: output written so far may be incomplete");
+    std::process::exit(130);
 }

@@ -431,19 +431,36 @@ impl FileReader for JsonlReader {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSinkSpec {
-    /// The output file (`.jsonl`/`.json`, parallelism 1) or directory. Required.
+    /// The output file (`.jsonl`/`.json`, parallelism 1) or directory, or an object-store prefix
+    /// (`s3://bucket/out/`, part files). Required.
     pub path: String,
+    /// Object-store options for an `s3://` path (`aws_endpoint`, `aws_access_key_id`, ...), which
+    /// win over the environment (default none).
+    #[serde(default)]
+    pub storage: weir_store::StorageOptions,
 }
 
 impl JsonlSinkSpec {
     /// A spec writing to `path`.
     pub fn new(path: impl Into<String>) -> Self {
-        JsonlSinkSpec { path: path.into() }
+        JsonlSinkSpec {
+            path: path.into(),
+            storage: weir_store::StorageOptions::default(),
+        }
     }
 
     fn is_file(&self) -> bool {
         let lower = self.path.to_ascii_lowercase();
         lower.ends_with(".jsonl") || lower.ends_with(".json")
+    }
+
+    /// Where it publishes, for the checks `weir run` makes before a run.
+    pub fn output_at(&self) -> crate::OutputAt {
+        crate::OutputAt {
+            path: PathBuf::from(&self.path),
+            one_file: self.is_file(),
+            storage: self.storage.clone(),
+        }
     }
 
     /// The file subtask `subtask` of `parallelism` writes.
@@ -458,7 +475,16 @@ impl JsonlSinkSpec {
     /// One running instance for subtask `info.subtask`, writing batches of schema `input`.
     pub fn create(&self, info: &TaskInfo, input: SchemaRef) -> Result<Box<dyn Operator>> {
         let path = self.output_path(info.subtask, info.parallelism);
-        let layout = if self.is_file() && info.parallelism <= 1 {
+        let (dir, remote) = crate::two_phase::output_location(&self.path, &self.storage, info)?;
+        let layout = if remote.is_some() {
+            if self.is_file() {
+                return Err(Error::config(format!(
+                    "jsonl sink {}: an object-store output is a prefix of part files; end it with '/' (not .jsonl/.json)",
+                    self.path
+                )));
+            }
+            Layout::Parts { dir, ext: "jsonl" }
+        } else if self.is_file() && info.parallelism <= 1 {
             Layout::Append { file: path.clone() }
         } else {
             Layout::Parts {
@@ -468,6 +494,7 @@ impl JsonlSinkSpec {
         };
         Ok(Box::new(JsonlSink {
             info: info.clone(),
+            remote,
             layout,
             tp: None,
             writing: PathBuf::new(),
@@ -510,6 +537,8 @@ type JsonWriter =
 
 struct JsonlSink {
     info: TaskInfo,
+    /// An `s3://` output (then the layout's directory is the local spool directory).
+    remote: Option<crate::two_phase::RemoteOut>,
     /// Where the output goes under checkpoints.
     layout: Layout,
     /// The two-phase bookkeeping, when the job takes checkpoints (set in `open`).
@@ -608,10 +637,15 @@ impl Operator for JsonlSink {
     }
 
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
-        if !ctx.checkpointing() {
+        if !ctx.checkpointing() && self.remote.is_none() {
             return Ok(());
         }
-        self.tp = Some(TwoPhase::new(self.layout.clone(), &self.info));
+        // An object store is always written through staging: without checkpoints, everything is
+        // staged and published when the input ends.
+        self.tp = Some(
+            TwoPhase::open_remote(self.layout.clone(), &self.info, self.remote.as_ref(), ctx)
+                .await?,
+        );
         if let Some(state) = ctx.restored_state().cloned() {
             let published = blocking(&mut self.tp, ctx, move |tp| tp.restore(&state)).await?;
             tracing::info!(
@@ -661,6 +695,14 @@ impl Operator for JsonlSink {
             Layout::Append { .. } => true,
             Layout::Parts { .. } => self.tp.is_none(),
         };
-        self.close_writer(ctx, always).await
+        self.close_writer(ctx, always).await?;
+        if self.remote.is_some() && !ctx.checkpointing() {
+            blocking(&mut self.tp, ctx, |tp| {
+                tp.stage(0)?;
+                tp.publish_upto(0)
+            })
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -29,6 +29,7 @@ pub mod parquet;
 mod sink_util;
 pub mod text;
 mod two_phase;
+pub use two_phase::{OutputAt, Survey};
 pub mod values;
 
 pub use blackhole::BlackholeSinkSpec;

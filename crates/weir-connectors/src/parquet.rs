@@ -7,7 +7,7 @@ use crate::file_source::{
     ReadPosition, conform, first_file, match_columns,
 };
 use crate::sink_util::{create_file, ensure_dir, inprogress_path, publish, with_schema};
-use crate::two_phase::{Layout, TwoPhase, blocking};
+use crate::two_phase::{Layout, RemoteOut, TwoPhase, blocking};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -300,7 +300,7 @@ fn default_max_file_size() -> u64 {
 ///
 /// When the job takes checkpoints the output is exactly-once (two-phase commit): files are closed
 /// at every checkpoint barrier (and when rolled over) into hidden staged files, and published as
-/// `part-{subtask:03}-{checkpoint:06}-{seq:03}.parquet` only when that checkpoint completes; a
+/// `part-{subtask:03}-{checkpoint:06}-{seq:03}-{run}.parquet` only when that checkpoint completes; a
 /// restored job publishes what the crashed one had staged and removes its leftovers. See
 /// `two_phase` for the names and the state.
 ///
@@ -310,7 +310,8 @@ fn default_max_file_size() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkSpec {
-    /// The output directory (created if missing). Required.
+    /// The output directory (created if missing), or an object-store prefix (`s3://bucket/out/`).
+    /// Required.
     pub path: String,
     /// Roll over to a new file once the current one reaches this size (default `"128MiB"`).
     #[serde(default = "default_max_file_size", deserialize_with = "de_size")]
@@ -326,6 +327,10 @@ pub struct ParquetSinkSpec {
     /// The compression codec: `zstd` (default), `snappy`, `lz4`, `gzip` or `none`.
     #[serde(default)]
     pub compression: Compression,
+    /// Object-store options for an `s3://` path (`aws_endpoint`, `aws_access_key_id`, ...), which
+    /// win over the environment (default none).
+    #[serde(default)]
+    pub storage: weir_store::StorageOptions,
 }
 
 impl ParquetSinkSpec {
@@ -336,6 +341,16 @@ impl ParquetSinkSpec {
             max_file_size: default_max_file_size(),
             rollover_interval: None,
             compression: Compression::default(),
+            storage: weir_store::StorageOptions::default(),
+        }
+    }
+
+    /// Where it publishes, for the checks `weir run` makes before a run.
+    pub fn output_at(&self) -> crate::OutputAt {
+        crate::OutputAt {
+            path: PathBuf::from(&self.path),
+            one_file: false,
+            storage: self.storage.clone(),
         }
     }
 
@@ -349,11 +364,13 @@ impl ParquetSinkSpec {
         let props = WriterProperties::builder()
             .set_compression(self.compression.codec())
             .build();
+        let (dir, remote) = crate::two_phase::output_location(&self.path, &self.storage, info)?;
         Ok(Box::new(ParquetSink {
             info: info.clone(),
             tp: None,
+            remote,
             name: info.node.clone(),
-            dir: PathBuf::from(&self.path),
+            dir,
             subtask: info.subtask,
             seq: 0,
             schema: input,
@@ -426,6 +443,8 @@ const MAX_ROW_GROUP_BYTES: usize = 64 << 20;
 
 struct ParquetSink {
     info: TaskInfo,
+    /// An `s3://` output (then `dir` is the local spool directory).
+    remote: Option<RemoteOut>,
     /// The two-phase bookkeeping, when the job takes checkpoints (set in `open`).
     tp: Option<TwoPhase>,
     name: String,
@@ -568,14 +587,16 @@ impl Operator for ParquetSink {
     }
 
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
-        if !ctx.checkpointing() {
+        if !ctx.checkpointing() && self.remote.is_none() {
             return Ok(());
         }
         let layout = Layout::Parts {
             dir: self.dir.clone(),
             ext: "parquet",
         };
-        self.tp = Some(TwoPhase::new(layout, &self.info));
+        // An object store is always written through staging: without checkpoints, everything is
+        // staged and published when the input ends.
+        self.tp = Some(TwoPhase::open_remote(layout, &self.info, self.remote.as_ref(), ctx).await?);
         if let Some(state) = ctx.restored_state().cloned() {
             let published = blocking(&mut self.tp, ctx, move |tp| tp.restore(&state)).await?;
             tracing::info!(
@@ -618,9 +639,17 @@ impl Operator for ParquetSink {
         Ok(())
     }
 
-    async fn finish(&mut self, _ctx: &mut OperatorContext, _out: &mut Emitter) -> Result<()> {
+    async fn finish(&mut self, ctx: &mut OperatorContext, _out: &mut Emitter) -> Result<()> {
         // Under checkpoints this only closes the file; the final checkpoint stages and publishes.
-        self.roll().await
+        self.roll().await?;
+        if self.remote.is_some() && !ctx.checkpointing() {
+            blocking(&mut self.tp, ctx, |tp| {
+                tp.stage(0)?;
+                tp.publish_upto(0)
+            })
+            .await?;
+        }
+        Ok(())
     }
 }
 

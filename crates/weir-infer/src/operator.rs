@@ -44,6 +44,7 @@ pub struct InferCounters {
     rows_from_log: AtomicU64,
     reinferred_rows: AtomicU64,
     model_rows: AtomicU64,
+    largest_batch: AtomicU64,
 }
 
 impl InferCounters {
@@ -61,6 +62,11 @@ impl InferCounters {
     /// Rows the model answered.
     pub fn model_rows(&self) -> u64 {
         self.model_rows.load(Ordering::Relaxed)
+    }
+
+    /// Rows of the largest batch the model ran.
+    pub fn largest_batch(&self) -> u64 {
+        self.largest_batch.load(Ordering::Relaxed)
     }
 }
 
@@ -347,8 +353,6 @@ pub struct InferOperator {
     done: HashMap<u64, Done>,
     flushing: bool,
     model: String,
-    /// (rows, latency) of every batch run, for tests and reports.
-    batch_log: Vec<(usize, Duration)>,
     /// The results log (when on).
     log: Option<LogWriter>,
     /// The results log's schema (when on).
@@ -423,7 +427,6 @@ impl InferOperator {
             done: HashMap::new(),
             flushing: false,
             model,
-            batch_log: Vec::new(),
             log: None,
             log_schema: None,
             finished: false,
@@ -599,11 +602,6 @@ impl InferOperator {
     /// Queued rows, formed batches and requests in flight.
     pub fn in_flight(&self) -> &InFlight {
         &self.state
-    }
-
-    /// (rows, latency) of every batch run so far.
-    pub fn batch_log(&self) -> &[(usize, Duration)] {
-        &self.batch_log
     }
 
     async fn start_instances(&mut self) -> Result<()> {
@@ -932,10 +930,12 @@ impl InferOperator {
                 self.controller.observe(rows, reply.run, latency);
                 ctx.metrics().record_batch(rows, latency);
                 ctx.metrics().add_model_busy(reply.run);
-                self.batch_log.push((rows, latency));
                 self.counters
                     .model_rows
                     .fetch_add(rows as u64, Ordering::Relaxed);
+                self.counters
+                    .largest_batch
+                    .fetch_max(rows as u64, Ordering::Relaxed);
                 if self.log.is_some() {
                     let mut keys = Vec::with_capacity(rows);
                     for r in &req.batch.rows {

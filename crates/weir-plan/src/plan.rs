@@ -142,8 +142,8 @@ pub fn yaml_graph(
     origin: &str,
     opts: &PlanOptions,
 ) -> Result<LogicalGraph> {
-    let yaml = crate::spec::substitute(yaml, origin, &opts.vars)?;
-    let parsed = crate::spec::parse(&yaml, origin, &opts.overrides)?;
+    let value = crate::spec::substitute(yaml, origin, &opts.vars)?;
+    let parsed = crate::spec::parse_value(value, origin, &opts.overrides)?;
     crate::yaml::to_graph(registry, &parsed, origin, opts.parallelism)
 }
 
@@ -312,6 +312,31 @@ pub fn plan_graph(registry: &Registry, graph: &LogicalGraph, origin: &str) -> Re
 }
 
 impl Plan {
+    /// Where the job's file sinks (the dead-letter output included) publish, with each sink's
+    /// name: what `weir run` checks for an earlier run's output before it starts. Sinks that do
+    /// not write local files (console, Kafka, ...) are not listed.
+    pub fn outputs(&self) -> Vec<(String, weir_connectors::OutputAt)> {
+        let mut out = Vec::new();
+        for (i, b) in self.nodes.iter().enumerate() {
+            let Step::Sink(spec) = &b.step else { continue };
+            let any = spec.as_any();
+            let at = if let Some(s) = any.downcast_ref::<weir_connectors::jsonl::JsonlSinkSpec>() {
+                s.output_at()
+            } else if let Some(s) = any.downcast_ref::<weir_connectors::parquet::ParquetSinkSpec>()
+            {
+                s.output_at()
+            } else {
+                continue;
+            };
+            let name = self
+                .steps
+                .get(i)
+                .map_or_else(|| format!("sink {i}"), |s| s.name.clone());
+            out.push((name, at));
+        }
+        out
+    }
+
     /// The runtime's graph, whose steps are created with `resources` when the job starts.
     pub fn job_graph(&self, resources: Arc<Resources>) -> JobGraph {
         let mut resources = Arc::unwrap_or_clone(resources);

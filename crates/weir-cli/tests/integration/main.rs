@@ -2,8 +2,12 @@
 
 mod cli;
 mod examples;
+mod grace;
 mod kafka;
+mod object_refs;
 mod restart;
+mod s3_sink;
 mod services;
+mod stale;
 mod torture;
 mod web;

@@ -112,13 +112,15 @@ fn nsfw_scores(
         .unwrap();
     let secs = started.elapsed().as_secs_f64();
     assert!(dead.is_empty());
-    let sizes: Vec<usize> = op.batch_log().iter().map(|(n, _)| *n).collect();
-    eprintln!("batch sizes chosen: {sizes:?}");
+    let counters = op.counters();
+    assert_eq!(counters.model_rows(), rows as u64);
+    let biggest = usize::try_from(counters.largest_batch()).unwrap();
+    eprintln!("largest batch: {biggest} rows");
     (
         ids(&out),
         rows_f32(&out, "outputs"),
         rows as f64 / secs,
-        sizes.iter().copied().max().unwrap_or(0),
+        biggest,
     )
 }
 
