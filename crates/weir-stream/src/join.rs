@@ -597,10 +597,12 @@ impl Operator for StreamJoin {
         &mut self,
         watermark: Watermark,
         ctx: &mut OperatorContext,
-        _out: &mut Emitter,
+        out: &mut Emitter,
     ) -> Result<()> {
         if self.clock.advance(watermark.0) {
             self.expire(watermark.0);
+            // Matches are emitted as rows arrive, so nothing is held back from it.
+            out.emit_watermark(watermark);
         }
         self.report_state(ctx);
         Ok(())

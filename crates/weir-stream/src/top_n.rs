@@ -504,6 +504,8 @@ impl Operator for TopN {
     ) -> Result<()> {
         if self.clock.advance(watermark.0) {
             self.fire(watermark.0, out)?;
+            // After the windows it completed, so a step downstream sees time advance.
+            out.emit_watermark(watermark);
         }
         self.report_state(ctx);
         Ok(())

@@ -827,6 +827,8 @@ impl Operator for WindowAggregate {
             self.fire(w, out)?;
             self.fired_upto = w;
         }
+        // After the windows it completed, so a windowed step downstream sees time advance.
+        out.emit_watermark(watermark);
         let size = self.state_size();
         self.gauge.report(ctx, size);
         Ok(())

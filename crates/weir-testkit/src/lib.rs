@@ -39,6 +39,32 @@ pub fn run_spec(
     Ok(run_spec_with_services(spec, out, parallelism, overrides)?.0)
 }
 
+/// [`run_spec`] with more variables (`weir run --var NAME=VALUE`) besides `ROOT` and `OUT`.
+pub fn run_spec_with_vars(
+    spec: &Path,
+    out: &Path,
+    parallelism: u32,
+    vars: &[(&str, &str)],
+) -> Result<JobReport> {
+    let mut all = base_vars(out);
+    all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let opts = PlanOptions {
+        parallelism: Some(parallelism),
+        overrides: Vec::new(),
+        vars: all,
+    };
+    let job = plan_file(spec, &opts)?.start()?;
+    Runtime::new(2)?.run(job.graph)
+}
+
+/// `ROOT` = the repository root, `OUT` = `out`.
+fn base_vars(out: &Path) -> HashMap<String, String> {
+    let mut vars = HashMap::new();
+    vars.insert("ROOT".to_string(), repo_root().display().to_string());
+    vars.insert("OUT".to_string(), out.display().to_string());
+    vars
+}
+
 /// [`run_spec`], also returning the services the job declared (made when it started), to look at
 /// their status after the run.
 pub fn run_spec_with_services(
@@ -47,13 +73,10 @@ pub fn run_spec_with_services(
     parallelism: u32,
     overrides: &[&str],
 ) -> Result<(JobReport, Vec<Arc<dyn ModelService>>)> {
-    let mut vars = HashMap::new();
-    vars.insert("ROOT".to_string(), repo_root().display().to_string());
-    vars.insert("OUT".to_string(), out.display().to_string());
     let opts = PlanOptions {
         parallelism: Some(parallelism),
         overrides: overrides.iter().map(|s| s.to_string()).collect(),
-        vars,
+        vars: base_vars(out),
     };
     let job = plan_file(spec, &opts)?.start()?;
     let report = Runtime::new(2)?.run(job.graph)?;

@@ -5,4 +5,5 @@ mod common;
 mod joins;
 mod lookup;
 mod top_n;
+mod watermarks;
 mod windows;
