@@ -42,6 +42,7 @@ fn pool_config(spec: &ServiceSpec) -> PoolConfig {
         autoscale: spec.autoscale.clone(),
         keep_when_detached: spec.lifecycle == Lifecycle::Shared,
         warm_up: true,
+        log_lifecycle: true,
     }
 }
 

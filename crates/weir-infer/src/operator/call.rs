@@ -82,18 +82,23 @@ fn scatter(
     Ok(Reply { outputs, run })
 }
 
-/// One call: gathers the rows (on the executor that polls the future, as the call's first
-/// step), calls, and turns the answer into output columns.
+/// One call: gathers the rows into model inputs now (on the caller's thread), sends them to the
+/// service (a pool queues or dispatches them at once), and turns the answer into output columns
+/// when it comes. A gathering error is the future's answer.
 fn call(
-    service: Arc<dyn ModelService>,
+    service: &dyn ModelService,
     bindings: Arc<Bindings>,
     job_inputs: Vec<Vec<(ArrayRef, usize)>>,
-    options: CallOptions,
+    options: &CallOptions,
 ) -> BoxFuture<'static, Result<Reply>> {
+    let (inputs, rows, lengths) = match gather(&bindings, &job_inputs) {
+        Ok(g) => g,
+        Err(e) => return Box::pin(std::future::ready(Err(e))),
+    };
+    drop(job_inputs);
+    let answer = service.call_timed(inputs, options);
     Box::pin(async move {
-        let (inputs, rows, lengths) = gather(&bindings, &job_inputs)?;
-        drop(job_inputs);
-        let (out, run) = service.call_timed(inputs, &options).await?;
+        let (out, run) = answer.await?;
         scatter(&bindings, out, rows, &lengths, run)
     })
 }
@@ -125,10 +130,10 @@ impl InferOperator {
             }
             let id = self.state.next_id();
             let reply = call(
-                self.service.clone(),
+                self.service.as_ref(),
                 self.bindings.clone(),
                 inputs,
-                self.spec.call_options(),
+                &self.spec.call_options(),
             );
             self.state.requests.insert(
                 id,

@@ -4,14 +4,15 @@
 
 use super::Membership;
 use super::PoolConfig;
-use super::state::{Phase, Shared, State};
+use super::state::{Answer, Phase, Shared, State};
 use crate::backend::BackendFactory;
 use crate::model::ModelInfo;
 use crate::service::{CallOptions, InstanceStatus, ServiceStatus, Tensors};
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use weir_types::{Error, Result};
 
 impl Shared {
@@ -177,12 +178,30 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// One call: submitted, awaited with the attempt's timeout, retried with backoff; the answer
-/// comes with how long the model ran for it.
-pub(super) async fn call(
+/// One call: submitted at once (so an instance can start on it before the caller first polls
+/// the future), awaited with the attempt's timeout, cancelled when the future is dropped,
+/// retried with backoff; the answer comes with how long the model ran for it.
+pub(super) fn call(
     shared: Arc<Shared>,
     inputs: Arc<Tensors>,
     options: CallOptions,
+) -> BoxFuture<'static, Result<(Tensors, Duration)>> {
+    let first = shared.submit(inputs.clone()).map(|(id, rx)| {
+        let guard = CancelOnDrop {
+            shared: shared.clone(),
+            id,
+            armed: true,
+        };
+        (guard, rx)
+    });
+    Box::pin(attempts(shared, inputs, options, first))
+}
+
+async fn attempts(
+    shared: Arc<Shared>,
+    inputs: Arc<Tensors>,
+    options: CallOptions,
+    mut first: Result<(CancelOnDrop, oneshot::Receiver<Answer>)>,
 ) -> Result<(Tensors, Duration)> {
     let started = Instant::now();
     let rows = inputs
@@ -193,12 +212,20 @@ pub(super) async fn call(
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        let (id, rx) = shared.submit(inputs.clone())?;
-        let mut guard = CancelOnDrop {
-            shared: shared.clone(),
-            id,
-            armed: true,
+        let submitted = if attempt == 1 {
+            std::mem::replace(&mut first, Err(Error::internal("submitted twice")))
+        } else {
+            shared.submit(inputs.clone()).map(|(id, rx)| {
+                let guard = CancelOnDrop {
+                    shared: shared.clone(),
+                    id,
+                    armed: true,
+                };
+                (guard, rx)
+            })
         };
+        let (mut guard, rx) = submitted?;
+        let id = guard.id;
         let outcome = tokio::time::timeout(options.timeout, rx).await;
         guard.armed = false;
         let err = match outcome {

@@ -70,6 +70,10 @@ pub struct PoolConfig {
     pub keep_when_detached: bool,
     /// Whether an instance runs one batch of zeros after loading, before it takes requests.
     pub warm_up: bool,
+    /// Whether the pool's and its instances' lifecycle (starting, ready, draining, stopped) is
+    /// logged at info level (a service) or at debug level (a step's own pool). Deaths, load
+    /// failures and scaling are always logged.
+    pub log_lifecycle: bool,
 }
 
 impl PoolConfig {
@@ -104,6 +108,7 @@ impl PoolConfig {
             autoscale: None,
             keep_when_detached: false,
             warm_up: false,
+            log_lifecycle: false,
         }
     }
 }
@@ -236,11 +241,7 @@ impl ModelService for Pool {
         inputs: Tensors,
         options: &CallOptions,
     ) -> BoxFuture<'static, Result<(Tensors, Duration)>> {
-        Box::pin(calls::call(
-            self.shared.clone(),
-            Arc::new(inputs),
-            options.clone(),
-        ))
+        calls::call(self.shared.clone(), Arc::new(inputs), options.clone())
     }
 
     fn scale(&self, instances: usize) -> Result<()> {

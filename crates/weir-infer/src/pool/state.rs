@@ -154,6 +154,16 @@ impl Shared {
         &self.config.name
     }
 
+    /// Logs a lifecycle event of the pool or one of its instances (see
+    /// [`PoolConfig::log_lifecycle`]).
+    fn lifecycle(&self, instance: Option<u64>, what: &str) {
+        if self.config.log_lifecycle {
+            tracing::info!(pool = self.name(), instance, "{what}");
+        } else {
+            tracing::debug!(pool = self.name(), instance, "{what}");
+        }
+    }
+
     /// How messages name the pool: `service 'clf'`, or `model resnet.onnx` for an `infer` step's
     /// own instances.
     pub(super) fn label(&self) -> &str {
@@ -217,15 +227,10 @@ impl Shared {
             };
             if inst.phase == Phase::Loading || inst.outstanding.is_empty() {
                 st.instances.remove(&id);
-                tracing::info!(pool = self.name(), instance = id, "instance stopped");
+                self.lifecycle(Some(id), "instance stopped");
             } else {
                 inst.phase = Phase::Draining;
-                tracing::info!(
-                    pool = self.name(),
-                    instance = id,
-                    in_flight = inst.outstanding.len(),
-                    "instance draining"
-                );
+                self.lifecycle(Some(id), "instance draining");
             }
         }
     }
@@ -240,7 +245,7 @@ impl Shared {
             .spawn(move || instance::run(shared, id, rx));
         match spawned {
             Ok(_) => {
-                tracing::info!(pool = self.name(), instance = id, "instance starting");
+                self.lifecycle(Some(id), "instance starting");
                 st.instances.insert(
                     id,
                     Inst {
@@ -386,10 +391,13 @@ impl Shared {
         };
         inst.phase = Phase::Ready;
         st.load_failures = 0;
-        tracing::info!(
-            pool = self.name(),
-            instance = id,
-            "instance ready (model loaded, warm-up batch run)"
+        self.lifecycle(
+            Some(id),
+            if self.config.warm_up {
+                "instance ready (model loaded, warm-up batch run)"
+            } else {
+                "instance ready (model loaded)"
+            },
         );
         self.dispatch(&mut st);
         self.publish(&st);
@@ -472,11 +480,7 @@ impl Shared {
         inst.work = inst.work.saturating_sub(work.rows());
         if inst.phase == Phase::Draining && inst.outstanding.is_empty() {
             st.instances.remove(&id);
-            tracing::info!(
-                pool = self.name(),
-                instance = id,
-                "instance drained and stopped"
-            );
+            self.lifecycle(Some(id), "instance drained and stopped");
         }
         let mine: Vec<usize> = (0..work.parts.len())
             .filter(|&i| {
@@ -661,11 +665,7 @@ impl Shared {
                 }
             }
         }
-        tracing::info!(
-            pool = self.name(),
-            instances = st.target,
-            "service starting"
-        );
+        self.lifecycle(None, "pool starting");
         self.reconcile(st);
         self.publish(st);
     }
@@ -685,7 +685,7 @@ impl Shared {
                 self.label()
             ))));
         }
-        tracing::info!(pool = self.name(), "service stopped");
+        self.lifecycle(None, "pool stopped");
         self.publish(st);
     }
 
