@@ -22,4 +22,4 @@ trap 'bash scripts/stop-seaweedfs.sh >/dev/null 2>&1 || true' EXIT
 # the machine may set for reaching package registries.
 export NO_PROXY="127.0.0.1,localhost,::1${NO_PROXY:+,$NO_PROXY}"
 export no_proxy="$NO_PROXY"
-cargo test --workspace --profile ci "$@"
+cargo test --workspace --profile ci --no-fail-fast "$@"

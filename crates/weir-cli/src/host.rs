@@ -73,9 +73,7 @@ fn declaration(args: &ServeServiceArgs) -> Result<Value> {
             .ok_or_else(|| Error::config(format!("--var '{v}': expected NAME=VALUE")))?;
         vars.insert(k.to_string(), val.to_string());
     }
-    let text = weir_plan::spec::substitute(&text, &origin, &vars)?;
-    let root: Value = serde_norway::from_str(&text)
-        .map_err(|e| Error::config(format!("{origin}: not YAML")).with_source(e))?;
+    let root: Value = weir_plan::spec::substitute(&text, &origin, &vars)?;
     let declared: Vec<Value> = root
         .get("services")
         .and_then(Value::as_sequence)

@@ -156,6 +156,12 @@ impl Progress {
             if n.totals.dead_letters > 0 {
                 line.push_str(&format!("  dead letters {}", n.totals.dead_letters));
             }
+            if let Some(w) = n.totals.watermark_ms {
+                line.push_str(&format!("  watermark {}", fmt_event_time(w)));
+            }
+            if n.totals.late_rows > 0 {
+                line.push_str(&format!("  late {}", n.totals.late_rows));
+            }
             if n.totals.finished_subtasks == n.totals.subtasks {
                 line.push_str("  done");
             }
@@ -237,6 +243,18 @@ impl Progress {
     }
 }
 
+/// An event time (ms since the Unix epoch) as RFC 3339 UTC to the second, or the raw number
+/// when it is out of range.
+fn fmt_event_time(ms: i64) -> String {
+    u64::try_from(ms)
+        .ok()
+        .and_then(|ms| std::time::UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        .map_or_else(
+            || format!("{ms} ms"),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        )
+}
+
 /// `75s` → `1m15s`.
 pub fn fmt_secs(s: f64) -> String {
     let s = s.max(0.0);
@@ -250,5 +268,16 @@ pub fn fmt_secs(s: f64) -> String {
             (s / 3600.0) as u64,
             ((s % 3600.0) / 60.0) as u64
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_times_print_as_utc_seconds() {
+        assert_eq!(fmt_event_time(1_704_067_205_999), "2024-01-01T00:00:05Z");
+        assert_eq!(fmt_event_time(-5), "-5 ms");
     }
 }

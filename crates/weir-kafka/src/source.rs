@@ -7,6 +7,11 @@
 //! does not move existing partitions when new ones are discovered (every
 //! `partition_discovery_interval`). A partition first seen while the job runs (or one absent from
 //! the restored checkpoint) is read from its beginning; the others start where `start` says.
+//!
+//! Each partition is also a split of event time (`<topic>/<partition>`): the source announces it
+//! when assigned ([`SourceEvent::SplitStart`]), emits one [`SourceEvent::SplitBatch`] per
+//! partition, and with `bounded` announces its end ([`SourceEvent::SplitEnd`]), so that a
+//! `watermark:` option keeps one watermark per partition.
 
 use crate::client::{WAITING, client_config, is_transport, kafka_error, unreachable};
 use crate::format::{
@@ -20,14 +25,14 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::metadata::Metadata;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_checkpoint::StateSnapshot;
 use weir_connectors::ColumnSpec;
 use weir_connectors::config::declared_schema;
 use weir_runtime::kind;
-use weir_runtime::{AbortReason, OperatorContext, Source, SourceEvent, TaskInfo};
+use weir_runtime::{AbortReason, OperatorContext, Source, SourceEvent, SplitId, TaskInfo};
 use weir_types::{Barrier, CheckpointId, Error, Result};
 
 /// Where a partition without a restored position starts.
@@ -370,6 +375,10 @@ impl KafkaSourceSpec {
             )?,
             last_discovery: Instant::now(),
             topics: BTreeMap::new(),
+            splits: BTreeMap::new(),
+            starts: VecDeque::new(),
+            pending: VecDeque::new(),
+            ended: BTreeSet::new(),
         }))
     }
 
@@ -455,6 +464,16 @@ pub struct KafkaSource {
     discovery: Duration,
     last_discovery: Instant,
     topics: BTreeMap<String, Arc<str>>,
+    /// The split id of each owned partition (`<topic>/<partition>`).
+    splits: BTreeMap<Tp, SplitId>,
+    /// Partitions assigned but not yet announced with [`SourceEvent::SplitStart`].
+    starts: VecDeque<SplitId>,
+    /// Messages read from the consumer but not yet emitted, one group per partition, in the
+    /// order read. Positions move only when a group is emitted, so a checkpoint taken while
+    /// groups wait here does not skip them.
+    pending: VecDeque<Vec<Msg>>,
+    /// `bounded`: partitions announced ended with [`SourceEvent::SplitEnd`].
+    ended: BTreeSet<Tp>,
 }
 
 impl KafkaSource {
@@ -529,6 +548,9 @@ impl KafkaSource {
             tpl.add_partition_offset(t, *p, Offset::from_raw(*start))
                 .map_err(|e| kafka_error("assigning partitions", e))?;
             self.positions.insert((t.clone(), *p), *start);
+            let split: SplitId = Arc::from(format!("{t}/{p}"));
+            self.splits.insert((t.clone(), *p), split.clone());
+            self.starts.push_back(split);
             self.topics
                 .entry(t.clone())
                 .or_insert_with(|| Arc::from(t.as_str()));
@@ -578,6 +600,47 @@ impl KafkaSource {
                 .unwrap_or_default(),
             value: m.payload().map(<[u8]>::to_vec),
         }
+    }
+
+    /// Emits the messages of one partition, read in order: moves its position past them,
+    /// decodes them and reports those that do not decode as bad rows.
+    fn emit(&mut self, msgs: Vec<Msg>, ctx: &mut OperatorContext) -> Result<SourceEvent> {
+        let Some(first) = msgs.first() else {
+            return Ok(SourceEvent::Idle(Duration::ZERO));
+        };
+        let tp = (first.topic.to_string(), first.partition);
+        let bytes: usize = msgs
+            .iter()
+            .map(|m| m.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        ctx.metrics().add_progress(bytes as u64);
+        if let Some(last) = msgs.last() {
+            self.positions.insert(tp.clone(), last.offset + 1);
+            if let Some(end) = self.ends.get(&tp)
+                && last.offset + 1 >= *end
+            {
+                self.done.insert(tp.clone());
+            }
+        }
+        let (batch, bad) = self.decoder.decode(&msgs)?;
+        for b in bad {
+            let m = &msgs[b.index];
+            ctx.bad_row(
+                b.error,
+                Some(format!("kafka topic {} partition {}", m.topic, m.partition)),
+                Some(format!("offset {}", m.offset)),
+                m.value.clone(),
+            )?;
+        }
+        let split = self
+            .splits
+            .entry(tp)
+            .or_insert_with_key(|(t, p)| Arc::from(format!("{t}/{p}")))
+            .clone();
+        Ok(match batch {
+            Some(batch) => SourceEvent::SplitBatch { split, batch },
+            None => SourceEvent::Idle(Duration::ZERO),
+        })
     }
 
     /// `bounded`: marks partitions whose position reached their end.
@@ -694,16 +757,35 @@ impl Source for KafkaSource {
             && self.last_discovery.elapsed() >= self.discovery
             && let Err(e) = self.discover(ctx, false).await
         {
-            {
-                tracing::warn!(
-                    node = ctx.name(),
-                    "kafka: partition discovery failed: {}",
-                    e.report()
-                );
-            }
+            tracing::warn!(
+                node = ctx.name(),
+                "kafka: partition discovery failed: {}",
+                e.report()
+            );
         }
-        if self.spec.bounded && self.done.len() >= self.positions.len() {
-            return Ok(SourceEvent::Finished);
+        // Newly assigned partitions first: each holds event time back from now on.
+        if let Some(split) = self.starts.pop_front() {
+            return Ok(SourceEvent::SplitStart(split));
+        }
+        if let Some(group) = self.pending.pop_front() {
+            return self.emit(group, ctx);
+        }
+        if self.spec.bounded {
+            // Nothing of a partition waits any more: a partition read to its end ends its split.
+            let newly_ended = self
+                .done
+                .iter()
+                .find(|tp| !self.ended.contains(*tp))
+                .cloned();
+            if let Some(tp) = newly_ended {
+                self.ended.insert(tp.clone());
+                if let Some(split) = self.splits.get(&tp) {
+                    return Ok(SourceEvent::SplitEnd(split.clone()));
+                }
+            }
+            if self.done.len() >= self.positions.len() {
+                return Ok(SourceEvent::Finished);
+            }
         }
         if self.positions.is_empty() {
             return Ok(SourceEvent::Idle(Duration::from_millis(200)));
@@ -741,37 +823,22 @@ impl Source for KafkaSource {
         if eof {
             self.check_ends();
         }
-        if msgs.is_empty() {
-            return Ok(SourceEvent::Idle(Duration::ZERO));
-        }
-        let bytes: usize = msgs
-            .iter()
-            .map(|m| m.value.as_ref().map_or(0, Vec::len))
-            .sum();
-        ctx.metrics().add_progress(bytes as u64);
-        for m in &msgs {
-            self.positions
-                .insert((m.topic.to_string(), m.partition), m.offset + 1);
-            if let Some(end) = self.ends.get(&(m.topic.to_string(), m.partition))
-                && m.offset + 1 >= *end
+        // One batch per partition (a split), each partition's messages in the order read.
+        let mut groups: Vec<Vec<Msg>> = Vec::new();
+        for m in msgs {
+            match groups
+                .iter_mut()
+                .find(|g| g[0].partition == m.partition && g[0].topic == m.topic)
             {
-                self.done.insert((m.topic.to_string(), m.partition));
+                Some(g) => g.push(m),
+                None => groups.push(vec![m]),
             }
         }
-        let (batch, bad) = self.decoder.decode(&msgs)?;
-        for b in bad {
-            let m = &msgs[b.index];
-            ctx.bad_row(
-                b.error,
-                Some(format!("kafka topic {} partition {}", m.topic, m.partition)),
-                Some(format!("offset {}", m.offset)),
-                m.value.clone(),
-            )?;
+        self.pending.extend(groups);
+        match self.pending.pop_front() {
+            Some(group) => self.emit(group, ctx),
+            None => Ok(SourceEvent::Idle(Duration::ZERO)),
         }
-        Ok(match batch {
-            Some(b) => SourceEvent::Batch(b),
-            None => SourceEvent::Idle(Duration::ZERO),
-        })
     }
 
     async fn snapshot(

@@ -142,8 +142,8 @@ pub fn yaml_graph(
     origin: &str,
     opts: &PlanOptions,
 ) -> Result<LogicalGraph> {
-    let yaml = crate::spec::substitute(yaml, origin, &opts.vars)?;
-    let parsed = crate::spec::parse(&yaml, origin, &opts.overrides)?;
+    let value = crate::spec::substitute(yaml, origin, &opts.vars)?;
+    let parsed = crate::spec::parse_value(value, origin, &opts.overrides)?;
     crate::yaml::to_graph(registry, &parsed, origin, opts.parallelism)
 }
 

@@ -6,7 +6,9 @@
 //! `docs/pipeline-spec.md` for every option and its default.
 
 use serde::{Deserialize, Serialize};
-use serde_norway::{Mapping, Value};
+use serde_norway::Mapping;
+/// A parsed YAML value (what [`substitute`] returns and [`parse_value`] reads).
+pub use serde_norway::Value;
 use weir_types::{Error, Result};
 
 pub use weir_runtime::kind::Role;
@@ -199,14 +201,28 @@ pub struct ParsedSpec {
     pub steps: Vec<StepSpec>,
 }
 
-/// Replaces `${NAME}` in `text` by `vars[NAME]`, else the environment variable `NAME`;
-/// `${NAME:-default}` falls back to `default`. `$${` stays a literal `${`. An unset name without a
-/// default is an error naming it.
+/// Parses the YAML `text` and replaces `${NAME}` in its scalars by `vars[NAME]`, else the
+/// environment variable `NAME`; `${NAME:-default}` falls back to `default`; `$${` stays a literal
+/// `${`. An unset name without a default is an error naming it.
+///
+/// Values are substituted as YAML *scalars*, never as text: the YAML is parsed first (each
+/// reference stands in as an opaque token), then the references are resolved inside the parsed
+/// scalars, so a value with a newline, `: `, `#`, brackets or quotes stays one value and can never
+/// change the spec's structure. A scalar that is one unquoted reference and nothing else
+/// (`parallelism: ${N}`) takes the type the value would have as a plain YAML scalar (null, bool,
+/// integer, float) when it is one, else it is a string; a quoted reference (`"${N}"`) and a
+/// reference within other text are always strings. References in comments are not resolved.
 pub fn substitute(
     text: &str,
     origin: &str,
     vars: &std::collections::HashMap<String, String>,
-) -> Result<String> {
+) -> Result<Value> {
+    if text.contains(MARK) {
+        return Err(Error::config(format!(
+            "{origin}: contains the character U+E000, which weir reserves while substituting variables"
+        )));
+    }
+    let mut refs: Vec<VarRef> = Vec::new();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find("${") {
@@ -228,29 +244,139 @@ pub fn substitute(
             Some((n, d)) => (n, Some(d)),
             None => (inner, None),
         };
-        let value = vars
-            .get(name)
-            .cloned()
-            .or_else(|| std::env::var(name).ok())
-            .or(default.map(String::from));
-        match value {
-            Some(v) => out.push_str(&v),
-            None => {
-                return Err(Error::config(format!(
-                    "{origin}: variable '{name}' is not set (give --var {name}=VALUE, set it in the environment, or write ${{{name}:-default}})"
-                )));
-            }
-        }
+        let before = out.chars().next_back();
+        let next = after[end + 1..].chars().next();
+        let quoted = matches!(
+            (before, next),
+            (Some('"'), Some('"')) | (Some('\''), Some('\''))
+        );
+        out.push(MARK);
+        out.push_str(&refs.len().to_string());
+        out.push(MARK);
+        refs.push(VarRef {
+            name: name.to_string(),
+            default: default.map(String::from),
+            quoted,
+        });
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    Ok(out)
+    let mut value: Value = serde_norway::from_str(&out)
+        .map_err(|e| Error::config(format!("{origin} is not valid YAML: {e}")))?;
+    if !refs.is_empty() {
+        let resolve = |r: &VarRef| -> Result<String> {
+            vars.get(&r.name)
+                .cloned()
+                .or_else(|| std::env::var(&r.name).ok())
+                .or_else(|| r.default.clone())
+                .ok_or_else(|| {
+                    Error::config(format!(
+                        "{origin}: variable '{}' is not set (give --var {}=VALUE, set it in the environment, or write ${{{}:-default}})",
+                        r.name, r.name, r.name
+                    ))
+                })
+        };
+        fill(&mut value, &refs, &resolve)?;
+    }
+    Ok(value)
 }
 
-/// Parses YAML text after applying `overrides` (`key.path=value`, see [`apply_override`]).
+/// Stands in for a `${...}` reference while the YAML is parsed: `MARK index MARK`.
+const MARK: char = '\u{E000}';
+
+/// One `${NAME}` / `${NAME:-default}` reference of a spec's text.
+struct VarRef {
+    name: String,
+    default: Option<String>,
+    /// Written as `"${NAME}"` or `'${NAME}'`: always a string.
+    quoted: bool,
+}
+
+/// Resolves the references in every scalar (and mapping key) of `value`.
+fn fill(
+    value: &mut Value,
+    refs: &[VarRef],
+    resolve: &dyn Fn(&VarRef) -> Result<String>,
+) -> Result<()> {
+    match value {
+        Value::String(s) if s.contains(MARK) => *value = fill_scalar(s, refs, resolve)?,
+        Value::Sequence(items) => {
+            for v in items {
+                fill(v, refs, resolve)?;
+            }
+        }
+        Value::Mapping(m) => {
+            if m.keys()
+                .any(|k| matches!(k, Value::String(s) if s.contains(MARK)))
+            {
+                let old = std::mem::take(m);
+                for (mut k, mut v) in old {
+                    fill(&mut k, refs, resolve)?;
+                    fill(&mut v, refs, resolve)?;
+                    m.insert(k, v);
+                }
+            } else {
+                for (_, v) in m.iter_mut() {
+                    fill(v, refs, resolve)?;
+                }
+            }
+        }
+        Value::Tagged(t) => fill(&mut t.value, refs, resolve)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The value of a scalar holding references: a typed plain scalar for one unquoted reference
+/// alone, else the text with every reference replaced.
+fn fill_scalar(
+    s: &str,
+    refs: &[VarRef],
+    resolve: &dyn Fn(&VarRef) -> Result<String>,
+) -> Result<Value> {
+    let mut out = String::with_capacity(s.len());
+    let mut whole = None;
+    let mut parts = s.split(MARK);
+    out.push_str(parts.next().unwrap_or_default());
+    while let (Some(index), Some(text)) = (parts.next(), parts.next()) {
+        let r = index.parse::<usize>().ok().and_then(|i| refs.get(i));
+        let Some(r) = r else {
+            // Not ours (cannot happen: the text held no MARK before substitution); keep it.
+            out.push(MARK);
+            out.push_str(index);
+            out.push(MARK);
+            out.push_str(text);
+            continue;
+        };
+        if out.is_empty() && text.is_empty() && s.len() == index.len() + 2 * MARK.len_utf8() {
+            whole = Some(r);
+        }
+        out.push_str(&resolve(r)?);
+        out.push_str(text);
+    }
+    // Typed like the same text written as a plain scalar, but only as a scalar: anything that
+    // YAML would read as a structure (or a quoted/tagged string) stays the string it is.
+    if whole.is_some_and(|r| !r.quoted)
+        && !out.contains(['\n', '\r'])
+        && let Ok(v) = serde_norway::from_str::<Value>(&out)
+        && matches!(v, Value::Null | Value::Bool(_) | Value::Number(_))
+    {
+        return Ok(v);
+    }
+    Ok(Value::String(out))
+}
+
+/// Parses YAML text (with no `${...}` to substitute; see [`substitute`]) after applying
+/// `overrides`.
 pub fn parse(yaml: &str, origin: &str, overrides: &[String]) -> Result<ParsedSpec> {
-    let mut value: Value = serde_norway::from_str(yaml)
+    let value: Value = serde_norway::from_str(yaml)
         .map_err(|e| Error::config(format!("{origin} is not valid YAML: {e}")))?;
+    parse_value(value, origin, overrides)
+}
+
+/// Parses a YAML value (as [`substitute`] returns it) after applying `overrides` (`key.path=value`,
+/// see [`apply_override`]).
+pub fn parse_value(mut value: Value, origin: &str, overrides: &[String]) -> Result<ParsedSpec> {
     for o in overrides {
         apply_override(&mut value, o)?;
     }
@@ -493,22 +619,90 @@ steps:
         );
     }
 
+    fn vars(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn yaml(text: &str) -> Value {
+        serde_norway::from_str(text).expect("yaml")
+    }
+
     #[test]
     fn substitutes_variables() {
-        let mut vars = std::collections::HashMap::new();
-        vars.insert("ROOT".to_string(), "/data".to_string());
+        let v = vars(&[("ROOT", "/data"), ("N", "3"), ("B", "true"), ("E", "")]);
         let out = substitute(
-            "path: ${ROOT}/a.csv\nx: ${WEIR_SURELY_UNSET:-d}\ny: $${KEEP}",
+            "path: ${ROOT}/a.csv\nx: ${WEIR_SURELY_UNSET:-d}\ny: $${KEEP}\nn: ${N}\nq: \"${N}\"\n\
+             b: ${B}\ne: ${E}\nf: {p: ${ROOT}/x, d: ${WEIR_SURELY_UNSET:-a, b: c}}\n\
+             # ${WEIR_SURELY_UNSET} in a comment is not resolved\n",
             "t",
-            &vars,
+            &v,
         )
         .expect("subst");
-        assert_eq!(out, "path: /data/a.csv\nx: d\ny: ${KEEP}");
-        let err = substitute("${WEIR_SURELY_UNSET}", "t", &vars).expect_err("unset");
+        assert_eq!(
+            out,
+            yaml(
+                "path: /data/a.csv\nx: d\ny: ${KEEP}\nn: 3\nq: '3'\nb: true\ne: null\n\
+                 f: {p: /data/x, d: 'a, b: c'}\n"
+            )
+        );
+        let err = substitute("a: ${WEIR_SURELY_UNSET}", "t", &v).expect_err("unset");
         assert!(
             err.to_string().contains("'WEIR_SURELY_UNSET' is not set"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn variables_are_values_never_yaml() {
+        // F9: a value with newlines or YAML syntax stays one scalar; the structure cannot change.
+        let spec = "name: ${N}\nparallelism: 2\nsteps:\n  - source: files\n    url: \"${U}\"\n    \
+                    batch_size: ${B}\n";
+        let hostile = [
+            "x\nparallelism: 3",
+            "x\n  - sink: console",
+            "{parallelism: 3}",
+            "[1, 2]",
+            "a: b",
+            "x # comment",
+            "\"quoted\"",
+            "'single'",
+            "!!binary aGk=",
+            "&a x",
+            "*a",
+            "|\n  block",
+            "${N}",
+            "---\nsteps: []",
+        ];
+        for h in hostile {
+            let out = substitute(spec, "t", &vars(&[("N", h), ("U", h), ("B", h)]))
+                .unwrap_or_else(|e| panic!("{h:?}: {}", e.report()));
+            let mut want = yaml(
+                "name: ''\nparallelism: 2\nsteps:\n  - {source: files, url: '', batch_size: ''}\n",
+            );
+            let text = Value::String(h.to_string());
+            want["name"] = text.clone();
+            want["steps"][0]["url"] = text.clone();
+            want["steps"][0]["batch_size"] = text;
+            assert_eq!(out, want, "value {h:?}");
+        }
+        // Through the parser: the value reaches the option whole, parallelism is untouched.
+        let parsed = parse_value(
+            substitute(
+                spec,
+                "t",
+                &vars(&[("N", "x\nparallelism: 3"), ("U", "u"), ("B", "8")]),
+            )
+            .expect("subst"),
+            "t",
+            &[],
+        )
+        .expect("parse");
+        assert_eq!(parsed.pipeline.name, "x\nparallelism: 3");
+        assert_eq!(parsed.pipeline.parallelism, 2);
+        assert_eq!(parsed.steps.len(), 1);
     }
 
     #[test]

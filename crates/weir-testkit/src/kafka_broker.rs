@@ -174,7 +174,14 @@ transaction.max.timeout.ms={txn}
         .expect("log4j.properties");
         let out = java(&libs)
             .arg("kafka.tools.StorageTool")
-            .args(["format", "--standalone", "-t", &cluster_id(), "-c"])
+            // `--cluster-id=ID` in one argument: an id may start with '-', which the tool's
+            // argument parser would take for an option.
+            .args([
+                "format",
+                "--standalone",
+                &format!("--cluster-id={}", cluster_id()),
+                "-c",
+            ])
             .arg(dir.join("server.properties"))
             .output()
             .expect("java (Kafka's StorageTool) could not be started; is Java 17+ installed?");

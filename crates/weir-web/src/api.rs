@@ -65,6 +65,8 @@ pub struct OperatorView {
     pub watermark_idle_subtasks: u64,
     /// Fill of its input queues (0..1), for steps that head a task with inputs.
     pub queue_fill: Option<f64>,
+    /// What an external system the step cannot reach it waits for (`waiting for Kafka`), if any.
+    pub waiting: Option<String>,
 }
 
 /// Counters of a step or subtask.
@@ -84,6 +86,8 @@ pub struct Counters {
     pub errors: u64,
     /// Rows sent to the dead-letter output.
     pub dead_letters: u64,
+    /// Rows that arrived behind the watermark (dead-lettered or dropped as late).
+    pub late_rows: u64,
     /// Milliseconds working.
     pub busy_ms: u64,
     /// Milliseconds waiting for room downstream.
@@ -110,6 +114,7 @@ impl From<&MetricsSnapshot> for Counters {
             batches_out: m.batches_out,
             errors: m.errors,
             dead_letters: m.dead_letters,
+            late_rows: m.late_rows,
             busy_ms: m.busy_ms,
             backpressured_ms: m.backpressured_ms,
             idle_ms: m.idle_ms,
@@ -338,6 +343,7 @@ pub fn operators(w: &Watch) -> Vec<OperatorDetail> {
                     watermark_ms: n.node.totals.watermark_ms,
                     watermark_idle_subtasks: n.node.totals.watermark_idle_subtasks,
                     queue_fill: fill(&n.node.totals),
+                    waiting: n.node.waiting.clone(),
                 },
                 subtasks,
             }

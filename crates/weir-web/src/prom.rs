@@ -179,6 +179,14 @@ impl Collector for JobCollector {
         )?;
         family(
             &mut enc,
+            "weir_operator_late_rows",
+            "Rows that arrived behind the watermark.",
+            MetricType::Counter,
+            &series,
+            |m, (l, s)| counter(m, l, s.late_rows),
+        )?;
+        family(
+            &mut enc,
             "weir_operator_busy_seconds",
             "Time spent working.",
             MetricType::Counter,

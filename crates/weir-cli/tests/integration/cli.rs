@@ -60,7 +60,7 @@ fn invalid_specs_name_the_key_and_exit_2() {
         ),
         (
             "steps:\n  - source: pulsar\n  - sink: blackhole\n",
-            "unknown source kind 'pulsar', expected one of: parquet, jsonl, csv, files, text, values, kafka",
+            "unknown source kind 'pulsar', expected one of: parquet, jsonl, csv, files, text, values, datagen, nexmark, kafka",
         ),
         (
             "steps:\n  - source: csv\n    path: examples/orders/orders.csv\n",

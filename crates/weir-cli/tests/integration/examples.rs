@@ -504,7 +504,7 @@ fn bad_text_and_unreadable_audio_become_dead_letters() {
     // Text: empty, blank and over-long rows under `truncation: reject`.
     let long = "word ".repeat(400);
     let spec = format!(
-        "name: bad-text\non_error: dead_letter\ndead_letter: {{sink: jsonl, path: {dead}}}\nsteps:\n  - name: rows\n    source: values\n    rows:\n      - {{id: 1, text: \"a fine sentence\"}}\n      - {{id: 2, text: \"\"}}\n      - {{id: 3, text: \"   \"}}\n      - {{id: 4, text: \"{long}\"}}\n      - {{id: 5, text: \"another fine one\"}}\n  - name: tokenize\n    op: tokenize\n    tokenizer: ${{WEIR_MODELS}}/minilm-tokenizer/tokenizer.json\n    truncation: reject\n  - name: minilm\n    op: infer\n    model: ${{WEIR_MODELS}}/minilm-int8/model.onnx\n  - op: select\n    columns: [id]\n  - sink: jsonl\n    path: {out}\n",
+        "name: bad-text\non_error: dead_letter\nerror_budget: {{max_fraction: 0.8}}\ndead_letter: {{sink: jsonl, path: {dead}}}\nsteps:\n  - name: rows\n    source: values\n    rows:\n      - {{id: 1, text: \"a fine sentence\"}}\n      - {{id: 2, text: \"\"}}\n      - {{id: 3, text: \"   \"}}\n      - {{id: 4, text: \"{long}\"}}\n      - {{id: 5, text: \"another fine one\"}}\n  - name: tokenize\n    op: tokenize\n    tokenizer: ${{WEIR_MODELS}}/minilm-tokenizer/tokenizer.json\n    truncation: reject\n  - name: minilm\n    op: infer\n    model: ${{WEIR_MODELS}}/minilm-int8/model.onnx\n  - op: select\n    columns: [id]\n  - sink: jsonl\n    path: {out}\n",
         dead = dir.path().join("text-dead.jsonl").display(),
         out = dir.path().join("text-out.jsonl").display(),
     );
@@ -547,10 +547,15 @@ fn bad_text_and_unreadable_audio_become_dead_letters() {
     let wav = std::fs::read(s.data.join("speech/speech_02.wav")).expect("read");
     std::fs::write(input.join("cut.wav"), &wav[..40]).expect("write");
     let out = dir.path().join("audio-out");
+    // Two of the three files are bad: more than the default error budget allows.
     let (code, log) = weir_run(
         "examples/audio/vad.yaml",
         &out,
-        &set("steps.speech.url", input.display()),
+        &[
+            set("steps.speech.url", input.display()),
+            set("error_budget.max_fraction", 0.8),
+        ]
+        .concat(),
     );
     assert_eq!(code, 0, "{log}");
     let segments = jsonl(&out.join("segments.jsonl"));

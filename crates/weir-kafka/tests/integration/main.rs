@@ -2,5 +2,6 @@
 //! started by the tests from the jars `scripts/setup-kafka.sh` installed), in one test binary.
 
 mod common;
+mod event_time;
 mod smoke;
 mod source;

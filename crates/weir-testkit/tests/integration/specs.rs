@@ -28,9 +28,9 @@ pub fn shipped_specs() -> Vec<PathBuf> {
     out
 }
 
-/// The spec's text with every `${NAME}` given a value of its own (`/NAME`); a `${NAME:-default}`
+/// The spec (parsed) with every `${NAME}` given a value of its own (`/NAME`); a `${NAME:-default}`
 /// keeps its default (which may be a number where a path would not parse).
-pub fn with_vars(path: &Path) -> String {
+pub fn with_vars(path: &Path) -> weir_plan::spec::Value {
     let text = std::fs::read_to_string(path).expect("read spec");
     let mut vars = std::collections::HashMap::new();
     for part in text.split("${").skip(1) {
@@ -51,8 +51,8 @@ fn every_shipped_step_serialises_to_a_value_that_parses_back_to_the_same_spec() 
     let registry = builtin();
     let mut steps = 0;
     for path in shipped_specs() {
-        let text = with_vars(&path);
-        let spec = weir_plan::spec::parse(&text, &path.display().to_string(), &[])
+        let value = with_vars(&path);
+        let spec = weir_plan::spec::parse_value(value, &path.display().to_string(), &[])
             .unwrap_or_else(|e| panic!("{}", e.report()));
         for step in &spec.steps {
             if ROUTING.contains(&step.kind.as_str()) {
