@@ -1,6 +1,7 @@
 //! weir's inference: the `infer` operator running ONNX models on Arrow tensor columns, with
 //! engine-side batching (size/time triggers, an adaptive batch size under a latency budget,
-//! length bucketing for ragged text inputs), dedicated instance threads, and post-processing ops
+//! length bucketing for ragged text inputs), the one instance pool every call goes to
+//! ([`pool`]: the step's own instances, or a declared service's), and post-processing ops
 //! (`top_k`, `l2_normalize`, `mean_pool`), and `vad` (Silero voice-activity detection: audio rows to
 //! speech segments).
 
@@ -14,6 +15,7 @@ pub mod tensor;
 pub use backend::{Backend, BackendFactory, BackendOptions, HostTensor, OrtBackend};
 pub use model::{ElementType, ModelInfo, TensorInfo, init_ort_from, ort_environment};
 pub mod operator;
+pub mod pool;
 mod results_log;
 pub mod service;
 pub mod spec;

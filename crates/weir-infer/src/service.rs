@@ -4,8 +4,9 @@
 //! service's state for progress displays ([`ServiceStatus`]) and how a step finds the services of
 //! its job: by name in the job's resources ([`service`], [`service_info`]).
 //!
-//! The trait lives here, and its implementation in `weir-serve`, so that dependencies point down:
-//! `weir-serve` depends on `weir-infer` for the [`Backend`](crate::Backend) its instances run. The
+//! The trait lives here, with the instance pool that implements it ([`crate::pool::Pool`]: an
+//! `infer` step's own instances, and the core of `weir-serve`'s services), so that dependencies
+//! point down: `weir-serve` depends on `weir-infer`. The
 //! services are the job's: the planner puts a [`DeclaredService`] in the plan-time resources for
 //! each entry of the spec's `services:` section, and the job-start function the running service
 //! ([`provide`]); nothing is registered in the process.
@@ -245,6 +246,22 @@ pub trait ModelService: Send + Sync + fmt::Debug {
 
     /// Sends one batch; see the contract.
     fn call(&self, inputs: Tensors, options: &CallOptions) -> BoxFuture<'static, Result<Tensors>>;
+
+    /// [`call`](ModelService::call), with how long the model ran for the answer (what the
+    /// adaptive batch size keeps under its latency budget). The default measures the whole
+    /// call; a service that knows the model's run time (an instance pool) reports that.
+    fn call_timed(
+        &self,
+        inputs: Tensors,
+        options: &CallOptions,
+    ) -> BoxFuture<'static, Result<(Tensors, Duration)>> {
+        let call = self.call(inputs, options);
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let out = call.await?;
+            Ok((out, started.elapsed()))
+        })
+    }
 
     /// Sets the number of instances (within the service's bounds): new instances receive traffic
     /// once loaded and warmed up; removed ones stop receiving requests, finish the ones they have,

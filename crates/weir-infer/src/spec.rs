@@ -108,19 +108,18 @@ pub struct InferSpec {
     /// its instances instead of running the model inline. Default: none (inline).
     #[serde(default)]
     pub service: Option<String>,
-    /// With `service`: longest wait for one attempt of a call before it is abandoned and
-    /// retried. Default `60s`.
+    /// Longest wait for one attempt of a call (to the step's own instances or to a service)
+    /// before it is abandoned and retried. Default `60s`.
     #[serde(
         default = "default_timeout",
         deserialize_with = "duration",
         serialize_with = "ser_duration"
     )]
     pub timeout: Duration,
-    /// With `service`: further attempts of a call after a timeout or a retryable error.
-    /// Default 2.
+    /// Further attempts of a call after a timeout or a retryable error. Default 2.
     #[serde(default = "default_retries")]
     pub retries: u32,
-    /// With `service`: wait before the first retry, doubled for each further one. Default `100ms`.
+    /// Wait before the first retry, doubled for each further one. Default `100ms`.
     #[serde(
         default = "default_backoff",
         deserialize_with = "duration",
@@ -141,7 +140,8 @@ pub struct InferSpec {
     /// Intra-op threads per instance. Default 1.
     #[serde(default = "default_one")]
     pub cpus: usize,
-    /// Model instances (each an OS thread with its own session). Default 1.
+    /// Model instances (each an OS thread with its own session, in the step's own pool).
+    /// Default 1.
     #[serde(default = "default_one")]
     pub instances: usize,
     /// Whether ONNX Runtime's intra-op threads spin while they wait for work (its own default,
@@ -260,7 +260,7 @@ impl InferSpec {
                 self.model.display()
             ))),
             (None, true) => Err(Error::config("infer: key 'model' or 'service' is required")),
-            (Some(_), true) if self.timeout.is_zero() => Err(Error::config(format!(
+            _ if self.timeout.is_zero() => Err(Error::config(format!(
                 "infer {name}: timeout must be more than 0"
             ))),
             _ => Ok(()),
@@ -485,7 +485,7 @@ impl InferSpec {
             self.clone(),
             plan,
             factory,
-        )))
+        )?))
     }
 
     /// Creates the operator with backends from `factory` (for other backends and fault
@@ -496,11 +496,7 @@ impl InferSpec {
         factory: BackendFactory,
     ) -> Result<crate::operator::InferOperator> {
         let plan = self.plan(input)?;
-        Ok(crate::operator::InferOperator::new(
-            self.clone(),
-            plan,
-            factory,
-        ))
+        crate::operator::InferOperator::new(self.clone(), plan, factory)
     }
 
     /// One line for plans and logs.

@@ -52,9 +52,11 @@ pub fn builtin() -> Registry {
         .op::<infer::TopKSpec>("top_k")
         .op::<infer::L2NormalizeSpec>("l2_normalize")
         .op::<infer::MeanPoolSpec>("mean_pool")
-        .op::<infer::VadSpec>("vad")
-        .op::<weir_text::TokenizeSpec>("tokenize")
-        .op::<weir_vector::VectorSearchSpec>("vector_search")
+        .op::<infer::VadSpec>("vad");
+    // The registry lists kinds in registration order (error messages, `weir explain`).
+    #[cfg(feature = "text")]
+    r.op::<weir_text::TokenizeSpec>("tokenize");
+    r.op::<weir_vector::VectorSearchSpec>("vector_search")
         .sink::<conn::ParquetSinkSpec>("parquet")
         .sink::<conn::JsonlSinkSpec>("jsonl")
         .sink::<conn::ConsoleSinkSpec>("console")
@@ -102,6 +104,11 @@ mod tests {
         for name in ROUTING {
             assert!(r.get(Role::Op, name).is_none(), "{name}");
         }
+        // `op: tokenize` comes with the `text` feature (on by default).
+        assert_eq!(
+            r.get(Role::Op, "tokenize").is_some(),
+            cfg!(feature = "text")
+        );
         assert_eq!(
             r.unknown(Role::Op, "filtr", &ROUTING),
             format!(

@@ -145,10 +145,15 @@ fn routing(step: &StepSpec) -> Result<Option<Routing>> {
 /// The node of a step: its options parsed by its kind and written back with every default.
 fn node(registry: &Registry, step: &StepSpec) -> Result<Node> {
     if registry.get(step.role, &step.kind).is_none() {
-        if cfg!(not(feature = "kafka")) && step.kind == "kafka" {
+        let feature = match step.kind.as_str() {
+            "kafka" if cfg!(not(feature = "kafka")) => Some("kafka"),
+            "tokenize" if cfg!(not(feature = "text")) => Some("text"),
+            _ => None,
+        };
+        if let Some(feature) = feature {
             return Err(Error::config(format!(
-                "steps[{}]: kind 'kafka' is not in this build of weir (build it with the cargo feature 'kafka')",
-                step.index
+                "steps[{}]: kind '{}' is not in this build of weir (build it with the cargo feature '{feature}')",
+                step.index, step.kind
             )));
         }
         let extra: &[&str] = if step.role == Role::Op { &ROUTING } else { &[] };

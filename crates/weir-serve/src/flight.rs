@@ -366,7 +366,12 @@ pub async fn serve_model(opts: ServeModelOptions) -> Result<()> {
                     .and_then(|(_, t)| t.shape.first().copied())
                     .unwrap_or(0);
                 let out = backend.run(inputs).and_then(|out| {
-                    crate::instance::check_outputs("serve-model", backend.info(), rows, out)
+                    weir_infer::pool::check_outputs(
+                        "service 'serve-model'",
+                        backend.info(),
+                        rows,
+                        out,
+                    )
                 });
                 let _ = reply.send(out);
             }
@@ -448,7 +453,7 @@ pub async fn serve_model(opts: ServeModelOptions) -> Result<()> {
 
 fn load(model: &Path, opts: &BackendOptions) -> Result<Box<dyn Backend>> {
     let mut b: Box<dyn Backend> = Box::new(OrtBackend::load(model, opts)?);
-    let inputs = crate::instance::warmup_inputs(b.info())?;
+    let inputs = weir_infer::pool::warmup_inputs(b.info())?;
     b.run(inputs)?;
     Ok(b)
 }

@@ -2,9 +2,10 @@
 //! own, that `infer` steps call asynchronously (`service: NAME`).
 //!
 //! A [`Service`] (declared by a [`ServiceSpec`], one entry of the spec's `services:` section)
-//! implements `weir_infer::ModelService`. Its instances are threads running a
-//! `weir_infer::Backend`; an instance receives requests only once its model has loaded and a
-//! warm-up batch has run. Requests wait in the service's queue and go to the ready instance with
+//! implements `weir_infer::ModelService`: it is a `weir_infer::pool::Pool` (the same instance
+//! pool that runs an `infer` step's own instances) configured from the spec. Its instances are
+//! threads running a `weir_infer::Backend`; an instance receives requests only once its model
+//! has loaded and a warm-up batch has run. Requests wait in the service's queue and go to the ready instance with
 //! the least outstanding work (at most `window` each); membership changes are pushed through a
 //! `tokio::sync::watch` channel ([`Service::members`]). `scale` (or the autoscaler, within
 //! `[min, max]`, from queue depth and utilisation) adds instances, or stops routing to some,
@@ -23,18 +24,17 @@
 
 #![warn(missing_docs)]
 
-pub mod autoscale;
 pub mod control;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
 pub mod flight;
 pub mod host;
-pub mod instance;
 mod not_offered;
 pub mod remote;
 pub mod service;
 pub mod spec;
 
 pub use remote::RemoteService;
-pub use service::{Membership, Service};
+pub use service::Service;
 pub use spec::{AutoscaleSpec, InstancesSpec, Lifecycle, Placement, ResourcesSpec, ServiceSpec};
+pub use weir_infer::pool::Membership;

@@ -136,40 +136,8 @@ fn yes() -> bool {
     true
 }
 
-/// The autoscaler: every `interval` it compares queue depth and utilisation with its thresholds
-/// and adds or removes one instance, within `[instances.min, instances.max]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AutoscaleSpec {
-    /// How often the autoscaler looks. Default `1s`.
-    #[serde(default = "default_interval", deserialize_with = "duration")]
-    pub interval: Duration,
-    /// Queued requests per live instance at or above which one instance is added. Default 2.
-    #[serde(default = "default_queue_per_instance")]
-    pub scale_out_queue: f64,
-    /// Utilisation (fraction of the interval the ready instances spent running batches) above
-    /// which one instance is added while requests are queued. Default 0.85.
-    #[serde(default = "default_out_util")]
-    pub scale_out_utilisation: f64,
-    /// Utilisation below which one instance is removed when nothing is queued. Default 0.3.
-    #[serde(default = "default_in_util")]
-    pub scale_in_utilisation: f64,
-    /// Shortest time between two changes. Default `5s`.
-    #[serde(default = "default_cooldown", deserialize_with = "duration")]
-    pub cooldown: Duration,
-}
-
-impl Default for AutoscaleSpec {
-    fn default() -> Self {
-        AutoscaleSpec {
-            interval: default_interval(),
-            scale_out_queue: default_queue_per_instance(),
-            scale_out_utilisation: default_out_util(),
-            scale_in_utilisation: default_in_util(),
-            cooldown: default_cooldown(),
-        }
-    }
-}
+/// The autoscaler's policy (the `autoscale:` option): the pool's, in `weir_infer::pool`.
+pub use weir_infer::pool::AutoscaleSpec;
 
 /// One model service. See the field docs for defaults.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -235,21 +203,6 @@ fn one() -> usize {
 }
 fn default_max_size() -> usize {
     32
-}
-fn default_interval() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_queue_per_instance() -> f64 {
-    2.0
-}
-fn default_out_util() -> f64 {
-    0.85
-}
-fn default_in_util() -> f64 {
-    0.3
-}
-fn default_cooldown() -> Duration {
-    Duration::from_secs(5)
 }
 fn default_grace() -> Duration {
     Duration::from_secs(10)

@@ -3,4 +3,5 @@
 mod checkpoint;
 mod common;
 mod infer;
+mod pool;
 mod text_and_runtime;

@@ -1,11 +1,80 @@
-//! The autoscaler: a pure decision ([`decide`]) from what the service observes, and the thread
-//! that asks for it every interval.
+//! The autoscaler: its policy ([`AutoscaleSpec`], a service's `autoscale:` option), a pure
+//! decision ([`decide`]) from what the pool observes, and the thread that asks for it every
+//! interval.
 
-use crate::service::Shared;
-use crate::spec::AutoscaleSpec;
+use super::state::Shared;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::sync::{Weak, mpsc};
 use std::time::Duration;
 use weir_types::{Error, Result};
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// The autoscaler: every `interval` it compares queue depth and utilisation with its thresholds
+/// and adds or removes one instance, within `[instances.min, instances.max]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleSpec {
+    /// How often the autoscaler looks. Default `1s`.
+    #[serde(
+        default = "default_interval",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
+    pub interval: Duration,
+    /// Queued requests per live instance at or above which one instance is added. Default 2.
+    #[serde(default = "default_queue_per_instance")]
+    pub scale_out_queue: f64,
+    /// Utilisation (fraction of the interval the ready instances spent running batches) above
+    /// which one instance is added while requests are queued. Default 0.85.
+    #[serde(default = "default_out_util")]
+    pub scale_out_utilisation: f64,
+    /// Utilisation below which one instance is removed when nothing is queued. Default 0.3.
+    #[serde(default = "default_in_util")]
+    pub scale_in_utilisation: f64,
+    /// Shortest time between two changes. Default `5s`.
+    #[serde(
+        default = "default_cooldown",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
+    pub cooldown: Duration,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_queue_per_instance() -> f64 {
+    2.0
+}
+fn default_out_util() -> f64 {
+    0.85
+}
+fn default_in_util() -> f64 {
+    0.3
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for AutoscaleSpec {
+    fn default() -> Self {
+        AutoscaleSpec {
+            interval: default_interval(),
+            scale_out_queue: default_queue_per_instance(),
+            scale_out_utilisation: default_out_util(),
+            scale_in_utilisation: default_in_util(),
+            cooldown: default_cooldown(),
+        }
+    }
+}
 
 /// What the autoscaler looks at.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +116,7 @@ pub fn decide(o: &Observation, p: &AutoscaleSpec, min: usize, max: usize) -> usi
 pub(crate) fn spawn(shared: Weak<Shared>, interval: Duration) -> Result<mpsc::Sender<()>> {
     let (tx, rx) = mpsc::channel::<()>();
     std::thread::Builder::new()
-        .name("weir-serve-autoscaler".into())
+        .name("weir-pool-autoscaler".into())
         .spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
                 let Some(s) = shared.upgrade() else {

@@ -1,19 +1,20 @@
-//! An in-process instance: one OS thread that loads its backend, runs one warm-up batch, tells
-//! the service it is ready, then runs the requests routed to it one at a time.
+//! An instance: one OS thread that loads its backend, runs one warm-up batch (when the pool warms
+//! up), tells the pool it is ready, then runs the requests routed to it one at a time.
 //!
 //! A panic in the backend (while loading or running) is caught at the thread's edge and reported
 //! as the instance's death with the panic message; the backend is dropped and the thread ends.
 //! A backend that reports itself unhealthy after an error (a remote model that went away) dies
-//! the same way. Either way the service re-dispatches the instance's requests and starts a
+//! the same way. Either way the pool re-dispatches the instance's requests and starts a
 //! replacement.
 
-use crate::service::Shared;
+use super::state::Shared;
+use crate::backend::{Backend, HostTensor};
+use crate::model::{ModelInfo, format_shape};
+use crate::service::Tensors;
 use arrow::array::Int8Array;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
-use weir_infer::model::format_shape;
-use weir_infer::{Backend, HostTensor, ModelInfo, Tensors};
 use weir_types::{Error, Result};
 
 /// One request of a [`Work`].
@@ -127,7 +128,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The body of instance `id`'s thread.
-pub(crate) fn run(shared: Arc<Shared>, id: u64, jobs: mpsc::Receiver<Work>) {
+pub(super) fn run(shared: Arc<Shared>, id: u64, jobs: mpsc::Receiver<Work>) {
     let mut guard = ExitGuard {
         shared: Some(shared.clone()),
         id,
@@ -182,32 +183,35 @@ pub(crate) fn run(shared: Arc<Shared>, id: u64, jobs: mpsc::Receiver<Work>) {
                 return;
             }
             Ok(result) => {
-                let result = result
-                    .and_then(|out| check_outputs(&shared.spec.name, backend.info(), rows, out));
+                let result =
+                    result.and_then(|out| check_outputs(shared.label(), backend.info(), rows, out));
                 shared.on_complete(id, &work, result, run);
             }
         }
     }
-    // The channel closed: the service stopped this instance.
+    // The channel closed: the pool stopped this instance.
     guard.disarm();
 }
 
-/// Loads the backend and runs the warm-up batch.
+/// Loads the backend and runs the warm-up batch (when the pool warms up).
 fn load(shared: &Shared, id: u64) -> Result<Box<dyn Backend>> {
     let index = usize::try_from(id).unwrap_or(usize::MAX);
     let mut backend = (shared.factory)(index)?;
+    if !shared.config.warm_up {
+        return Ok(backend);
+    }
     let inputs = warmup_inputs(backend.info())?;
     let out = backend.run(inputs).map_err(|e| {
         Error::new(
             e.kind(),
             format!(
-                "instance {id} of service '{}' failed its warm-up batch: {}",
-                shared.spec.name,
+                "instance {id} of {} failed its warm-up batch: {}",
+                shared.label(),
                 e.message()
             ),
         )
     })?;
-    check_outputs(&shared.spec.name, backend.info(), 1, out)?;
+    check_outputs(shared.label(), backend.info(), 1, out)?;
     Ok(backend)
 }
 
@@ -232,18 +236,14 @@ pub fn warmup_inputs(info: &ModelInfo) -> Result<Tensors> {
 }
 
 /// Checks a backend's answer against the model's declared outputs: every output present, the
-/// batch dimension equal to `rows`, fixed dimensions as declared.
-pub fn check_outputs(
-    service: &str,
-    info: &ModelInfo,
-    rows: usize,
-    out: Tensors,
-) -> Result<Tensors> {
+/// batch dimension equal to `rows`, fixed dimensions as declared. Errors start with `label`
+/// (`service 'clf'`).
+pub fn check_outputs(label: &str, info: &ModelInfo, rows: usize, out: Tensors) -> Result<Tensors> {
     let model = info.file_name();
     for t in &info.outputs {
         let Some((_, got)) = out.iter().find(|(n, _)| *n == t.name) else {
             return Err(Error::input(format!(
-                "service '{service}': model {model} returned no output '{}' (it returned: {})",
+                "{label}: model {model} returned no output '{}' (it returned: {})",
                 t.name,
                 out.iter()
                     .map(|(n, _)| n.as_str())
@@ -261,7 +261,7 @@ pub fn check_outputs(
                 .all(|(g, d)| d.is_none_or(|d| d == *g));
         if !fits {
             return Err(Error::input(format!(
-                "service '{service}': model {model} returned output '{}' with the wrong shape {:?} for a batch of {rows} rows (the model declares {})",
+                "{label}: model {model} returned output '{}' with the wrong shape {:?} for a batch of {rows} rows (the model declares {})",
                 t.name,
                 got.shape,
                 format_shape(&t.shape, Some(&t.symbols))
