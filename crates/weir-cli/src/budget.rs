@@ -10,11 +10,12 @@ const TOP: usize = 5;
 
 /// `Some(message)` when the dead letters in `nodes` exceed `budget`. While the job runs
 /// (`at_end == false`) nothing is judged before the sources read `budget.min_rows` rows (and at
-/// least one).
+/// least one). `reasons` (dead letters by step and reason, most frequent first) is asked for only
+/// when the budget is exceeded, so a check every half second costs no copy of the log.
 pub fn exceeded(
     budget: &ErrorBudget,
     nodes: &[NodeMetrics],
-    reasons: &[(String, String, u64)],
+    reasons: impl FnOnce() -> Vec<(String, String, u64)>,
     at_end: bool,
 ) -> Option<String> {
     // Rows read: what the sources emitted plus what they could not read.
@@ -38,6 +39,7 @@ pub fn exceeded(
         budget.max_fraction * 100.0,
         budget.max_fraction
     );
+    let reasons = reasons();
     for (node, reason, count) in reasons.iter().take(TOP) {
         msg.push_str(&format!("\n  {count:>8} × {node}: {reason}"));
     }
@@ -84,7 +86,7 @@ mod tests {
             node("read", NodeRole::Source, 1, 998),
             node("out", NodeRole::Sink, 0, 0),
         ];
-        let m = exceeded(&budget, &nodes, &reasons, true).expect("over budget");
+        let m = exceeded(&budget, &nodes, || reasons.clone(), true).expect("over budget");
         assert!(m.contains("998 of 999 rows") && m.contains("99.9%"), "{m}");
         assert!(m.contains("998 × read: json line does not fit"), "{m}");
         // Half is still within the default budget; dead letters of later steps count too.
@@ -92,26 +94,26 @@ mod tests {
             node("read", NodeRole::Source, 10, 0),
             node("f", NodeRole::Operator, 5, 5),
         ];
-        assert!(exceeded(&budget, &nodes, &[], true).is_none());
+        assert!(exceeded(&budget, &nodes, Vec::new, true).is_none());
         let nodes = [
             node("read", NodeRole::Source, 10, 0),
             node("f", NodeRole::Operator, 4, 6),
         ];
-        assert!(exceeded(&budget, &nodes, &[], true).is_some());
+        assert!(exceeded(&budget, &nodes, Vec::new, true).is_some());
         // A tight budget, judged while running only after min_rows.
         let tight = ErrorBudget {
             max_fraction: 0.01,
             min_rows: 1000,
         };
         let nodes = [node("read", NodeRole::Source, 500, 50)];
-        assert!(exceeded(&tight, &nodes, &[], false).is_none());
-        assert!(exceeded(&tight, &nodes, &[], true).is_some());
+        assert!(exceeded(&tight, &nodes, Vec::new, false).is_none());
+        assert!(exceeded(&tight, &nodes, Vec::new, true).is_some());
         let nodes = [node("read", NodeRole::Source, 1980, 20)];
         assert!(
-            exceeded(&tight, &nodes, &[], false).is_none(),
+            exceeded(&tight, &nodes, Vec::new, false).is_none(),
             "1.0% is allowed"
         );
         let nodes = [node("read", NodeRole::Source, 1979, 21)];
-        assert!(exceeded(&tight, &nodes, &[], false).is_some());
+        assert!(exceeded(&tight, &nodes, Vec::new, false).is_some());
     }
 }

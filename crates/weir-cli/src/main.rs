@@ -420,7 +420,7 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         let json = summary::to_json(&report, &services, &slow, "finished");
         write_atomically(path, &json)?;
     }
-    if let Some(message) = budget::exceeded(&plan.error_budget, &report.nodes, &reasons, true) {
+    if let Some(message) = budget::exceeded(&plan.error_budget, &report.nodes, || reasons, true) {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(exit::OVER_BUDGET));
     }
@@ -591,7 +591,7 @@ fn run_once(
                     if let Some(m) = budget::exceeded(
                         &budget,
                         &metrics.snapshot(),
-                        &metrics.dead_letter_reasons(),
+                        || metrics.dead_letter_reasons(),
                         false,
                     ) {
                         break Ok(Err(m));

@@ -944,6 +944,24 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// `exactly_once`: sends `recs` in the open transaction (begun if none is), keeping them with
+    /// the transaction's messages; if sending fails, the transaction is started again with all of
+    /// them.
+    async fn produce_in_txn(&mut self, recs: Vec<Rec>, ctx: &OperatorContext) -> Result<()> {
+        self.begin(ctx).await?;
+        let r = self.produce(&recs, ctx).await;
+        self.current.extend(recs);
+        if let Err(e) = r {
+            tracing::warn!(
+                node = ctx.name(),
+                "kafka: {}; restarting the transaction",
+                e.report()
+            );
+            self.restart_txn(ctx).await?;
+        }
+        Ok(())
+    }
+
     /// `exactly_once`: the open transaction failed; start it again (new producer epoch) with the
     /// messages it held.
     async fn restart_txn(&mut self, ctx: &OperatorContext) -> Result<()> {
@@ -1012,20 +1030,7 @@ impl Operator for KafkaSink {
                 self.waiting.extend(recs);
                 Ok(())
             }
-            Delivery::ExactlyOnce => {
-                self.begin(ctx).await?;
-                let r = self.produce(&recs, ctx).await;
-                self.current.extend(recs);
-                if let Err(e) = r {
-                    tracing::warn!(
-                        node = ctx.name(),
-                        "kafka: {}; restarting the transaction",
-                        e.report()
-                    );
-                    self.restart_txn(ctx).await?;
-                }
-                Ok(())
-            }
+            Delivery::ExactlyOnce => self.produce_in_txn(recs, ctx).await,
         }
     }
 
@@ -1127,17 +1132,7 @@ impl Operator for KafkaSink {
         self.current.clear();
         let recs = std::mem::take(&mut self.waiting);
         if !recs.is_empty() {
-            self.begin(ctx).await?;
-            let r = self.produce(&recs, ctx).await;
-            self.current = recs;
-            if let Err(e) = r {
-                tracing::warn!(
-                    node = ctx.name(),
-                    "kafka: {}; restarting the transaction",
-                    e.report()
-                );
-                self.restart_txn(ctx).await?;
-            }
+            self.produce_in_txn(recs, ctx).await?;
         }
         Ok(())
     }

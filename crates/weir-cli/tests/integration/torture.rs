@@ -124,6 +124,15 @@ fn assert_succeeded(run: &std::process::Output) {
     );
 }
 
+/// Fails the test with the run's stderr unless it succeeded after resuming from a checkpoint;
+/// returns its stderr.
+fn assert_resumed(run: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("resuming from checkpoint"), "{err}");
+    err
+}
+
 /// The reference: the pipeline run straight at parallelism 1, without checkpoints or pacing;
 /// returns its rows and dead letters.
 fn straight_run(d: &Path) -> (Vec<String>, Vec<String>) {
@@ -254,9 +263,7 @@ fn kill_and_rescale(mode: &str) {
         ])
         .output()
         .expect("run");
-    let err = String::from_utf8_lossy(&fin.stderr);
-    assert!(fin.status.success(), "{err}");
-    assert!(err.contains("resuming from checkpoint"), "{err}");
+    let err = assert_resumed(&fin);
     // The crashes made progress: the last run resumed past rows the killed runs had read.
     let skipped: u64 = err
         .lines()
@@ -470,9 +477,7 @@ fn twenty_kill_9s_of_an_inference_pipeline_change_nothing() {
     )
     .output()
     .expect("run");
-    let err = String::from_utf8_lossy(&fin.stderr);
-    assert!(fin.status.success(), "{err}");
-    assert!(err.contains("resuming from checkpoint"), "{err}");
+    assert_resumed(&fin);
     let got = classified(d, "crashy");
     assert_eq!(got.1, want.1, "dead letters differ after {kills} kills");
     let uris = |r: &[(String, String, f64)]| r.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
@@ -687,9 +692,7 @@ fn twenty_kill_9s_and_a_rescale_keep_keyed_state_exact() {
         ])
         .output()
         .expect("run");
-    let err = String::from_utf8_lossy(&fin.stderr);
-    assert!(fin.status.success(), "{err}");
-    assert!(err.contains("resuming from checkpoint"), "{err}");
+    assert_resumed(&fin);
     // Sums are of integers: floating-point sums could differ in the last digit when partial sums
     // are merged in another order after a restore, as they can in any engine.
     let got = read("crashy");
@@ -844,9 +847,7 @@ fn twenty_kill_9s_of_windows_and_an_interval_join_and_a_rescale_change_nothing()
     )
     .output()
     .expect("run");
-    let err = String::from_utf8_lossy(&fin.stderr);
-    assert!(fin.status.success(), "{err}");
-    assert!(err.contains("resuming from checkpoint"), "{err}");
+    assert_resumed(&fin);
     let got = (
         sorted_rows(&d.join("crashy/counts")),
         sorted_rows(&d.join("crashy/joined")),
