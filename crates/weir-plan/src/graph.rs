@@ -106,7 +106,7 @@ pub struct JobOptions {
     /// Restarts after a failure; absent means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartSpec>,
-    /// How many dead letters fail the run. Default `{max_fraction: 0.5, min_rows: 0}`.
+    /// How many dead letters fail the run. Default `{max_fraction: 0.5, min_rows: 1000}`.
     #[serde(default)]
     pub error_budget: crate::spec::ErrorBudget,
 }

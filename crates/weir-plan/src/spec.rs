@@ -67,7 +67,7 @@ pub struct PipelineSpec {
     #[serde(default)]
     pub checkpoint: Option<Mapping>,
     /// How many dead letters a run may make before it fails. Default: more than half of the rows
-    /// read fail it (`{max_fraction: 0.5, min_rows: 0}`).
+    /// read fail it (`{max_fraction: 0.5, min_rows: 1000}`).
     #[serde(default)]
     pub error_budget: ErrorBudget,
     /// What to do when the job fails: restart it in this process from the newest complete
@@ -92,8 +92,9 @@ pub struct ErrorBudget {
     #[serde(default = "default_max_fraction")]
     pub max_fraction: f64,
     /// Rows the sources must have read before the budget is checked while the job runs (the end
-    /// of a run is always checked). Default 0.
-    #[serde(default)]
+    /// of a run is always checked), so a file that starts with a few bad rows is not failed before
+    /// the good ones are read. Default 1000.
+    #[serde(default = "default_min_rows")]
     pub min_rows: u64,
 }
 
@@ -101,11 +102,15 @@ fn default_max_fraction() -> f64 {
     0.5
 }
 
+fn default_min_rows() -> u64 {
+    1000
+}
+
 impl Default for ErrorBudget {
     fn default() -> Self {
         ErrorBudget {
             max_fraction: default_max_fraction(),
-            min_rows: 0,
+            min_rows: default_min_rows(),
         }
     }
 }
