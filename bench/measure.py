@@ -12,7 +12,9 @@ process). Writes one line to RESULT:
 
 - wall, user, sys, maxrss_kib: GNU time's %e %U %S %M (user/sys include reaped children);
 - tree_cpu_s: the sum over every process seen in the tree of its own utime + stime, as last
-  sampled (a process that dies between samples loses at most 0.2 s of its time);
+  sampled (a process that dies between samples loses at most 0.2 s of its time), or GNU time's
+  user + sys where that is larger (exact for a command whose work is done by itself and the
+  children it reaps, such as weir: the last 0.2 s are not lost);
 - tree_peak_rss_kib: the largest sum of resident memory (VmRSS) over the tree at one sample.
 Standard library only; the sampler itself uses ~1 % of a core.
 """
@@ -90,7 +92,7 @@ def main():
             time.sleep(0.2)
     with open(timef) as f:
         wall, user, sys_, maxrss = f.read().split()[-4:]
-    tree_cpu = sum(seen.values()) / TICK
+    tree_cpu = max(sum(seen.values()) / TICK, float(user) + float(sys_))
     with open(result, "w") as f:
         f.write(f"{wall} {user} {sys_} {maxrss} {tree_cpu:.2f} {max(peak, int(maxrss))} {p.returncode}\n")
     sys.exit(p.returncode)
