@@ -94,7 +94,8 @@ EVENT_VARS=$(for q in $QUERIES; do
     v="EVENTS_$q"
     if [[ -n ${!v:-} ]]; then printf '%s=%s ' "$v" "${!v}"; fi
 done)
-python3 - "$RAW" "$OUT" "$EVENTS" "$RUNS" "$WEIR_VERSION ($(git rev-parse --short HEAD))" \
+python3 - "$RAW" "$OUT" "$EVENTS" "$RUNS" \
+    "$WEIR_VERSION ($(git rev-parse --short HEAD)), profile $(basename "$(dirname "$WEIR")")" \
     "$FLINK_VERSION" "$JAVA_VERSION" "$(nproc)" "$(uptime | sed 's/.*load average: //')" \
     "RUNS=$RUNS EVENTS=$EVENTS ${EVENT_VARS}QUERIES='$QUERIES' PARALLELISM='$PARALLELISM' CHECKPOINTS='$CHECKPOINTS' bench/run-nexmark.sh" <<'PY'
 import statistics as st, sys
@@ -114,7 +115,7 @@ def med(xs, i): return st.median(x[i] for x in xs)
 lines = [
     "# Nexmark: weir vs Apache Flink (same machine, same datagen bid stream, blackhole sink)",
     "",
-    f"- weir: {weir}, profile bench-fast; Flink: PyFlink {flink} local mini-cluster; {java}",
+    f"- weir: {weir}; Flink: PyFlink {flink} local mini-cluster; {java}",
     f"- machine: {cpus} CPUs shared with other work (load average at the end: {load})",
     f"- {events:,} events per run (unless the command sets EVENTS_qN), {runs} rounds, weir and"
     " Flink alternately; medians",
