@@ -347,6 +347,19 @@ impl kind::OperatorSpec for TokenizeSpec {
         TokenizeSpec::output_schema(self, kind::first_input(inputs)?)
     }
 
+    /// Reads the text column, adds the three token columns, passes the rest through.
+    fn input_need(&self, _: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        let o = &self.outputs;
+        Ok(vec![out.through(
+            [
+                o.input_ids.as_str(),
+                o.attention_mask.as_str(),
+                o.token_type_ids.as_str(),
+            ],
+            [self.column.as_str()],
+        )])
+    }
+
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
         TokenizeSpec::create(self, ctx.input()?)
     }
