@@ -157,8 +157,8 @@ fn projection_of(full: &SchemaRef, wanted: &SchemaRef) -> Result<Vec<usize>> {
     let own = || {
         Error::schema(format!(
             "the files source can produce only its own columns ({}) in that order, not {}",
-            names(full),
-            names(wanted)
+            weir_types::column_names(full),
+            weir_types::column_names(wanted)
         ))
     };
     let mut indices = Vec::with_capacity(wanted.fields().len());
@@ -173,15 +173,6 @@ fn projection_of(full: &SchemaRef, wanted: &SchemaRef) -> Result<Vec<usize>> {
         return Err(own());
     }
     Ok(indices)
-}
-
-fn names(schema: &SchemaRef) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Where a files source lists.

@@ -219,7 +219,7 @@ impl TokenizeSpec {
             Error::schema(format!(
                 "tokenize column '{}' is not in the input (columns: {})",
                 self.column,
-                column_names(input)
+                weir_types::column_names(input)
             ))
         })?;
         if !matches!(
@@ -363,15 +363,6 @@ impl kind::OperatorSpec for TokenizeSpec {
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
         TokenizeSpec::create(self, ctx.input()?)
     }
-}
-
-fn column_names(schema: &Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// What the running operator needs besides the tokenizer.
