@@ -12,7 +12,11 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WEIR_HOME="${WEIR_HOME:-$REPO/.weir}"
+# The physical path: a venv's scripts name the path it was made at.
+WEIR_HOME="$(mkdir -p "$WEIR_HOME" && cd -P "$WEIR_HOME" && pwd)"
 VENV="$WEIR_HOME/venv-web"
+# A venv made at a path that is gone has scripts that cannot start: make it again.
+if [ -d "$VENV" ] && ! "$VENV/bin/pip" --version >/dev/null 2>&1; then rm -rf "$VENV"; fi
 PY="${PYTHON:-python3}"
 PINS=(schemathesis==4.32.5)
 STAMP="$VENV/.installed-$(echo "${PINS[*]}" | tr ' ' '_')"

@@ -22,7 +22,11 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WEIR_HOME="${WEIR_HOME:-$REPO/.weir}"
+# The physical path: a venv's scripts name the path it was made at.
+WEIR_HOME="$(mkdir -p "$WEIR_HOME" && cd -P "$WEIR_HOME" && pwd)"
 VENV="$WEIR_HOME/venv-s3"
+# A venv made at a path that is gone has scripts that cannot start: make it again.
+if [ -d "$VENV" ] && ! "$VENV/bin/pip" --version >/dev/null 2>&1; then rm -rf "$VENV"; fi
 DATA="$WEIR_HOME/s3"
 PORT="${WEIR_TEST_S3_PORT:-8333}"
 BUCKET="${WEIR_TEST_S3_BUCKET:-test}"

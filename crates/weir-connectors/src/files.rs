@@ -152,6 +152,29 @@ pub fn files_schema(include_bytes: bool) -> SchemaRef {
     ]))
 }
 
+/// The indices of `wanted`'s columns in `full` (each by name and type, in `full`'s order).
+fn projection_of(full: &SchemaRef, wanted: &SchemaRef) -> Result<Vec<usize>> {
+    let own = || {
+        Error::schema(format!(
+            "the files source can produce only its own columns ({}) in that order, not {}",
+            weir_types::column_names(full),
+            weir_types::column_names(wanted)
+        ))
+    };
+    let mut indices = Vec::with_capacity(wanted.fields().len());
+    for f in wanted.fields() {
+        let (i, g) = full.column_with_name(f.name()).ok_or_else(own)?;
+        if g.data_type() != f.data_type() || indices.last().is_some_and(|&l| l >= i) {
+            return Err(own());
+        }
+        indices.push(i);
+    }
+    if indices.is_empty() {
+        return Err(own());
+    }
+    Ok(indices)
+}
+
 /// Where a files source lists.
 #[derive(Clone)]
 enum Where {
@@ -200,14 +223,17 @@ impl FilesSourceSpec {
     }
 
     /// One running instance for subtask `info.subtask` of `info.parallelism`.
+    /// `schema` is its own schema or, when the planner pushed a projection down, some of its
+    /// columns in the same order; without `bytes` among them no file is read.
     pub fn create(&self, info: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Source>> {
-        if schema.fields() != files_schema(self.include_bytes).fields() {
-            return Err(Error::schema(
-                "the files source can only produce its own schema (uri, size, modified, bytes or ref)",
-            ));
-        }
+        let full = files_schema(self.include_bytes);
+        let projection = projection_of(&full, &schema)?;
+        let read_bytes = self.include_bytes && schema.column_with_name("bytes").is_some();
         Ok(Box::new(FilesSource {
             spec: self.clone(),
+            full,
+            projection,
+            read_bytes,
             pattern: self.pattern()?,
             at: self.location()?,
             schema,
@@ -296,6 +322,11 @@ impl kind::SourceSpec for FilesSourceSpec {
         FilesSourceSpec::schema(self)
     }
 
+    /// Yes: it emits any of its columns, and reads no file when `bytes` is not among them.
+    fn projects(&self) -> bool {
+        true
+    }
+
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Source>> {
         FilesSourceSpec::create(self, ctx.info(), ctx.output()?.clone())
     }
@@ -306,7 +337,13 @@ struct FilesSource {
     spec: FilesSourceSpec,
     pattern: Option<glob::Pattern>,
     at: Where,
+    /// What it emits: `full`'s columns at `projection`.
     schema: SchemaRef,
+    /// Its own schema, as the spec says.
+    full: SchemaRef,
+    projection: Vec<usize>,
+    /// Whether file contents are read (`include_bytes` and `bytes` emitted).
+    read_bytes: bool,
     subtask: u32,
     parallelism: u32,
     /// Listed, owned by this subtask and not yet read, by key.
@@ -471,7 +508,7 @@ impl FilesSource {
         if files.is_empty() {
             return Ok(Some(SourceEvent::Idle(Duration::ZERO)));
         }
-        let contents: Vec<Fetched> = if !self.spec.include_bytes {
+        let contents: Vec<Fetched> = if !self.read_bytes {
             files.into_iter().map(|f| (f, Ok(None))).collect()
         } else {
             match &self.at {
@@ -658,7 +695,7 @@ impl Source for FilesSource {
         let last: ArrayRef = if self.spec.include_bytes {
             Arc::new(data.finish())
         } else {
-            refs.finish(&self.schema)?
+            refs.finish(&self.full)?
         };
         let cols: Vec<ArrayRef> = vec![
             Arc::new(uri.finish()),
@@ -666,7 +703,7 @@ impl Source for FilesSource {
             Arc::new(modified.finish()),
             last,
         ];
-        let batch = RecordBatch::try_new(self.schema.clone(), cols)?;
+        let batch = RecordBatch::try_new(self.full.clone(), cols)?.project(&self.projection)?;
         if batch.num_rows() == 0 {
             return Ok(SourceEvent::Idle(Duration::ZERO));
         }

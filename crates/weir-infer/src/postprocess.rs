@@ -169,6 +169,12 @@ impl kind::OperatorSpec for L2NormalizeSpec {
         L2NormalizeSpec::output_schema(self, kind::first_input(inputs)?)
     }
 
+    /// Reads its column, writes the output (in place by default), passes the rest through.
+    fn input_need(&self, _: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        let output = self.output.as_deref().unwrap_or(&self.column);
+        Ok(vec![out.through([output], [self.column.as_str()])])
+    }
+
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
         L2NormalizeSpec::create(self, ctx.input()?)
     }
@@ -304,6 +310,12 @@ impl kind::Spec for MeanPoolSpec {
 impl kind::OperatorSpec for MeanPoolSpec {
     fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
         MeanPoolSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    /// Reads the token embeddings (and the mask), adds the pooled column, passes the rest through.
+    fn input_need(&self, _: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        let reads = std::iter::once(self.column.as_str()).chain(self.mask.as_deref());
+        Ok(vec![out.through([self.output.as_str()], reads)])
     }
 
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
@@ -522,6 +534,14 @@ impl kind::Spec for TopKSpec {
 impl kind::OperatorSpec for TopKSpec {
     fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
         TopKSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    /// Reads the scores, adds the label and score columns, passes the rest through.
+    fn input_need(&self, _: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        Ok(vec![out.through(
+            [self.output_label.as_str(), self.output_score.as_str()],
+            [self.column.as_str()],
+        )])
     }
 
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {

@@ -560,6 +560,15 @@ impl kind::OperatorSpec for InferSpec {
             .schema)
     }
 
+    /// Reads the columns bound to the model's inputs, adds the output columns, passes the rest
+    /// through.
+    fn input_need(&self, _: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        Ok(vec![out.through(
+            self.outputs.values().map(String::as_str),
+            self.inputs.values().map(String::as_str),
+        )])
+    }
+
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn weir_runtime::Operator>> {
         self.create_in(ctx.input()?, ctx.resources())
     }

@@ -78,6 +78,11 @@ impl kind::OperatorSpec for CenterCropSpec {
         CenterCropSpec::output_schema(self, kind::first_input(inputs)?)
     }
 
+    /// Changes its image column in place; the rest passes through.
+    fn input_need(&self, _: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        Ok(vec![out.through([], [self.column.as_str()])])
+    }
+
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
         CenterCropSpec::create(self, ctx.input()?)
     }

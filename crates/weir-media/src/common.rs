@@ -28,12 +28,7 @@ pub(crate) fn column_index(schema: &Schema, name: &str, op: &str) -> Result<usiz
     schema.index_of(name).map_err(|_| {
         Error::schema(format!(
             "{op}: input has no column '{name}' (columns: {})",
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            weir_types::column_names(schema)
         ))
     })
 }

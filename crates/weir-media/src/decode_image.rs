@@ -301,6 +301,13 @@ impl kind::OperatorSpec for DecodeImageSpec {
         DecodeImageSpec::output_schema(self, kind::first_input(inputs)?)
     }
 
+    /// Reads the encoded column, adds (or replaces) the decoded one, passes the rest through.
+    fn input_need(&self, _: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        Ok(vec![
+            out.through([self.output.as_str()], [self.column.as_str()]),
+        ])
+    }
+
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
         DecodeImageSpec::create(self, ctx.input()?)
     }
@@ -315,6 +322,14 @@ impl kind::Spec for FusedDecodeSpec {
 impl kind::OperatorSpec for FusedDecodeSpec {
     fn output_schema(&self, inputs: &[SchemaRef], _: &kind::PlanContext<'_>) -> Result<SchemaRef> {
         FusedDecodeSpec::output_schema(self, kind::first_input(inputs)?)
+    }
+
+    /// Reads the encoded column; the image (resized and cropped in place) and the tensor are its
+    /// own; the rest passes through.
+    fn input_need(&self, _: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        let produced = std::iter::once(self.decode.output.as_str())
+            .chain(self.tensor.as_ref().map(|t| t.output.as_str()));
+        Ok(vec![out.through(produced, [self.decode.column.as_str()])])
     }
 
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {

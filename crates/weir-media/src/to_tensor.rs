@@ -378,6 +378,13 @@ impl kind::OperatorSpec for ToTensorSpec {
         ToTensorSpec::output_schema(self, kind::first_input(inputs)?)
     }
 
+    /// Reads the image column, adds (or replaces) the tensor column, passes the rest through.
+    fn input_need(&self, _: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        Ok(vec![
+            out.through([self.output.as_str()], [self.column.as_str()]),
+        ])
+    }
+
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
         ToTensorSpec::create(self, ctx.input()?)
     }

@@ -175,6 +175,27 @@ impl Need {
             Need::Columns(c) => Need::Columns(c.iter().cloned().chain(more).collect()),
         }
     }
+
+    /// What a step needs of its input when its consumers need `self` of its output, for a step
+    /// that computes the columns `produced` (new ones, or in place) from the columns `reads` and
+    /// passes every other column through unchanged: `self` less `produced`, plus `reads`.
+    pub fn through<'a>(
+        &self,
+        produced: impl IntoIterator<Item = &'a str>,
+        reads: impl IntoIterator<Item = &'a str>,
+    ) -> Need {
+        match self {
+            Need::All => Need::All,
+            Need::Columns(c) => {
+                let mut c = c.clone();
+                for p in produced {
+                    c.remove(p);
+                }
+                c.extend(reads.into_iter().map(str::to_string));
+                Need::Columns(c)
+            }
+        }
+    }
 }
 
 /// Job-scoped values that steps share, by type and name: the services a job declares, and later

@@ -219,7 +219,7 @@ impl TokenizeSpec {
             Error::schema(format!(
                 "tokenize column '{}' is not in the input (columns: {})",
                 self.column,
-                column_names(input)
+                weir_types::column_names(input)
             ))
         })?;
         if !matches!(
@@ -347,18 +347,22 @@ impl kind::OperatorSpec for TokenizeSpec {
         TokenizeSpec::output_schema(self, kind::first_input(inputs)?)
     }
 
+    /// Reads the text column, adds the three token columns, passes the rest through.
+    fn input_need(&self, _: &[SchemaRef], out: &kind::Need) -> Result<Vec<kind::Need>> {
+        let o = &self.outputs;
+        Ok(vec![out.through(
+            [
+                o.input_ids.as_str(),
+                o.attention_mask.as_str(),
+                o.token_type_ids.as_str(),
+            ],
+            [self.column.as_str()],
+        )])
+    }
+
     fn create(&self, ctx: &kind::CreateContext<'_>) -> Result<Box<dyn Operator>> {
         TokenizeSpec::create(self, ctx.input()?)
     }
-}
-
-fn column_names(schema: &Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// What the running operator needs besides the tokenizer.

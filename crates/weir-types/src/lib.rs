@@ -12,7 +12,7 @@ pub mod key_group;
 pub mod message;
 pub mod multimodal;
 
-pub use batch::planned_column;
+pub use batch::{column_names, planned_column};
 pub use dead_letter::{DeadLetter, dead_letter_batch, dead_letter_schema, row_as_json};
 pub use error::{Error, ErrorDomain, ErrorKind, Result};
 pub use key_group::{KeyGroupRange, hash_keys};

@@ -180,7 +180,7 @@ impl VectorSearchSpec {
             Error::schema(format!(
                 "vector_search column '{}' is not in the input (columns: {})",
                 self.column,
-                column_names(input)
+                weir_types::column_names(input)
             ))
         })?;
         let query_dim = vector_dim(field.data_type()).ok_or_else(|| {
@@ -253,7 +253,7 @@ impl VectorSearchSpec {
             Error::config(format!(
                 "vector_search index file {path} has no column '{}' (columns: {})",
                 self.index_column,
-                column_names(&schema)
+                weir_types::column_names(&schema)
             ))
         })?;
         let dim = match vector_dim(field.data_type()) {
@@ -299,7 +299,7 @@ impl VectorSearchSpec {
             let f = schema.field_with_name(name).map_err(|_| {
                 Error::config(format!(
                     "vector_search id column '{name}' is not in index file {path} (columns: {})",
-                    column_names(&schema)
+                    weir_types::column_names(&schema)
                 ))
             })?;
             id_fields.push(Arc::new(f.as_ref().clone().with_nullable(true)));
@@ -441,15 +441,6 @@ fn root_index(schema: &Schema, name: &str) -> Result<usize> {
     schema
         .index_of(name)
         .map_err(|_| Error::internal(format!("index column '{name}' vanished")))
-}
-
-fn column_names(schema: &Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `Some(Some(dim))` for `FixedSizeList<Float32>(dim)`, `Some(None)` for `List<Float32>` and

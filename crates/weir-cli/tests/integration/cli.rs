@@ -296,6 +296,20 @@ steps:
 }
 
 #[test]
+fn explain_of_the_main_job_shows_the_fused_decoder_and_the_pushdown() {
+    let (code, out, err) = run(weir().args(["explain", "examples/images/classify.yaml"]));
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "decode (op: decode_image_fused)",
+        "fusion: 'decode' (decode_image_fused) does decode_image, resize, crop, nsfw_tensor in one node",
+        // Nothing downstream reads `modified`: the listing's other columns are all it emits.
+        "projection_pushdown: 'photos' reads only 3 of its columns: uri, size, bytes",
+    ] {
+        assert!(out.contains(want), "missing '{want}' in:\n{out}");
+    }
+}
+
+#[test]
 fn explain_shows_the_logical_graph_the_rewrites_and_the_physical_plan() {
     let (code, out, err) = run(weir().args(["explain", "examples/orders/pipeline.yaml"]));
     assert_eq!(code, 0, "{err}");

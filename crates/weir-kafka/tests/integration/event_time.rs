@@ -209,16 +209,21 @@ fn each_partition_keeps_its_own_watermark() {
     assert!(before.iter().all(|w| *w < base + n), "{before:?}");
 
     // The control: the same input with the partitions not told apart makes rows late, so the
-    // reads did alternate between the partitions.
-    let log = Arc::new(Mutex::new(Vec::new()));
-    Runtime::new(2)
-        .expect("runtime")
-        .run(job(&yaml, wm, false, log.clone()))
-        .expect("run");
-    let seen = log.lock().expect("lock").clone();
+    // reads do alternate between the partitions. How the client interleaves its fetches is up to
+    // it and to the machine's load (a busy machine once saw it read one partition whole first),
+    // so it gets three tries.
+    let alternated = (0..3).any(|_| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        Runtime::new(2)
+            .expect("runtime")
+            .run(job(&yaml, wm, false, log.clone()))
+            .expect("run");
+        let seen = log.lock().expect("lock").clone();
+        late(&seen) > 0
+    });
     assert!(
-        late(&seen) > 0,
-        "the consumer did not alternate between partitions"
+        alternated,
+        "the consumer did not alternate between partitions in three runs"
     );
 }
 

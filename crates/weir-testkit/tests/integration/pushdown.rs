@@ -1,6 +1,8 @@
 //! Projection pushdown: a Parquet source whose consumers read only some of its columns reads only
 //! those, and the results are exactly those of the same pipeline over a source that reads every
-//! column (the CSV the Parquet file was written from).
+//! column (the CSV the Parquet file was written from). A files source emits only the listing
+//! columns its consumers read (and reads no file when they do not read `bytes`); the operators
+//! that add columns (decode, infer, top_k...) pass the needs of their consumers through.
 
 use std::path::Path;
 use weir_plan::{PlanOptions, plan_str};
@@ -131,4 +133,39 @@ fn a_sink_after_the_source_reads_every_column() {
         7
     );
     assert!(!plan.steps[0].description.contains("reads only"));
+}
+
+#[test]
+fn a_files_source_emits_only_the_listing_columns_its_consumers_read() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let mut want = Vec::new();
+    for (name, len) in [("a.txt", 3usize), ("b.txt", 10), ("c.txt", 0)] {
+        std::fs::write(dir.join(name), vec![b'x'; len]).expect("write");
+        want.push(format!(
+            "{{\"uri\":\"file://{}\",\"size\":{len}}}",
+            dir.join(name).display()
+        ));
+    }
+    let spec = format!(
+        "name: listing\nsteps:\n  - name: files\n    source: files\n    url: {}\n  - op: select\n    columns: [uri, size]\n  - name: out\n    sink: jsonl\n    path: ${{OUT}}/out\n",
+        dir.display()
+    );
+    let opts = PlanOptions {
+        vars: [("OUT".to_string(), "/tmp/unused".to_string())].into(),
+        ..PlanOptions::default()
+    };
+    let plan = plan_str(&spec, "listing.yaml", &opts).unwrap_or_else(|e| panic!("{}", e.report()));
+    assert!(
+        plan.steps[0].description.contains("reads only uri, size"),
+        "{}",
+        plan.steps[0].description
+    );
+    let spec = write(work.path(), "listing.yaml", &spec);
+    let out = work.path().join("run");
+    run_spec(&spec, &out, 2, &[]).unwrap_or_else(|e| panic!("{}", e.report()));
+    let mut rows = read_rows(&out.join("out")).expect("rows");
+    rows.sort();
+    assert_eq!(rows, want);
 }
