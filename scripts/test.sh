@@ -5,7 +5,8 @@
 # scripts/setup-python-instance.sh, Apache Kafka via scripts/setup-kafka.sh, Prometheus,
 # Chromium, playwright-core and schemathesis for the web tests via scripts/setup-web-tests.sh,
 # and DuckDB for the Nexmark checks via scripts/setup-duckdb.sh), then runs cargo test with the
-# `ci` profile (no debug info).
+# `ci` profile (no debug info), then the Python package's tests (pytest, python/tests) in the venv
+# that scripts/setup-python.sh makes and installs `weir` into.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-models.sh
@@ -22,4 +23,9 @@ trap 'bash scripts/stop-seaweedfs.sh >/dev/null 2>&1 || true' EXIT
 # the machine may set for reaching package registries.
 export NO_PROXY="127.0.0.1,localhost,::1${NO_PROXY:+,$NO_PROXY}"
 export no_proxy="$NO_PROXY"
-cargo test --workspace --profile ci --no-fail-fast "$@"
+status=0
+cargo test --workspace --profile ci --no-fail-fast "$@" || status=$?
+# The Python package (python/): built with the same profile, then its tests.
+bash scripts/setup-python.sh
+(cd python && ../.weir/venv-python/bin/python -m pytest -q tests) || status=$?
+exit $status

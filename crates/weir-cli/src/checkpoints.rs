@@ -2,41 +2,11 @@
 
 use crate::{CheckpointsCommand, plan_options};
 use std::process::ExitCode;
-use weir_checkpoint::{CheckpointStore, Manifest};
 use weir_plan::plan_file;
 use weir_runtime::Runtime;
 use weir_types::{Error, Result};
 
-/// Opens the checkpoint store of a plan: a directory, or an object-store URL configured by
-/// weir-store's credential policy (the `AWS_*` environment, then `checkpoint.storage`).
-pub fn open_store(c: &weir_plan::CheckpointPlan) -> Result<CheckpointStore> {
-    CheckpointStore::open(&c.store, c.storage.0.clone())
-}
-
-/// The newest complete checkpoint, saying which newer ones were skipped and why.
-pub fn newest_complete(runtime: &Runtime, store: &CheckpointStore) -> Result<Option<Manifest>> {
-    let latest = runtime.io_handle().block_on(store.latest_complete())?;
-    for s in &latest.skipped {
-        tracing::warn!("{s}; falling back to an older checkpoint");
-    }
-    match &latest.manifest {
-        Some(m) => {
-            let fin = if m.extra.get("final").is_some_and(|v| v == "true") {
-                " (the final checkpoint of a run that ended: sources resume at their end)"
-            } else {
-                ""
-            };
-            tracing::info!(
-                "resuming from checkpoint {} taken {} ago, {} bytes of state{fin}",
-                m.checkpoint_id,
-                crate::progress::fmt_secs(age_secs(m.created_at_ms)),
-                m.state_bytes()
-            );
-        }
-        None => tracing::warn!("no complete checkpoint found: starting from the beginning"),
-    }
-    Ok(latest.manifest)
-}
+pub use weir_plan::stale::{newest_complete, open_store};
 
 fn age_secs(ms: u64) -> f64 {
     let now = std::time::SystemTime::now()

@@ -14,7 +14,6 @@ mod checkpoints;
 mod control;
 mod host;
 mod progress;
-mod stale;
 mod status;
 mod summary;
 
@@ -337,12 +336,12 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
         };
         restore = checkpoints::newest_complete(&runtime, store)?;
     }
-    stale::preflight(
+    weir_plan::stale::preflight(
         &runtime,
         &plan,
         store.as_ref(),
         restore.as_ref(),
-        stale::Intent {
+        weir_plan::stale::Intent {
             resume: args.resume,
             overwrite: args.overwrite,
         },

@@ -20,6 +20,7 @@ pub mod kinds;
 pub mod plan;
 pub mod services;
 pub mod spec;
+pub mod stale;
 pub mod yaml;
 
 pub use graph::LogicalGraph;

@@ -387,8 +387,15 @@ impl Plan {
     /// Job start: makes the declared services and returns the graph to run, whose steps find
     /// them in the job's resources.
     pub fn start(&self) -> Result<Job> {
+        self.start_with(Resources::new())
+    }
+
+    /// Job start with `extra` resources beside the services, for kinds a front end adds (the
+    /// Python package's `collect` sink finds its channel there, `map_batches` its functions).
+    pub fn start_with(&self, extra: Resources) -> Result<Job> {
         let services = services::start(&self.services)?;
-        let mut resources = services::declarations(&self.services);
+        let mut resources = extra;
+        resources.extend(services::declarations(&self.services));
         for s in &services {
             weir_infer::service::provide(&mut resources, s.clone());
         }

@@ -254,6 +254,11 @@ impl Resources {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Adds every entry of `other` (an entry of the same type and name is replaced).
+    pub fn extend(&mut self, other: Resources) {
+        self.entries.extend(other.entries);
+    }
 }
 
 impl fmt::Debug for Resources {

@@ -1,4 +1,5 @@
-//! Stale state never duplicates output: the checks `weir run` makes before a job starts.
+//! Stale state never duplicates output: the checks `weir run` (and a run started from Python)
+//! makes before a job starts, and finding the checkpoint to resume from.
 //!
 //! - A run without `--resume` into a sink location or checkpoint store that holds an earlier
 //!   run's published output or checkpoints refuses to start, unless `--overwrite` (which deletes
@@ -25,11 +26,47 @@ pub struct Intent {
     pub overwrite: bool,
 }
 
+/// Opens the checkpoint store of a plan: a directory, or an object-store URL configured by
+/// weir-store's credential policy (the `AWS_*` environment, then `checkpoint.storage`).
+pub fn open_store(c: &crate::CheckpointPlan) -> Result<CheckpointStore> {
+    CheckpointStore::open(&c.store, c.storage.0.clone())
+}
+
+/// The newest complete checkpoint, saying (in the log) which newer ones were skipped and why.
+pub fn newest_complete(runtime: &Runtime, store: &CheckpointStore) -> Result<Option<Manifest>> {
+    let latest = runtime.io_handle().block_on(store.latest_complete())?;
+    for s in &latest.skipped {
+        tracing::warn!("{s}; falling back to an older checkpoint");
+    }
+    match &latest.manifest {
+        Some(m) => {
+            let fin = if m.extra.get("final").is_some_and(|v| v == "true") {
+                " (the final checkpoint of a run that ended: sources resume at their end)"
+            } else {
+                ""
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(m.created_at_ms);
+            let age = std::time::Duration::from_millis(now.saturating_sub(m.created_at_ms));
+            tracing::info!(
+                "resuming from checkpoint {} taken {:.1}s ago, {} bytes of state{fin}",
+                m.checkpoint_id,
+                age.as_secs_f64(),
+                m.state_bytes()
+            );
+        }
+        None => tracing::warn!("no complete checkpoint found: starting from the beginning"),
+    }
+    Ok(latest.manifest)
+}
+
 /// The checks before a run; `restore` is the checkpoint `--resume` found (if any). Errors (kind
 /// `Config`) with a message saying what holds which earlier output, and what to do.
 pub fn preflight(
     runtime: &Runtime,
-    plan: &weir_plan::Plan,
+    plan: &crate::Plan,
     store: Option<&CheckpointStore>,
     restore: Option<&Manifest>,
     intent: Intent,
