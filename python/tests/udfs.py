@@ -34,8 +34,10 @@ class Counter:
         self.seen = 0
 
     def __call__(self, batch):
+        # Rows seen before each row and it: the same however the rows are cut into batches.
+        seen = pa.array(range(self.seen + 1, self.seen + batch.num_rows + 1), pa.int64())
         self.seen += batch.num_rows
-        return batch.append_column("seen", pa.array([self.seen] * batch.num_rows, pa.int64()))
+        return batch.append_column("seen", seen)
 
     def snapshot(self):
         return self.seen
