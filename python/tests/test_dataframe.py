@@ -91,3 +91,15 @@ def test_job_errors_carry_the_cause(tmp_path):
     with pytest.raises((weir.JobError, weir.PlanError)) as e:
         weir.read_jsonl(str(bad)).with_column("b", "a + 1").collect()
     assert str(e.value)
+
+
+def test_collect_keeps_weir_extension_types():
+    import os
+
+    photos = os.path.join(os.environ.get("WEIR_DATA", ""), "photos")
+    if not os.path.isdir(photos):
+        pytest.skip("needs the photos of scripts/setup-models.sh")
+    t = weir.read_files(photos, glob="*.jpg").limit(2).col("bytes").image.decode().collect()
+    md = t.schema.field("image").metadata
+    assert md[b"ARROW:extension:name"] == b"weir.image"
+    assert t.num_rows == 2

@@ -58,12 +58,15 @@ impl kind::SinkSpec for CollectSinkSpec {
             })?;
         Ok(Box::new(CollectSink {
             tx: channel.0.clone(),
+            schema: ctx.input()?.clone(),
         }))
     }
 }
 
 struct CollectSink {
     tx: mpsc::Sender<RecordBatch>,
+    /// The planned input schema, whose field metadata carries weir's extension types.
+    schema: SchemaRef,
 }
 
 #[async_trait]
@@ -77,6 +80,13 @@ impl Operator for CollectSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        // Labelled with the planned schema (extension types in the field metadata), which
+        // operators need not carry on every batch.
+        let batch = if batch.schema_ref() == &self.schema {
+            batch
+        } else {
+            RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec()).unwrap_or(batch)
+        };
         // A caller that went away (stopped reading) drops the receiver: the rows have nowhere
         // to go, and the job is being stopped by the caller.
         let _ = self.tx.send(batch).await;
