@@ -37,6 +37,9 @@ pub struct CompiledExpr {
     name: String,
     data_type: DataType,
     nullable: bool,
+    /// Field metadata of the result (an extension type's name and metadata when the
+    /// expression passes a column through, e.g. `image` or `img AS picture`).
+    metadata: std::collections::HashMap<String, String>,
     physical: Arc<dyn PhysicalExpr>,
 }
 
@@ -128,6 +131,7 @@ pub fn compile(sql: &str, schema: &SchemaRef) -> Result<CompiledExpr> {
             name,
             data_type: field.data_type().clone(),
             nullable: field.is_nullable(),
+            metadata: field.metadata().clone(),
             physical,
         })
     })
@@ -162,9 +166,10 @@ impl CompiledExpr {
         self.nullable
     }
 
-    /// The output field, named `name`.
+    /// The output field, named `name`, with the result's field metadata (so a column passed
+    /// through keeps its extension type).
     pub fn field(&self, name: &str) -> Field {
-        Field::new(name, self.data_type.clone(), self.nullable)
+        Field::new(name, self.data_type.clone(), self.nullable).with_metadata(self.metadata.clone())
     }
 
     /// Evaluates the expression on `batch` (one vectorised call), returning one value per row.

@@ -248,6 +248,31 @@ mod tests {
     }
 
     #[test]
+    fn a_column_passed_through_keeps_its_field_metadata() {
+        // Extension types (weir.image, weir.tensor, ...) live in field metadata: a select that
+        // passes the column through, renamed or not, must keep them; a computed column has none.
+        let meta = std::collections::HashMap::from([(
+            "ARROW:extension:name".to_string(),
+            "weir.test".to_string(),
+        )]);
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            arrow::datatypes::Field::new("name", arrow::datatypes::DataType::Utf8, true)
+                .with_metadata(meta.clone()),
+        ]));
+        let spec = SelectSpec {
+            columns: vec![
+                "name".into(),
+                "name AS renamed".into(),
+                "upper(name) AS up".into(),
+            ],
+        };
+        let out = spec.output_schema(&schema).expect("plan");
+        assert_eq!(out.field(0).metadata(), &meta);
+        assert_eq!(out.field(1).metadata(), &meta);
+        assert!(out.field(2).metadata().is_empty());
+    }
+
+    #[test]
     fn display_name_without_alias() {
         let spec = SelectSpec {
             columns: vec!["upper(name)".into()],
