@@ -141,8 +141,17 @@ pub struct CheckpointConfig {
     /// Barrier alignment. Default `aligned`.
     pub mode: CheckpointMode,
     /// How many complete checkpoints to keep in the store; the newest complete one is always kept,
-    /// even with `0`. Default `3`.
+    /// even with `0`. Files that a kept checkpoint refers to (see `incremental`) are kept too.
+    /// Default `3`.
     pub retain: usize,
+    /// Incremental checkpoints: each subtask writes only the key groups of its keyed state that
+    /// changed since its previous checkpoint and refers to the earlier files for the rest
+    /// ([`crate::incremental`]). Default `true`.
+    pub incremental: bool,
+    /// With `incremental`, every `full_every`-th checkpoint of a subtask is full (writes
+    /// everything), which bounds how many checkpoints a restore reads and lets retention
+    /// delete old files. Default `10`; `1` makes every checkpoint full. Must be ≥ 1.
+    pub full_every: u32,
 }
 
 impl Default for CheckpointConfig {
@@ -154,11 +163,21 @@ impl Default for CheckpointConfig {
             min_pause: Duration::ZERO,
             mode: CheckpointMode::Aligned,
             retain: 3,
+            incremental: true,
+            full_every: 10,
         }
     }
 }
 
 impl CheckpointConfig {
+    /// What the tasks' incremental trackers need of this configuration.
+    pub fn incremental_config(&self) -> crate::IncrementalConfig {
+        crate::IncrementalConfig {
+            enabled: self.incremental,
+            full_every: self.full_every,
+        }
+    }
+
     /// Checks the ranges documented on each field; errors with kind `Config` naming the field.
     pub fn validate(&self) -> Result<()> {
         if self.interval.is_zero() {
@@ -170,6 +189,11 @@ impl CheckpointConfig {
         if self.max_concurrent == 0 {
             return Err(Error::config(
                 "checkpoint max_concurrent must be at least 1",
+            ));
+        }
+        if self.full_every == 0 {
+            return Err(Error::config(
+                "checkpoint full_every must be at least 1 (1: every checkpoint is full)",
             ));
         }
         Ok(())

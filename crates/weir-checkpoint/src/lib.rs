@@ -9,6 +9,8 @@
 //!   [`redistribute`] that hands old subtasks' state to a new parallelism, plus its binary encoding.
 //! - [`manifest`]: [`Manifest`], the JSON document written last into a checkpoint folder; it lists
 //!   every state file with its size and checksum and carries a checksum of its own content.
+//! - [`incremental`]: [`Tracker`], which finds the key groups that changed since a subtask's last
+//!   checkpoint, so that a checkpoint writes only those and refers to earlier files for the rest.
 //! - [`store`]: [`CheckpointStore`], the only module that does IO, over any `object_store` backend
 //!   (local directory by default, S3 in production).
 //! - [`coordinator`]: [`Coordinator`], the sans-IO protocol: it takes facts (time passed, a task
@@ -42,6 +44,7 @@
 pub mod coordinator;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
+pub mod incremental;
 pub mod manifest;
 pub mod state;
 pub mod store;
@@ -51,7 +54,8 @@ pub use coordinator::{
 };
 #[cfg(any(test, feature = "fault-injection"))]
 pub use fault::FailingStore;
-pub use manifest::{Checksum, FileEntry, MANIFEST_FORMAT_VERSION, Manifest, NodeState};
+pub use incremental::{IncrementalConfig, Tracker};
+pub use manifest::{Checksum, FileEntry, MANIFEST_FORMAT_VERSION, Manifest, NodeState, PartRef};
 pub use state::{StateEntry, StateKey, StateSnapshot, UnionKey, redistribute, state_for_subtask};
 pub use store::{
     CheckpointInfo, CheckpointStore, EncodedState, LatestComplete, LogStore, SkippedCheckpoint,

@@ -49,7 +49,7 @@ const CHECKSUM_FIELD: &str = "manifest_checksum";
 /// Only xxh3-64 (`"xxh3-64:"` and 16 lowercase hex digits) is produced and understood today; the
 /// algorithm prefix lets a later version add others (for example sha256) without a format change.
 /// A manifest naming an unknown algorithm is rejected as unreadable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Checksum {
     /// XXH3 64-bit (seed 0) of the bytes.
     Xxh3_64(u64),
@@ -121,6 +121,52 @@ pub struct FileEntry {
     pub size: u64,
     /// Checksum of the file's bytes as written.
     pub checksum: Checksum,
+    /// Key groups of this subtask's state that did not change since an earlier checkpoint and
+    /// are not in this file: each reference names the earlier file that holds them (an
+    /// incremental checkpoint, see [`PartRef`]). Empty for a full snapshot; absent from the JSON
+    /// then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<PartRef>,
+}
+
+impl FileEntry {
+    /// An entry for a file that holds all of the subtask's state (no references).
+    pub fn new(subtask: u32, path: impl Into<String>, size: u64, checksum: Checksum) -> Self {
+        FileEntry {
+            subtask,
+            path: path.into(),
+            size,
+            checksum,
+            refs: Vec::new(),
+        }
+    }
+
+    /// The payload bytes of the key groups taken from earlier checkpoints.
+    pub fn referred_bytes(&self) -> u64 {
+        self.refs.iter().map(|r| r.bytes).sum()
+    }
+}
+
+/// Keyed state that an incremental checkpoint takes from a file of an earlier checkpoint instead
+/// of writing it again: the keyed entries of `key_groups` in the file `path` of checkpoint
+/// `checkpoint` (written by the same subtask). The file is identified by its size and checksum,
+/// so a restore verifies it like one of its own; a reference always names the file that holds
+/// the bytes (never another reference), so reading one takes one read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartRef {
+    /// The earlier checkpoint whose folder holds the file.
+    pub checkpoint: CheckpointId,
+    /// Path relative to that checkpoint's folder.
+    pub path: String,
+    /// Size in bytes of that file.
+    pub size: u64,
+    /// Checksum of that file's bytes.
+    pub checksum: Checksum,
+    /// The key groups taken from it, ascending, each once.
+    pub key_groups: Vec<u32>,
+    /// The payload bytes of those key groups' entries (what this checkpoint did not write).
+    pub bytes: u64,
 }
 
 /// The state files of one node of the job graph.
@@ -222,9 +268,23 @@ impl Manifest {
             .flat_map(|n| n.files.iter().map(move |f| (n, f)))
     }
 
-    /// The sum of the sizes of the listed files.
+    /// The sum of the sizes of the listed files: the bytes this checkpoint wrote.
     pub fn state_bytes(&self) -> u64 {
         self.files().map(|(_, f)| f.size).sum()
+    }
+
+    /// The payload bytes of the key groups this checkpoint takes from earlier ones (see
+    /// [`PartRef`]): what an incremental checkpoint did not write again.
+    pub fn referred_bytes(&self) -> u64 {
+        self.files().map(|(_, f)| f.referred_bytes()).sum()
+    }
+
+    /// Every file of an earlier checkpoint that this one refers to, as `(checkpoint, path)`, each
+    /// once.
+    pub fn referenced_files(&self) -> BTreeSet<(CheckpointId, &str)> {
+        self.files()
+            .flat_map(|(_, f)| f.refs.iter().map(|r| (r.checkpoint, r.path.as_str())))
+            .collect()
     }
 
     /// The checksum of the canonical serialisation (see the [module docs](self)).
@@ -280,6 +340,43 @@ impl Manifest {
                 check_relative_path(&f.path)?;
                 if !paths.insert(f.path.as_str()) {
                     return Err(format!("file '{}' is listed twice", f.path));
+                }
+                self.check_refs(&n.node, f)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules of one file's references: each names an earlier checkpoint and a plain
+    /// relative path, at most once per file; its key groups are ascending, below
+    /// `max_parallelism`, and taken from one reference only.
+    fn check_refs(&self, node: &str, f: &FileEntry) -> std::result::Result<(), String> {
+        let mut groups = BTreeSet::new();
+        let mut files = BTreeSet::new();
+        for r in &f.refs {
+            let at = format!(
+                "node '{node}' subtask {} refers to checkpoint {} file '{}'",
+                f.subtask, r.checkpoint, r.path
+            );
+            if r.checkpoint >= self.checkpoint_id {
+                return Err(format!("{at}, which is not an earlier checkpoint"));
+            }
+            check_relative_path(&r.path)?;
+            if !files.insert((r.checkpoint, r.path.as_str())) {
+                return Err(format!("{at} twice"));
+            }
+            if r.key_groups.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("{at} with key groups that are not ascending"));
+            }
+            for &kg in &r.key_groups {
+                if kg >= self.max_parallelism {
+                    return Err(format!(
+                        "{at} for key group {kg}, but the max parallelism is {}",
+                        self.max_parallelism
+                    ));
+                }
+                if !groups.insert(kg) {
+                    return Err(format!("{at} for key group {kg}, taken from two files"));
                 }
             }
         }
@@ -377,12 +474,7 @@ mod tests {
         m.add_file(
             "map",
             2,
-            FileEntry {
-                subtask: 0,
-                path: "map-0.state".into(),
-                size: 10,
-                checksum: Checksum::of(b"0123456789"),
-            },
+            FileEntry::new(0, "map-0.state", 10, Checksum::of(b"0123456789")),
         );
         m.add_node("sink", 1);
         m.extra.insert("plan".into(), "abc".into());
@@ -459,12 +551,7 @@ mod tests {
 
     #[test]
     fn structural_rules() {
-        let entry = |subtask: u32, path: &str| FileEntry {
-            subtask,
-            path: path.into(),
-            size: 0,
-            checksum: Checksum::of(b""),
-        };
+        let entry = |subtask: u32, path: &str| FileEntry::new(subtask, path, 0, Checksum::of(b""));
         type Edit = Box<dyn Fn(&mut Manifest)>;
         let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|m| m.max_parallelism = 0), "max parallelism is 0"),
@@ -508,6 +595,73 @@ mod tests {
         assert!(nested.check().is_ok());
     }
 
+    fn with_refs() -> Manifest {
+        let mut m = sample();
+        m.nodes[0].files[0].refs = vec![
+            PartRef {
+                checkpoint: 9,
+                path: "map-0.state".into(),
+                size: 40,
+                checksum: Checksum::of(b"nine"),
+                key_groups: vec![1, 5, 6],
+                bytes: 30,
+            },
+            PartRef {
+                checkpoint: 11,
+                path: "map-0.state".into(),
+                size: 20,
+                checksum: Checksum::of(b"eleven"),
+                key_groups: vec![2],
+                bytes: 12,
+            },
+        ];
+        m
+    }
+
+    #[test]
+    fn references_round_trip_and_are_counted() {
+        let m = with_refs();
+        let json = m.to_json().expect("to_json");
+        assert_eq!(Manifest::from_json(&json).expect("from_json"), m);
+        assert_eq!(m.state_bytes(), 10);
+        assert_eq!(m.referred_bytes(), 42);
+        let files: Vec<(CheckpointId, &str)> = m.referenced_files().into_iter().collect();
+        assert_eq!(files, [(9, "map-0.state"), (11, "map-0.state")]);
+        // A full snapshot's entry has no `refs` field at all (older readers parse it).
+        let text = String::from_utf8(sample().to_json().expect("json")).expect("utf8");
+        assert!(!text.contains("refs"), "{text}");
+    }
+
+    #[test]
+    fn reference_rules() {
+        type Edit = Box<dyn Fn(&mut PartRef)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (Box::new(|r| r.checkpoint = 12), "not an earlier checkpoint"),
+            (Box::new(|r| r.checkpoint = 13), "not an earlier checkpoint"),
+            (Box::new(|r| r.key_groups = vec![5, 1]), "not ascending"),
+            (Box::new(|r| r.key_groups = vec![1, 1]), "not ascending"),
+            (
+                Box::new(|r| r.key_groups = vec![128]),
+                "max parallelism is 128",
+            ),
+            (Box::new(|r| r.key_groups = vec![2]), "taken from two files"),
+            (Box::new(|r| r.path = "../x".into()), "relative"),
+            (
+                Box::new(|r| {
+                    r.checkpoint = 11;
+                    r.key_groups = vec![3];
+                }),
+                "twice",
+            ),
+        ];
+        for (edit, why) in cases {
+            let mut m = with_refs();
+            edit(&mut m.nodes[0].files[0].refs[0]);
+            let msg = m.check().expect_err(why);
+            assert!(msg.contains(why), "{msg} should say {why}");
+        }
+    }
+
     #[test]
     fn checksum_text_form() {
         let c = Checksum::Xxh3_64(0xabc);
@@ -542,12 +696,7 @@ mod tests {
             let mut m = Manifest::new(job, 3, 4, 8);
             m.extra = extra;
             for (i, n) in nodes.iter().enumerate() {
-                m.add_file(n, 2, FileEntry {
-                    subtask: 1,
-                    path: format!("f{i}"),
-                    size: 1,
-                    checksum: Checksum::of(n.as_bytes()),
-                });
+                m.add_file(n, 2, FileEntry::new(1, format!("f{i}"), 1, Checksum::of(n.as_bytes())));
             }
             let json = m.to_json().expect("to_json");
             prop_assert_eq!(Manifest::from_json(&json).expect("from_json"), m);

@@ -44,16 +44,17 @@
 //! - **One writer.** One job's coordinator writes under a root. Object sizes are limited by the
 //!   backend's single PUT (5 GiB on S3) per state file.
 
-use crate::manifest::{Checksum, FileEntry, Manifest};
-use crate::state::{StateSnapshot, redistribute, state_for_subtask};
+use crate::manifest::{Checksum, FileEntry, Manifest, PartRef};
+use crate::state::{StateKey, StateSnapshot, redistribute, state_for_subtask};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
+use weir_types::key_group::subtask_of_key_group;
 use weir_types::{CheckpointId, Error, ErrorKind, Result};
 
 /// The name of the manifest object inside a checkpoint folder.
@@ -107,12 +108,20 @@ pub struct CheckpointInfo {
     pub problem: Option<String>,
 }
 
-/// A state file encoded by [`CheckpointStore::encode_state`], not yet written.
+/// A state file encoded by [`CheckpointStore::encode_state`] (or an incremental
+/// [`Tracker`](crate::incremental::Tracker)), not yet written.
 #[derive(Debug, Clone)]
 pub struct EncodedState {
     /// Its manifest entry.
     pub entry: FileEntry,
     bytes: Bytes,
+}
+
+impl EncodedState {
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// Objects one node keeps beside its checkpoints, across them: `<root>/logs/<node>/<name>`. The
@@ -275,12 +284,12 @@ impl CheckpointStore {
     pub fn encode_state(node: &str, subtask: u32, state: &StateSnapshot) -> EncodedState {
         let bytes = Bytes::from(state.encode());
         EncodedState {
-            entry: FileEntry {
+            entry: FileEntry::new(
                 subtask,
-                path: Self::state_file_name(node, subtask),
-                size: bytes.len() as u64,
-                checksum: Checksum::of(&bytes),
-            },
+                Self::state_file_name(node, subtask),
+                bytes.len() as u64,
+                Checksum::of(&bytes),
+            ),
             bytes,
         }
     }
@@ -371,14 +380,18 @@ impl CheckpointStore {
             Ok(m) => m,
             Err(reason) => return Ok(Err(reason)),
         };
-        let folder = self.folder(id);
-        let files: Vec<FileEntry> = manifest.files().map(|(_, f)| f.clone()).collect();
-        let checks = futures::stream::iter(files)
-            .map(|f| {
-                let path = object_path(&folder, &f.path);
+        let checks = futures::stream::iter(all_files(&manifest))
+            .map(|(at, f)| {
+                let path = object_path(&self.folder(at), &f.path);
                 async move {
                     let got = self.get_optional(&path).await?;
-                    Ok::<_, Error>(file_problem(&f, got.as_deref()))
+                    Ok::<_, Error>(file_problem(&f, got.as_deref()).map(|p| {
+                        if at == id {
+                            p
+                        } else {
+                            format!("{p} (in checkpoint {at}, which this one refers to)")
+                        }
+                    }))
                 }
             })
             .buffered(IO_CONCURRENCY);
@@ -403,7 +416,10 @@ impl CheckpointStore {
     ) -> Result<StateSnapshot> {
         match manifest.file(node, subtask) {
             None => Ok(StateSnapshot::new()),
-            Some(f) => self.read_file(manifest.checkpoint_id, f).await,
+            Some(f) => {
+                self.read_entry(manifest.checkpoint_id, f, Wanted::All)
+                    .await
+            }
         }
     }
 
@@ -419,15 +435,23 @@ impl CheckpointStore {
         new_parallelism: u32,
         subtask: u32,
     ) -> Result<StateSnapshot> {
-        let old = self.read_node(manifest, node).await?;
+        let wanted = Wanted::Subtask {
+            max: manifest.max_parallelism,
+            parallelism: new_parallelism,
+            subtask,
+        };
+        let old = self.read_node(manifest, node, wanted).await?;
         state_for_subtask(old, new_parallelism, manifest.max_parallelism, subtask)
             .map_err(|e| e.in_operator(node))
     }
 
+    /// Every file of `node` as `(old subtask, state)`, references resolved; referenced files none
+    /// of whose key groups `wanted` are not read.
     async fn read_node(
         &self,
         manifest: &Manifest,
         node: &str,
+        wanted: Wanted,
     ) -> Result<Vec<(u32, StateSnapshot)>> {
         let files: Vec<FileEntry> = manifest
             .node(node)
@@ -435,10 +459,75 @@ impl CheckpointStore {
             .unwrap_or_default();
         let id = manifest.checkpoint_id;
         futures::stream::iter(files)
-            .map(|f| async move { Ok::<_, Error>((f.subtask, self.read_file(id, &f).await?)) })
+            .map(|f| async move {
+                Ok::<_, Error>((f.subtask, self.read_entry(id, &f, wanted).await?))
+            })
             .buffered(IO_CONCURRENCY)
             .try_collect()
             .await
+    }
+
+    /// The state of one file entry of checkpoint `id`: its own file, then the keyed entries of
+    /// every file it refers to (each verified by its size and checksum) for the key groups it
+    /// takes from there. A referenced file none of whose key groups are `wanted` is not read.
+    async fn read_entry(
+        &self,
+        id: CheckpointId,
+        f: &FileEntry,
+        wanted: Wanted,
+    ) -> Result<StateSnapshot> {
+        let mut state = self.read_file(id, f).await?;
+        if f.refs.is_empty() {
+            return Ok(state);
+        }
+        let refs: Vec<&PartRef> = f
+            .refs
+            .iter()
+            .filter(|r| r.key_groups.iter().any(|&kg| wanted.wants(kg)))
+            .collect();
+        // Sequentially: a file has few references (at most `full_every - 1` checkpoints back),
+        // and the node's files are read concurrently.
+        let mut taken = Vec::with_capacity(refs.len());
+        for r in &refs {
+            let entry = FileEntry::new(f.subtask, r.path.clone(), r.size, r.checksum);
+            let old = self.read_file(r.checkpoint, &entry).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "checkpoint {id}: file {} refers to file {} of checkpoint {}",
+                        f.path, r.path, r.checkpoint
+                    ),
+                )
+                .with_source(e)
+            })?;
+            taken.push(old);
+        }
+        let own: BTreeSet<u32> = state
+            .entries
+            .iter()
+            .filter_map(|e| match e.key {
+                StateKey::KeyGroup(kg) => Some(kg),
+                StateKey::Union(_) => None,
+            })
+            .collect();
+        for (r, old) in refs.into_iter().zip(taken) {
+            let groups: BTreeSet<u32> = r.key_groups.iter().copied().collect();
+            if let Some(kg) = groups.intersection(&own).next() {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "checkpoint {id}: file {} holds key group {kg} and also refers to it in                          checkpoint {}",
+                        f.path, r.checkpoint
+                    ),
+                ));
+            }
+            state.entries.extend(
+                old.entries
+                    .into_iter()
+                    .filter(|e| matches!(e.key, StateKey::KeyGroup(kg) if groups.contains(&kg))),
+            );
+        }
+        Ok(state)
     }
 
     /// Reads every state file of `node` and [`redistribute`]s it to `new_parallelism` subtasks
@@ -449,7 +538,7 @@ impl CheckpointStore {
         node: &str,
         new_parallelism: u32,
     ) -> Result<Vec<StateSnapshot>> {
-        let old = self.read_node(manifest, node).await?;
+        let old = self.read_node(manifest, node, Wanted::All).await?;
         redistribute(old, new_parallelism, manifest.max_parallelism)
             .map_err(|e| e.in_operator(node))
     }
@@ -458,17 +547,32 @@ impl CheckpointStore {
     pub async fn list(&self) -> Result<Vec<CheckpointInfo>> {
         let folders = self.list_folders().await?;
         let mut infos = Vec::with_capacity(folders.len());
-        for (id, objects) in folders.into_iter().rev() {
+        let mut referenced: BTreeSet<(CheckpointId, String)> = BTreeSet::new();
+        for (id, objects) in folders.iter().rev() {
+            let (id, objects) = (*id, objects.clone());
             let size = objects.values().map(|o| o.size).sum();
             let newest = objects
                 .values()
                 .map(|o| o.last_modified.timestamp_millis())
                 .max()
                 .and_then(|ms| u64::try_from(ms).ok());
-            let (manifest, problem) = match self.quick_check(id, &objects).await? {
-                Ok(m) => (Some(m), None),
+            let (manifest, mut problem) = match self.quick_check(id, &folders).await? {
+                Ok(m) => {
+                    add_refs(&mut referenced, &m);
+                    (Some(m), None)
+                }
                 Err((m, why)) => (m, Some(why)),
             };
+            if manifest.is_none()
+                && objects
+                    .keys()
+                    .all(|name| referenced.contains(&(id, name.clone())))
+            {
+                problem = Some(format!(
+                    "retired: keeps only the {} state file(s) that newer checkpoints refer to",
+                    objects.len()
+                ));
+            }
             infos.push(CheckpointInfo {
                 id,
                 complete: problem.is_none(),
@@ -494,6 +598,11 @@ impl CheckpointStore {
     /// 4. Of the folders older than *N*, the newest `keep - 1` complete ones (checked as in
     ///    [`list`](Self::list): manifest verifies, files present with their sizes) are kept; every
     ///    other one (older complete checkpoints, incomplete or damaged leftovers) is deleted.
+    /// 5. Except the files that a kept checkpoint (or a newer folder's manifest) refers to
+    ///    (incremental checkpoints, [`PartRef`]): of a deleted folder that holds such files,
+    ///    every other object, its manifest included, is deleted and those files stay (the folder
+    ///    is *retired*: [`list`](Self::list) shows it as such) until no kept checkpoint refers to
+    ///    them.
     ///
     /// Since the coordinator aborts older in-flight checkpoints when a newer one completes, nothing
     /// older than *N* is still being written when the runtime calls this after `Notify`.
@@ -505,24 +614,50 @@ impl CheckpointStore {
         let mut older_complete_kept = 0usize;
         let mut newest_complete: Option<CheckpointId> = None;
         let mut doomed = Vec::new();
-        for (id, objects) in folders.iter().rev() {
+        let mut referenced: BTreeSet<(CheckpointId, String)> = BTreeSet::new();
+        for id in folders.keys().rev() {
             if newest_complete.is_none() {
                 // Full check (file checksums too): the one checkpoint that is never deleted must
-                // be one that restores. Anything newer than it is kept.
-                if self.verify(*id).await?.is_ok() {
-                    newest_complete = Some(*id);
+                // be one that restores. Anything newer than it is kept, and so is what it refers
+                // to.
+                match self.verify(*id).await? {
+                    Ok(m) => {
+                        newest_complete = Some(*id);
+                        add_refs(&mut referenced, &m);
+                    }
+                    Err(_) => {
+                        if let Ok(m) = self.read_manifest(*id).await? {
+                            add_refs(&mut referenced, &m);
+                        }
+                    }
                 }
                 continue;
             }
-            let complete = self.quick_check(*id, objects).await?.is_ok();
-            if complete && older_complete_kept + 1 < keep {
-                older_complete_kept += 1;
-            } else {
-                doomed.push(*id);
+            match self.quick_check(*id, &folders).await? {
+                Ok(m) if older_complete_kept + 1 < keep => {
+                    older_complete_kept += 1;
+                    add_refs(&mut referenced, &m);
+                }
+                _ => doomed.push(*id),
             }
         }
         for id in &doomed {
-            self.delete_folder(*id).await?;
+            let held: Vec<&String> = folders[id]
+                .keys()
+                .filter(|name| referenced.contains(&(*id, (*name).clone())))
+                .collect();
+            if held.is_empty() {
+                self.delete_folder(*id).await?;
+                continue;
+            }
+            let folder = self.folder(*id);
+            for name in folders[id].keys().filter(|n| !held.contains(n)) {
+                let path = object_path(&folder, name);
+                match self.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.io_error("cannot delete checkpoint file", &path, e)),
+                }
+            }
         }
         Ok(doomed)
     }
@@ -601,7 +736,7 @@ impl CheckpointStore {
     }
 
     /// All objects under the root, grouped by checkpoint folder (key: path relative to the folder).
-    async fn list_folders(&self) -> Result<BTreeMap<CheckpointId, BTreeMap<String, ObjectMeta>>> {
+    async fn list_folders(&self) -> Result<Folders> {
         let objects: Vec<ObjectMeta> = self
             .store
             .list(self.prefix())
@@ -629,12 +764,14 @@ impl CheckpointStore {
     }
 
     /// The cheap completeness check used by `list` and `retain`: manifest verifies and matches the
-    /// folder, and every listed file is present with its size.
+    /// folder, and every listed file (and every file it refers to) is present with its size.
     async fn quick_check(
         &self,
         id: CheckpointId,
-        objects: &BTreeMap<String, ObjectMeta>,
+        folders: &Folders,
     ) -> Result<std::result::Result<Manifest, (Option<Manifest>, String)>> {
+        let empty = BTreeMap::new();
+        let objects = folders.get(&id).unwrap_or(&empty);
         if !objects.contains_key(MANIFEST_NAME) {
             return Ok(Err((
                 None,
@@ -645,16 +782,22 @@ impl CheckpointStore {
             Ok(m) => m,
             Err(why) => return Ok(Err((None, why))),
         };
-        let problem = manifest
-            .files()
-            .find_map(|(_, f)| match objects.get(&f.path) {
-                None => Some(format!("file {} is missing", f.path)),
+        let problem = all_files(&manifest).into_iter().find_map(|(at, f)| {
+            let found = folders.get(&at).and_then(|o| o.get(&f.path));
+            let whose = if at == id {
+                String::new()
+            } else {
+                format!(" (in checkpoint {at}, which this one refers to)")
+            };
+            match found {
+                None => Some(format!("file {} is missing{whose}", f.path)),
                 Some(o) if o.size != f.size => Some(format!(
-                    "file {} has {} bytes, the manifest says {}",
+                    "file {} has {} bytes, the manifest says {}{whose}",
                     f.path, o.size, f.size
                 )),
                 Some(_) => None,
-            });
+            }
+        });
         match problem {
             Some(why) => Ok(Err((Some(manifest), why))),
             None => Ok(Ok(manifest)),
@@ -677,6 +820,66 @@ impl CheckpointStore {
         }
         Ok(())
     }
+}
+
+/// Which key groups a reader needs (the files referred to for others are not read).
+#[derive(Debug, Clone, Copy)]
+enum Wanted {
+    All,
+    Subtask {
+        max: u32,
+        parallelism: u32,
+        subtask: u32,
+    },
+}
+
+impl Wanted {
+    fn wants(self, kg: u32) -> bool {
+        match self {
+            Wanted::All => true,
+            Wanted::Subtask {
+                max,
+                parallelism,
+                subtask,
+            } => {
+                // A parallelism above the maximum is refused later with a clear error.
+                parallelism > max || subtask_of_key_group(kg, max, parallelism) == subtask
+            }
+        }
+    }
+}
+
+/// The objects of every checkpoint folder, by path relative to the folder.
+type Folders = BTreeMap<CheckpointId, BTreeMap<String, ObjectMeta>>;
+
+/// Every file a manifest needs, as `(checkpoint, entry)`: its own files and, once each, the
+/// files of earlier checkpoints it refers to.
+fn all_files(manifest: &Manifest) -> Vec<(CheckpointId, FileEntry)> {
+    let mut out: Vec<(CheckpointId, FileEntry)> = manifest
+        .files()
+        .map(|(_, f)| (manifest.checkpoint_id, f.clone()))
+        .collect();
+    let mut seen = BTreeSet::new();
+    for (_, f) in manifest.files() {
+        for r in &f.refs {
+            if seen.insert((r.checkpoint, r.path.clone())) {
+                out.push((
+                    r.checkpoint,
+                    FileEntry::new(f.subtask, r.path.clone(), r.size, r.checksum),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Adds the files `m` refers to.
+fn add_refs(referenced: &mut BTreeSet<(CheckpointId, String)>, m: &Manifest) {
+    referenced.extend(
+        m.referenced_files()
+            .into_iter()
+            .map(|(id, p)| (id, p.to_owned())),
+    );
 }
 
 /// `chk-` and the id in at least 10 digits.
@@ -737,6 +940,7 @@ fn file_problem(f: &FileEntry, bytes: Option<&[u8]>) -> Option<String> {
 mod tests {
     use super::*;
     use crate::FailingStore;
+    use crate::state::StateEntry;
 
     fn snapshot(tag: &str) -> StateSnapshot {
         let mut s = StateSnapshot::new();
@@ -972,6 +1176,190 @@ mod tests {
                 .map(|m| m.checkpoint_id),
             Some(9)
         );
+    }
+
+    /// The full state of subtask `subtask` (of 2, max 8) at step `step`: key groups of the
+    /// subtask's range, of which only key group `subtask * 4` changes from step to step, and a
+    /// union entry.
+    fn full_state(subtask: u32, step: u64) -> StateSnapshot {
+        let mut s = StateSnapshot::new();
+        for kg in subtask * 4..subtask * 4 + 4 {
+            let v = if kg == subtask * 4 { step } else { 0 };
+            s.push_keyed(kg, format!("kg{kg}-a-{v}").into_bytes());
+            s.push_keyed(kg, vec![kg as u8; 100]);
+        }
+        s.push_union("pos", format!("{subtask}-{step}").into_bytes())
+            .expect("key");
+        s
+    }
+
+    /// Writes checkpoint `id` of node agg (p=2) through incremental trackers.
+    async fn write_incremental(
+        store: &CheckpointStore,
+        trackers: &mut [crate::Tracker],
+        id: CheckpointId,
+    ) -> Manifest {
+        let mut m = Manifest::new("job", id, id, 8);
+        for (subtask, t) in trackers.iter_mut().enumerate() {
+            let e = t
+                .encode(id, &full_state(subtask as u32, id))
+                .expect("a file");
+            m.add_file("agg", 2, store.write_encoded(id, e).await.expect("write"));
+        }
+        store.commit(&m).await.expect("commit");
+        m
+    }
+
+    fn sorted(mut s: StateSnapshot) -> Vec<StateEntry> {
+        s.entries
+            .sort_by(|a, b| (&a.key, &a.bytes).cmp(&(&b.key, &b.bytes)));
+        s.entries
+    }
+
+    fn trackers(full_every: u32) -> Vec<crate::Tracker> {
+        let config = crate::IncrementalConfig {
+            enabled: true,
+            full_every,
+        };
+        (0..2)
+            .map(|i| crate::Tracker::new("agg", i, config))
+            .collect()
+    }
+
+    /// What subtask `i` of `p` must restore after step `step`.
+    fn expected(p: u32, i: u32, step: u64) -> Vec<StateEntry> {
+        let old = (0..2).map(|s| (s, full_state(s, step))).collect();
+        sorted(state_for_subtask(old, p, 8, i).expect("expected"))
+    }
+
+    #[tokio::test]
+    async fn incremental_checkpoints_restore_through_references_also_from_a_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        let mut t = trackers(10);
+        let m1 = write_incremental(&store, &mut t, 1).await;
+        let mut last = m1.clone();
+        for id in 2..=4 {
+            last = write_incremental(&store, &mut t, id).await;
+        }
+        // Checkpoint 4 writes one changed key group per subtask and refers to the other three.
+        assert_eq!(m1.referred_bytes(), 0);
+        assert!(
+            last.state_bytes() * 3 < m1.state_bytes(),
+            "{} vs {}",
+            last.state_bytes(),
+            m1.state_bytes()
+        );
+        assert_eq!(last.referred_bytes(), 2 * 3 * (100 + 7));
+        let refs: Vec<CheckpointId> = last.referenced_files().iter().map(|r| r.0).collect();
+        assert_eq!(refs, [1, 1]);
+        // Restore at parallelism 1, 2 and 3: the same state as the full snapshots.
+        let latest = store.latest_complete().await.expect("latest");
+        assert_eq!(latest.manifest.as_ref(), Some(&last));
+        for p in 1..=3 {
+            for i in 0..p {
+                let got = store
+                    .read_subtask_state(&last, "agg", p, i)
+                    .await
+                    .expect("read");
+                assert_eq!(sorted(got), expected(p, i, 4), "p={p} subtask {i}");
+            }
+        }
+        let whole = store.restore_node(&last, "agg", 2).await.expect("restore");
+        assert_eq!(sorted(whole[1].clone()), expected(2, 1, 4));
+        // A copy of the store in another directory restores the same (references are
+        // relative to the store's root).
+        let copy = tempfile::tempdir().expect("tempdir");
+        for entry in walk(dir.path()) {
+            let to = copy
+                .path()
+                .join(entry.strip_prefix(dir.path()).expect("prefix"));
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(&entry, &to).expect("copy");
+        }
+        let moved = CheckpointStore::local(copy.path()).expect("store");
+        let m = moved
+            .latest_complete()
+            .await
+            .expect("latest")
+            .manifest
+            .expect("complete");
+        let got = moved
+            .read_subtask_state(&m, "agg", 1, 0)
+            .await
+            .expect("read");
+        assert_eq!(sorted(got), expected(1, 0, 4));
+        // A damaged referenced file makes the referring checkpoint incomplete.
+        std::fs::write(file_path(&copy, 1, "agg-1.state"), b"rot").expect("write");
+        let after = moved.latest_complete().await.expect("latest");
+        assert_eq!(after.manifest.map(|m| m.checkpoint_id), None);
+        assert!(
+            after.skipped[0].reason.contains("which this one refers to"),
+            "{:?}",
+            after.skipped
+        );
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_files_that_kept_checkpoints_refer_to() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::local(dir.path()).expect("store");
+        let mut t = trackers(3);
+        for id in 1..=3 {
+            write_incremental(&store, &mut t, id).await;
+        }
+        // 3 refers to 1's files: 1 and 2 are dropped, but 1's state files stay.
+        assert_eq!(store.retain(1).await.expect("retain"), vec![2, 1]);
+        assert!(file_path(&dir, 1, "agg-0.state").exists());
+        assert!(!file_path(&dir, 1, MANIFEST_NAME).exists());
+        assert!(!dir.path().join(folder_name(2)).exists());
+        let list = store.list().await.expect("list");
+        let retired = list.iter().find(|c| c.id == 1).expect("1 listed");
+        assert!(!retired.complete);
+        assert!(
+            retired
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.starts_with("retired")),
+            "{retired:?}"
+        );
+        assert!(list.iter().find(|c| c.id == 3).expect("3").complete);
+        let m = store
+            .latest_complete()
+            .await
+            .expect("latest")
+            .manifest
+            .expect("3");
+        let got = store
+            .read_subtask_state(&m, "agg", 1, 0)
+            .await
+            .expect("read");
+        assert_eq!(sorted(got), expected(1, 0, 3));
+        // Retaining again changes nothing that 3 needs.
+        store.retain(1).await.expect("retain");
+        assert!(file_path(&dir, 1, "agg-1.state").exists());
+        // 4 is full (every third): once it completes, nothing refers to 1 any more.
+        let m4 = write_incremental(&store, &mut t, 4).await;
+        assert_eq!(m4.referred_bytes(), 0);
+        assert_eq!(store.retain(1).await.expect("retain"), vec![3, 1]);
+        assert_eq!(store.ids().await.expect("ids"), vec![4]);
+        // With two kept, 5 (referring to 4) keeps 4 complete.
+        write_incremental(&store, &mut t, 5).await;
+        assert!(store.retain(2).await.expect("retain").is_empty());
+        assert!(store.list().await.expect("list").iter().all(|c| c.complete));
     }
 
     #[tokio::test]

@@ -114,6 +114,14 @@ pub fn render(r: &JobReport, services: &[ServiceStatus], slow: &[Held]) -> Strin
         if let Some(id) = c.last_completed {
             let _ = write!(s, ", last complete {id}");
         }
+        if c.completed > 0 {
+            let _ = write!(
+                s,
+                ", state written {}, referred to in earlier checkpoints {}",
+                human_bytes(c.written_bytes),
+                human_bytes(c.referred_bytes)
+            );
+        }
         if let Some(id) = c.restored_from {
             let _ = write!(s, "; restored from checkpoint {id}");
         }
@@ -166,6 +174,10 @@ struct JsonCheckpoints {
     restored_from: Option<u64>,
     first_completed_ms: Option<u64>,
     durations_ms: Vec<u64>,
+    /// Bytes of state the completed checkpoints wrote.
+    written_bytes: u64,
+    /// Bytes of unchanged keyed state they referred to in earlier checkpoints instead.
+    referred_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -219,6 +231,8 @@ pub fn live_json(
                 .next()
                 .and_then(|r| r.triggered_at_ms.checked_sub(watch.started_at_ms()))
                 .map(|ms| ms + done().next().and_then(|r| r.duration_ms).unwrap_or(0)),
+            written_bytes: t.written_bytes,
+            referred_bytes: t.referred_bytes,
         }
     });
     let report = JobReport {
@@ -246,6 +260,8 @@ pub fn to_json(r: &JobReport, services: &[ServiceStatus], slow: &[Held], state: 
             restored_from: c.restored_from,
             first_completed_ms: c.first_completed_ms,
             durations_ms: c.durations_ms.clone(),
+            written_bytes: c.written_bytes,
+            referred_bytes: c.referred_bytes,
         }),
         services: services
             .iter()

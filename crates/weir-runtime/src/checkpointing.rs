@@ -46,6 +46,11 @@ pub struct CheckpointStats {
     /// Milliseconds from the job's start to its first completed checkpoint (after a restore:
     /// the time to recover, state loaded, models up and data flowing again).
     pub first_completed_ms: Option<u64>,
+    /// Bytes of state written by the completed checkpoints.
+    pub written_bytes: u64,
+    /// Bytes of unchanged keyed state the completed checkpoints referred to in earlier ones
+    /// instead of writing them again (incremental checkpoints).
+    pub referred_bytes: u64,
 }
 
 pub(crate) struct TaskHandle {
@@ -69,6 +74,9 @@ pub(crate) struct Driver {
     final_id: Option<CheckpointId>,
     final_attempts: u32,
     started: Instant,
+    /// The checkpoints completed by this run: the only ones an incremental checkpoint may refer
+    /// to (a restored job's first checkpoints are full).
+    completed: BTreeSet<CheckpointId>,
     /// What watchers see of the checkpoints.
     pub(crate) history: CheckpointHistory,
     /// Requests from watchers ("checkpoint now").
@@ -124,6 +132,7 @@ impl Driver {
             files: BTreeMap::new(),
             final_id: None,
             started: Instant::now(),
+            completed: BTreeSet::new(),
             final_attempts: 0,
             history: watch.history,
             commands: watch.commands,
@@ -197,8 +206,10 @@ impl Driver {
                     return Ok(());
                 }
                 let bytes = files.iter().map(|(_, entry)| entry.size).sum();
+                let referred = files.iter().map(|(_, e)| e.referred_bytes()).sum();
                 self.files.entry(id).or_default().extend(files);
-                self.history.acked(id, &task.node, task.subtask, bytes);
+                self.history
+                    .acked(id, &task.node, task.subtask, bytes, referred);
                 self.acked.entry(id).or_default().insert(task.clone());
                 if self.final_id == Some(id) {
                     if self.acked[&id].len() == self.tasks.len() {
@@ -413,6 +424,26 @@ impl Driver {
 
     async fn finalize(&mut self, id: CheckpointId) -> Result<()> {
         crate::fault::crash_point("state-files", id);
+        if let Some((node, at, path)) = self.files.get(&id).and_then(|files| {
+            files.iter().find_map(|(node, f)| {
+                weir_checkpoint::incremental::dangling_refs(f, &self.completed)
+                    .next()
+                    .map(|(at, path)| (node.clone(), at, path.to_owned()))
+            })
+        }) {
+            let e = Error::io(format!(
+                "node '{node}' refers to file {path} of checkpoint {at}, which did not complete"
+            ));
+            if self.final_id == Some(id) {
+                return self.decline(id, e).await;
+            }
+            tracing::warn!("checkpoint {id} declined, the job goes on: {}", e.report());
+            self.stats.failed += 1;
+            self.ended(id, Err(format!("declined: {}", e.report())));
+            let actions = self.coordinator.on_decline(id, e.report(), Instant::now());
+            self.forget(id).await;
+            return self.apply(actions).await;
+        }
         let mut m = Manifest::new(self.job.clone(), id, now_ms(), self.max_parallelism);
         for (node, p) in &self.parallelism {
             m.add_node(node, *p);
@@ -437,7 +468,15 @@ impl Driver {
             return self.apply(actions).await;
         }
         crate::fault::crash_point("manifest", id);
+        self.completed.insert(id);
+        tracing::debug!(
+            "checkpoint {id}: {} bytes written, {} bytes of unchanged key groups referred to in earlier checkpoints",
+            m.state_bytes(),
+            m.referred_bytes()
+        );
         self.stats.completed += 1;
+        self.stats.written_bytes += m.state_bytes();
+        self.stats.referred_bytes += m.referred_bytes();
         self.stats.last_completed = Some(id);
         if self.stats.first_completed_ms.is_none() {
             let after = self.started.elapsed();

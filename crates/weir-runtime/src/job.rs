@@ -109,6 +109,7 @@ impl Runtime {
             unaligned,
             store: setup.store.clone(),
             restore: setup.restore.clone().map(Arc::new),
+            incremental: setup.config.incremental_config(),
         });
         let tasks = wire(&graph, &plan, &metrics, &stop, self.io.handle(), link)?;
         let mut set = JoinSet::new();
@@ -343,6 +344,8 @@ struct Link<'a> {
     unaligned: bool,
     store: CheckpointStore,
     restore: Option<Arc<Manifest>>,
+    /// How tasks write incremental snapshots.
+    incremental: weir_checkpoint::IncrementalConfig,
 }
 
 /// Creates every task of the plan with its channels.
@@ -530,6 +533,9 @@ fn wire(
                     io: io.clone(),
                     writes: tokio::task::JoinSet::new(),
                     restore: c.restore.clone(),
+                    incremental: c.incremental,
+                    trackers: Default::default(),
+                    encoded: None,
                 }
             });
             let in_flight = (unaligned && matches!(head, Head::Input { .. })).then(|| {

@@ -68,6 +68,9 @@ pub struct TaskAck {
     pub after_ms: u64,
     /// Bytes of state the task wrote for this checkpoint.
     pub state_bytes: u64,
+    /// Bytes of unchanged keyed state it referred to in earlier checkpoints instead of writing
+    /// them (incremental checkpoints).
+    pub referred_bytes: u64,
 }
 
 /// One checkpoint as the history keeps it.
@@ -89,6 +92,9 @@ pub struct CheckpointRecord {
     pub duration_ms: Option<u64>,
     /// Bytes of state written for it so far (all of it once complete).
     pub size_bytes: u64,
+    /// Bytes of unchanged keyed state it refers to in earlier checkpoints instead of writing
+    /// them again (incremental checkpoints; 0 for a full one).
+    pub referred_bytes: u64,
     /// Tasks expected to acknowledge it.
     pub expected_tasks: u32,
     /// The acknowledgements received, in order.
@@ -117,6 +123,12 @@ pub struct CheckpointTotals {
     pub last_completed: Option<CheckpointId>,
     /// Size of the newest completed checkpoint, bytes.
     pub last_completed_size_bytes: u64,
+    /// Bytes the newest completed checkpoint refers to in earlier ones.
+    pub last_completed_referred_bytes: u64,
+    /// Bytes written by all completed checkpoints.
+    pub written_bytes: u64,
+    /// Bytes all completed checkpoints referred to in earlier ones instead of writing them.
+    pub referred_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +183,7 @@ impl CheckpointHistory {
             triggered_at_ms: now_ms(),
             duration_ms: None,
             size_bytes: 0,
+            referred_bytes: 0,
             expected_tasks: expected_tasks as u32,
             acks: Vec::new(),
             failure: None,
@@ -185,15 +198,24 @@ impl CheckpointHistory {
         g.records.iter_mut().rev().find(|r| r.id == id).map(f)
     }
 
-    pub(crate) fn acked(&self, id: CheckpointId, node: &str, subtask: u32, state_bytes: u64) {
+    pub(crate) fn acked(
+        &self,
+        id: CheckpointId,
+        node: &str,
+        subtask: u32,
+        state_bytes: u64,
+        referred_bytes: u64,
+    ) {
         let now = now_ms();
         self.with(id, |r| {
             r.size_bytes += state_bytes;
+            r.referred_bytes += referred_bytes;
             r.acks.push(TaskAck {
                 node: node.to_string(),
                 subtask,
                 after_ms: now.saturating_sub(r.triggered_at_ms),
                 state_bytes,
+                referred_bytes,
             });
         });
     }
@@ -203,13 +225,17 @@ impl CheckpointHistory {
         let size = self.with(id, |r| {
             r.status = CheckpointStatus::Completed;
             r.duration_ms = Some(ms);
-            r.size_bytes
+            (r.size_bytes, r.referred_bytes)
         });
+        let (size, referred) = size.unwrap_or((0, 0));
         let mut g = lock(&self.inner);
         let t = &mut g.totals;
         t.completed += 1;
         t.last_completed = Some(id);
-        t.last_completed_size_bytes = size.unwrap_or(0);
+        t.last_completed_size_bytes = size;
+        t.last_completed_referred_bytes = referred;
+        t.written_bytes += size;
+        t.referred_bytes += referred;
         if t.duration_buckets.is_empty() {
             t.duration_buckets = vec![0; CHECKPOINT_BUCKETS_S.len() + 1];
         }
@@ -629,8 +655,8 @@ mod tests {
     fn history_keeps_acks_sizes_and_failures() {
         let h = CheckpointHistory::default();
         h.triggered(1, "aligned", 2, false, false);
-        h.acked(1, "src", 0, 10);
-        h.acked(1, "sink", 0, 5);
+        h.acked(1, "src", 0, 10, 4);
+        h.acked(1, "sink", 0, 5, 0);
         h.completed(1, Duration::from_millis(30));
         h.triggered(2, "aligned", 2, false, true);
         h.failed(2, "declined: disk full");
@@ -648,6 +674,15 @@ mod tests {
         assert_eq!((t.triggered, t.completed, t.failed), (2, 1, 1));
         assert_eq!(t.duration_buckets[2], 1, "30 ms is in the 50 ms bucket");
         assert_eq!(t.last_completed_size_bytes, 15);
+        assert_eq!(r[0].referred_bytes, 4);
+        assert_eq!(
+            (
+                t.last_completed_referred_bytes,
+                t.written_bytes,
+                t.referred_bytes
+            ),
+            (4, 15, 4)
+        );
     }
 
     #[test]

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weir_checkpoint::{AbortReason, CheckpointStore, FileEntry, Manifest, StateSnapshot, TaskKey};
+use weir_checkpoint::{
+    AbortReason, CheckpointStore, FileEntry, IncrementalConfig, Manifest, StateSnapshot, TaskKey,
+    Tracker,
+};
 use weir_types::{
     Barrier, BarrierKind, CheckpointId, Error, ErrorKind, KeyGroupRange, Message, Result,
     Watermark, WatermarkStatus, dead_letter_batch,
@@ -72,6 +75,22 @@ pub(crate) struct CheckpointLink {
     pub(crate) writes: JoinSet<()>,
     /// The checkpoint to restore from.
     pub(crate) restore: Option<Arc<Manifest>>,
+    /// How this task's snapshots are written (incremental or full).
+    pub(crate) incremental: IncrementalConfig,
+    /// The change tracker of each node of the chain (by node name), shared with the writes.
+    pub(crate) trackers: Trackers,
+    /// Done when the previous checkpoint's state has been encoded: encodings run in checkpoint
+    /// order, since each one's references depend on the previous one.
+    pub(crate) encoded: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// The incremental change trackers of a task's nodes, by node name.
+pub(crate) type Trackers = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Tracker>>>;
+
+fn lock_trackers(
+    t: &Trackers,
+) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Tracker>> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One operator of a chain with its context.
@@ -335,14 +354,28 @@ impl Task {
         // Reap the writes that ended (each already told the driver).
         while link.writes.try_join_next().is_some() {}
         let (store, events, task) = (link.store.clone(), link.events.clone(), link.key.clone());
+        let (trackers, config) = (link.trackers.clone(), link.incremental);
+        let previous = link.encoded.take();
+        let (encoded_tx, encoded_rx) = tokio::sync::oneshot::channel();
+        link.encoded = Some(encoded_rx);
         link.writes.spawn_on(
             async move {
-                let event = match write_states(&store, id, states).await {
+                if let Some(previous) = previous {
+                    // An error only says the previous write was dropped: its encoding is over.
+                    let _ = previous.await;
+                }
+                let written = write_states(&store, id, states, &trackers, config, encoded_tx).await;
+                let event = match written {
                     Ok(files) => {
                         crate::fault::crash_point("snapshot", id);
                         TaskEvent::Ack { task, id, files }
                     }
-                    Err(error) => TaskEvent::Decline { task, id, error },
+                    Err(error) => {
+                        for t in lock_trackers(&trackers).values_mut() {
+                            t.aborted(id);
+                        }
+                        TaskEvent::Decline { task, id, error }
+                    }
                 };
                 // A driver that is gone has ended the job; the task hears of it itself.
                 let _ = events.send(event);
@@ -410,6 +443,11 @@ impl Task {
 
     /// Tells the source and every chained operator that checkpoint `id` is complete.
     async fn notify_complete(&mut self, id: CheckpointId) -> Result<()> {
+        if let Some(link) = &self.checkpoint {
+            for t in lock_trackers(&link.trackers).values_mut() {
+                t.completed(id);
+            }
+        }
         if let Head::Source { source, ctx } = &mut self.head {
             source
                 .notify_checkpoint_complete(id, ctx)
@@ -427,6 +465,11 @@ impl Task {
 
     /// Tells the source and every chained operator that checkpoint `id` will not complete.
     async fn notify_aborted(&mut self, id: CheckpointId, reason: &AbortReason) -> Result<()> {
+        if let Some(link) = &self.checkpoint {
+            for t in lock_trackers(&link.trackers).values_mut() {
+                t.aborted(id);
+            }
+        }
         if let Head::Source { source, ctx } = &mut self.head {
             source
                 .notify_checkpoint_aborted(id, reason, ctx)
@@ -813,22 +856,32 @@ impl Task {
     }
 }
 
-/// Encodes (on a blocking thread) and writes the non-empty states of checkpoint `id`; returns the
-/// files written, by node.
+/// Encodes (on a blocking thread, through each node's incremental [`Tracker`]) and writes the
+/// non-empty states of checkpoint `id`; returns the files written, by node. `encoded` is told
+/// when the encoding is done (the next checkpoint's may start).
 async fn write_states(
     store: &CheckpointStore,
     id: CheckpointId,
     states: NodeStates,
+    trackers: &Trackers,
+    config: IncrementalConfig,
+    encoded: tokio::sync::oneshot::Sender<()>,
 ) -> Result<Vec<(String, FileEntry)>> {
+    let trackers = trackers.clone();
     let encoded = tokio::task::spawn_blocking(move || {
-        states
+        let mut trackers = lock_trackers(&trackers);
+        let files = states
             .into_iter()
-            .filter(|(_, _, s)| !s.is_empty())
-            .map(|(node, subtask, s)| {
-                let e = CheckpointStore::encode_state(&node, subtask, &s);
-                (node, e)
+            .filter_map(|(node, subtask, s)| {
+                let tracker = trackers
+                    .entry(node.clone())
+                    .or_insert_with(|| Tracker::new(node.clone(), subtask, config));
+                tracker.encode(id, &s).map(|e| (node, e))
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        drop(trackers);
+        let _ = encoded.send(());
+        files
     })
     .await
     .map_err(|e| Error::internal("encoding checkpoint state panicked").with_source(e))?;

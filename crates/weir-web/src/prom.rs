@@ -341,6 +341,14 @@ impl Collector for JobCollector {
             )?;
             family(
                 &mut enc,
+                "weir_checkpoint_last_referred_bytes",
+                "Bytes of unchanged keyed state the newest completed checkpoint refers to in earlier checkpoints instead of writing them (incremental checkpoints).",
+                MetricType::Gauge,
+                &one,
+                |m, _| gauge(m, &jl, t.last_completed_referred_bytes as f64),
+            )?;
+            family(
+                &mut enc,
                 "weir_checkpoint_last_completed_id",
                 "Id of the newest completed checkpoint.",
                 MetricType::Gauge,

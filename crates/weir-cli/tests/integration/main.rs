@@ -3,6 +3,7 @@
 mod cli;
 mod examples;
 mod grace;
+mod incremental;
 mod kafka;
 mod object_refs;
 mod restart;
