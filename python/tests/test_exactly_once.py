@@ -51,19 +51,31 @@ def test_kill_9_and_resume_from_python_equals_an_uninterrupted_run(tmp_path):
 def test_ctrl_c_stops_the_job_cleanly(tmp_path):
     out = tmp_path / "out"
     code = (
+        # Should the job not stop, the child prints where it waits before the test gives up.
+        "import faulthandler; faulthandler.dump_traceback_later(25)\n"
         "import weir\n"
         "df = weir.datagen([{'name': 'n', 'kind': 'sequence'}], batch_size=100, rows_per_second=2000)"
         f".write_parquet({str(out)!r})\n"
+        "print('ready', flush=True)\n"
         "try:\n"
         "    df.run(progress=False)\n"
         "except KeyboardInterrupt:\n"
         "    print('stopped')\n"
     )
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    # Ctrl-C once the job runs (not while Python still imports, however loaded the machine is).
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
     p.send_signal(signal.SIGINT)
-    stdout, _ = p.communicate(timeout=30)
-    assert p.returncode == 0 and "stopped" in stdout
+    try:
+        stdout, stderr = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, stderr = p.communicate()
+        raise AssertionError(f"the job did not stop within 30 s of Ctrl-C; its stacks:\n{stderr}")
+    assert p.returncode == 0 and "stopped" in stdout, stderr
     # What was read was written: the published rows are 0..k without a gap.
     n = sorted(pq.read_table(out)["n"].to_pylist())
     assert n and n == list(range(len(n)))

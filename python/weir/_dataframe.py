@@ -433,11 +433,23 @@ class DataFrame:
         job = self._start(
             spec, False, parallelism=parallelism, resume=resume, overwrite=overwrite, threads=threads
         )
-        display = _Progress(job, progress)
+        display = None
         try:
+            display = _Progress(job, progress)
             report = job.wait()
+        except BaseException:
+            # Whatever interrupted us (Ctrl-C before the wait began, an error in the display),
+            # the job must not keep running behind the caller's back: stop it and let it end.
+            if not job.finished():
+                job.stop()
+                try:
+                    job.wait()
+                except Exception:
+                    pass
+            raise
         finally:
-            display.close()
+            if display is not None:
+                display.close()
         return json.loads(report)
 
 

@@ -381,6 +381,30 @@ impl Job {
     }
 }
 
+/// How long dropping a job that still runs waits for it to end after asking it to stop.
+const DROP_GRACE: Duration = Duration::from_secs(10);
+
+impl Drop for Job {
+    /// A job whose Python object goes away while it runs (the caller was interrupted between
+    /// starting it and waiting for it, or dropped an iterator) is asked to stop and given a
+    /// bounded time to end cleanly, so that it neither runs on unseen nor holds the interpreter's
+    /// exit forever.
+    fn drop(&mut self) {
+        if *self.done.borrow() {
+            return;
+        }
+        self.stop.cancel();
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+        }
+        let mut done = self.done.clone();
+        let _ = self
+            .runtime
+            .io_handle()
+            .block_on(async { tokio::time::timeout(DROP_GRACE, done.wait_for(|d| *d)).await });
+    }
+}
+
 impl Job {
     fn check_signals(&mut self, py: Python<'_>) -> PyResult<()> {
         if let Err(e) = py.check_signals() {
