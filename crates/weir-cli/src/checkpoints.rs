@@ -26,11 +26,17 @@ pub fn newest_complete(runtime: &Runtime, store: &CheckpointStore) -> Result<Opt
             } else {
                 ""
             };
+            let referred = m.referred_bytes();
+            let earlier = if referred > 0 {
+                format!(" ({referred} of them in earlier checkpoints it refers to)")
+            } else {
+                String::new()
+            };
             tracing::info!(
-                "resuming from checkpoint {} taken {} ago, {} bytes of state{fin}",
+                "resuming from checkpoint {} taken {} ago, {} bytes of state{earlier}{fin}",
                 m.checkpoint_id,
                 crate::progress::fmt_secs(age_secs(m.created_at_ms)),
-                m.state_bytes()
+                m.state_bytes() + referred
             );
         }
         None => tracing::warn!("no complete checkpoint found: starting from the beginning"),
