@@ -50,11 +50,17 @@ pub fn newest_complete(runtime: &Runtime, store: &CheckpointStore) -> Result<Opt
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(m.created_at_ms);
             let age = std::time::Duration::from_millis(now.saturating_sub(m.created_at_ms));
+            let referred = m.referred_bytes();
+            let earlier = if referred > 0 {
+                format!(" ({referred} of them in earlier checkpoints it refers to)")
+            } else {
+                String::new()
+            };
             tracing::info!(
-                "resuming from checkpoint {} taken {:.1}s ago, {} bytes of state{fin}",
+                "resuming from checkpoint {} taken {:.1}s ago, {} bytes of state{earlier}{fin}",
                 m.checkpoint_id,
                 age.as_secs_f64(),
-                m.state_bytes()
+                m.state_bytes() + referred
             );
         }
         None => tracing::warn!("no complete checkpoint found: starting from the beginning"),

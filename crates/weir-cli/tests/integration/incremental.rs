@@ -187,6 +187,10 @@ fn incremental_checkpoints_write_little_and_restore_exactly_at_another_paralleli
         "{err}"
     );
     assert!(err.contains("referred to in earlier checkpoints"), "{err}");
+    assert!(
+        err.contains("of them in earlier checkpoints it refers to"),
+        "{err}"
+    );
     let got = read_rows(&d.join("resumed")).expect("rows");
     assert_eq!(got.len(), want.len(), "row count differs");
     assert_eq!(got, want, "rows differ after the restore");
