@@ -259,7 +259,7 @@ cpu_model=$(lscpu 2>/dev/null | awk -F: '/^Model name/ { gsub(/^ +/, "", $2); pr
     echo "- $(rustc --version); crates (Cargo.lock): ort $(lock_version ort), image $(lock_version image), zune-jpeg $(lock_version zune-jpeg), fast_image_resize $(lock_version fast_image_resize), tokenizers $(lock_version tokenizers), arrow $(lock_version arrow), rayon $(lock_version rayon)"
     echo "- ONNX Runtime 1.32.0 everywhere (Rust: \`${ORT_DYLIB_PATH#"$PWD"/}\` from the PyPI wheel; Python: the onnxruntime wheel)"
     echo "- $(python3 --version 2>&1 | tr -d '\n'); .venv-bench-py: $(pyver .venv-bench-py 'onnxruntime|numpy|pillow|tokenizers|pyarrow')"
-    has weir-py && echo "- .venv-bench-weir: $(cat .venv-bench-weir/.weir-wheel 2>/dev/null) (built from this checkout with the $PROFILE profile) $(pyver .venv-bench-weir 'pyarrow|numpy|cloudpickle')"
+    has weir-py && echo "- .venv-bench-weir: weir $(cat .venv-bench-weir/.weir-build 2>/dev/null) (the native module of \`cargo build --workspace --profile $PROFILE\`, bench/python/setup-weir.sh); $(pyver .venv-bench-weir 'pyarrow|numpy|cloudpickle')"
     has daft && echo "- .venv-bench-daft: $(pyver .venv-bench-daft 'daft|onnxruntime|numpy|pillow|tokenizers|pyarrow')"
     has ray && echo "- .venv-bench-ray: $(pyver .venv-bench-ray 'ray|onnxruntime|numpy|pillow|tokenizers|pyarrow|pandas')"
     echo
