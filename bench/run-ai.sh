@@ -3,7 +3,7 @@
 # binary on a YAML spec, and the same pipeline written with weir's Python DataFrame API) against
 # a hand-written Rust loop, a plain Python loop, Daft and Ray Data. See bench/README.md.
 #
-#   bench/run-ai.sh [images|text|udf|all]    (default all = images text udf)
+#   bench/run-ai.sh [images|text|udf|all]...   (default all = images text udf; several: in turn)
 #
 # `udf` is the image pipeline with a Python step after the model (numpy post-processing of the
 # scores, bench/python/post.py) in weir's map_batches (Python API), Daft and Ray Data; the other
@@ -39,9 +39,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-WHAT=${1:-all}
-case $WHAT in images | text | udf) WORKLOADS=("$WHAT") ;; all) WORKLOADS=(images text udf) ;;
-    *) echo "usage: bench/run-ai.sh [images|text|udf|all]" >&2; exit 2 ;; esac
+WHAT="${*:-all}"
+WORKLOADS=()
+for w in $WHAT; do
+    case $w in images | text | udf) WORKLOADS+=("$w") ;; all) WORKLOADS+=(images text udf) ;;
+        *) echo "usage: bench/run-ai.sh [images|text|udf|all]..." >&2; exit 2 ;; esac
+done
 RUNS=${RUNS:-3}
 IMAGES=${IMAGES:-3000}
 SENTENCES=${SENTENCES:-20000}
