@@ -40,6 +40,9 @@ OUT=${OUT:-bench/results/ab-$(date -u +%F).md}
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
 
 bash scripts/setup-models.sh > /dev/null
+# The output comparison reads Parquet: the plain-Python benchmark venv has pyarrow.
+bench/python/setup.sh > /dev/null
+PY=.venv-bench-py/bin/python
 # shellcheck source=/dev/null
 source .weir/env.sh
 
@@ -94,7 +97,7 @@ for round in $(seq 1 "$RUNS"); do
             echo "$w $side $round $wall $(python3 -c "print(round($user + $sys, 2))") $rss" | tee -a "$TMP/all.txt"
         done
         if [[ $w != filter ]]; then
-            python3 - "$TMP/out-$w-old" "$TMP/out-$w-new" << 'EOF' || die "$w: the two binaries wrote different results"
+            "$PY" - "$TMP/out-$w-old" "$TMP/out-$w-new" << 'EOF' || die "$w: the two binaries wrote different results"
 import sys, pyarrow.parquet as pq
 def rows(d):
     t = pq.read_table(d)
