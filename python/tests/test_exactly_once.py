@@ -53,6 +53,10 @@ def test_ctrl_c_stops_the_job_cleanly(tmp_path):
     code = (
         # Should the job not stop, the child prints where it waits before the test gives up.
         "import faulthandler; faulthandler.dump_traceback_later(25)\n"
+        # A child of a background job of a non-interactive shell (how CI may start the suite)
+        # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler: give
+        # it the one a terminal or a notebook has.
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import weir\n"
         "df = weir.datagen([{'name': 'n', 'kind': 'sequence'}], batch_size=100, rows_per_second=2000)"
         f".write_parquet({str(out)!r})\n"
