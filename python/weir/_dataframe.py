@@ -382,12 +382,7 @@ class DataFrame:
                     return
                 yield b
         finally:
-            if not job.finished():
-                job.stop()
-                try:
-                    job.wait()
-                except Exception:
-                    pass
+            _stop_and_wait(job)
 
     def collect(self) -> pa.Table:
         """Runs the pipeline and returns its output as a ``pyarrow.Table`` (weir's extension
@@ -439,18 +434,24 @@ class DataFrame:
             report = job.wait()
         except BaseException:
             # Whatever interrupted us (Ctrl-C before the wait began, an error in the display),
-            # the job must not keep running behind the caller's back: stop it and let it end.
-            if not job.finished():
-                job.stop()
-                try:
-                    job.wait()
-                except Exception:
-                    pass
+            # the job must not keep running behind the caller's back.
+            _stop_and_wait(job)
             raise
         finally:
             if display is not None:
                 display.close()
         return json.loads(report)
+
+
+def _stop_and_wait(job: Any) -> None:
+    """Stops a job that still runs and lets it end cleanly (what was read is written); its own
+    failure, if any, is not raised here."""
+    if not job.finished():
+        job.stop()
+        try:
+            job.wait()
+        except Exception:
+            pass
 
 
 def _has_pandas() -> bool:

@@ -322,29 +322,14 @@ fn run(args: RunArgs) -> weir_types::Result<ExitCode> {
             .unwrap_or(1)
     });
     let runtime = Runtime::new(threads)?;
-    let store = plan
-        .checkpoint
-        .as_ref()
-        .map(checkpoints::open_store)
-        .transpose()?;
-    let mut restore = None;
-    if args.resume {
-        let Some(store) = &store else {
-            return Err(weir_types::Error::config(
-                "--resume needs a 'checkpoint:' section in the spec (where are the checkpoints?)",
-            ));
-        };
-        restore = checkpoints::newest_complete(&runtime, store)?;
-    }
-    weir_plan::stale::preflight(
+    let (store, mut restore) = weir_plan::stale::prepare(
         &runtime,
         &plan,
-        store.as_ref(),
-        restore.as_ref(),
         weir_plan::stale::Intent {
             resume: args.resume,
             overwrite: args.overwrite,
         },
+        "--resume needs a 'checkpoint:' section in the spec (where are the checkpoints?)",
     )?;
     // Job start: the declared services are made here (their instances start when the first
     // step calling them opens); restarts reuse them.

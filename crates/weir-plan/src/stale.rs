@@ -26,6 +26,28 @@ pub struct Intent {
     pub overwrite: bool,
 }
 
+/// What a run starts from, checked: the plan's checkpoint store (if it has one) and, when asked
+/// to resume, the newest complete checkpoint in it; then [`preflight`]. Every front end (`weir
+/// run`, Python) calls this before starting a job. `no_store`: the error message when resuming a
+/// plan without a `checkpoint:` section (worded for the front end's option).
+pub fn prepare(
+    runtime: &Runtime,
+    plan: &crate::Plan,
+    intent: Intent,
+    no_store: &str,
+) -> Result<(Option<CheckpointStore>, Option<Manifest>)> {
+    let store = plan.checkpoint.as_ref().map(open_store).transpose()?;
+    let mut restore = None;
+    if intent.resume {
+        let Some(store) = &store else {
+            return Err(Error::config(no_store));
+        };
+        restore = newest_complete(runtime, store)?;
+    }
+    preflight(runtime, plan, store.as_ref(), restore.as_ref(), intent)?;
+    Ok((store, restore))
+}
+
 /// Opens the checkpoint store of a plan: a directory, or an object-store URL configured by
 /// weir-store's credential policy (the `AWS_*` environment, then `checkpoint.storage`).
 pub fn open_store(c: &crate::CheckpointPlan) -> Result<CheckpointStore> {

@@ -223,27 +223,16 @@ fn start(
     // under the GIL, so the job's Python calls can run.
     py.detach(move || -> PyResult<Job> {
         let runtime = Arc::new(Runtime::new(threads).map_err(to_py)?);
-        let store = plan
-            .checkpoint
-            .as_ref()
-            .map(weir_plan::stale::open_store)
-            .transpose()
-            .map_err(to_py)?;
-        let mut restore = None;
-        if resume {
-            let Some(store) = &store else {
-                return Err(PlanError::new_err(
-                    "resume=True needs a checkpoint (run(checkpoint=...) or a 'checkpoint:' section)",
-                ));
-            };
-            restore = weir_plan::stale::newest_complete(&runtime, store).map_err(to_py)?;
+        if resume && plan.checkpoint.is_none() {
+            return Err(PlanError::new_err(
+                "resume=True needs a checkpoint (run(checkpoint=...) or a 'checkpoint:' section)",
+            ));
         }
-        weir_plan::stale::preflight(
+        let (store, restore) = weir_plan::stale::prepare(
             &runtime,
             &plan,
-            store.as_ref(),
-            restore.as_ref(),
             weir_plan::stale::Intent { resume, overwrite },
+            "resume=True needs a checkpoint",
         )
         .map_err(to_py)?;
         let job = plan.start_with(resources).map_err(to_py)?;
@@ -398,10 +387,15 @@ impl Drop for Job {
             rx.close();
         }
         let mut done = self.done.clone();
-        let _ = self
-            .runtime
-            .io_handle()
-            .block_on(async { tokio::time::timeout(DROP_GRACE, done.wait_for(|d| *d)).await });
+        let runtime = &self.runtime;
+        // Without the GIL while waiting: the job's Python steps need it to finish.
+        Python::attach(|py| {
+            py.detach(|| {
+                let _ = runtime.io_handle().block_on(async {
+                    tokio::time::timeout(DROP_GRACE, done.wait_for(|d| *d)).await
+                });
+            })
+        });
     }
 }
 

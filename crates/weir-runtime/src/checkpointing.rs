@@ -434,15 +434,7 @@ impl Driver {
             let e = Error::io(format!(
                 "node '{node}' refers to file {path} of checkpoint {at}, which did not complete"
             ));
-            if self.final_id == Some(id) {
-                return self.decline(id, e).await;
-            }
-            tracing::warn!("checkpoint {id} declined, the job goes on: {}", e.report());
-            self.stats.failed += 1;
-            self.ended(id, Err(format!("declined: {}", e.report())));
-            let actions = self.coordinator.on_decline(id, e.report(), Instant::now());
-            self.forget(id).await;
-            return self.apply(actions).await;
+            return self.decline(id, e).await;
         }
         let mut m = Manifest::new(self.job.clone(), id, now_ms(), self.max_parallelism);
         for (node, p) in &self.parallelism {
@@ -457,15 +449,7 @@ impl Driver {
             m.extra.insert("final".into(), "true".into());
         }
         if let Err(e) = self.store.commit(&m).await {
-            if is_final {
-                return self.decline(id, e).await;
-            }
-            tracing::warn!("checkpoint {id} declined, the job goes on: {}", e.report());
-            self.stats.failed += 1;
-            self.ended(id, Err(format!("declined: {}", e.report())));
-            let actions = self.coordinator.on_decline(id, e.report(), Instant::now());
-            self.forget(id).await;
-            return self.apply(actions).await;
+            return self.decline(id, e).await;
         }
         crate::fault::crash_point("manifest", id);
         self.completed.insert(id);
