@@ -28,6 +28,7 @@ pub mod late;
 pub mod lookup;
 mod parts;
 mod session;
+mod spill;
 pub mod top_n;
 pub mod window;
 pub mod window_join;

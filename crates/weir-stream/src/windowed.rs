@@ -12,28 +12,33 @@
 //! At a checkpoint every slot's accumulators are turned into their intermediate state (as
 //! DataFusion's two-phase aggregation does) and written per key group; aggregation goes on in
 //! fresh accumulators, and a window merges all the parts of its slots when it fires.
+//!
+//! With `memory_budget`, state beyond the budget is spilled the same way: the largest slots are
+//! frozen into sorted runs on local disk, and a window with spilled slots is merged one
+//! key-group range at a time (see [`crate::spill`]). Session windows do not spill yet.
 
 use crate::aggregate::{Accumulators, AggregateInput, CompiledAggregate, compile_aggregate};
 use crate::gauge::StateGauge;
 use crate::late::{Clock, OnLate};
 use crate::session::Sessions;
+use crate::spill::{Budget, Run, run_batch, split_range};
 use crate::window::{Assigner, RowWindows, Span, WindowSpec, names};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
 use async_trait::async_trait;
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use weir_checkpoint::{StateKey, StateSnapshot};
 use weir_runtime::{Emitter, Operator, OperatorContext};
-use weir_state::codec::{decode_part, encode_part};
+use weir_state::codec::decode_part;
 use weir_state::time::millis_as;
-use weir_types::key_group::key_group_of;
-use weir_types::{Barrier, Error, KeyGroupRange, Result, Watermark, hash_keys};
+use weir_types::{Barrier, Error, KeyGroupRange, Result, Watermark};
 
 /// Options of `op: aggregate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +60,15 @@ pub struct AggregateSpec {
     /// What to do with rows later than that: `dead_letter` (default) or `drop`.
     #[serde(default)]
     pub on_late: OnLate,
+    /// Bytes of window state each instance keeps in memory (e.g. `256MiB`); beyond it the
+    /// largest windows are spilled as sorted runs to `spill_dir` and merged from there when they
+    /// fire. Default none: no limit. Session windows do not spill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<String>,
+    /// The directory spilled runs are written to. Default the system's temporary directory
+    /// (`TMPDIR`, else `/tmp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// The names of the window bound columns of a windowed step's output.
@@ -78,6 +92,7 @@ struct Plan {
     time_idx: Option<usize>,
     bound_type: DataType,
     output: SchemaRef,
+    budget: Option<Budget>,
 }
 
 impl AggregateSpec {
@@ -148,6 +163,7 @@ impl AggregateSpec {
             })?),
         };
         let bound_type = self.window.bound_type(input, self.time.as_deref());
+        let budget = self.budget()?;
         let mut fields = vec![
             Field::new(WINDOW_START, bound_type.clone(), false),
             Field::new(WINDOW_END, bound_type.clone(), false),
@@ -174,7 +190,37 @@ impl AggregateSpec {
             time_idx,
             bound_type,
             output: Arc::new(Schema::new(fields)),
+            budget,
         })
+    }
+
+    fn budget(&self) -> Result<Option<Budget>> {
+        if self.memory_budget.is_none() && self.spill_dir.is_some() {
+            return Err(Error::config(
+                "key 'spill_dir': only used with 'memory_budget'; set a budget (e.g. \
+                 memory_budget: 256MiB) or remove spill_dir",
+            ));
+        }
+        let Some(text) = &self.memory_budget else {
+            return Ok(None);
+        };
+        let bytes = text
+            .parse::<bytesize::ByteSize>()
+            .map_err(|e| {
+                Error::config(format!(
+                    "key 'memory_budget': '{text}' is not a size like 256MiB or 2GB: {e}"
+                ))
+            })?
+            .as_u64();
+        if bytes == 0 {
+            return Err(Error::config(
+                "key 'memory_budget': must be more than 0 bytes (leave it out for no limit)",
+            ));
+        }
+        Ok(Some(Budget {
+            bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+            dir: self.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
+        }))
     }
 
     /// Plan time: checks the spec against the input and returns the output schema:
@@ -222,8 +268,12 @@ impl AggregateSpec {
         } else {
             format!(" by {}", self.keys.join(", "))
         };
+        let budget = match &self.memory_budget {
+            Some(b) => format!(", state over {b} spilled to disk"),
+            None => String::new(),
+        };
         format!(
-            "aggregate {}{by} over {}",
+            "aggregate {}{by} over {}{budget}",
             self.aggregates.join(", "),
             self.window.describe()
         )
@@ -249,6 +299,8 @@ struct Slot {
     groups: Box<dyn GroupValues>,
     accs: Accumulators,
     frozen: Vec<Frozen>,
+    /// Frozen parts spilled to disk under the memory budget.
+    runs: Vec<Run>,
     /// The window was emitted (kept only for allowed lateness).
     fired: bool,
 }
@@ -260,6 +312,7 @@ impl Slot {
                 .map_err(|e| Error::internal("cannot create group values").with_source(e))?,
             accs: Accumulators::new(&plan.aggs)?,
             frozen: Vec::new(),
+            runs: Vec::new(),
             fired: false,
         })
     }
@@ -278,6 +331,22 @@ impl Slot {
         Ok(())
     }
 
+    /// Freezes the live groups and gives up the memory their tables held (emptied group values
+    /// and accumulators keep their capacity).
+    fn freeze_and_shrink(&mut self, plan: &Plan) -> Result<()> {
+        self.freeze()?;
+        let fresh = Slot::new(plan)?;
+        self.groups = fresh.groups;
+        self.accs = fresh.accs;
+        Ok(())
+    }
+
+    /// Whether any of its state is on disk.
+    fn spilled(&self) -> bool {
+        !self.runs.is_empty()
+    }
+
+    /// Bytes in memory (spilled runs not counted).
     fn size(&self) -> usize {
         self.groups.size()
             + self.accs.size()
@@ -306,6 +375,8 @@ pub struct WindowAggregate {
     max_parallelism: u32,
     group_ids: Vec<usize>,
     gauge: StateGauge,
+    /// The step said once that its state passed the memory budget.
+    budget_noted: bool,
 }
 
 impl std::fmt::Debug for WindowAggregate {
@@ -348,6 +419,7 @@ impl WindowAggregate {
             max_parallelism: 1,
             group_ids: Vec::new(),
             gauge: StateGauge::default(),
+            budget_noted: false,
         })
     }
 
@@ -364,7 +436,11 @@ impl WindowAggregate {
             None => self
                 .slots
                 .values()
-                .map(|s| s.groups.len() + s.frozen.iter().map(Frozen::len).sum::<usize>())
+                .map(|s| {
+                    s.groups.len()
+                        + s.frozen.iter().map(Frozen::len).sum::<usize>()
+                        + s.runs.iter().map(Run::rows).sum::<usize>()
+                })
                 .sum(),
         }
     }
@@ -482,7 +558,7 @@ impl WindowAggregate {
         s.accs.update(inputs, &self.group_ids, s.groups.len())
     }
 
-    /// The result rows of window `[start, end)` made of `slots`, or `None` if they hold nothing.
+    /// The result rows of window `[start, end)` made of `slots` (none if they hold nothing).
     /// `consume` says the slots are not needed afterwards (so a lone slot is evaluated in place).
     fn window_result(
         &mut self,
@@ -490,7 +566,13 @@ impl WindowAggregate {
         end: i64,
         slots: &[(i64, i64)],
         consume: bool,
-    ) -> Result<Option<RecordBatch>> {
+    ) -> Result<Vec<RecordBatch>> {
+        if slots
+            .iter()
+            .any(|id| self.slots.get(id).is_some_and(Slot::spilled))
+        {
+            return self.spilled_window_result(start, end, slots);
+        }
         let lone = consume
             && slots.len() == 1
             && self
@@ -499,10 +581,10 @@ impl WindowAggregate {
                 .is_some_and(|s| s.frozen.is_empty());
         let (keys, values) = if lone {
             let Some(s) = self.slots.get_mut(&slots[0]) else {
-                return Ok(None);
+                return Ok(Vec::new());
             };
             if s.groups.is_empty() {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             let keys = s
                 .groups
@@ -528,7 +610,7 @@ impl WindowAggregate {
                 }
             }
             if !any || merged.groups.is_empty() {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             let keys = merged
                 .groups
@@ -536,7 +618,179 @@ impl WindowAggregate {
                 .map_err(|e| Error::internal("cannot emit group values").with_source(e))?;
             (keys, merged.accs.evaluate()?)
         };
-        self.result_batch(start, end, keys, values).map(Some)
+        self.result_batch(start, end, keys, values).map(|b| vec![b])
+    }
+
+    /// [`Self::window_result`] of a window some of whose slots are spilled: the slots' state in
+    /// memory is spilled too, and the runs are merged one key-group range at a time, each range
+    /// holding about half the budget's worth of run bytes, so the merge stays within the budget.
+    fn spilled_window_result(
+        &mut self,
+        start: i64,
+        end: i64,
+        slots: &[(i64, i64)],
+    ) -> Result<Vec<RecordBatch>> {
+        for id in slots {
+            self.spill_slot(*id)?;
+        }
+        let runs: Vec<&Run> = slots
+            .iter()
+            .filter_map(|id| self.slots.get(id))
+            .flat_map(|s| &s.runs)
+            .collect();
+        let (Some(lo), Some(hi)) = (
+            runs.iter().map(|r| r.groups().start).min(),
+            runs.iter().map(|r| r.groups().end).max(),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let bytes: u64 = runs.iter().map(|r| r.bytes()).sum();
+        let per_merge = self
+            .plan
+            .budget
+            .as_ref()
+            .map_or(usize::MAX, Budget::merge_bytes) as u64;
+        let ranges = split_range(lo..hi, bytes.div_ceil(per_merge.max(1)) as usize);
+        let n_keys = self.plan.key_schema.fields().len();
+        let mut ids = std::mem::take(&mut self.group_ids);
+        let mut out = Vec::new();
+        for range in ranges {
+            let mut merged = Slot::new(&self.plan)?;
+            for run in &runs {
+                for batch in run.read(range.clone())? {
+                    // Columns: key group, keys, then each aggregate's states.
+                    let keys = &batch.columns()[1..1 + n_keys];
+                    let mut at = 1 + n_keys;
+                    let mut states = Vec::with_capacity(self.plan.aggs.len());
+                    for a in &self.plan.aggs {
+                        let n = a.state_fields().len();
+                        states.push(batch.columns()[at..at + n].to_vec());
+                        at += n;
+                    }
+                    merged
+                        .groups
+                        .intern(keys, &mut ids)
+                        .map_err(|e| Error::internal("cannot intern group keys").with_source(e))?;
+                    let n = merged.groups.len();
+                    merged.accs.merge(&states, &ids, n)?;
+                }
+            }
+            if merged.groups.is_empty() {
+                continue;
+            }
+            let keys = merged
+                .groups
+                .emit(EmitTo::All)
+                .map_err(|e| Error::internal("cannot emit group values").with_source(e))?;
+            let values = merged.accs.evaluate()?;
+            out.push(self.result_batch(start, end, keys, values)?);
+        }
+        self.group_ids = ids;
+        Ok(out)
+    }
+
+    /// The key group of every row of a frozen part.
+    fn part_groups(&self, part: &Frozen) -> Result<Vec<u32>> {
+        let keys: &[ArrayRef] = if self.plan.group_idx.is_empty() {
+            &[]
+        } else {
+            &part.keys
+        };
+        crate::parts::key_groups(keys, part.len(), self.max_parallelism, self.range)
+    }
+
+    /// Freezes slot `id` and writes all its frozen parts to disk as one sorted run.
+    fn spill_slot(&mut self, id: (i64, i64)) -> Result<()> {
+        let Some(budget) = self.plan.budget.clone() else {
+            return Ok(());
+        };
+        let parts = match self.slots.get_mut(&id) {
+            Some(s) => {
+                s.freeze_and_shrink(&self.plan)?;
+                std::mem::take(&mut s.frozen)
+            }
+            None => return Ok(()),
+        };
+        let mut batches = Vec::with_capacity(parts.len());
+        for part in &parts {
+            if part.len() == 0 {
+                continue;
+            }
+            let (fields, columns) = part_columns(part);
+            batches.push(run_batch(self.part_groups(part)?, fields, columns)?);
+        }
+        drop(parts);
+        let Some(first) = batches.first() else {
+            return Ok(());
+        };
+        let all = concat_batches(&first.schema(), &batches)
+            .map_err(|e| Error::internal("cannot gather state to spill").with_source(e))?;
+        drop(batches);
+        let run = Run::write(&budget.dir, &all)?;
+        if let Some(s) = self.slots.get_mut(&id) {
+            s.runs.push(run);
+        }
+        Ok(())
+    }
+
+    /// Spills the largest slots while the state in memory is over the budget, down to half of
+    /// it (so that spilling is not repeated for every batch).
+    fn enforce_budget(&mut self, ctx: &OperatorContext) -> Result<()> {
+        let Some(limit) = self.plan.budget.as_ref().map(|b| b.bytes) else {
+            return Ok(());
+        };
+        if self.sessions.is_some() {
+            if !self.budget_noted && self.state_bytes() > limit {
+                self.budget_noted = true;
+                tracing::warn!(
+                    step = ctx.name(),
+                    "session window state is over its memory_budget of {limit} bytes; session                      windows do not spill, so it stays in memory"
+                );
+            }
+            return Ok(());
+        }
+        let mut sizes: Vec<((i64, i64), usize)> =
+            self.slots.iter().map(|(k, s)| (*k, s.size())).collect();
+        let mut total: usize = sizes.iter().map(|s| s.1).sum();
+        if total <= limit {
+            return Ok(());
+        }
+        sizes.sort_by_key(|s| std::cmp::Reverse(s.1));
+        let before = total;
+        let mut spilled = 0;
+        for (id, size) in sizes {
+            if total <= limit / 2 {
+                break;
+            }
+            self.spill_slot(id)?;
+            let after = self.slots.get(&id).map_or(0, Slot::size);
+            total = total.saturating_sub(size) + after;
+            spilled += 1;
+        }
+        let on_disk: u64 = self
+            .slots
+            .values()
+            .flat_map(|s| &s.runs)
+            .map(Run::bytes)
+            .sum();
+        if !self.budget_noted {
+            self.budget_noted = true;
+            tracing::info!(
+                step = ctx.name(),
+                "window state passed its memory_budget of {limit} bytes; spilling sorted runs to \
+                 {}",
+                self.plan
+                    .budget
+                    .as_ref()
+                    .map_or(String::new(), |b| b.dir.display().to_string())
+            );
+        }
+        tracing::debug!(
+            step = ctx.name(),
+            "spilled {spilled} windows: {before} -> {total} bytes in memory, {on_disk} bytes on \
+             disk"
+        );
+        Ok(())
     }
 
     fn result_batch(
@@ -581,7 +835,7 @@ impl WindowAggregate {
                         .map(|(k, _)| *k)
                         .filter(|k| k.1 >= s && k.1 < e)
                         .collect();
-                    if let Some(b) = self.window_result(s, e, &members, false)? {
+                    for b in self.window_result(s, e, &members, false)? {
                         out.emit(b);
                     }
                 }
@@ -600,7 +854,7 @@ impl WindowAggregate {
                     .collect();
                 for (end, start) in due {
                     let keep = end.saturating_add(lateness) > w;
-                    if let Some(b) = self.window_result(start, end, &[(end, start)], !keep)? {
+                    for b in self.window_result(start, end, &[(end, start)], !keep)? {
                         out.emit(b);
                     }
                     if keep {
@@ -635,7 +889,7 @@ impl WindowAggregate {
                     .collect(),
                 _ => vec![(end, start)],
             };
-            if let Some(b) = self.window_result(start, end, &members, false)? {
+            for b in self.window_result(start, end, &members, false)? {
                 out.emit(b);
             }
         }
@@ -643,68 +897,46 @@ impl WindowAggregate {
     }
 
     fn snapshot_slots(&mut self, snap: &mut StateSnapshot) -> Result<()> {
-        let mut per_group: BTreeMap<u32, Vec<RecordBatch>> = BTreeMap::new();
-        let mut schema: Option<SchemaRef> = None;
-        for (&(end, start), slot) in self.slots.iter_mut() {
+        let mut per_group = crate::parts::Parts::default();
+        let ids: Vec<(i64, i64)> = self.slots.keys().copied().collect();
+        for (end, start) in ids {
+            let Some(slot) = self.slots.get_mut(&(end, start)) else {
+                continue;
+            };
             slot.freeze()?;
+            let Some(slot) = self.slots.get(&(end, start)) else {
+                continue;
+            };
+            let fired = slot.fired;
             for part in &slot.frozen {
-                let n = part.keys.first().map_or(0, |k| k.len());
-                if n == 0 {
+                if part.len() == 0 {
                     continue;
                 }
-                let mut fields = vec![
-                    Field::new("__end", DataType::Int64, false),
-                    Field::new("__start", DataType::Int64, false),
-                    Field::new("__fired", DataType::Boolean, false),
-                ];
-                let mut cols: Vec<ArrayRef> = vec![
-                    Arc::new(Int64Array::from(vec![end; n])),
-                    Arc::new(Int64Array::from(vec![start; n])),
-                    Arc::new(BooleanArray::from(vec![slot.fired; n])),
-                ];
-                for (i, k) in part.keys.iter().enumerate() {
-                    fields.push(Field::new(format!("__k{i}"), k.data_type().clone(), true));
-                    cols.push(k.clone());
-                }
-                for (a, state) in part.states.iter().enumerate() {
-                    for (j, s) in state.iter().enumerate() {
-                        fields.push(Field::new(
-                            format!("__s{a}_{j}"),
-                            s.data_type().clone(),
-                            true,
-                        ));
-                        cols.push(s.clone());
-                    }
-                }
-                let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
-                    .map_err(|e| Error::internal("cannot build window state").with_source(e))?;
-                schema.get_or_insert_with(|| batch.schema());
-                let groups: Vec<u32> = if self.plan.group_idx.is_empty() {
-                    vec![self.range.start; n]
-                } else {
-                    hash_keys(&part.keys)
-                        .map_err(|e| Error::internal("cannot hash keys").with_source(e))?
-                        .into_iter()
-                        .map(|h| key_group_of(h, self.max_parallelism))
-                        .collect()
-                };
-                let mut rows: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-                for (row, kg) in groups.into_iter().enumerate() {
-                    rows.entry(kg).or_default().push(row as u32);
-                }
-                for (kg, rows) in rows {
-                    let b = take_record_batch(&batch, &UInt32Array::from(rows))
-                        .map_err(|e| Error::internal("take").with_source(e))?;
-                    per_group.entry(kg).or_default().push(b);
+                let (fields, columns) = part_columns(part);
+                let batch = slot_state_batch(end, start, fired, fields, columns)?;
+                per_group.add(&batch, &self.part_groups(part)?)?;
+            }
+            // Spilled runs are read back one IPC batch at a time; they already know their key
+            // groups.
+            for run in &slot.runs {
+                for batch in run.read(0..u32::MAX)? {
+                    let groups = batch
+                        .column(0)
+                        .as_primitive::<UInt32Type>()
+                        .values()
+                        .to_vec();
+                    let schema = batch.schema();
+                    let fields: Vec<Field> = schema.fields()[1..]
+                        .iter()
+                        .map(|f| f.as_ref().clone())
+                        .collect();
+                    let batch =
+                        slot_state_batch(end, start, fired, fields, batch.columns()[1..].to_vec())?;
+                    per_group.add(&batch, &groups)?;
                 }
             }
         }
-        for (kg, batches) in per_group {
-            let b = concat_batches(&batches[0].schema(), &batches)
-                .map_err(|e| Error::internal("cannot concatenate window state").with_source(e))?;
-            snap.push_keyed(kg, encode_part(PART, &b)?);
-        }
-        Ok(())
+        per_group.write(PART, snap)
     }
 
     fn restore_slots(&mut self, snap: &StateSnapshot) -> Result<()> {
@@ -766,6 +998,57 @@ impl WindowAggregate {
     }
 }
 
+/// The key and state columns of a frozen part, named `__k{i}` and `__s{a}_{j}` as checkpoints
+/// and spilled runs hold them.
+fn part_columns(part: &Frozen) -> (Vec<Field>, Vec<ArrayRef>) {
+    let mut fields = Vec::new();
+    let mut cols = Vec::new();
+    for (i, k) in part.keys.iter().enumerate() {
+        fields.push(Field::new(format!("__k{i}"), k.data_type().clone(), true));
+        cols.push(k.clone());
+    }
+    for (a, state) in part.states.iter().enumerate() {
+        for (j, s) in state.iter().enumerate() {
+            fields.push(Field::new(
+                format!("__s{a}_{j}"),
+                s.data_type().clone(),
+                true,
+            ));
+            cols.push(s.clone());
+        }
+    }
+    (fields, cols)
+}
+
+/// A checkpoint's rows of one slot: `__end`, `__start`, `__fired`, then the part's columns.
+fn slot_state_batch(
+    end: i64,
+    start: i64,
+    fired: bool,
+    mut fields: Vec<Field>,
+    mut columns: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    let n = columns.first().map_or(0, |c| c.len());
+    fields.splice(
+        0..0,
+        [
+            Field::new("__end", DataType::Int64, false),
+            Field::new("__start", DataType::Int64, false),
+            Field::new("__fired", DataType::Boolean, false),
+        ],
+    );
+    columns.splice(
+        0..0,
+        [
+            Arc::new(Int64Array::from(vec![end; n])) as ArrayRef,
+            Arc::new(Int64Array::from(vec![start; n])),
+            Arc::new(BooleanArray::from(vec![fired; n])),
+        ],
+    );
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| Error::internal("cannot build window state").with_source(e))
+}
+
 #[async_trait]
 impl Operator for WindowAggregate {
     async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
@@ -782,6 +1065,7 @@ impl Operator for WindowAggregate {
                 Some(s) => s.restore(&snap)?,
                 None => self.restore_slots(&snap)?,
             }
+            self.enforce_budget(ctx)?;
         }
         self.fired_upto = self.clock.watermark();
         let size = self.state_size();
@@ -799,6 +1083,7 @@ impl Operator for WindowAggregate {
             s.add(batch, &mut self.clock, ctx)?;
         } else {
             self.add(batch, ctx)?;
+            self.enforce_budget(ctx)?;
             if !self.refire.is_empty() {
                 let w = self.clock.watermark();
                 self.refire_due(w, out)?;

@@ -34,7 +34,7 @@ struct Instance {
     ctx: OperatorContext,
 }
 
-fn context(name: &str, p: u32, i: u32, restored: Option<StateSnapshot>) -> OperatorContext {
+pub fn context(name: &str, p: u32, i: u32, restored: Option<StateSnapshot>) -> OperatorContext {
     let info = TaskInfo {
         node: name.into(),
         subtask: i,

@@ -130,6 +130,8 @@ async fn q5(steps: &[Step], p: u32) -> crate::common::Output {
         aggregates: vec!["count(*) AS n".into()],
         allowed_lateness: Span(0),
         on_late: OnLate::DeadLetter,
+        memory_budget: None,
+        spill_dir: None,
     };
     let counts_schema = counts.output_schema(&schema()).expect("schema");
     let c = counts.clone();

@@ -26,6 +26,8 @@ fn aggregate(window: WindowSpec) -> AggregateSpec {
         aggregates: vec!["count(*) AS n".into()],
         allowed_lateness: Span(0),
         on_late: OnLate::DeadLetter,
+        memory_budget: None,
+        spill_dir: None,
     }
 }
 

@@ -41,6 +41,8 @@ fn spec(window: WindowSpec, keys: &[&str], aggs: &[&str]) -> AggregateSpec {
         aggregates: aggs.iter().map(|s| s.to_string()).collect(),
         allowed_lateness: Span(0),
         on_late: OnLate::DeadLetter,
+        memory_budget: None,
+        spill_dir: None,
     }
 }
 
@@ -229,6 +231,8 @@ async fn column_windows_aggregate_the_output_of_a_window() {
         aggregates: vec!["max(n) AS top".into()],
         allowed_lateness: Span(0),
         on_late: OnLate::Drop,
+        memory_budget: None,
+        spill_dir: None,
     };
     let s2 = counted_schema.clone();
     let f2 = move || second.create(&s2).expect("create");
@@ -366,5 +370,146 @@ proptest! {
             let rows: usize = straight.batches.iter().map(RecordBatch::num_rows).sum();
             prop_assert!(rows > 0 || events.is_empty());
         }
+    }
+}
+
+fn budgeted(
+    window: WindowSpec,
+    aggs: &[&str],
+    budget: &str,
+    dir: &std::path::Path,
+) -> AggregateSpec {
+    AggregateSpec {
+        memory_budget: Some(budget.into()),
+        spill_dir: Some(dir.to_path_buf()),
+        ..spec(window, &["k"], aggs)
+    }
+}
+
+fn spill_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("spill dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("weir-spill-"))
+        })
+        .count()
+}
+
+/// Many keys over a small budget: the state is spilled while the windows are open, the answers
+/// are those of the same step without a budget, and the spill files are gone when the windows
+/// have fired.
+#[tokio::test]
+async fn state_over_the_memory_budget_spills_to_disk_and_answers_the_same() {
+    use weir_runtime::Emitter;
+    use weir_types::Watermark;
+    let dir = tempfile::tempdir().expect("dir");
+    let aggs = ["count(*) AS n", "sum(v) AS total", "count(DISTINCT v) AS d"];
+    let keys: Vec<String> = (0..3000).map(|i| format!("key-{i:05}")).collect();
+    let mut batches = Vec::new();
+    for b in 0..20i64 {
+        let r: Vec<(&str, i64, i64)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                (
+                    k.as_str(),
+                    b * 50 + (i as i64 % 50),
+                    (i as i64 * 7 + b) % 13,
+                )
+            })
+            .collect();
+        batches.push(rows(&r));
+    }
+    for window in [tumbling(400), hopping(400, 100)] {
+        let mut outputs = Vec::new();
+        for budget in [None, Some("64KiB")] {
+            let s = match budget {
+                Some(b) => budgeted(window.clone(), &aggs, b, dir.path()),
+                None => spec(window.clone(), &["k"], &aggs),
+            };
+            let mut op = s.create(&schema()).expect("create");
+            let mut ctx = crate::common::context("agg", 1, 0, None);
+            op.open(&mut ctx).await.expect("open");
+            let mut out = Vec::new();
+            let mut most_files = 0;
+            for (i, b) in batches.iter().enumerate() {
+                let mut e = Emitter::default();
+                op.process_batch(b.clone(), &mut ctx, &mut e)
+                    .await
+                    .expect("process");
+                out.extend(e.take());
+                most_files = most_files.max(spill_files(dir.path()));
+                if i % 4 == 3 {
+                    let mut e = Emitter::default();
+                    op.on_watermark(Watermark((i as i64 + 1) * 50 - 200), &mut ctx, &mut e)
+                        .await
+                        .expect("watermark");
+                    out.extend(e.take());
+                }
+            }
+            let mut e = Emitter::default();
+            op.finish(&mut ctx, &mut e).await.expect("finish");
+            out.extend(e.take());
+            assert!(ctx.take_dead_letters().is_empty());
+            if budget.is_some() {
+                assert!(most_files > 0, "a 64 KiB budget must spill this state");
+            } else {
+                assert_eq!(most_files, 0);
+            }
+            drop(op);
+            assert_eq!(spill_files(dir.path()), 0, "spill files are deleted");
+            outputs.push(sorted_table(&out));
+        }
+        assert!(outputs[0].lines().count() > 3000, "{}", outputs[0].len());
+        assert_eq!(outputs[0], outputs[1], "{window:?}");
+    }
+}
+
+#[test]
+fn a_bad_memory_budget_is_a_plan_time_error_naming_the_key() {
+    let dir = std::path::Path::new(".");
+    for (budget, says) in [
+        ("lots", "'lots' is not a size"),
+        ("0B", "more than 0 bytes"),
+    ] {
+        let err = budgeted(tumbling(10), &["count(*) AS n"], budget, dir)
+            .output_schema(&schema())
+            .expect_err("bad budget");
+        let text = err.to_string();
+        assert!(
+            text.contains("memory_budget") && text.contains(says),
+            "{text}"
+        );
+    }
+    let err = AggregateSpec {
+        spill_dir: Some(dir.to_path_buf()),
+        ..spec(tumbling(10), &["k"], &["count(*) AS n"])
+    }
+    .output_schema(&schema())
+    .expect_err("spill_dir alone");
+    assert!(err.to_string().contains("spill_dir"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// A budget so small that every batch spills: across rescales (snapshots holding spilled
+    /// runs), the answers are those of the step without a budget.
+    #[test]
+    fn spilled_state_restores_as_if_never_stopped((batches, rescales) in arb_script(), p in 1u32..=3) {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let dir = tempfile::tempdir().expect("dir");
+        let (steps, _) = to_steps(&batches, &rescales);
+        let aggs = ["count(*) AS n", "sum(v) AS total", "count(DISTINCT v) AS d"];
+        for window in [tumbling(15), hopping(30, 10)] {
+            let plain = spec(window.clone(), &["k"], &aggs);
+            let spilled = budgeted(window, &aggs, "1B", dir.path());
+            let want = rt.block_on(run(&factory(plain), Some(&["k"]), p, &steps));
+            let got = rt.block_on(run(&factory(spilled), Some(&["k"]), p, &steps));
+            prop_assert!(got.dead.is_empty(), "{:?}", got.dead);
+            prop_assert_eq!(want.sorted(), got.sorted());
+        }
+        prop_assert_eq!(spill_files(dir.path()), 0);
     }
 }
