@@ -822,10 +822,25 @@ fn twenty_kill_9s_of_windows_and_an_interval_join_and_a_rescale_change_nothing()
         want.1.len()
     );
 
-    // (b) Parallelism 2 with checkpoints, killed again and again while windows are open.
+    // (b) Parallelism 2 with checkpoints, killed again and again while windows are open. The
+    // window state is over a tiny memory budget, so it is spilled to disk all the time and the
+    // checkpoints hold spilled runs; the answers must still be those of the straight run.
+    let spill = d.join("spill");
+    std::fs::create_dir_all(&spill).expect("spill dir");
+    let budget = format!(
+        "steps.per_auction.memory_budget=4KiB --set steps.per_auction.spill_dir={}",
+        spill.display()
+    );
+    let budget: Vec<&str> = budget.split(' ').collect();
+    let mut spill_args = vec!["--set"];
+    spill_args.extend(&budget);
     let paced = event_time_spec(d, "crashy", true, 15_000);
     let kills = kill_again_and_again(
-        || run(&paced, &["-p", "2", "--resume"]),
+        || {
+            let mut c = run(&paced, &["-p", "2", "--resume"]);
+            c.args(&spill_args);
+            c
+        },
         &d.join("state-store"),
         23,
         (200, 400),
@@ -845,9 +860,15 @@ fn twenty_kill_9s_of_windows_and_an_interval_join_and_a_rescale_change_nothing()
             "steps.auction.events_per_second=100000000",
         ],
     )
+    .args(&spill_args)
     .output()
     .expect("run");
     assert_resumed(&fin);
+    let log = String::from_utf8_lossy(&fin.stderr);
+    assert!(
+        log.contains("passed its memory_budget"),
+        "the window state was not spilled:\n{log}"
+    );
     let got = (
         sorted_rows(&d.join("crashy/counts")),
         sorted_rows(&d.join("crashy/joined")),
