@@ -55,9 +55,10 @@ pub(crate) struct Run {
 }
 
 impl Run {
-    /// Writes `batch` (column 0: the key group as `UInt32`, then keys and states) sorted by key
-    /// group into a new file in `dir`.
-    pub(crate) fn write(dir: &Path, batch: &RecordBatch) -> Result<Run> {
+    /// Writes `parts` (column 0: the key group as `UInt32`, then keys and states; one schema)
+    /// into a new file in `dir`, each part sorted by key group. The sorted rows are taken and
+    /// written [`RUN_BATCH_ROWS`] at a time, so writing holds no second copy of a part.
+    pub(crate) fn write(dir: &Path, parts: &[RecordBatch]) -> Result<Run> {
         let io = |what: &str, e: std::io::Error| {
             Error::io(format!(
                 "cannot {what} a state spill file in {}",
@@ -72,10 +73,9 @@ impl Run {
             ))
             .with_source(e)
         };
-        let order = sort_to_indices(batch.column(0), None, None)
-            .map_err(|e| Error::internal("cannot sort spilled state").with_source(e))?;
-        let sorted = take_record_batch(batch, &order)
-            .map_err(|e| Error::internal("cannot sort spilled state").with_source(e))?;
+        let Some(first) = parts.first() else {
+            return Err(Error::internal("a state spill run of no parts"));
+        };
         let file = tempfile::Builder::new()
             .prefix("weir-spill-")
             .suffix(".arrow")
@@ -86,17 +86,25 @@ impl Run {
                 1 << 20,
                 file.as_file().try_clone().map_err(|e| io("open", e))?,
             ),
-            &sorted.schema(),
+            &first.schema(),
         )
         .map_err(arrow_err)?;
-        let groups = sorted.column(0).as_primitive::<UInt32Type>();
         let mut index = Vec::new();
-        let mut at = 0;
-        while at < sorted.num_rows() {
-            let len = RUN_BATCH_ROWS.min(sorted.num_rows() - at);
-            index.push((groups.value(at), groups.value(at + len - 1)));
-            writer.write(&sorted.slice(at, len)).map_err(arrow_err)?;
-            at += len;
+        let mut rows = 0;
+        for part in parts {
+            let order = sort_to_indices(part.column(0), None, None)
+                .map_err(|e| Error::internal("cannot sort spilled state").with_source(e))?;
+            let mut at = 0;
+            while at < part.num_rows() {
+                let len = RUN_BATCH_ROWS.min(part.num_rows() - at);
+                let chunk = take_record_batch(part, &order.slice(at, len))
+                    .map_err(|e| Error::internal("cannot sort spilled state").with_source(e))?;
+                let groups = chunk.column(0).as_primitive::<UInt32Type>();
+                index.push((groups.value(0), groups.value(len - 1)));
+                writer.write(&chunk).map_err(arrow_err)?;
+                at += len;
+            }
+            rows += part.num_rows();
         }
         writer.finish().map_err(arrow_err)?;
         let inner = writer.into_inner().map_err(arrow_err)?;
@@ -107,7 +115,7 @@ impl Run {
         Ok(Run {
             file,
             index,
-            rows: sorted.num_rows(),
+            rows,
             bytes,
         })
     }
@@ -182,8 +190,8 @@ impl Run {
 
     /// The smallest and one past the largest key group in the run.
     pub(crate) fn groups(&self) -> Range<u32> {
-        let lo = self.index.first().map_or(0, |r| r.0);
-        let hi = self.index.last().map_or(0, |r| r.1 + 1);
+        let lo = self.index.iter().map(|r| r.0).min().unwrap_or(0);
+        let hi = self.index.iter().map(|r| r.1 + 1).max().unwrap_or(0);
         lo..hi
     }
 }
@@ -237,7 +245,12 @@ mod tests {
     fn a_run_reads_back_exactly_the_rows_of_a_key_group_range() {
         let dir = tempfile::tempdir().expect("dir");
         let groups: Vec<u32> = (0..10_000u32).map(|i| (i * 7919) % 128).collect();
-        let run = Run::write(dir.path(), &batch(&groups)).expect("write");
+        // Two parts, each sorted on its own.
+        let run = Run::write(
+            dir.path(),
+            &[batch(&groups[..6000]), batch(&groups[6000..])],
+        )
+        .expect("write");
         assert_eq!(run.rows(), 10_000);
         assert!(run.bytes() > 0);
         assert_eq!(run.groups(), 0..128);

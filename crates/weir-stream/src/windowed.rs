@@ -24,7 +24,7 @@ use crate::session::Sessions;
 use crate::spill::{Budget, Run, run_batch, split_range};
 use crate::window::{Assigner, RowWindows, Span, WindowSpec, names};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
+use arrow::compute::{filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
 use async_trait::async_trait;
 use datafusion::logical_expr::EmitTo;
@@ -720,13 +720,10 @@ impl WindowAggregate {
             batches.push(run_batch(self.part_groups(part)?, fields, columns)?);
         }
         drop(parts);
-        let Some(first) = batches.first() else {
+        if batches.is_empty() {
             return Ok(());
-        };
-        let all = concat_batches(&first.schema(), &batches)
-            .map_err(|e| Error::internal("cannot gather state to spill").with_source(e))?;
-        drop(batches);
-        let run = Run::write(&budget.dir, &all)?;
+        }
+        let run = Run::write(&budget.dir, &batches)?;
         if let Some(s) = self.slots.get_mut(&id) {
             s.runs.push(run);
         }
