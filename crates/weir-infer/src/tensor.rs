@@ -333,15 +333,16 @@ impl OutputBinding {
         } else {
             let shape: Vec<usize> = row.iter().map(|d| d.unwrap_or(1)).collect();
             let size: usize = shape.iter().product();
-            let ext = FixedShapeTensor::try_new(dt.clone(), shape, None, None).map_err(|e| {
-                Error::schema(format!("model output '{}' of {model}: {e}", info.name))
-            })?;
-            Field::new(
-                column,
-                DataType::new_fixed_size_list(dt, size as i32, false),
-                false,
+            with_fixed_shape(
+                Field::new(
+                    column,
+                    DataType::new_fixed_size_list(dt.clone(), size as i32, false),
+                    false,
+                ),
+                &dt,
+                &shape,
             )
-            .with_extension_type(ext)
+            .map_err(|e| Error::schema(format!("model output '{}' of {model}: {e}", info.name)))?
         };
         Ok(OutputBinding {
             output: info.name.clone(),
@@ -473,14 +474,39 @@ fn build_variable_shape(
 /// Builds a `arrow.fixed_shape_tensor` field of `dt` with per-row `shape`.
 pub fn fixed_shape_field(name: &str, dt: DataType, shape: &[usize]) -> Result<Field> {
     let size: usize = shape.iter().product();
-    let ext = FixedShapeTensor::try_new(dt.clone(), shape.iter().copied(), None, None)
-        .map_err(|e| Error::schema(format!("column '{name}': {e}")))?;
-    Ok(Field::new(
-        name,
-        DataType::new_fixed_size_list(dt, size as i32, false),
-        false,
+    with_fixed_shape(
+        Field::new(
+            name,
+            DataType::new_fixed_size_list(dt.clone(), size as i32, false),
+            false,
+        ),
+        &dt,
+        shape,
     )
-    .with_extension_type(ext))
+    .map_err(|e| Error::schema(format!("column '{name}': {e}")))
+}
+
+/// `field` typed `arrow.fixed_shape_tensor` of `dt` with per-row `shape` (checked by arrow-rs's
+/// [`FixedShapeTensor`]). The metadata is written as `{"shape":[...]}` only: arrow-rs would write
+/// `"dim_names":null,"permutations":null`, which pyarrow before 26 refuses ("Invalid dim_names")
+/// when the schema crosses the Arrow C data interface into Python.
+fn with_fixed_shape(
+    field: Field,
+    dt: &DataType,
+    shape: &[usize],
+) -> std::result::Result<Field, arrow::error::ArrowError> {
+    FixedShapeTensor::try_new(dt.clone(), shape.iter().copied(), None, None)?;
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    let mut md = field.metadata().clone();
+    md.insert(
+        arrow_schema::extension::EXTENSION_TYPE_NAME_KEY.to_owned(),
+        FixedShapeTensor::NAME.to_owned(),
+    );
+    md.insert(
+        arrow_schema::extension::EXTENSION_TYPE_METADATA_KEY.to_owned(),
+        format!("{{\"shape\":[{}]}}", dims.join(",")),
+    );
+    Ok(field.with_metadata(md))
 }
 
 /// Builds a fixed-shape tensor column of per-row `shape` from flat `values` (row-major).
@@ -502,4 +528,26 @@ pub fn fixed_shape_array<T: ArrowPrimitiveType>(
         None,
     )?;
     Ok((field, arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_schema::extension::EXTENSION_TYPE_METADATA_KEY;
+
+    #[test]
+    fn fixed_shape_fields_carry_only_the_shape_and_arrow_rs_reads_them() {
+        let f = fixed_shape_field("t", DataType::Float32, &[2, 3]).expect("field");
+        assert_eq!(
+            f.metadata()
+                .get(EXTENSION_TYPE_METADATA_KEY)
+                .map(String::as_str),
+            Some("{\"shape\":[2,3]}"),
+            "no null dim_names/permutations, which pyarrow before 26 refuses"
+        );
+        let ext = f
+            .try_extension_type::<FixedShapeTensor>()
+            .expect("arrow-rs reads the metadata back");
+        assert_eq!((ext.list_size(), ext.dimensions()), (6, 2));
+    }
 }
