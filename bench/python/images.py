@@ -45,7 +45,10 @@ def models_dir() -> str:
 
 def postprocess(batch: pa.RecordBatch) -> pa.RecordBatch:
     """uri, nsfw_scores ([n, 2] float32) -> uri, label (int64), nsfw (float32)."""
-    scores = batch.column("nsfw_scores").flatten().to_numpy().reshape(batch.num_rows, 2)
+    scores = batch.column("nsfw_scores")
+    if isinstance(scores, pa.ExtensionArray):  # arrow.fixed_shape_tensor over FixedSizeList
+        scores = scores.storage
+    scores = scores.flatten().to_numpy().reshape(batch.num_rows, 2)
     labels, nsfw = postprocess_scores(scores)
     return pa.RecordBatch.from_arrays(
         [batch.column("uri"), pa.array(labels), pa.array(nsfw)], names=["uri", "label", "nsfw"]
