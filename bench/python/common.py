@@ -14,19 +14,12 @@ import onnxruntime as ort
 from PIL import Image
 
 from post import postprocess_scores  # noqa: F401 (the udf benchmark's step, numpy only)
+from settings import THREADS, models_dir  # noqa: F401
 
 CROP = 224
 SHORTER_SIDE = 256
 MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 BATCH_SIZE = 32
-THREADS = int(os.environ.get("BENCH_ORT_THREADS", "2"))
-
-
-def models_dir():
-    d = os.environ.get("WEIR_MODELS")
-    if not d:
-        raise SystemExit("WEIR_MODELS is not set: source .weir/env.sh")
-    return d
 
 
 def nsfw_model_path():

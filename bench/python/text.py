@@ -18,17 +18,8 @@ import time
 
 import weir
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-# as the other variants (bench/python/common.py): ONNX Runtime intra-op threads, batch size
-THREADS = int(os.environ.get("BENCH_ORT_THREADS", "2"))
-BATCH = int(os.environ.get("BENCH_BATCH", "32"))
-
-
-def models_dir() -> str:
-    d = os.environ.get("WEIR_MODELS")
-    if not d:
-        raise SystemExit("WEIR_MODELS is not set: source .weir/env.sh")
-    return d
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from settings import BATCH, ROOT, THREADS, models_dir  # noqa: E402
 
 
 def pipeline(src: str, out: str) -> weir.DataFrame:

@@ -486,27 +486,18 @@ pub fn fixed_shape_field(name: &str, dt: DataType, shape: &[usize]) -> Result<Fi
     .map_err(|e| Error::schema(format!("column '{name}': {e}")))
 }
 
-/// `field` typed `arrow.fixed_shape_tensor` of `dt` with per-row `shape` (checked by arrow-rs's
-/// [`FixedShapeTensor`]). The metadata is written as `{"shape":[...]}` only: arrow-rs would write
-/// `"dim_names":null,"permutations":null`, which pyarrow before 26 refuses ("Invalid dim_names")
-/// when the schema crosses the Arrow C data interface into Python.
+/// `field` typed `arrow.fixed_shape_tensor` of `dt` with per-row `shape`, checked by arrow-rs's
+/// [`FixedShapeTensor`] and written as weir writes every tensor type
+/// ([`weir_types::multimodal::with_fixed_shape_tensor`]).
 fn with_fixed_shape(
     field: Field,
     dt: &DataType,
     shape: &[usize],
 ) -> std::result::Result<Field, arrow::error::ArrowError> {
     FixedShapeTensor::try_new(dt.clone(), shape.iter().copied(), None, None)?;
-    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    let mut md = field.metadata().clone();
-    md.insert(
-        arrow_schema::extension::EXTENSION_TYPE_NAME_KEY.to_owned(),
-        FixedShapeTensor::NAME.to_owned(),
-    );
-    md.insert(
-        arrow_schema::extension::EXTENSION_TYPE_METADATA_KEY.to_owned(),
-        format!("{{\"shape\":[{}]}}", dims.join(",")),
-    );
-    Ok(field.with_metadata(md))
+    Ok(weir_types::multimodal::with_fixed_shape_tensor(
+        field, shape,
+    ))
 }
 
 /// Builds a fixed-shape tensor column of per-row `shape` from flat `values` (row-major).

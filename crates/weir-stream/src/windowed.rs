@@ -95,6 +95,25 @@ struct Plan {
     budget: Option<Budget>,
 }
 
+impl Plan {
+    /// Splits the columns of frozen state (as [`part_columns`] lays them out: the keys, then
+    /// each aggregate's state arrays) back into keys and per-aggregate states.
+    fn split_state(&self, columns: &[ArrayRef]) -> (Vec<ArrayRef>, Vec<Vec<ArrayRef>>) {
+        let n_keys = self.key_schema.fields().len();
+        let mut at = n_keys;
+        let states = self
+            .aggs
+            .iter()
+            .map(|a| {
+                let n = a.state_fields().len();
+                at += n;
+                columns[at - n..at].to_vec()
+            })
+            .collect();
+        (columns[..n_keys].to_vec(), states)
+    }
+}
+
 impl AggregateSpec {
     fn plan(&self, input: &SchemaRef) -> Result<Plan> {
         let rows = RowWindows::new(&self.window, input, self.time.as_deref())?;
@@ -346,6 +365,34 @@ impl Slot {
         !self.runs.is_empty()
     }
 
+    /// Merges intermediate state (`keys`, and per aggregate its state arrays) into the live
+    /// groups; `ids` is scratch for the group indices.
+    fn merge(
+        &mut self,
+        keys: &[ArrayRef],
+        states: &[Vec<ArrayRef>],
+        ids: &mut Vec<usize>,
+    ) -> Result<()> {
+        self.groups
+            .intern(keys, ids)
+            .map_err(|e| Error::internal("cannot intern group keys").with_source(e))?;
+        let n = self.groups.len();
+        self.accs.merge(states, ids, n)
+    }
+
+    /// The live groups' keys and final aggregate values (the groups are emptied), or `None` if
+    /// there are none.
+    fn take_result(&mut self) -> Result<Option<(Vec<ArrayRef>, Vec<ArrayRef>)>> {
+        if self.groups.is_empty() {
+            return Ok(None);
+        }
+        let keys = self
+            .groups
+            .emit(EmitTo::All)
+            .map_err(|e| Error::internal("cannot emit group values").with_source(e))?;
+        Ok(Some((keys, self.accs.evaluate()?)))
+    }
+
     /// Bytes in memory (spilled runs not counted).
     fn size(&self) -> usize {
         self.groups.size()
@@ -579,46 +626,28 @@ impl WindowAggregate {
                 .slots
                 .get(&slots[0])
                 .is_some_and(|s| s.frozen.is_empty());
-        let (keys, values) = if lone {
-            let Some(s) = self.slots.get_mut(&slots[0]) else {
-                return Ok(Vec::new());
-            };
-            if s.groups.is_empty() {
-                return Ok(Vec::new());
+        let result = if lone {
+            match self.slots.get_mut(&slots[0]) {
+                Some(s) => s.take_result()?,
+                None => None,
             }
-            let keys = s
-                .groups
-                .emit(EmitTo::All)
-                .map_err(|e| Error::internal("cannot emit group values").with_source(e))?;
-            (keys, s.accs.evaluate()?)
         } else {
             let mut merged = Slot::new(&self.plan)?;
-            let mut any = false;
             for id in slots {
                 let Some(s) = self.slots.get_mut(id) else {
                     continue;
                 };
                 s.freeze()?;
                 for part in &s.frozen {
-                    any = true;
-                    merged
-                        .groups
-                        .intern(&part.keys, &mut self.group_ids)
-                        .map_err(|e| Error::internal("cannot intern group keys").with_source(e))?;
-                    let n = merged.groups.len();
-                    merged.accs.merge(&part.states, &self.group_ids, n)?;
+                    merged.merge(&part.keys, &part.states, &mut self.group_ids)?;
                 }
             }
-            if !any || merged.groups.is_empty() {
-                return Ok(Vec::new());
-            }
-            let keys = merged
-                .groups
-                .emit(EmitTo::All)
-                .map_err(|e| Error::internal("cannot emit group values").with_source(e))?;
-            (keys, merged.accs.evaluate()?)
+            merged.take_result()?
         };
-        self.result_batch(start, end, keys, values).map(|b| vec![b])
+        match result {
+            Some((keys, values)) => Ok(vec![self.result_batch(start, end, keys, values)?]),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// [`Self::window_result`] of a window some of whose slots are spilled: the slots' state in
@@ -651,39 +680,20 @@ impl WindowAggregate {
             .as_ref()
             .map_or(usize::MAX, Budget::merge_bytes) as u64;
         let ranges = split_range(lo..hi, bytes.div_ceil(per_merge.max(1)) as usize);
-        let n_keys = self.plan.key_schema.fields().len();
         let mut ids = std::mem::take(&mut self.group_ids);
         let mut out = Vec::new();
         for range in ranges {
             let mut merged = Slot::new(&self.plan)?;
             for run in &runs {
                 for batch in run.read(range.clone())? {
-                    // Columns: key group, keys, then each aggregate's states.
-                    let keys = &batch.columns()[1..1 + n_keys];
-                    let mut at = 1 + n_keys;
-                    let mut states = Vec::with_capacity(self.plan.aggs.len());
-                    for a in &self.plan.aggs {
-                        let n = a.state_fields().len();
-                        states.push(batch.columns()[at..at + n].to_vec());
-                        at += n;
-                    }
-                    merged
-                        .groups
-                        .intern(keys, &mut ids)
-                        .map_err(|e| Error::internal("cannot intern group keys").with_source(e))?;
-                    let n = merged.groups.len();
-                    merged.accs.merge(&states, &ids, n)?;
+                    // Column 0 is the key group.
+                    let (keys, states) = self.plan.split_state(&batch.columns()[1..]);
+                    merged.merge(&keys, &states, &mut ids)?;
                 }
             }
-            if merged.groups.is_empty() {
-                continue;
+            if let Some((keys, values)) = merged.take_result()? {
+                out.push(self.result_batch(start, end, keys, values)?);
             }
-            let keys = merged
-                .groups
-                .emit(EmitTo::All)
-                .map_err(|e| Error::internal("cannot emit group values").with_source(e))?;
-            let values = merged.accs.evaluate()?;
-            out.push(self.result_batch(start, end, keys, values)?);
         }
         self.group_ids = ids;
         Ok(out)
@@ -895,15 +905,10 @@ impl WindowAggregate {
 
     fn snapshot_slots(&mut self, snap: &mut StateSnapshot) -> Result<()> {
         let mut per_group = crate::parts::Parts::default();
-        let ids: Vec<(i64, i64)> = self.slots.keys().copied().collect();
-        for (end, start) in ids {
-            let Some(slot) = self.slots.get_mut(&(end, start)) else {
-                continue;
-            };
+        for slot in self.slots.values_mut() {
             slot.freeze()?;
-            let Some(slot) = self.slots.get(&(end, start)) else {
-                continue;
-            };
+        }
+        for (&(end, start), slot) in &self.slots {
             let fired = slot.fired;
             for part in &slot.frozen {
                 if part.len() == 0 {
@@ -913,8 +918,8 @@ impl WindowAggregate {
                 let batch = slot_state_batch(end, start, fired, fields, columns)?;
                 per_group.add(&batch, &self.part_groups(part)?)?;
             }
-            // Spilled runs are read back one IPC batch at a time; they already know their key
-            // groups.
+            // Spilled runs are read back whole (a snapshot is built in memory); their rows carry
+            // their key groups.
             for run in &slot.runs {
                 for batch in run.read(0..u32::MAX)? {
                     let groups = batch
@@ -938,12 +943,7 @@ impl WindowAggregate {
 
     fn restore_slots(&mut self, snap: &StateSnapshot) -> Result<()> {
         let n_keys = self.plan.key_schema.fields().len();
-        let n_states: Vec<usize> = self
-            .plan
-            .aggs
-            .iter()
-            .map(|a| a.state_fields().len())
-            .collect();
+        let n_states: usize = self.plan.aggs.iter().map(|a| a.state_fields().len()).sum();
         for entry in &snap.entries {
             let StateKey::KeyGroup(_) = entry.key else {
                 continue;
@@ -952,7 +952,7 @@ impl WindowAggregate {
             if name != PART {
                 continue;
             }
-            let want = 3 + n_keys + n_states.iter().sum::<usize>();
+            let want = 3 + n_keys + n_states;
             if batch.num_columns() != want {
                 return Err(Error::io(format!(
                     "checkpoint state does not fit this operator: window state has {} columns, \
@@ -974,13 +974,7 @@ impl WindowAggregate {
             for (slot, (was_fired, rows)) in by_slot {
                 let part = take_record_batch(&batch, &UInt32Array::from(rows))
                     .map_err(|e| Error::internal("take").with_source(e))?;
-                let keys = part.columns()[3..3 + n_keys].to_vec();
-                let mut at = 3 + n_keys;
-                let mut states = Vec::new();
-                for &n in &n_states {
-                    states.push(part.columns()[at..at + n].to_vec());
-                    at += n;
-                }
+                let (keys, states) = self.plan.split_state(&part.columns()[3..]);
                 let s = match self.slots.entry(slot) {
                     std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::btree_map::Entry::Vacant(v) => {

@@ -124,12 +124,16 @@ pub fn tensor_field(name: impl Into<String>, dtype: DataType, shape: &[usize]) -
     let size: usize = shape.iter().product();
     let size = i32::try_from(size).unwrap_or(i32::MAX);
     let storage = DataType::new_fixed_size_list(dtype, size, true);
+    with_fixed_shape_tensor(Field::new(name, storage, true), shape)
+}
+
+/// `field` (a `FixedSizeList` of the tensor's elements) marked `arrow.fixed_shape_tensor` of
+/// per-row `shape`. The metadata is `{"shape":[...]}` only: arrow-rs's own serialiser adds
+/// `"dim_names":null,"permutations":null`, which pyarrow before 26 refuses ("Invalid dim_names")
+/// when the schema crosses the Arrow C data interface into Python.
+pub fn with_fixed_shape_tensor(field: Field, shape: &[usize]) -> Field {
     let metadata = serde_json::json!({ "shape": shape }).to_string();
-    with_extension(
-        Field::new(name, storage, true),
-        FixedShapeTensor::NAME,
-        Some(metadata),
-    )
+    with_extension(field, FixedShapeTensor::NAME, Some(metadata))
 }
 
 /// The element type and shape of a field of type `arrow.fixed_shape_tensor`, or `None` when the
