@@ -6,20 +6,118 @@
 //! chain walked newest first, and adding a batch allocates nothing per row. Dropping a batch only
 //! moves the first live row id: chains stop there, and index entries whose newest row is gone
 //! are reused or swept.
+//!
+//! Under a memory budget ([`Buffer::spill_oldest`]) the oldest batches' rows are written to a
+//! local Arrow IPC file and read back only when a probe matches them (or a checkpoint is taken);
+//! their keys, times and chains stay in memory, so probing never reads the disk.
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow::compute::interleave_record_batch;
 use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
 use arrow::row::{RowConverter, Rows, SortField};
 use hashbrown::HashTable;
 use std::collections::VecDeque;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::sync::Arc;
 use weir_types::{Error, Result};
 
 const NONE: u64 = u64::MAX;
 
+/// A file of spilled batches, deleted when the last batch in it is dropped (no descriptor is
+/// kept open between reads).
+#[derive(Debug)]
+struct SpillFile(tempfile::TempPath);
+
+impl SpillFile {
+    fn write(dir: &Path, batches: &[&RecordBatch]) -> Result<Arc<SpillFile>> {
+        let io = |what: &str, e: std::io::Error| {
+            Error::io(format!(
+                "cannot {what} a join spill file in {}",
+                dir.display()
+            ))
+            .with_source(e)
+        };
+        let arrow_err = |e: arrow::error::ArrowError| {
+            Error::io(format!(
+                "cannot write a join spill file in {}",
+                dir.display()
+            ))
+            .with_source(e)
+        };
+        let Some(first) = batches.first() else {
+            return Err(Error::internal("a join spill file of no batches"));
+        };
+        let file = tempfile::Builder::new()
+            .prefix("weir-join-spill-")
+            .suffix(".arrow")
+            .tempfile_in(dir)
+            .map_err(|e| io("create", e))?;
+        let out = BufWriter::with_capacity(
+            1 << 20,
+            file.as_file().try_clone().map_err(|e| io("open", e))?,
+        );
+        let mut writer = FileWriter::try_new(out, &first.schema()).map_err(arrow_err)?;
+        for b in batches {
+            writer.write(b).map_err(arrow_err)?;
+        }
+        writer.finish().map_err(arrow_err)?;
+        writer
+            .into_inner()
+            .map_err(arrow_err)?
+            .into_inner()
+            .map_err(|e| io("write", e.into_error()))?;
+        Ok(Arc::new(SpillFile(file.into_temp_path())))
+    }
+
+    /// Batch `i` of the file, with the buffer's `schema`.
+    fn read(&self, i: usize, schema: &SchemaRef) -> Result<RecordBatch> {
+        let path: &Path = &self.0;
+        let err = |e: arrow::error::ArrowError| {
+            Error::io(format!(
+                "cannot read the join spill file {}",
+                path.display()
+            ))
+            .with_source(e)
+        };
+        let file = File::open(path).map_err(|e| {
+            Error::io(format!(
+                "cannot open the join spill file {}",
+                path.display()
+            ))
+            .with_source(e)
+        })?;
+        let mut reader = FileReader::try_new(file, None).map_err(err)?;
+        reader.set_index(i).map_err(err)?;
+        let batch = reader.next().transpose().map_err(err)?.ok_or_else(|| {
+            Error::io(format!(
+                "the join spill file {} ends before its batch {i}",
+                path.display()
+            ))
+        })?;
+        RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| {
+            Error::internal("spilled join rows do not fit their input's schema").with_source(e)
+        })
+    }
+}
+
+/// Where a buffered batch's rows are.
+enum Data {
+    Memory(RecordBatch),
+    /// Batch `index` of a spill file.
+    Disk {
+        file: Arc<SpillFile>,
+        index: usize,
+    },
+}
+
 struct Stored {
     first: u64,
-    batch: RecordBatch,
+    rows: usize,
+    data: Data,
     keys: Rows,
     /// Event times (ms) of the rows, when the side has a time column.
     times: Option<Int64Array>,
@@ -97,19 +195,86 @@ impl Buffer {
     }
 
     pub(crate) fn size_bytes(&self) -> usize {
+        self.rows_bytes() + self.index_bytes()
+    }
+
+    /// Memory held by buffered rows that are not spilled.
+    pub(crate) fn rows_bytes(&self) -> usize {
         self.batches
             .iter()
-            .map(|s| s.batch.get_array_memory_size() + s.keys.size())
+            .map(|s| match &s.data {
+                Data::Memory(b) => b.get_array_memory_size(),
+                Data::Disk { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// Memory held by the keys, times, chains and hash index (never spilled).
+    pub(crate) fn index_bytes(&self) -> usize {
+        self.batches
+            .iter()
+            .map(|s| s.keys.size() + s.times.as_ref().map_or(0, |t| t.len() * 8))
             .sum::<usize>()
             + self.prev.len() * 8
             + self.index.capacity() * 16
+    }
+
+    /// Rows written to disk.
+    pub(crate) fn spilled_rows(&self) -> usize {
+        self.batches
+            .iter()
+            .filter(|s| matches!(s.data, Data::Disk { .. }))
+            .map(|s| s.rows)
+            .sum()
+    }
+
+    /// Writes the oldest batches still in memory to one spill file in `dir` until at least
+    /// `bytes` of rows are out of memory (or none are left); returns the bytes freed.
+    pub(crate) fn spill_oldest(&mut self, dir: &Path, bytes: usize) -> Result<usize> {
+        let mut chosen = Vec::new();
+        let mut freed = 0;
+        for (i, s) in self.batches.iter().enumerate() {
+            if freed >= bytes {
+                break;
+            }
+            if let Data::Memory(b) = &s.data {
+                freed += b.get_array_memory_size();
+                chosen.push(i);
+            }
+        }
+        if chosen.is_empty() {
+            return Ok(0);
+        }
+        let batches: Vec<&RecordBatch> = chosen
+            .iter()
+            .filter_map(|&i| match &self.batches[i].data {
+                Data::Memory(b) => Some(b),
+                Data::Disk { .. } => None,
+            })
+            .collect();
+        let file = SpillFile::write(dir, &batches)?;
+        for (index, i) in chosen.into_iter().enumerate() {
+            self.batches[i].data = Data::Disk {
+                file: file.clone(),
+                index,
+            };
+        }
+        Ok(freed)
+    }
+
+    /// The rows of stored batch `i`, read back from disk if spilled.
+    fn load(&self, i: usize) -> Result<RecordBatch> {
+        match &self.batches[i].data {
+            Data::Memory(b) => Ok(b.clone()),
+            Data::Disk { file, index } => file.read(*index, &self.schema),
+        }
     }
 
     fn stored(&self, id: u64) -> (usize, usize) {
         // Batches are few; the last ones are probed most.
         let i = self
             .batches
-            .partition_point(|s| s.first + s.batch.num_rows() as u64 <= id);
+            .partition_point(|s| s.first + s.rows as u64 <= id);
         (i, (id - self.batches[i].first) as usize)
     }
 
@@ -146,7 +311,7 @@ impl Buffer {
                 if id >= first {
                     return Some(keys.row((id - first) as usize).data());
                 }
-                let i = batches.partition_point(|s| s.first + s.batch.num_rows() as u64 <= id);
+                let i = batches.partition_point(|s| s.first + s.rows as u64 <= id);
                 batches
                     .get(i)
                     .map(|s| s.keys.row((id - s.first) as usize).data())
@@ -173,7 +338,8 @@ impl Buffer {
         self.next_id = first + batch.num_rows() as u64;
         self.batches.push_back(Stored {
             first,
-            batch,
+            rows: batch.num_rows(),
+            data: Data::Memory(batch),
             keys,
             times,
             max_time,
@@ -208,8 +374,20 @@ impl Buffer {
         if ids.is_empty() {
             return Ok(RecordBatch::new_empty(self.schema.clone()));
         }
-        let refs: Vec<&RecordBatch> = self.batches.iter().map(|s| &s.batch).collect();
         let idx: Vec<(usize, usize)> = ids.iter().map(|&id| self.stored(id)).collect();
+        // Only the batches holding the rows, spilled ones read back once each.
+        let mut needed: Vec<usize> = idx.iter().map(|x| x.0).collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let loaded = needed
+            .iter()
+            .map(|&i| self.load(i))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&RecordBatch> = loaded.iter().collect();
+        let idx: Vec<(usize, usize)> = idx
+            .into_iter()
+            .map(|(b, r)| (needed.partition_point(|&x| x < b), r))
+            .collect();
         interleave_record_batch(&refs, &idx)
             .map_err(|e| Error::internal("cannot gather joined rows").with_source(e))
     }
@@ -220,7 +398,7 @@ impl Buffer {
             if front.max_time >= min_time || self.time_idx.is_none() {
                 break;
             }
-            let n = front.batch.num_rows() as u64;
+            let n = front.rows as u64;
             self.batches.pop_front();
             for _ in 0..n {
                 self.prev.pop_front();
@@ -233,8 +411,8 @@ impl Buffer {
         }
     }
 
-    /// Every buffered batch with its times (for snapshots).
-    pub(crate) fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
-        self.batches.iter().map(|s| &s.batch)
+    /// Every buffered batch, spilled ones read back (for snapshots).
+    pub(crate) fn batches(&self) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
+        (0..self.batches.len()).map(|i| self.load(i))
     }
 }

@@ -10,6 +10,10 @@
 //! once its time plus the TTL is. So the state of an interval join on an unbounded stream stays
 //! bounded by the bounds and the sources' out-of-orderness.
 //!
+//! With `memory_budget`, once the rows buffered pass it the oldest batches' rows are written to
+//! local disk and read back only for the rows a probe matches; keys, times and the index stay in
+//! memory (see [`Buffer::spill_oldest`]).
+//!
 //! The output has the left columns then the right ones, each side's names with its optional
 //! prefix (`left_prefix`, `right_prefix`); names must not clash.
 
@@ -17,6 +21,7 @@ use crate::buffer::Buffer;
 use crate::gauge::StateGauge;
 use crate::late::{Clock, OnLate};
 use crate::parts::{Parts, key_groups, read};
+use crate::spill::{Budget, parse_budget};
 use crate::window::{Span, names};
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -24,6 +29,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use weir_checkpoint::StateSnapshot;
 use weir_runtime::{Emitter, Operator, OperatorContext};
@@ -184,6 +190,14 @@ pub struct IntervalJoinSpec {
     /// What to do with rows behind the watermark: `dead_letter` (default) or `drop`.
     #[serde(default)]
     pub on_late: OnLate,
+    /// Bytes of buffered rows each instance keeps in memory (e.g. `256MiB`); beyond it the
+    /// oldest rows are written to `spill_dir` and read back when a later row matches them (keys,
+    /// times and the hash index stay in memory). Default none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<String>,
+    /// The directory spilled rows are written to. Default the system's temporary directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// Options of `op: join`: a regular inner join on equal keys. Without `ttl` it keeps every row
@@ -204,6 +218,14 @@ pub struct JoinSpec {
     /// The right input's event-time column (needed with `ttl`).
     #[serde(default)]
     pub right_time: Option<String>,
+    /// Bytes of buffered rows each instance keeps in memory (e.g. `256MiB`); beyond it the
+    /// oldest rows are written to `spill_dir` and read back when a later row matches them (keys,
+    /// times and the hash index stay in memory). Default none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<String>,
+    /// The directory spilled rows are written to. Default the system's temporary directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// How long rows of each side are useful.
@@ -251,19 +273,21 @@ impl IntervalJoinSpec {
                 upper: self.upper.0,
             },
             self.on_late,
+            parse_budget(self.memory_budget.as_deref(), self.spill_dir.as_deref())?,
         )
     }
 
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
         format!(
-            "interval join on {} = {}, {} between {} {:+} ms and {:+} ms",
+            "interval join on {} = {}, {} between {} {:+} ms and {:+} ms{}",
             self.on.left_keys.join(", "),
             self.on.right_keys.join(", "),
             self.right_time,
             self.left_time,
             self.lower.0,
-            self.upper.0
+            self.upper.0,
+            spill_note(self.memory_budget.as_deref())
         )
     }
 }
@@ -311,6 +335,7 @@ impl JoinSpec {
                 ttl: self.ttl.map(|t| t.0),
             },
             OnLate::Drop,
+            parse_budget(self.memory_budget.as_deref(), self.spill_dir.as_deref())?,
         )
     }
 
@@ -318,11 +343,19 @@ impl JoinSpec {
     pub fn describe(&self) -> String {
         let ttl = self.ttl.map(|t| format!(", ttl {t}")).unwrap_or_default();
         format!(
-            "join on {} = {}{ttl}",
+            "join on {} = {}{ttl}{}",
             self.on.left_keys.join(", "),
-            self.on.right_keys.join(", ")
+            self.on.right_keys.join(", "),
+            spill_note(self.memory_budget.as_deref())
         )
     }
+}
+
+/// `weir validate`'s words for a join's memory budget.
+fn spill_note(budget: Option<&str>) -> String {
+    budget.map_or(String::new(), |b| {
+        format!(", rows over {b} spilled to disk")
+    })
 }
 
 /// Which input (0 left, 1 right) the batch now being processed came from, as the runtime says
@@ -347,6 +380,9 @@ pub struct StreamJoin {
     range: KeyGroupRange,
     max_parallelism: u32,
     gauge: StateGauge,
+    budget: Option<Budget>,
+    /// What the step said about its memory budget: 1 spilling, 2 the index alone passes it.
+    budget_noted: u8,
 }
 
 impl std::fmt::Debug for StreamJoin {
@@ -367,6 +403,7 @@ impl StreamJoin {
         output: SchemaRef,
         bounds: Bounds,
         on_late: OnLate,
+        budget: Option<Budget>,
     ) -> Result<Self> {
         let buffers = [
             Buffer::new(l.schema.clone(), l.key_idx.clone(), l.time_idx)?,
@@ -381,7 +418,64 @@ impl StreamJoin {
             range: KeyGroupRange { start: 0, end: 1 },
             max_parallelism: 1,
             gauge: StateGauge::default(),
+            budget,
+            budget_noted: 0,
         })
+    }
+
+    /// Memory held by buffered rows that are not spilled (keys, times and index left out).
+    pub fn row_bytes(&self) -> usize {
+        self.buffers[0].rows_bytes() + self.buffers[1].rows_bytes()
+    }
+
+    /// Rows of each side written to disk under the memory budget.
+    pub fn spilled_rows(&self) -> [usize; 2] {
+        [
+            self.buffers[0].spilled_rows(),
+            self.buffers[1].spilled_rows(),
+        ]
+    }
+
+    /// Over the budget, writes the oldest rows of the side holding more to disk until the state
+    /// in memory is down to half the budget, or only keys and index are left.
+    fn enforce_budget(&mut self, ctx: &OperatorContext) -> Result<()> {
+        let Some(budget) = self.budget.as_ref() else {
+            return Ok(());
+        };
+        let total = self.state_bytes();
+        if total <= budget.bytes {
+            return Ok(());
+        }
+        let mut need = total - budget.bytes / 2;
+        let mut order = [0, 1];
+        order.sort_by_key(|&s| std::cmp::Reverse(self.buffers[s].rows_bytes()));
+        for side in order {
+            if need == 0 {
+                break;
+            }
+            let freed = self.buffers[side].spill_oldest(&budget.dir, need)?;
+            need = need.saturating_sub(freed);
+        }
+        if self.budget_noted == 0 {
+            self.budget_noted = 1;
+            tracing::info!(
+                step = ctx.name(),
+                "join rows passed their memory_budget of {} bytes; spilling the oldest to {}",
+                budget.bytes,
+                budget.dir.display()
+            );
+        }
+        let index = self.buffers[0].index_bytes() + self.buffers[1].index_bytes();
+        if index > budget.bytes && self.budget_noted < 2 {
+            self.budget_noted = 2;
+            tracing::warn!(
+                step = ctx.name(),
+                "the join's keys, times and index alone take {index} bytes, over its \
+                 memory_budget of {} bytes; they are not spilled",
+                budget.bytes
+            );
+        }
+        Ok(())
     }
 
     /// Rows buffered on each side (for tests of boundedness).
@@ -514,7 +608,8 @@ impl StreamJoin {
                     .map_err(|e| Error::internal("cannot build joined rows").with_source(e))?,
             );
         }
-        self.buffers[side].push(batch, times)
+        self.buffers[side].push(batch, times)?;
+        self.enforce_budget(ctx)
     }
 
     fn expire(&mut self, w: i64) {
@@ -574,6 +669,7 @@ impl Operator for StreamJoin {
                     self.buffers[side].push(b, times)?;
                 }
             }
+            self.enforce_budget(ctx)?;
         }
         self.report_state(ctx);
         Ok(())
@@ -618,7 +714,10 @@ impl Operator for StreamJoin {
         self.clock.snapshot(self.range, &mut snap)?;
         for (side, part) in PARTS.iter().enumerate() {
             let mut parts = Parts::default();
+            // Spilled rows are read back: a checkpoint holds the step's rows in memory while it
+            // is written.
             for b in self.buffers[side].batches() {
+                let b = &b?;
                 let keys = self.buffers[side].key_columns(b);
                 let groups = key_groups(&keys, b.num_rows(), self.max_parallelism, self.range)?;
                 parts.add(b, &groups)?;

@@ -1,11 +1,19 @@
-//! Spilling a windowed aggregation's state to local disk under a memory budget.
+//! Spilling a stateful step's state to local disk under a memory budget (`memory_budget`,
+//! `spill_dir` on `op: aggregate`, `op: window_join`, `op: top_n`, `op: interval_join` and
+//! `op: join`).
 //!
-//! A slot's groups are intermediate aggregate state (DataFusion's `state` arrays), which merge.
+//! Windowed aggregation: a slot's groups are intermediate aggregate state (DataFusion's `state` arrays), which merge.
 //! When the step's state in memory passes its budget, the largest slots are frozen and written as
 //! *runs*: Arrow IPC files of rows `(key group, keys, states)` sorted by key group, with a small
 //! in-memory index of the key groups each IPC batch holds. Aggregation goes on in fresh
 //! accumulators, so no row ever reads the disk. When a window fires, its runs are merged one
 //! key-group range at a time, with ranges chosen so that each merge fits in half the budget.
+//!
+//! Window joins and top-N keep rows, not accumulators: a window's rows are written the same way
+//! (rows tagged with the key group of the columns they are routed by, sorted by it), and a firing
+//! window reads one key-group range of both sides at a time ([`spill_rows`], [`merge_ranges`],
+//! [`read_rows`]); equal keys are in the same key group, so joining or ranking per range gives
+//! the whole answer.
 //!
 //! Run files live in the step's `spill_dir` (default: the system's temporary directory) as
 //! `weir-spill-*.arrow`, and are deleted when their slot is dropped. A process killed with
@@ -14,7 +22,7 @@
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{filter_record_batch, sort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, UInt32Type};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use std::fs::File;
@@ -22,7 +30,7 @@ use std::io::BufWriter;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use weir_types::{Error, Result};
+use weir_types::{Error, KeyGroupRange, Result};
 
 /// Rows per IPC batch of a run: the unit a merge reads (and skips by key group).
 const RUN_BATCH_ROWS: usize = 4096;
@@ -44,10 +52,127 @@ impl Budget {
     }
 }
 
+/// The budget of a step from its `memory_budget` and `spill_dir` keys: none when no budget is
+/// set; a plan-time error naming the key when the size does not parse, is zero, or `spill_dir`
+/// comes without a budget.
+pub(crate) fn parse_budget(
+    memory_budget: Option<&str>,
+    spill_dir: Option<&Path>,
+) -> Result<Option<Budget>> {
+    if memory_budget.is_none() && spill_dir.is_some() {
+        return Err(Error::config(
+            "key 'spill_dir': only used with 'memory_budget'; set a budget (e.g. \
+             memory_budget: 256MiB) or remove spill_dir",
+        ));
+    }
+    let Some(text) = memory_budget else {
+        return Ok(None);
+    };
+    let bytes = text
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| {
+            Error::config(format!(
+                "key 'memory_budget': '{text}' is not a size like 256MiB or 2GB: {e}"
+            ))
+        })?
+        .as_u64();
+    if bytes == 0 {
+        return Err(Error::config(
+            "key 'memory_budget': must be more than 0 bytes (leave it out for no limit)",
+        ));
+    }
+    Ok(Some(Budget {
+        bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+        dir: spill_dir.map_or_else(std::env::temp_dir, Path::to_path_buf),
+    }))
+}
+
+/// The entries to spill, largest first, so that `sizes` (bytes in memory per entry) totalling
+/// more than `limit` come down to half of it (so spilling is not repeated for every batch).
+/// Empty while the total is within the limit.
+pub(crate) fn victims<K: Copy>(mut sizes: Vec<(K, usize)>, limit: usize) -> Vec<K> {
+    let mut total: usize = sizes.iter().map(|s| s.1).sum();
+    if total <= limit {
+        return Vec::new();
+    }
+    sizes.sort_by_key(|s| std::cmp::Reverse(s.1));
+    let mut out = Vec::new();
+    for (k, size) in sizes {
+        if total <= limit / 2 {
+            break;
+        }
+        out.push(k);
+        total = total.saturating_sub(size);
+    }
+    out
+}
+
+/// Writes rows (`batches`, one schema) as one run, each row tagged with the key group of the
+/// columns `route_idx` it is routed by. `None` when there are no rows.
+pub(crate) fn spill_rows(
+    budget: &Budget,
+    batches: &[RecordBatch],
+    route_idx: &[usize],
+    max_parallelism: u32,
+    range: KeyGroupRange,
+) -> Result<Option<Run>> {
+    let mut tagged = Vec::with_capacity(batches.len());
+    for b in batches.iter().filter(|b| b.num_rows() > 0) {
+        let keys: Vec<ArrayRef> = route_idx.iter().map(|&i| b.column(i).clone()).collect();
+        let groups = crate::parts::key_groups(&keys, b.num_rows(), max_parallelism, range)?;
+        let fields = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        tagged.push(run_batch(groups, fields, b.columns().to_vec())?);
+    }
+    if tagged.is_empty() {
+        return Ok(None);
+    }
+    Run::write(&budget.dir, &tagged).map(Some)
+}
+
+/// Key-group ranges that cover `runs`, each holding about [`Budget::merge_bytes`] of run bytes,
+/// so reading one range at a time stays within the budget.
+pub(crate) fn merge_ranges(runs: &[&Run], budget: &Budget) -> Vec<Range<u32>> {
+    let (Some(lo), Some(hi)) = (
+        runs.iter().map(|r| r.groups().start).min(),
+        runs.iter().map(|r| r.groups().end).max(),
+    ) else {
+        return Vec::new();
+    };
+    let bytes: u64 = runs.iter().map(|r| r.bytes()).sum();
+    let per_merge = budget.merge_bytes() as u64;
+    split_range(lo..hi, bytes.div_ceil(per_merge.max(1)) as usize)
+}
+
+/// The rows of key groups `groups` in `runs` written by [`spill_rows`], as batches of `schema`
+/// (the key group column dropped).
+pub(crate) fn read_rows(
+    runs: &[&Run],
+    groups: Range<u32>,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for run in runs {
+        for b in run.read(groups.clone())? {
+            out.push(
+                RecordBatch::try_new(schema.clone(), b.columns()[1..].to_vec()).map_err(|e| {
+                    Error::internal("spilled rows do not fit their step's schema").with_source(e)
+                })?,
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// One sorted run on disk.
 #[derive(Debug)]
 pub(crate) struct Run {
-    file: tempfile::NamedTempFile,
+    /// Deleted when the run is dropped; no descriptor is kept open between reads.
+    file: tempfile::TempPath,
     /// Per IPC batch: the first and last key group it holds.
     index: Vec<(u32, u32)>,
     rows: usize,
@@ -113,7 +238,7 @@ impl Run {
             .map_err(|e| io("write", e.into_error()))?;
         let bytes = file.as_file().metadata().map_err(|e| io("stat", e))?.len();
         Ok(Run {
-            file,
+            file: file.into_temp_path(),
             index,
             rows,
             bytes,
@@ -123,7 +248,7 @@ impl Run {
     /// The rows of key groups in `groups`, in batches of the run's layout (key group column
     /// first).
     pub(crate) fn read(&self, groups: Range<u32>) -> Result<Vec<RecordBatch>> {
-        let path = self.file.path();
+        let path: &Path = &self.file;
         let err = |e: arrow::error::ArrowError| {
             Error::io(format!(
                 "cannot read the state spill file {}",
@@ -268,10 +393,69 @@ mod tests {
             }
         }
         assert_eq!(total, 10_000);
-        let path = run.file.path().to_path_buf();
+        let path = run.file.to_path_buf();
         assert!(path.exists());
         drop(run);
         assert!(!path.exists(), "a dropped run deletes its file");
+    }
+
+    #[test]
+    fn spilled_rows_read_back_per_key_group_range_with_their_schema() {
+        let dir = tempfile::tempdir().expect("dir");
+        let budget = Budget {
+            bytes: 1,
+            dir: dir.path().to_path_buf(),
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let keys: Vec<i64> = (0..5000).collect();
+        let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(keys))])
+            .expect("batch");
+        let range = KeyGroupRange { start: 0, end: 128 };
+        let run = spill_rows(&budget, std::slice::from_ref(&b), &[0], 128, range)
+            .expect("spill")
+            .expect("a run");
+        let ranges = merge_ranges(&[&run], &budget);
+        assert!(ranges.len() > 1, "a 1-byte budget reads many ranges");
+        let mut seen: Vec<i64> = Vec::new();
+        for r in ranges {
+            for b in read_rows(&[&run], r, &schema).expect("read") {
+                assert_eq!(b.schema(), schema);
+                seen.extend(
+                    b.column(0)
+                        .as_primitive::<arrow::datatypes::Int64Type>()
+                        .values(),
+                );
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..5000).collect::<Vec<_>>());
+        assert!(
+            spill_rows(&budget, &[b.slice(0, 0)], &[0], 128, range)
+                .expect("spill")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn victims_are_the_largest_down_to_half_the_limit() {
+        assert!(victims(vec![(1, 10), (2, 20)], 30).is_empty());
+        assert_eq!(victims(vec![(1, 10), (2, 20), (3, 5)], 30), vec![2]);
+        assert_eq!(victims(vec![(1, 10), (2, 20), (3, 15)], 20), vec![2, 3]);
+    }
+
+    #[test]
+    fn budgets_parse_sizes_and_name_the_key_when_wrong() {
+        let b = parse_budget(Some("1KiB"), None).expect("ok").expect("some");
+        assert_eq!(b.bytes, 1024);
+        assert!(parse_budget(None, None).expect("ok").is_none());
+        for (size, says) in [("lots", "is not a size"), ("0B", "more than 0")] {
+            let e = parse_budget(Some(size), None).expect_err(size).to_string();
+            assert!(e.contains("memory_budget") && e.contains(says), "{e}");
+        }
+        let e = parse_budget(None, Some(Path::new("/tmp")))
+            .expect_err("dir alone")
+            .to_string();
+        assert!(e.contains("spill_dir"), "{e}");
     }
 
     #[test]

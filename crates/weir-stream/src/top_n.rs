@@ -5,11 +5,14 @@
 //! Each window keeps its candidate rows as Arrow batches; when they grow past twice what the last
 //! pruning kept, they are sorted (Arrow's `lexsort`) and cut to the first `n` per key, so the state
 //! is about `n` rows per key and window. When the watermark reaches the window's end the survivors
-//! are emitted, optionally with their rank.
+//! are emitted, optionally with their rank. With `memory_budget`, the largest windows' candidates
+//! are pruned and written to local disk when the candidates kept pass it (see [`crate::spill`]),
+//! and a spilled window is ranked one key-group range at a time.
 
 use crate::gauge::StateGauge;
 use crate::late::{Clock, OnLate};
 use crate::parts::{Parts, key_groups, read};
+use crate::spill::{Budget, Run, merge_ranges, parse_budget, read_rows, spill_rows, victims};
 use crate::window::{Assigner, RowWindows, WindowSpec, names};
 use crate::windowed::{WINDOW_END, WINDOW_START};
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, UInt64Array};
@@ -21,6 +24,7 @@ use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use weir_checkpoint::StateSnapshot;
 use weir_runtime::{Emitter, Operator, OperatorContext};
@@ -55,6 +59,14 @@ pub struct TopNSpec {
     /// What to do with rows whose window was already emitted: `dead_letter` (default) or `drop`.
     #[serde(default)]
     pub on_late: OnLate,
+    /// Bytes of candidate rows each instance keeps in memory (e.g. `256MiB`); beyond it the
+    /// largest windows' candidates are written to `spill_dir` and ranked from there, one
+    /// key-group range at a time, when they fire. Default none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<String>,
+    /// The directory spilled rows are written to. Default the system's temporary directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +77,7 @@ struct Plan {
     input: SchemaRef,
     output: SchemaRef,
     bound_type: DataType,
+    budget: Option<Budget>,
 }
 
 fn parse_order(text: &str, input: &SchemaRef, i: usize) -> Result<(usize, SortOptions)> {
@@ -161,6 +174,7 @@ impl TopNSpec {
             input: input.clone(),
             output: Arc::new(Schema::new(fields)),
             bound_type,
+            budget: parse_budget(self.memory_budget.as_deref(), self.spill_dir.as_deref())?,
         })
     }
 
@@ -215,6 +229,7 @@ impl TopNSpec {
             range: KeyGroupRange { start: 0, end: 1 },
             max_parallelism: 1,
             gauge: StateGauge::default(),
+            budget_noted: false,
         }))
     }
 
@@ -225,8 +240,12 @@ impl TopNSpec {
         } else {
             format!(" per {}", self.keys.join(", "))
         };
+        let budget = match &self.memory_budget {
+            Some(b) => format!(", candidates over {b} spilled to disk"),
+            None => String::new(),
+        };
         format!(
-            "top {}{by} by {} over {}",
+            "top {}{by} by {} over {}{budget}",
             self.n,
             self.order_by.join(", "),
             self.window.describe()
@@ -240,6 +259,17 @@ struct Candidates {
     batches: Vec<RecordBatch>,
     rows: usize,
     kept: usize,
+    /// Pruned candidates spilled under the memory budget.
+    runs: Vec<Run>,
+}
+
+impl Candidates {
+    fn bytes(&self) -> usize {
+        self.batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum()
+    }
 }
 
 /// A running `op: top_n`.
@@ -256,6 +286,8 @@ pub struct TopN {
     range: KeyGroupRange,
     max_parallelism: u32,
     gauge: StateGauge,
+    /// The step said once that its candidates passed the memory budget.
+    budget_noted: bool,
 }
 
 impl std::fmt::Debug for TopN {
@@ -390,6 +422,87 @@ impl TopN {
         Ok(())
     }
 
+    /// Prunes the candidates in memory of window `id` and writes them to disk.
+    fn spill_slot(&mut self, id: (i64, i64)) -> Result<()> {
+        let Some(budget) = self.plan.budget.as_ref() else {
+            return Ok(());
+        };
+        let Some(c) = self.slots.get_mut(&id) else {
+            return Ok(());
+        };
+        let batches = std::mem::take(&mut c.batches);
+        c.rows = 0;
+        c.kept = 0;
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let all = concat_batches(&self.plan.input, &batches)
+            .map_err(|e| Error::internal("concat").with_source(e))?;
+        drop(batches);
+        let (kept, _) = self.prune(&all)?;
+        drop(all);
+        let run = spill_rows(
+            budget,
+            &[kept],
+            &self.route_idx,
+            self.max_parallelism,
+            self.range,
+        )?;
+        if let (Some(run), Some(c)) = (run, self.slots.get_mut(&id)) {
+            c.runs.push(run);
+        }
+        Ok(())
+    }
+
+    /// Spills the largest windows while the candidates in memory are over the budget, down to
+    /// half of it.
+    fn enforce_budget(&mut self, ctx: &OperatorContext) -> Result<()> {
+        let Some(budget) = self.plan.budget.as_ref() else {
+            return Ok(());
+        };
+        let sizes = self.slots.iter().map(|(k, c)| (*k, c.bytes())).collect();
+        let ids = victims(sizes, budget.bytes);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        if !self.budget_noted {
+            self.budget_noted = true;
+            tracing::info!(
+                step = ctx.name(),
+                "top-n candidates passed their memory_budget of {} bytes; spilling them to {}",
+                budget.bytes,
+                budget.dir.display()
+            );
+        }
+        for id in ids {
+            self.spill_slot(id)?;
+        }
+        Ok(())
+    }
+
+    /// The window `[start, end)`'s ranked rows from its candidates `all`.
+    fn window_rows(&self, start: i64, end: i64, all: &RecordBatch) -> Result<RecordBatch> {
+        let (kept, ranks) = self.prune(all)?;
+        let n = kept.num_rows();
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        if self.plan.rows.assigner != Assigner::Column {
+            cols.push(millis_as(
+                Int64Array::from(vec![start; n]),
+                &self.plan.bound_type,
+            )?);
+            cols.push(millis_as(
+                Int64Array::from(vec![end; n]),
+                &self.plan.bound_type,
+            )?);
+        }
+        cols.extend(kept.columns().iter().cloned());
+        if self.rank {
+            cols.push(Arc::new(ranks));
+        }
+        RecordBatch::try_new(self.plan.output.clone(), cols)
+            .map_err(|e| Error::internal("cannot build top-n rows").with_source(e))
+    }
+
     fn fire(&mut self, w: i64, out: &mut Emitter) -> Result<()> {
         let due: Vec<(i64, i64)> = self
             .slots
@@ -397,32 +510,36 @@ impl TopN {
             .map(|(k, _)| *k)
             .collect();
         for (end, start) in due {
+            if self
+                .slots
+                .get(&(end, start))
+                .is_some_and(|c| !c.runs.is_empty())
+            {
+                // Rows of a key are in one key group: rank one range at a time.
+                self.spill_slot((end, start))?;
+                let (Some(c), Some(budget)) =
+                    (self.slots.remove(&(end, start)), self.plan.budget.as_ref())
+                else {
+                    continue;
+                };
+                let runs: Vec<&Run> = c.runs.iter().collect();
+                for range in merge_ranges(&runs, budget) {
+                    let rows = read_rows(&runs, range, &self.plan.input)?;
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let all = concat_batches(&self.plan.input, &rows)
+                        .map_err(|e| Error::internal("concat").with_source(e))?;
+                    out.emit(self.window_rows(start, end, &all)?);
+                }
+                continue;
+            }
             let Some(c) = self.slots.remove(&(end, start)) else {
                 continue;
             };
             let all = concat_batches(&self.plan.input, &c.batches)
                 .map_err(|e| Error::internal("concat").with_source(e))?;
-            let (kept, ranks) = self.prune(&all)?;
-            let n = kept.num_rows();
-            let mut cols: Vec<ArrayRef> = Vec::new();
-            if self.plan.rows.assigner != Assigner::Column {
-                cols.push(millis_as(
-                    Int64Array::from(vec![start; n]),
-                    &self.plan.bound_type,
-                )?);
-                cols.push(millis_as(
-                    Int64Array::from(vec![end; n]),
-                    &self.plan.bound_type,
-                )?);
-            }
-            cols.extend(kept.columns().iter().cloned());
-            if self.rank {
-                cols.push(Arc::new(ranks));
-            }
-            out.emit(
-                RecordBatch::try_new(self.plan.output.clone(), cols)
-                    .map_err(|e| Error::internal("cannot build top-n rows").with_source(e))?,
-            );
+            out.emit(self.window_rows(start, end, &all)?);
         }
         Ok(())
     }
@@ -431,12 +548,11 @@ impl TopN {
 impl TopN {
     /// Bytes and rows of the candidates kept.
     fn state_size(&self) -> (usize, usize) {
-        self.slots
-            .values()
-            .flat_map(|c| &c.batches)
-            .fold((0, 0), |(b, n), x| {
-                (b + x.get_array_memory_size(), n + x.num_rows())
-            })
+        self.slots.values().fold((0, 0), |(b, n), c| {
+            let spilled: usize = c.runs.iter().map(Run::rows).sum();
+            let rows: usize = c.batches.iter().map(RecordBatch::num_rows).sum();
+            (b + c.bytes(), n + rows + spilled)
+        })
     }
 
     /// Records the state's size in the metrics.
@@ -478,6 +594,7 @@ impl Operator for TopN {
                     self.add_rows(slot, part)?;
                 }
             }
+            self.enforce_budget(ctx)?;
         }
         self.report_state(ctx);
         Ok(())
@@ -490,6 +607,7 @@ impl Operator for TopN {
         _out: &mut Emitter,
     ) -> Result<()> {
         self.add(batch, ctx)?;
+        self.enforce_budget(ctx)?;
         if self.gauge.due() {
             self.report_state(ctx);
         }
@@ -527,7 +645,11 @@ impl Operator for TopN {
         fields.extend(self.plan.input.fields().iter().map(|f| f.as_ref().clone()));
         let schema = Arc::new(Schema::new(fields));
         for (&(end, start), c) in &self.slots {
-            for b in &c.batches {
+            // Spilled candidates are read back: a checkpoint holds the step's candidates in
+            // memory while it is written.
+            let runs: Vec<&Run> = c.runs.iter().collect();
+            let spilled = read_rows(&runs, 0..u32::MAX, &self.plan.input)?;
+            for b in c.batches.iter().chain(&spilled) {
                 let n = b.num_rows();
                 let mut cols: Vec<ArrayRef> = vec![
                     Arc::new(Int64Array::from(vec![end; n])),

@@ -13,6 +13,7 @@ use crate::gauge::StateGauge;
 use crate::join::{JoinOn, side_of};
 use crate::late::{Clock, OnLate};
 use crate::parts::{Parts, key_groups, read};
+use crate::spill::{Budget, Run, merge_ranges, parse_budget, read_rows, spill_rows, victims};
 use crate::window::{Assigner, RowWindows, WindowSpec};
 use crate::windowed::{WINDOW_END, WINDOW_START};
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
@@ -21,6 +22,7 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use weir_checkpoint::StateSnapshot;
 use weir_runtime::{Emitter, Operator, OperatorContext};
@@ -46,6 +48,14 @@ pub struct WindowJoinSpec {
     /// What to do with rows whose window was already joined: `dead_letter` (default) or `drop`.
     #[serde(default)]
     pub on_late: OnLate,
+    /// Bytes of buffered rows each instance keeps in memory (e.g. `256MiB`); beyond it the
+    /// largest windows' rows are written to `spill_dir` and joined from there, one key-group
+    /// range at a time, when they fire. Default none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<String>,
+    /// The directory spilled rows are written to. Default the system's temporary directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +68,7 @@ struct Plan {
     skip_right: Vec<usize>,
     bound_type: DataType,
     output: SchemaRef,
+    budget: Option<Budget>,
 }
 
 impl WindowJoinSpec {
@@ -95,7 +106,9 @@ impl WindowJoinSpec {
             }
             v
         };
+        let budget = parse_budget(self.memory_budget.as_deref(), self.spill_dir.as_deref())?;
         Ok(Plan {
+            budget,
             route_idx: [route(&l.key_idx, &lw), route(&r.key_idx, &rw)],
             schemas: [l.schema, r.schema],
             key_idx: [l.key_idx, r.key_idx],
@@ -132,13 +145,18 @@ impl WindowJoinSpec {
             range: KeyGroupRange { start: 0, end: 1 },
             max_parallelism: 1,
             gauge: StateGauge::default(),
+            budget_noted: false,
         }))
     }
 
     /// One line for `weir validate`.
     pub fn describe(&self) -> String {
+        let budget = match &self.memory_budget {
+            Some(b) => format!(", rows over {b} spilled to disk"),
+            None => String::new(),
+        };
         format!(
-            "window join on {} = {} over {}",
+            "window join on {} = {} over {}{budget}",
             self.on.left_keys.join(", "),
             self.on.right_keys.join(", "),
             self.window.describe()
@@ -146,15 +164,38 @@ impl WindowJoinSpec {
     }
 }
 
+/// The rows of one window, per side: in memory, and spilled under the budget.
+#[derive(Debug, Default)]
+struct Slot {
+    rows: [Vec<RecordBatch>; 2],
+    runs: [Vec<Run>; 2],
+}
+
+impl Slot {
+    fn bytes(&self) -> usize {
+        self.rows
+            .iter()
+            .flatten()
+            .map(RecordBatch::get_array_memory_size)
+            .sum()
+    }
+
+    fn spilled(&self) -> bool {
+        self.runs.iter().any(|r| !r.is_empty())
+    }
+}
+
 /// A running `op: window_join`.
 pub struct WindowJoin {
     plan: Plan,
     clock: Clock,
-    /// Rows per window `(end, start)` and side.
-    slots: BTreeMap<(i64, i64), [Vec<RecordBatch>; 2]>,
+    /// Rows per window `(end, start)`.
+    slots: BTreeMap<(i64, i64), Slot>,
     range: KeyGroupRange,
     max_parallelism: u32,
     gauge: StateGauge,
+    /// The step said once that its rows passed the memory budget.
+    budget_noted: bool,
 }
 
 impl std::fmt::Debug for WindowJoin {
@@ -198,8 +239,122 @@ impl WindowJoin {
                 take_record_batch(&batch, &UInt32Array::from(rows))
                     .map_err(|e| Error::internal("take").with_source(e))?
             };
-            self.slots.entry(w).or_default()[side].push(part);
+            self.slots.entry(w).or_default().rows[side].push(part);
         }
+        Ok(())
+    }
+
+    /// Writes the rows in memory of window `id` to disk, both sides.
+    fn spill_slot(&mut self, id: (i64, i64)) -> Result<()> {
+        let Some(budget) = self.plan.budget.as_ref() else {
+            return Ok(());
+        };
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return Ok(());
+        };
+        for side in 0..2 {
+            let rows = std::mem::take(&mut slot.rows[side]);
+            if let Some(run) = spill_rows(
+                budget,
+                &rows,
+                &self.plan.route_idx[side],
+                self.max_parallelism,
+                self.range,
+            )? {
+                slot.runs[side].push(run);
+            }
+        }
+        Ok(())
+    }
+
+    /// Spills the largest windows while the rows in memory are over the budget, down to half
+    /// of it.
+    fn enforce_budget(&mut self, ctx: &OperatorContext) -> Result<()> {
+        let Some(budget) = self.plan.budget.as_ref() else {
+            return Ok(());
+        };
+        let sizes = self.slots.iter().map(|(k, s)| (*k, s.bytes())).collect();
+        let ids = victims(sizes, budget.bytes);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        if !self.budget_noted {
+            self.budget_noted = true;
+            tracing::info!(
+                step = ctx.name(),
+                "window join rows passed their memory_budget of {} bytes; spilling them to {}",
+                budget.bytes,
+                budget.dir.display()
+            );
+        }
+        for id in ids {
+            self.spill_slot(id)?;
+        }
+        Ok(())
+    }
+
+    /// Joins the left rows `left` with the right rows `right` of window `[start, end)`.
+    fn join(
+        &self,
+        start: i64,
+        end: i64,
+        left: &[RecordBatch],
+        right: Vec<RecordBatch>,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        if left.is_empty() || right.is_empty() {
+            return Ok(());
+        }
+        let l = concat_batches(&self.plan.schemas[0], left)
+            .map_err(|e| Error::internal("concat").with_source(e))?;
+        let r = concat_batches(&self.plan.schemas[1], &right)
+            .map_err(|e| Error::internal("concat").with_source(e))?;
+        drop(right);
+        let mut index = Buffer::new(
+            self.plan.schemas[1].clone(),
+            self.plan.key_idx[1].clone(),
+            None,
+        )?;
+        index.push(r, None)?;
+        let probe = Buffer::new(
+            self.plan.schemas[0].clone(),
+            self.plan.key_idx[0].clone(),
+            None,
+        )?;
+        let (keys, valid) = probe.keys_of(&l)?;
+        let (mut li, mut ri) = (Vec::new(), Vec::new());
+        index.probe(&keys, &valid, |row, id| {
+            li.push(row as u32);
+            ri.push(id);
+        });
+        if li.is_empty() {
+            return Ok(());
+        }
+        let n = li.len();
+        let lrows = take_record_batch(&l, &UInt32Array::from(li))
+            .map_err(|e| Error::internal("take").with_source(e))?;
+        let rrows = index.gather(&ri)?;
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        if self.plan.windows[0].assigner != Assigner::Column {
+            cols.push(millis_as(
+                Int64Array::from(vec![start; n]),
+                &self.plan.bound_type,
+            )?);
+            cols.push(millis_as(
+                Int64Array::from(vec![end; n]),
+                &self.plan.bound_type,
+            )?);
+        }
+        cols.extend(lrows.columns().iter().cloned());
+        for (i, c) in rrows.columns().iter().enumerate() {
+            if !self.plan.skip_right.contains(&i) {
+                cols.push(c.clone());
+            }
+        }
+        out.emit(
+            RecordBatch::try_new(self.plan.output.clone(), cols)
+                .map_err(|e| Error::internal("cannot build joined rows").with_source(e))?,
+        );
         Ok(())
     }
 
@@ -210,61 +365,33 @@ impl WindowJoin {
             .map(|(k, _)| *k)
             .collect();
         for (end, start) in due {
-            let Some([left, right]) = self.slots.remove(&(end, start)) else {
+            if self.slots.get(&(end, start)).is_some_and(Slot::spilled) {
+                // Rows of equal keys are in the same key group: join one range at a time.
+                self.spill_slot((end, start))?;
+                let Some(slot) = self.slots.remove(&(end, start)) else {
+                    continue;
+                };
+                let Some(budget) = self.plan.budget.as_ref() else {
+                    continue;
+                };
+                let all: Vec<&Run> = slot.runs.iter().flatten().collect();
+                for range in merge_ranges(&all, budget) {
+                    let [l, r] = [0, 1].map(|side| {
+                        let runs: Vec<&Run> = slot.runs[side].iter().collect();
+                        read_rows(&runs, range.clone(), &self.plan.schemas[side])
+                    });
+                    self.join(start, end, &l?, r?, out)?;
+                }
+                continue;
+            }
+            let Some(Slot {
+                rows: [left, right],
+                ..
+            }) = self.slots.remove(&(end, start))
+            else {
                 continue;
             };
-            if left.is_empty() || right.is_empty() {
-                continue;
-            }
-            let l = concat_batches(&self.plan.schemas[0], &left)
-                .map_err(|e| Error::internal("concat").with_source(e))?;
-            let r = concat_batches(&self.plan.schemas[1], &right)
-                .map_err(|e| Error::internal("concat").with_source(e))?;
-            let mut index = Buffer::new(
-                self.plan.schemas[1].clone(),
-                self.plan.key_idx[1].clone(),
-                None,
-            )?;
-            index.push(r, None)?;
-            let probe = Buffer::new(
-                self.plan.schemas[0].clone(),
-                self.plan.key_idx[0].clone(),
-                None,
-            )?;
-            let (keys, valid) = probe.keys_of(&l)?;
-            let (mut li, mut ri) = (Vec::new(), Vec::new());
-            index.probe(&keys, &valid, |row, id| {
-                li.push(row as u32);
-                ri.push(id);
-            });
-            if li.is_empty() {
-                continue;
-            }
-            let n = li.len();
-            let lrows = take_record_batch(&l, &UInt32Array::from(li))
-                .map_err(|e| Error::internal("take").with_source(e))?;
-            let rrows = index.gather(&ri)?;
-            let mut cols: Vec<ArrayRef> = Vec::new();
-            if self.plan.windows[0].assigner != Assigner::Column {
-                cols.push(millis_as(
-                    Int64Array::from(vec![start; n]),
-                    &self.plan.bound_type,
-                )?);
-                cols.push(millis_as(
-                    Int64Array::from(vec![end; n]),
-                    &self.plan.bound_type,
-                )?);
-            }
-            cols.extend(lrows.columns().iter().cloned());
-            for (i, c) in rrows.columns().iter().enumerate() {
-                if !self.plan.skip_right.contains(&i) {
-                    cols.push(c.clone());
-                }
-            }
-            out.emit(
-                RecordBatch::try_new(self.plan.output.clone(), cols)
-                    .map_err(|e| Error::internal("cannot build joined rows").with_source(e))?,
-            );
+            self.join(start, end, &left, right, out)?;
         }
         Ok(())
     }
@@ -273,13 +400,11 @@ impl WindowJoin {
 impl WindowJoin {
     /// Bytes and rows kept for open windows.
     fn state_size(&self) -> (usize, usize) {
-        self.slots
-            .values()
-            .flatten()
-            .flatten()
-            .fold((0, 0), |(b, n), x| {
-                (b + x.get_array_memory_size(), n + x.num_rows())
-            })
+        self.slots.values().fold((0, 0), |(b, n), s| {
+            let spilled: usize = s.runs.iter().flatten().map(Run::rows).sum();
+            let rows: usize = s.rows.iter().flatten().map(RecordBatch::num_rows).sum();
+            (b + s.bytes(), n + rows + spilled)
+        })
     }
 
     /// Records the state's size in the metrics.
@@ -319,10 +444,11 @@ impl Operator for WindowJoin {
                     for (slot, idx) in by_slot {
                         let part = take_record_batch(&rows, &UInt32Array::from(idx))
                             .map_err(|e| Error::internal("take").with_source(e))?;
-                        self.slots.entry(slot).or_default()[side].push(part);
+                        self.slots.entry(slot).or_default().rows[side].push(part);
                     }
                 }
             }
+            self.enforce_budget(ctx)?;
         }
         self.report_state(ctx);
         Ok(())
@@ -336,6 +462,7 @@ impl Operator for WindowJoin {
     ) -> Result<()> {
         let side = side_of(ctx)?;
         self.add(side, batch, ctx)?;
+        self.enforce_budget(ctx)?;
         if self.gauge.due() {
             self.report_state(ctx);
         }
@@ -378,8 +505,12 @@ impl Operator for WindowJoin {
             );
             let schema = Arc::new(Schema::new(fields));
             let mut parts = Parts::default();
-            for (&(end, start), sides) in &self.slots {
-                for b in &sides[side] {
+            for (&(end, start), slot) in &self.slots {
+                // Spilled rows are read back: a checkpoint holds the step's rows in memory while
+                // it is written.
+                let runs: Vec<&Run> = slot.runs[side].iter().collect();
+                let spilled = read_rows(&runs, 0..u32::MAX, &self.plan.schemas[side])?;
+                for b in slot.rows[side].iter().chain(&spilled) {
                     let n = b.num_rows();
                     let mut cols: Vec<ArrayRef> = vec![
                         Arc::new(Int64Array::from(vec![end; n])),

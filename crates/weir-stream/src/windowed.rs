@@ -21,7 +21,7 @@ use crate::aggregate::{Accumulators, AggregateInput, CompiledAggregate, compile_
 use crate::gauge::StateGauge;
 use crate::late::{Clock, OnLate};
 use crate::session::Sessions;
-use crate::spill::{Budget, Run, run_batch, split_range};
+use crate::spill::{Budget, Run, merge_ranges, run_batch, victims};
 use crate::window::{Assigner, RowWindows, Span, WindowSpec, names};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::{filter_record_batch, take_record_batch};
@@ -214,32 +214,7 @@ impl AggregateSpec {
     }
 
     fn budget(&self) -> Result<Option<Budget>> {
-        if self.memory_budget.is_none() && self.spill_dir.is_some() {
-            return Err(Error::config(
-                "key 'spill_dir': only used with 'memory_budget'; set a budget (e.g. \
-                 memory_budget: 256MiB) or remove spill_dir",
-            ));
-        }
-        let Some(text) = &self.memory_budget else {
-            return Ok(None);
-        };
-        let bytes = text
-            .parse::<bytesize::ByteSize>()
-            .map_err(|e| {
-                Error::config(format!(
-                    "key 'memory_budget': '{text}' is not a size like 256MiB or 2GB: {e}"
-                ))
-            })?
-            .as_u64();
-        if bytes == 0 {
-            return Err(Error::config(
-                "key 'memory_budget': must be more than 0 bytes (leave it out for no limit)",
-            ));
-        }
-        Ok(Some(Budget {
-            bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
-            dir: self.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
-        }))
+        crate::spill::parse_budget(self.memory_budget.as_deref(), self.spill_dir.as_deref())
     }
 
     /// Plan time: checks the spec against the input and returns the output schema:
@@ -667,19 +642,12 @@ impl WindowAggregate {
             .filter_map(|id| self.slots.get(id))
             .flat_map(|s| &s.runs)
             .collect();
-        let (Some(lo), Some(hi)) = (
-            runs.iter().map(|r| r.groups().start).min(),
-            runs.iter().map(|r| r.groups().end).max(),
-        ) else {
-            return Ok(Vec::new());
+        let Some(budget) = self.plan.budget.as_ref() else {
+            return Err(Error::internal(
+                "a spilled window in a step without a memory budget",
+            ));
         };
-        let bytes: u64 = runs.iter().map(|r| r.bytes()).sum();
-        let per_merge = self
-            .plan
-            .budget
-            .as_ref()
-            .map_or(usize::MAX, Budget::merge_bytes) as u64;
-        let ranges = split_range(lo..hi, bytes.div_ceil(per_merge.max(1)) as usize);
+        let ranges = merge_ranges(&runs, budget);
         let mut ids = std::mem::take(&mut self.group_ids);
         let mut out = Vec::new();
         for range in ranges {
@@ -751,29 +719,24 @@ impl WindowAggregate {
                 self.budget_noted = true;
                 tracing::warn!(
                     step = ctx.name(),
-                    "session window state is over its memory_budget of {limit} bytes; session                      windows do not spill, so it stays in memory"
+                    "session window state is over its memory_budget of {limit} bytes; session \
+                     windows do not spill, so it stays in memory"
                 );
             }
             return Ok(());
         }
-        let mut sizes: Vec<((i64, i64), usize)> =
+        let sizes: Vec<((i64, i64), usize)> =
             self.slots.iter().map(|(k, s)| (*k, s.size())).collect();
-        let mut total: usize = sizes.iter().map(|s| s.1).sum();
-        if total <= limit {
+        let before: usize = sizes.iter().map(|s| s.1).sum();
+        let ids = victims(sizes, limit);
+        if ids.is_empty() {
             return Ok(());
         }
-        sizes.sort_by_key(|s| std::cmp::Reverse(s.1));
-        let before = total;
-        let mut spilled = 0;
-        for (id, size) in sizes {
-            if total <= limit / 2 {
-                break;
-            }
-            self.spill_slot(id)?;
-            let after = self.slots.get(&id).map_or(0, Slot::size);
-            total = total.saturating_sub(size) + after;
-            spilled += 1;
+        for id in &ids {
+            self.spill_slot(*id)?;
         }
+        let spilled = ids.len();
+        let total: usize = self.slots.values().map(Slot::size).sum();
         let on_disk: u64 = self
             .slots
             .values()

@@ -823,12 +823,14 @@ fn twenty_kill_9s_of_windows_and_an_interval_join_and_a_rescale_change_nothing()
     );
 
     // (b) Parallelism 2 with checkpoints, killed again and again while windows are open. The
-    // window state is over a tiny memory budget, so it is spilled to disk all the time and the
-    // checkpoints hold spilled runs; the answers must still be those of the straight run.
+    // window state and the join's rows are over tiny memory budgets, so they are spilled to disk
+    // all the time and the checkpoints hold spilled rows; the answers must still be those of the
+    // straight run.
     let spill = d.join("spill");
     std::fs::create_dir_all(&spill).expect("spill dir");
     let budget = format!(
-        "steps.per_auction.memory_budget=4KiB --set steps.per_auction.spill_dir={}",
+        "steps.per_auction.memory_budget=4KiB --set steps.per_auction.spill_dir={0} \
+         --set steps.first_bids.memory_budget=4KiB --set steps.first_bids.spill_dir={0}",
         spill.display()
     );
     let budget: Vec<&str> = budget.split(' ').collect();
@@ -868,6 +870,10 @@ fn twenty_kill_9s_of_windows_and_an_interval_join_and_a_rescale_change_nothing()
     assert!(
         log.contains("passed its memory_budget"),
         "the window state was not spilled:\n{log}"
+    );
+    assert!(
+        log.contains("join rows passed their memory_budget"),
+        "the join's rows were not spilled:\n{log}"
     );
     let got = (
         sorted_rows(&d.join("crashy/counts")),

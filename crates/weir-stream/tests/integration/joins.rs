@@ -63,6 +63,17 @@ fn interval(lower: i64, upper: i64) -> IntervalJoinSpec {
         lower: Span(lower),
         upper: Span(upper),
         on_late: OnLate::DeadLetter,
+        memory_budget: None,
+        spill_dir: None,
+    }
+}
+
+/// A 1-byte memory budget in `dir` (every buffered row spills) when `spill`, else none.
+fn budget(spill: bool, dir: &tempfile::TempDir) -> (Option<String>, Option<std::path::PathBuf>) {
+    if spill {
+        (Some("1B".into()), Some(dir.path().to_path_buf()))
+    } else {
+        (None, None)
     }
 }
 
@@ -168,6 +179,8 @@ fn join_specs_are_checked_at_plan_time() {
         ttl: Some(Span(10)),
         left_time: None,
         right_time: None,
+        memory_budget: None,
+        spill_dir: None,
     };
     assert!(
         ttl.output_schema(&inputs)
@@ -257,10 +270,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
-    fn interval_join_matches_the_oracle_across_rescales(script in arb_join_script(), p in 1u32..=3, lower in -30i64..10, width in 0i64..30) {
+    fn interval_join_matches_the_oracle_across_rescales(script in arb_join_script(), p in 1u32..=3, lower in -30i64..10, width in 0i64..30, spill in any::<bool>()) {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let (steps, left, right) = steps_of(&script);
-        let spec = interval(lower, lower + width);
+        let dir = tempfile::tempdir().expect("dir");
+        let mut spec = interval(lower, lower + width);
+        (spec.memory_budget, spec.spill_dir) = budget(spill, &dir);
         let inputs = [bids_schema(), auctions_schema()];
         let f = move || spec.create(&inputs).expect("create");
         let out = rt.block_on(run_inputs(&f, &KEYS, p, &steps));
@@ -270,10 +285,12 @@ proptest! {
     }
 
     #[test]
-    fn regular_join_matches_the_oracle_across_rescales(script in arb_join_script(), p in 1u32..=3) {
+    fn regular_join_matches_the_oracle_across_rescales(script in arb_join_script(), p in 1u32..=3, spill in any::<bool>()) {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let (steps, left, right) = steps_of(&script);
-        let spec = JoinSpec { on: on(), ttl: None, left_time: None, right_time: None };
+        let dir = tempfile::tempdir().expect("dir");
+        let (memory_budget, spill_dir) = budget(spill, &dir);
+        let spec = JoinSpec { on: on(), ttl: None, left_time: None, right_time: None, memory_budget, spill_dir };
         let inputs = [bids_schema(), auctions_schema()];
         let f = move || spec.create(&inputs).expect("create");
         let out = rt.block_on(run_inputs(&f, &KEYS, p, &steps));
@@ -332,14 +349,18 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
-    fn regular_join_with_a_ttl_matches_the_oracle_across_rescales(script in arb_join_script(), p in 1u32..=3, ttl in 1i64..40) {
+    fn regular_join_with_a_ttl_matches_the_oracle_across_rescales(script in arb_join_script(), p in 1u32..=3, ttl in 1i64..40, spill in any::<bool>()) {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let (steps, _, _) = steps_of(&script);
+        let dir = tempfile::tempdir().expect("dir");
+        let (memory_budget, spill_dir) = budget(spill, &dir);
         let spec = JoinSpec {
             on: on(),
             ttl: Some(Span(ttl)),
             left_time: Some("bts".into()),
             right_time: Some("ats".into()),
+            memory_budget,
+            spill_dir,
         };
         let inputs = [bids_schema(), auctions_schema()];
         let f = move || spec.create(&inputs).expect("create");
@@ -385,6 +406,90 @@ async fn interval_join_state_stays_bounded_on_an_unbounded_stream() {
     assert!(
         emitted > 2000 * 10,
         "each bid matches its auction and earlier ones: {emitted}"
+    );
+}
+
+/// The same stream with and without a memory budget: the budget is kept (rows spill to the
+/// directory, state in memory stays near the budget), the output is the same, and the spill
+/// files go away as the watermark drops their rows.
+#[tokio::test]
+async fn interval_join_over_its_memory_budget_spills_rows_and_joins_the_same() {
+    async fn run(spill_dir: Option<&std::path::Path>) -> (Vec<Vec<i64>>, usize, [usize; 2], usize) {
+        let mut spec = interval(-100, 50);
+        if let Some(d) = spill_dir {
+            spec.memory_budget = Some("16KiB".into());
+            spec.spill_dir = Some(d.to_path_buf());
+        }
+        let mut join = spec
+            .build(&[bids_schema(), auctions_schema()])
+            .expect("build");
+        let mut ctx = OperatorContext::for_test("join", ErrorPolicy::Fail);
+        join.open(&mut ctx).await.expect("open");
+        let mut out = Emitter::default();
+        let mut batches = Vec::new();
+        let (mut most_bytes, mut spilled) = (0, [0usize; 2]);
+        for i in 0..200i64 {
+            let t = i * 10;
+            let rows: Vec<Row> = (0..40).map(|k| (Some(k % 13), t + k % 10, k)).collect();
+            ctx.set_input(1);
+            join.process_batch(batch(auctions_schema(), &rows), &mut ctx, &mut out)
+                .await
+                .expect("right");
+            ctx.set_input(0);
+            join.process_batch(batch(bids_schema(), &rows), &mut ctx, &mut out)
+                .await
+                .expect("left");
+            most_bytes = most_bytes.max(join.row_bytes());
+            let s = join.spilled_rows();
+            spilled = [spilled[0].max(s[0]), spilled[1].max(s[1])];
+            join.on_watermark(Watermark(t), &mut ctx, &mut out)
+                .await
+                .expect("watermark");
+            batches.extend(out.take());
+        }
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        // Every output row as its six integers (timestamps as milliseconds), sorted.
+        let mut lines: Vec<Vec<i64>> = Vec::with_capacity(rows);
+        for b in &batches {
+            let cols: Vec<Int64Array> = b
+                .columns()
+                .iter()
+                .map(|c| {
+                    let c = arrow::compute::cast(c, &DataType::Int64).expect("cast");
+                    c.as_any()
+                        .downcast_ref::<Int64Array>()
+                        .expect("i64")
+                        .clone()
+                })
+                .collect();
+            for r in 0..b.num_rows() {
+                lines.push(cols.iter().map(|c| c.value(r)).collect());
+            }
+        }
+        lines.sort_unstable();
+        (lines, rows, spilled, most_bytes)
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let (free, free_rows, none, free_bytes) = run(None).await;
+    let (tight, tight_rows, spilled, tight_bytes) = run(Some(dir.path())).await;
+    assert_eq!(none, [0, 0]);
+    assert!(free_rows > 10_000, "{free_rows}");
+    assert_eq!(tight_rows, free_rows);
+    assert!(free == tight, "the same rows with and without spilling");
+    assert!(
+        spilled[0] > 0 && spilled[1] > 0,
+        "both sides spilled: {spilled:?}"
+    );
+    // Rows in memory: within the budget plus the batch that passed it (about 1.5 KiB per side).
+    assert!(
+        tight_bytes <= 16 * 1024 + 4096 && free_bytes > 2 * tight_bytes,
+        "rows in memory: {tight_bytes} bytes with the budget, {free_bytes} without"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+    assert!(
+        left.len() < 10,
+        "spill files of expired rows are deleted: {} left",
+        left.len()
     );
 }
 
@@ -435,15 +540,19 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
-    fn window_join_matches_the_oracle_across_rescales(script in arb_join_script(), p in 1u32..=3) {
+    fn window_join_matches_the_oracle_across_rescales(script in arb_join_script(), p in 1u32..=3, spill in any::<bool>()) {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let (steps, left, right) = steps_of(&script);
+        let dir = tempfile::tempdir().expect("dir");
+        let (memory_budget, spill_dir) = budget(spill, &dir);
         let spec = WindowJoinSpec {
             on: on(),
             window: WindowSpec::Tumbling { size: Span(15), offset: Span(0) },
             left_time: Some("bts".into()),
             right_time: Some("ats".into()),
             on_late: OnLate::DeadLetter,
+            memory_budget,
+            spill_dir,
         };
         let inputs = [bids_schema(), auctions_schema()];
         let f = move || spec.create(&inputs).expect("create");

@@ -111,6 +111,8 @@ async fn windowed_steps_forward_the_watermark_after_the_rows_it_completes() {
         with_ties: false,
         rank_column: None,
         on_late: OnLate::DeadLetter,
+        memory_budget: None,
+        spill_dir: None,
     }
     .create(&s)
     .expect("top_n");
@@ -121,6 +123,8 @@ async fn windowed_steps_forward_the_watermark_after_the_rows_it_completes() {
         left_time: Some("ts".into()),
         right_time: Some("ts".into()),
         on_late: OnLate::DeadLetter,
+        memory_budget: None,
+        spill_dir: None,
     }
     .create(&both)
     .expect("window_join");
@@ -133,6 +137,8 @@ async fn windowed_steps_forward_the_watermark_after_the_rows_it_completes() {
         lower: Span(-5),
         upper: Span(5),
         on_late: OnLate::DeadLetter,
+        memory_budget: None,
+        spill_dir: None,
     }
     .create(&both)
     .expect("interval_join");
@@ -142,6 +148,8 @@ async fn windowed_steps_forward_the_watermark_after_the_rows_it_completes() {
         ttl: Some(Span(5)),
         left_time: Some("ts".into()),
         right_time: Some("ts".into()),
+        memory_budget: None,
+        spill_dir: None,
     }
     .create(&both)
     .expect("join");
