@@ -6,7 +6,8 @@
 # Chromium, playwright-core and schemathesis for the web tests via scripts/setup-web-tests.sh,
 # and DuckDB for the Nexmark checks via scripts/setup-duckdb.sh), then runs cargo test with the
 # `ci` profile (no debug info), then the Python package's tests (pytest, python/tests) in the venv
-# that scripts/setup-python.sh makes and installs `weir` into.
+# that scripts/setup-python.sh makes and installs `weir` into, then `pip install ./python` into
+# a fresh venv with ONNX Runtime from the onnxruntime wheel (scripts/check-pip-install.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-models.sh
@@ -28,4 +29,5 @@ cargo test --workspace --profile ci --no-fail-fast "$@" || status=$?
 # The Python package (python/): built with the same profile, then its tests.
 bash scripts/setup-python.sh
 (cd python && ../.weir/venv-python/bin/python -m pytest -q tests) || status=$?
+bash scripts/check-pip-install.sh || status=$?
 exit $status
