@@ -106,3 +106,92 @@ def test_builder_expressions_equal_sql_text():
     assert str((col("amount") * 2).alias("double")) == "(amount * 2) AS double"
     assert str((col("a") > 1) & col("b").is_null()) == "((a > 1) AND (b IS NULL))"
     assert str(col("Mixed Case")) == '"Mixed Case"'
+
+
+def _same_graph(df, example):
+    yaml = weir.from_yaml(os.path.join(REPO, "examples", "nexmark", example))
+    got, want = df.logical_graph(), yaml.logical_graph()
+    assert got["nodes"] == want["nodes"]
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+
+
+def _nexmark(table, name, job, watermark=True):
+    opts = {"events": 100000, "seed": 0, "event_rate": 10000}
+    if watermark:
+        opts["watermark"] = {"column": "date_time"}
+    return weir.nexmark(table, name=name, job=weir.pipeline(job), **opts)
+
+
+def test_nexmark_q3_join_with_the_builder():
+    sellers = (
+        _nexmark("auction", "auctions", "nexmark-q3", watermark=False)
+        .filter("category = 10", name="category_10")
+        .select("id", "seller", name="auction_sellers")
+    )
+    places = (
+        _nexmark("person", "people", "nexmark-q3", watermark=False)
+        .filter("state IN ('OR', 'ID', 'CA')", name="western")
+        .select("id", "name", "city", "state", name="person_places")
+    )
+    df = (
+        sellers.join(places, "seller", "id", right_prefix="p_", name="joined")
+        .select("p_name AS name", "p_city AS city", "p_state AS state", "id")
+        .write_parquet("out/nexmark/q3", name="out")
+    )
+    _same_graph(df, "q3.yaml")
+
+
+def test_nexmark_q5_top_n_with_the_builder():
+    df = (
+        _nexmark("bid", "bids", "nexmark-q5")
+        .aggregate(["count(*) AS num"], window={"type": "hopping", "size": "10s", "slide": "2s"}, keys=["auction"], time="date_time", name="counts")
+        .top_n(1, ["num DESC"], window={"type": "column"}, with_ties=True, name="hottest")
+        .select("auction", "num")
+        .write_parquet("out/nexmark/q5", name="out")
+    )
+    _same_graph(df, "q5.yaml")
+
+
+def test_nexmark_q7_an_input_joined_back_to_its_own_aggregate():
+    bids = _nexmark("bid", "bids", "nexmark-q7")
+    maxima = bids.aggregate(["max(price) AS maxprice"], window={"type": "tumbling", "size": "10s"}, time="date_time", name="maxima")
+    df = (
+        maxima.interval_join(
+            bids, "maxprice", "price", left_time="window_end", right_time="date_time",
+            lower="-10001ms", upper="-1ms", name="highest",
+        )
+        .select("auction", "price", "bidder", "date_time", "extra")
+        .write_parquet("out/nexmark/q7", name="out")
+    )
+    # The shared source appears once.
+    assert [s.get("name") for s in df.spec["steps"]].count("bids") == 1
+    _same_graph(df, "q7.yaml")
+
+
+def test_nexmark_q8_window_join_with_the_builder():
+    tumbling = {"type": "tumbling", "size": "10s"}
+    people = _nexmark("person", "people", "nexmark-q8").aggregate([], window=tumbling, keys=["id", "name"], time="date_time", name="new_people")
+    sellers = _nexmark("auction", "auctions", "nexmark-q8").aggregate([], window=tumbling, keys=["seller"], time="date_time", name="sellers")
+    df = (
+        people.window_join(sellers, "id", "seller", window={"type": "column"}, name="joined")
+        .select("id", "name", "window_start AS starttime")
+        .write_parquet("out/nexmark/q8", name="out")
+    )
+    _same_graph(df, "q8.yaml")
+
+
+def test_joined_inputs_run_and_union_keeps_every_row():
+    a = weir.from_rows([{"k": 1, "x": "a"}, {"k": 2, "x": "b"}], name="a")
+    b = weir.from_rows([{"k": 2, "y": "B"}, {"k": 3, "y": "C"}], name="b")
+    t = a.join(b, "k", right_prefix="r_").collect()
+    assert t.to_pylist() == [{"k": 2, "x": "b", "r_k": 2, "r_y": "B"}]
+    u = a.union(weir.from_rows([{"k": 9, "x": "z"}], name="c")).collect()
+    assert sorted(u["k"].to_pylist()) == [1, 2, 9]
+    # A branch that starts after steps both inputs share reads the last shared step.
+    base = weir.from_rows([{"k": i} for i in range(6)], name="base")
+    evens = base.filter("k % 2 = 0", name="evens")
+    small = base.filter("k < 3", name="small")
+    both = evens.join(small, "k", right_prefix="s_").collect()
+    assert sorted(both["k"].to_pylist()) == [0, 2]
+    with pytest.raises(weir.PlanError, match="named 'dup'"):
+        weir.from_rows([{"k": 1}], name="dup").union(weir.from_rows([{"k": 2}], name="dup"))

@@ -75,6 +75,61 @@ class DataFrame:
             return str(steps[i].get("name", f"{_kind(steps[i])}_{i}"))
         raise _weir.PlanError("the DataFrame has no steps")
 
+    def _named(self) -> List[Dict[str, Any]]:
+        """The steps with every node named as planning names it (``<kind>_<index>``), so that
+        they keep their names when they move to another position."""
+        steps = copy.deepcopy(self.spec.get("steps", []))
+        for i, st in enumerate(steps):
+            if "name" not in st and not (_kind(st) in _ROUTING and "op" in st):
+                st["name"] = f"{_kind(st)}_{i}"
+        return steps
+
+    def _combine(self, others: Sequence["DataFrame"], step: Dict[str, Any], name: Optional[str]) -> "DataFrame":
+        """A step reading this DataFrame and ``others`` (``inputs:`` their last steps): the
+        steps of all of them in one spec. Steps they share (one built from another, as
+        ``bids.aggregate(...).interval_join(bids, ...)``) appear once; other steps of the same
+        name are an error, naming it."""
+        if self._ends_in_sink() or any(o._ends_in_sink() for o in others):
+            raise _weir.PlanError(f"op: {step.get('op')}: an input ends in a sink; join or union before writing")
+        steps = self._named()
+        inputs = [self._last_node()]
+        udfs = dict(self._udfs)
+        for other in others:
+            theirs = other._named()
+            # The steps both already hold, from the first: kept once.
+            shared = 0
+            while shared < min(len(steps), len(theirs)) and steps[shared] == theirs[shared]:
+                shared += 1
+            rest = theirs[shared:]
+            names = {st.get("name") for st in steps}
+            for st in rest:
+                if st.get("name") in names:
+                    raise _weir.PlanError(
+                        f"two different steps are named '{st['name']}'; give the inputs' steps distinct "
+                        "names (name=...)"
+                    )
+            if rest and "source" not in rest[0] and "input" not in rest[0] and "inputs" not in rest[0]:
+                if shared == 0:
+                    raise _weir.PlanError("a DataFrame must start with a source")
+                if _kind(rest[0]) in _ROUTING:
+                    raise _weir.PlanError(
+                        f"op: {_kind(rest[0])} right after the steps two inputs share cannot be placed; "
+                        "add a step between them"
+                    )
+                rest[0]["input"] = theirs[shared - 1]["name"]
+            steps.extend(rest)
+            inputs.append(other._last_node())
+            udfs.update(other._udfs)
+        node = dict(step)
+        node["inputs"] = inputs
+        if name is not None:
+            node = {"name": name, **node}
+        if self._parallelism is not None and "parallelism" not in node:
+            node["parallelism"] = self._parallelism
+        spec = copy.deepcopy(self.spec)
+        spec["steps"] = steps + [node]
+        return DataFrame(spec, udfs, self._origin, self._parallelism)
+
     def _ends_in_sink(self) -> bool:
         steps = self.spec.get("steps", [])
         return bool(steps) and "sink" in steps[-1]
@@ -174,6 +229,96 @@ class DataFrame:
             },
             name,
         )
+
+    def top_n(
+        self,
+        n: int,
+        order_by: Sequence[str],
+        window: Mapping[str, Any],
+        keys: Optional[Sequence[str]] = None,
+        time: Optional[str] = None,
+        name: Optional[str] = None,
+        **options: Any,
+    ) -> "DataFrame":
+        """The first ``n`` rows per window and key in ``order_by`` (``op: top_n``; options
+        ``with_ties``, ``rank_column``, ``on_late``, ``memory_budget``...)."""
+        return self._with(
+            {
+                "op": "top_n",
+                **_clean({"keys": list(keys) if keys else None, "time": time}),
+                "window": dict(window),
+                "order_by": list(order_by),
+                "n": int(n),
+                **_clean(options),
+            },
+            name,
+        )
+
+    # several inputs
+    def union(self, *others: "DataFrame", name: Optional[str] = None) -> "DataFrame":
+        """The rows of this DataFrame and of ``others`` (``op: union``); names and types of the
+        columns must match."""
+        return self._combine(others, {"op": "union"}, name)
+
+    def _join(
+        self,
+        kind: str,
+        other: "DataFrame",
+        left_keys: Union[str, Sequence[str]],
+        right_keys: Union[str, Sequence[str], None],
+        name: Optional[str],
+        options: Mapping[str, Any],
+    ) -> "DataFrame":
+        lk = [left_keys] if isinstance(left_keys, str) else list(left_keys)
+        rk = lk if right_keys is None else ([right_keys] if isinstance(right_keys, str) else list(right_keys))
+        step = {"op": kind, "left_keys": lk, "right_keys": rk, **_clean(options)}
+        return self._combine([other], step, name)
+
+    def join(
+        self,
+        other: "DataFrame",
+        left_keys: Union[str, Sequence[str]],
+        right_keys: Union[str, Sequence[str], None] = None,
+        name: Optional[str] = None,
+        **options: Any,
+    ) -> "DataFrame":
+        """Inner join with ``other`` on equal keys (``op: join``; options ``ttl``,
+        ``left_time``, ``right_time``, ``left_prefix``, ``right_prefix``, ``memory_budget``...);
+        ``right_keys`` default to ``left_keys``."""
+        return self._join("join", other, left_keys, right_keys, name, options)
+
+    def interval_join(
+        self,
+        other: "DataFrame",
+        left_keys: Union[str, Sequence[str]],
+        right_keys: Union[str, Sequence[str], None] = None,
+        *,
+        left_time: str,
+        right_time: str,
+        lower: str,
+        upper: str,
+        name: Optional[str] = None,
+        **options: Any,
+    ) -> "DataFrame":
+        """Rows of ``other`` with equal keys and ``right_time`` between ``left_time + lower``
+        and ``left_time + upper`` (``op: interval_join``)."""
+        opts = {"left_time": left_time, "right_time": right_time, "lower": lower, "upper": upper, **options}
+        return self._join("interval_join", other, left_keys, right_keys, name, opts)
+
+    def window_join(
+        self,
+        other: "DataFrame",
+        left_keys: Union[str, Sequence[str]],
+        right_keys: Union[str, Sequence[str], None] = None,
+        *,
+        window: Mapping[str, Any],
+        name: Optional[str] = None,
+        **options: Any,
+    ) -> "DataFrame":
+        """Rows of ``other`` with equal keys in the same window, joined when it completes
+        (``op: window_join``; ``left_time`` / ``right_time`` for time windows)."""
+        opts = {"window": dict(window), **options}
+        return self._join("window_join", other, left_keys, right_keys, name, opts)
 
     # multimodal
     def col(self, column: str) -> "Column":
