@@ -12,7 +12,7 @@
 #
 # Prints one line per run (variant, wall s, CPU s, peak RSS KiB, peak spill bytes on disk) and a
 # Markdown table of medians. Environment: RUNS=3, ROWS=20000000, KEYS=4000000, BUDGET=64MiB
-# (JOB=join: ROWS=2000000, KEYS=1000000, BUDGET=32MiB).
+# (JOB=join: ROWS=2000000, KEYS=1000000, BUDGET=64MiB).
 # WEIR defaults to target/bench-fast/weir (build it with
 # `cargo build --profile bench-fast -p weir-cli`). Run by hand, never in CI.
 set -euo pipefail
@@ -25,7 +25,7 @@ case $JOB in
     aggregate) SPEC=bench/state-spill/pipeline.yaml SOURCES=(events)
         ROWS=${ROWS:-20000000} KEYS=${KEYS:-4000000} BUDGET=${BUDGET:-64MiB} ;;
     join) SPEC=bench/state-spill/join.yaml SOURCES=(orders payments)
-        ROWS=${ROWS:-2000000} KEYS=${KEYS:-1000000} BUDGET=${BUDGET:-32MiB} ;;
+        ROWS=${ROWS:-2000000} KEYS=${KEYS:-1000000} BUDGET=${BUDGET:-64MiB} ;;
     *) echo "weir.sh: JOB is aggregate or join, not $JOB" >&2; exit 1 ;;
 esac
 TMP=$(mktemp -d)
@@ -42,7 +42,7 @@ run() {
         args+=(--set "steps.per_key.memory_budget=$BUDGET" --set "steps.per_key.spill_dir=$TMP/spill")
     fi
     ( peak=0; while sleep 0.2; do
-        s=$(du -sb "$TMP/spill" 2> /dev/null | cut -f1); s=${s:-0}
+        s=$(du -sb "$TMP/spill" 2> /dev/null | cut -f1 || true); s=${s:-0}
         (( s > peak )) && peak=$s && echo "$peak" > "$TMP/peak"
       done ) &
     local sampler=$!
@@ -50,7 +50,7 @@ run() {
     /usr/bin/time -f '%e %U %S %M' -o "$TMP/time" \
         "$WEIR" run "$SPEC" "${args[@]}" --progress off --http off \
         > /dev/null 2> "$TMP/log" || { cat "$TMP/log" >&2; kill "$sampler"; exit 1; }
-    kill "$sampler" 2> /dev/null; wait "$sampler" 2> /dev/null || true
+    kill "$sampler" 2> /dev/null || true; wait "$sampler" 2> /dev/null || true
     read -r wall user sys rss < "$TMP/time"
     echo "$variant $wall $(echo "$user + $sys" | bc) $rss $(cat "$TMP/peak")"
 }

@@ -11,7 +11,7 @@
 //! local Arrow IPC file and read back only when a probe matches them (or a checkpoint is taken);
 //! their keys, times and chains stay in memory, so probing never reads the disk.
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::interleave_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::FileReader;
@@ -73,8 +73,37 @@ impl SpillFile {
         Ok(Arc::new(SpillFile(file.into_temp_path())))
     }
 
+    /// A reader of the file (its footer read once).
+    fn reader(&self) -> Result<FileReader<File>> {
+        let path: &Path = &self.0;
+        let file = File::open(path).map_err(|e| {
+            Error::io(format!(
+                "cannot open the join spill file {}",
+                path.display()
+            ))
+            .with_source(e)
+        })?;
+        FileReader::try_new(file, None).map_err(|e| {
+            Error::io(format!(
+                "cannot read the join spill file {}",
+                path.display()
+            ))
+            .with_source(e)
+        })
+    }
+
     /// Batch `i` of the file, with the buffer's `schema`.
     fn read(&self, i: usize, schema: &SchemaRef) -> Result<RecordBatch> {
+        self.read_with(&mut self.reader()?, i, schema)
+    }
+
+    /// Batch `i` of the file through `reader`, with the buffer's `schema`.
+    fn read_with(
+        &self,
+        reader: &mut FileReader<File>,
+        i: usize,
+        schema: &SchemaRef,
+    ) -> Result<RecordBatch> {
         let path: &Path = &self.0;
         let err = |e: arrow::error::ArrowError| {
             Error::io(format!(
@@ -83,14 +112,6 @@ impl SpillFile {
             ))
             .with_source(e)
         };
-        let file = File::open(path).map_err(|e| {
-            Error::io(format!(
-                "cannot open the join spill file {}",
-                path.display()
-            ))
-            .with_source(e)
-        })?;
-        let mut reader = FileReader::try_new(file, None).map_err(err)?;
         reader.set_index(i).map_err(err)?;
         let batch = reader.next().transpose().map_err(err)?.ok_or_else(|| {
             Error::io(format!(
@@ -375,20 +396,64 @@ impl Buffer {
             return Ok(RecordBatch::new_empty(self.schema.clone()));
         }
         let idx: Vec<(usize, usize)> = ids.iter().map(|&id| self.stored(id)).collect();
-        // Only the batches holding the rows, spilled ones read back once each.
-        let mut needed: Vec<usize> = idx.iter().map(|x| x.0).collect();
-        needed.sort_unstable();
-        needed.dedup();
-        let loaded = needed
-            .iter()
-            .map(|&i| self.load(i))
-            .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&RecordBatch> = loaded.iter().collect();
-        let idx: Vec<(usize, usize)> = idx
-            .into_iter()
-            .map(|(b, r)| (needed.partition_point(|&x| x < b), r))
-            .collect();
-        interleave_record_batch(&refs, &idx)
+        // Batches in memory are used as they are. Of a spilled batch only the rows asked for
+        // are kept: it is read back, its rows taken, and dropped before the next one is read, so
+        // gathering holds one spilled batch at a time (each file opened once).
+        let mut rows_of: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
+        for &(b, r) in &idx {
+            if matches!(self.batches[b].data, Data::Disk { .. }) {
+                rows_of.entry(b).or_default().push(r as u32);
+            }
+        }
+        let mut sources: Vec<RecordBatch> = Vec::new();
+        // Per stored batch: its position in `sources`, and for a spilled one the sorted rows
+        // taken from it (a row's position in the piece is its rank there).
+        let mut at: std::collections::HashMap<usize, usize> = Default::default();
+        let mut by_file: Vec<(&Arc<SpillFile>, usize, usize)> = Vec::new();
+        for (&b, rows) in rows_of.iter_mut() {
+            rows.sort_unstable();
+            rows.dedup();
+            if let Data::Disk { file, index } = &self.batches[b].data {
+                by_file.push((file, *index, b));
+            }
+        }
+        by_file.sort_by_key(|(f, i, _)| (Arc::as_ptr(f) as usize, *i));
+        let mut k = 0;
+        while k < by_file.len() {
+            let file = by_file[k].0;
+            let mut reader = file.reader()?;
+            while k < by_file.len() && Arc::ptr_eq(by_file[k].0, file) {
+                let (_, index, b) = by_file[k];
+                let batch = file.read_with(&mut reader, index, &self.schema)?;
+                let take = UInt32Array::from(rows_of[&b].clone());
+                let piece = arrow::compute::take_record_batch(&batch, &take)
+                    .map_err(|e| Error::internal("cannot take spilled join rows").with_source(e))?;
+                at.insert(b, sources.len());
+                sources.push(piece);
+                k += 1;
+            }
+        }
+        let mut mapped = Vec::with_capacity(idx.len());
+        for (b, r) in idx {
+            let pos = match at.get(&b) {
+                Some(&p) => p,
+                None => {
+                    let Data::Memory(batch) = &self.batches[b].data else {
+                        return Err(Error::internal("a spilled join batch was not read back"));
+                    };
+                    at.insert(b, sources.len());
+                    sources.push(batch.clone());
+                    sources.len() - 1
+                }
+            };
+            let r = match rows_of.get(&b) {
+                Some(rows) => rows.partition_point(|&x| x < r as u32),
+                None => r,
+            };
+            mapped.push((pos, r));
+        }
+        let refs: Vec<&RecordBatch> = sources.iter().collect();
+        interleave_record_batch(&refs, &mapped)
             .map_err(|e| Error::internal("cannot gather joined rows").with_source(e))
     }
 
