@@ -107,6 +107,28 @@ pub(crate) fn victims<K: Copy>(mut sizes: Vec<(K, usize)>, limit: usize) -> Vec<
     out
 }
 
+/// The windows a step spills now (see [`victims`]), given each one's bytes in memory; the
+/// first time there are any, says at info level that `what` passed the step's budget.
+pub(crate) fn over_budget<K: Copy>(
+    budget: &Budget,
+    sizes: Vec<(K, usize)>,
+    noted: &mut bool,
+    step: &str,
+    what: &str,
+) -> Vec<K> {
+    let ids = victims(sizes, budget.bytes);
+    if !ids.is_empty() && !*noted {
+        *noted = true;
+        tracing::info!(
+            step,
+            "{what} passed their memory_budget of {} bytes; spilling them to {}",
+            budget.bytes,
+            budget.dir.display()
+        );
+    }
+    ids
+}
+
 /// Writes rows (`batches`, one schema) as one run, each row tagged with the key group of the
 /// columns `route_idx` it is routed by. `None` when there are no rows.
 pub(crate) fn spill_rows(

@@ -12,7 +12,7 @@
 use crate::gauge::StateGauge;
 use crate::late::{Clock, OnLate};
 use crate::parts::{Parts, key_groups, read};
-use crate::spill::{Budget, Run, merge_ranges, parse_budget, read_rows, spill_rows, victims};
+use crate::spill::{Budget, Run, merge_ranges, over_budget, parse_budget, read_rows, spill_rows};
 use crate::window::{Assigner, RowWindows, WindowSpec, names};
 use crate::windowed::{WINDOW_END, WINDOW_START};
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, UInt64Array};
@@ -28,7 +28,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use weir_checkpoint::StateSnapshot;
 use weir_runtime::{Emitter, Operator, OperatorContext};
-use weir_state::time::millis_as;
 use weir_types::{Barrier, Error, KeyGroupRange, Result, Watermark};
 
 /// Options of `op: top_n`.
@@ -461,19 +460,13 @@ impl TopN {
             return Ok(());
         };
         let sizes = self.slots.iter().map(|(k, c)| (*k, c.bytes())).collect();
-        let ids = victims(sizes, budget.bytes);
-        if ids.is_empty() {
-            return Ok(());
-        }
-        if !self.budget_noted {
-            self.budget_noted = true;
-            tracing::info!(
-                step = ctx.name(),
-                "top-n candidates passed their memory_budget of {} bytes; spilling them to {}",
-                budget.bytes,
-                budget.dir.display()
-            );
-        }
+        let ids = over_budget(
+            budget,
+            sizes,
+            &mut self.budget_noted,
+            ctx.name(),
+            "top-n candidates",
+        );
         for id in ids {
             self.spill_slot(id)?;
         }
@@ -486,12 +479,10 @@ impl TopN {
         let n = kept.num_rows();
         let mut cols: Vec<ArrayRef> = Vec::new();
         if self.plan.rows.assigner != Assigner::Column {
-            cols.push(millis_as(
-                Int64Array::from(vec![start; n]),
-                &self.plan.bound_type,
-            )?);
-            cols.push(millis_as(
-                Int64Array::from(vec![end; n]),
+            cols.extend(crate::window::bound_columns(
+                start,
+                end,
+                n,
                 &self.plan.bound_type,
             )?);
         }

@@ -413,6 +413,20 @@ impl RowWindows {
 }
 
 /// The input's column names, for errors.
+/// The `window_start` and `window_end` columns of `n` result rows of window `[start, end)`, in
+/// the bound type of the step's output.
+pub(crate) fn bound_columns(
+    start: i64,
+    end: i64,
+    n: usize,
+    bound_type: &DataType,
+) -> Result<[arrow::array::ArrayRef; 2]> {
+    Ok([
+        weir_state::time::millis_as(Int64Array::from(vec![start; n]), bound_type)?,
+        weir_state::time::millis_as(Int64Array::from(vec![end; n]), bound_type)?,
+    ])
+}
+
 pub(crate) fn names(schema: &SchemaRef) -> String {
     schema
         .fields()

@@ -13,7 +13,7 @@ use crate::gauge::StateGauge;
 use crate::join::{JoinOn, side_of};
 use crate::late::{Clock, OnLate};
 use crate::parts::{Parts, key_groups, read};
-use crate::spill::{Budget, Run, merge_ranges, parse_budget, read_rows, spill_rows, victims};
+use crate::spill::{Budget, Run, merge_ranges, over_budget, parse_budget, read_rows, spill_rows};
 use crate::window::{Assigner, RowWindows, WindowSpec};
 use crate::windowed::{WINDOW_END, WINDOW_START};
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
@@ -26,7 +26,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use weir_checkpoint::StateSnapshot;
 use weir_runtime::{Emitter, Operator, OperatorContext};
-use weir_state::time::millis_as;
 use weir_types::{Barrier, Error, KeyGroupRange, Result, Watermark};
 
 /// Options of `op: window_join`.
@@ -274,19 +273,13 @@ impl WindowJoin {
             return Ok(());
         };
         let sizes = self.slots.iter().map(|(k, s)| (*k, s.bytes())).collect();
-        let ids = victims(sizes, budget.bytes);
-        if ids.is_empty() {
-            return Ok(());
-        }
-        if !self.budget_noted {
-            self.budget_noted = true;
-            tracing::info!(
-                step = ctx.name(),
-                "window join rows passed their memory_budget of {} bytes; spilling them to {}",
-                budget.bytes,
-                budget.dir.display()
-            );
-        }
+        let ids = over_budget(
+            budget,
+            sizes,
+            &mut self.budget_noted,
+            ctx.name(),
+            "window join rows",
+        );
         for id in ids {
             self.spill_slot(id)?;
         }
@@ -336,12 +329,10 @@ impl WindowJoin {
         let rrows = index.gather(&ri)?;
         let mut cols: Vec<ArrayRef> = Vec::new();
         if self.plan.windows[0].assigner != Assigner::Column {
-            cols.push(millis_as(
-                Int64Array::from(vec![start; n]),
-                &self.plan.bound_type,
-            )?);
-            cols.push(millis_as(
-                Int64Array::from(vec![end; n]),
+            cols.extend(crate::window::bound_columns(
+                start,
+                end,
+                n,
                 &self.plan.bound_type,
             )?);
         }

@@ -37,7 +37,6 @@ use std::sync::Arc;
 use weir_checkpoint::{StateKey, StateSnapshot};
 use weir_runtime::{Emitter, Operator, OperatorContext};
 use weir_state::codec::decode_part;
-use weir_state::time::millis_as;
 use weir_types::{Barrier, Error, KeyGroupRange, Result, Watermark};
 
 /// Options of `op: aggregate`.
@@ -771,10 +770,7 @@ impl WindowAggregate {
         values: Vec<ArrayRef>,
     ) -> Result<RecordBatch> {
         let n = keys.first().map_or(0, |k| k.len());
-        let mut cols = vec![
-            millis_as(Int64Array::from(vec![start; n]), &self.plan.bound_type)?,
-            millis_as(Int64Array::from(vec![end; n]), &self.plan.bound_type)?,
-        ];
+        let mut cols = crate::window::bound_columns(start, end, n, &self.plan.bound_type)?.to_vec();
         cols.extend(keys.into_iter().take(self.plan.key_idx.len()));
         cols.extend(values);
         RecordBatch::try_new(self.plan.output.clone(), cols)

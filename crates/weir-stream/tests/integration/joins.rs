@@ -7,7 +7,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use proptest::prelude::*;
 use std::sync::Arc;
 use weir_runtime::{Emitter, ErrorPolicy, Operator, OperatorContext};
-use weir_stream::{IntervalJoinSpec, JoinOn, JoinSpec, OnLate, Span, WindowJoinSpec, WindowSpec};
+use weir_stream::{
+    IntervalJoinSpec, JoinOn, JoinSpec, OnLate, Span, StreamJoin, WindowJoinSpec, WindowSpec,
+};
 use weir_types::Watermark;
 
 fn ts() -> DataType {
@@ -371,6 +373,23 @@ proptest! {
     }
 }
 
+/// Sends `rows` as auctions to the right input, then as bids to the left.
+async fn feed_both(
+    join: &mut StreamJoin,
+    ctx: &mut OperatorContext,
+    out: &mut Emitter,
+    rows: &[Row],
+) {
+    ctx.set_input(1);
+    join.process_batch(batch(auctions_schema(), rows), ctx, out)
+        .await
+        .expect("right");
+    ctx.set_input(0);
+    join.process_batch(batch(bids_schema(), rows), ctx, out)
+        .await
+        .expect("left");
+}
+
 /// An unbounded stream (simulated: 2000 batches, time always moving on): the interval join's
 /// buffers stay within what the bounds need, where a join without bounds would grow forever.
 #[tokio::test]
@@ -385,14 +404,7 @@ async fn interval_join_state_stays_bounded_on_an_unbounded_stream() {
     for i in 0..2000i64 {
         let t = i * 10;
         let rows: Vec<Row> = (0..10).map(|k| (Some(k), t + k, k)).collect();
-        ctx.set_input(1);
-        join.process_batch(batch(auctions_schema(), &rows), &mut ctx, &mut out)
-            .await
-            .expect("right");
-        ctx.set_input(0);
-        join.process_batch(batch(bids_schema(), &rows), &mut ctx, &mut out)
-            .await
-            .expect("left");
+        feed_both(&mut join, &mut ctx, &mut out, &rows).await;
         join.on_watermark(Watermark(t), &mut ctx, &mut out)
             .await
             .expect("watermark");
@@ -431,14 +443,7 @@ async fn interval_join_over_its_memory_budget_spills_rows_and_joins_the_same() {
         for i in 0..200i64 {
             let t = i * 10;
             let rows: Vec<Row> = (0..40).map(|k| (Some(k % 13), t + k % 10, k)).collect();
-            ctx.set_input(1);
-            join.process_batch(batch(auctions_schema(), &rows), &mut ctx, &mut out)
-                .await
-                .expect("right");
-            ctx.set_input(0);
-            join.process_batch(batch(bids_schema(), &rows), &mut ctx, &mut out)
-                .await
-                .expect("left");
+            feed_both(&mut join, &mut ctx, &mut out, &rows).await;
             most_bytes = most_bytes.max(join.row_bytes());
             let s = join.spilled_rows();
             spilled = [spilled[0].max(s[0]), spilled[1].max(s[1])];
