@@ -15,12 +15,10 @@ use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::interleave_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::FileWriter;
 use arrow::row::{RowConverter, Rows, SortField};
 use hashbrown::HashTable;
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::BufWriter;
 use std::path::Path;
 use std::sync::Arc;
 use weir_types::{Error, Result};
@@ -34,62 +32,18 @@ struct SpillFile(tempfile::TempPath);
 
 impl SpillFile {
     fn write(dir: &Path, batches: &[&RecordBatch]) -> Result<Arc<SpillFile>> {
-        let io = |what: &str, e: std::io::Error| {
-            Error::io(format!(
-                "cannot {what} a join spill file in {}",
-                dir.display()
-            ))
-            .with_source(e)
-        };
-        let arrow_err = |e: arrow::error::ArrowError| {
-            Error::io(format!(
-                "cannot write a join spill file in {}",
-                dir.display()
-            ))
-            .with_source(e)
-        };
         let Some(first) = batches.first() else {
             return Err(Error::internal("a join spill file of no batches"));
         };
-        let file = tempfile::Builder::new()
-            .prefix("weir-join-spill-")
-            .suffix(".arrow")
-            .tempfile_in(dir)
-            .map_err(|e| io("create", e))?;
-        let out = BufWriter::with_capacity(
-            1 << 20,
-            file.as_file().try_clone().map_err(|e| io("open", e))?,
-        );
-        let mut writer = FileWriter::try_new(out, &first.schema()).map_err(arrow_err)?;
-        for b in batches {
-            writer.write(b).map_err(arrow_err)?;
-        }
-        writer.finish().map_err(arrow_err)?;
-        writer
-            .into_inner()
-            .map_err(arrow_err)?
-            .into_inner()
-            .map_err(|e| io("write", e.into_error()))?;
-        Ok(Arc::new(SpillFile(file.into_temp_path())))
+        let (path, _) = crate::spill::write_ipc(dir, "weir-join-spill-", &first.schema(), |w| {
+            batches.iter().try_for_each(|b| w.write(b))
+        })?;
+        Ok(Arc::new(SpillFile(path)))
     }
 
     /// A reader of the file (its footer read once).
     fn reader(&self) -> Result<FileReader<File>> {
-        let path: &Path = &self.0;
-        let file = File::open(path).map_err(|e| {
-            Error::io(format!(
-                "cannot open the join spill file {}",
-                path.display()
-            ))
-            .with_source(e)
-        })?;
-        FileReader::try_new(file, None).map_err(|e| {
-            Error::io(format!(
-                "cannot read the join spill file {}",
-                path.display()
-            ))
-            .with_source(e)
-        })
+        crate::spill::open_ipc(&self.0)
     }
 
     /// Batch `i` of the file, with the buffer's `schema`.

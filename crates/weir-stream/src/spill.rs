@@ -190,6 +190,77 @@ pub(crate) fn read_rows(
     Ok(out)
 }
 
+/// Writes a spill file in `dir` (`{prefix}*.arrow`, an Arrow IPC file of `schema`) with the
+/// batches `fill` hands to its writer; returns the file's path, deleted when dropped (no
+/// descriptor is kept open), and its size in bytes.
+pub(crate) fn write_ipc(
+    dir: &Path,
+    prefix: &str,
+    schema: &Schema,
+    fill: impl FnOnce(&mut IpcWriter<'_>) -> Result<()>,
+) -> Result<(tempfile::TempPath, u64)> {
+    let io = |what: &str, e: std::io::Error| {
+        Error::io(format!("cannot {what} a spill file in {}", dir.display())).with_source(e)
+    };
+    let file = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(".arrow")
+        .tempfile_in(dir)
+        .map_err(|e| io("create", e))?;
+    let out = BufWriter::with_capacity(
+        1 << 20,
+        file.as_file().try_clone().map_err(|e| io("open", e))?,
+    );
+    let mut writer = IpcWriter {
+        inner: FileWriter::try_new(out, schema).map_err(|e| {
+            Error::io(format!("cannot write a spill file in {}", dir.display())).with_source(e)
+        })?,
+        dir,
+    };
+    fill(&mut writer)?;
+    let IpcWriter { mut inner, .. } = writer;
+    let arrow_err = |e: arrow::error::ArrowError| {
+        Error::io(format!("cannot write a spill file in {}", dir.display())).with_source(e)
+    };
+    inner.finish().map_err(arrow_err)?;
+    inner
+        .into_inner()
+        .map_err(arrow_err)?
+        .into_inner()
+        .map_err(|e| io("write", e.into_error()))?;
+    let bytes = file.as_file().metadata().map_err(|e| io("stat", e))?.len();
+    Ok((file.into_temp_path(), bytes))
+}
+
+/// The writer [`write_ipc`] hands out.
+pub(crate) struct IpcWriter<'a> {
+    inner: FileWriter<BufWriter<File>>,
+    dir: &'a Path,
+}
+
+impl IpcWriter<'_> {
+    /// Appends one batch.
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.inner.write(batch).map_err(|e| {
+            Error::io(format!(
+                "cannot write a spill file in {}",
+                self.dir.display()
+            ))
+            .with_source(e)
+        })
+    }
+}
+
+/// A reader of the spill file at `path` (its footer read once).
+pub(crate) fn open_ipc(path: &Path) -> Result<FileReader<File>> {
+    let file = File::open(path).map_err(|e| {
+        Error::io(format!("cannot open the spill file {}", path.display())).with_source(e)
+    })?;
+    FileReader::try_new(file, None).map_err(|e| {
+        Error::io(format!("cannot read the spill file {}", path.display())).with_source(e)
+    })
+}
+
 /// One sorted run on disk.
 #[derive(Debug)]
 pub(crate) struct Run {
@@ -206,61 +277,31 @@ impl Run {
     /// into a new file in `dir`, each part sorted by key group. The sorted rows are taken and
     /// written [`RUN_BATCH_ROWS`] at a time, so writing holds no second copy of a part.
     pub(crate) fn write(dir: &Path, parts: &[RecordBatch]) -> Result<Run> {
-        let io = |what: &str, e: std::io::Error| {
-            Error::io(format!(
-                "cannot {what} a state spill file in {}",
-                dir.display()
-            ))
-            .with_source(e)
-        };
-        let arrow_err = |e: arrow::error::ArrowError| {
-            Error::io(format!(
-                "cannot write a state spill file in {}",
-                dir.display()
-            ))
-            .with_source(e)
-        };
         let Some(first) = parts.first() else {
             return Err(Error::internal("a state spill run of no parts"));
         };
-        let file = tempfile::Builder::new()
-            .prefix("weir-spill-")
-            .suffix(".arrow")
-            .tempfile_in(dir)
-            .map_err(|e| io("create", e))?;
-        let mut writer = FileWriter::try_new(
-            BufWriter::with_capacity(
-                1 << 20,
-                file.as_file().try_clone().map_err(|e| io("open", e))?,
-            ),
-            &first.schema(),
-        )
-        .map_err(arrow_err)?;
         let mut index = Vec::new();
         let mut rows = 0;
-        for part in parts {
-            let order = sort_to_indices(part.column(0), None, None)
-                .map_err(|e| Error::internal("cannot sort spilled state").with_source(e))?;
-            let mut at = 0;
-            while at < part.num_rows() {
-                let len = RUN_BATCH_ROWS.min(part.num_rows() - at);
-                let chunk = take_record_batch(part, &order.slice(at, len))
+        let (file, bytes) = write_ipc(dir, "weir-spill-", &first.schema(), |writer| {
+            for part in parts {
+                let order = sort_to_indices(part.column(0), None, None)
                     .map_err(|e| Error::internal("cannot sort spilled state").with_source(e))?;
-                let groups = chunk.column(0).as_primitive::<UInt32Type>();
-                index.push((groups.value(0), groups.value(len - 1)));
-                writer.write(&chunk).map_err(arrow_err)?;
-                at += len;
+                let mut at = 0;
+                while at < part.num_rows() {
+                    let len = RUN_BATCH_ROWS.min(part.num_rows() - at);
+                    let chunk = take_record_batch(part, &order.slice(at, len))
+                        .map_err(|e| Error::internal("cannot sort spilled state").with_source(e))?;
+                    let groups = chunk.column(0).as_primitive::<UInt32Type>();
+                    index.push((groups.value(0), groups.value(len - 1)));
+                    writer.write(&chunk)?;
+                    at += len;
+                }
+                rows += part.num_rows();
             }
-            rows += part.num_rows();
-        }
-        writer.finish().map_err(arrow_err)?;
-        let inner = writer.into_inner().map_err(arrow_err)?;
-        inner
-            .into_inner()
-            .map_err(|e| io("write", e.into_error()))?;
-        let bytes = file.as_file().metadata().map_err(|e| io("stat", e))?.len();
+            Ok(())
+        })?;
         Ok(Run {
-            file: file.into_temp_path(),
+            file,
             index,
             rows,
             bytes,
@@ -288,14 +329,7 @@ impl Run {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        let file = File::open(path).map_err(|e| {
-            Error::io(format!(
-                "cannot open the state spill file {}",
-                path.display()
-            ))
-            .with_source(e)
-        })?;
-        let mut reader = FileReader::try_new(file, None).map_err(err)?;
+        let mut reader = open_ipc(path)?;
         let mut out = Vec::with_capacity(wanted.len());
         for i in wanted {
             reader.set_index(i).map_err(err)?;
