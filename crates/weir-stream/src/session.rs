@@ -7,12 +7,21 @@
 //! DataFusion's accumulators (all sessions closing at one watermark in one vectorised pass, one
 //! group per session) and dropped. Rows, sessions and timers are keyed state, so they move with
 //! their key groups on restore.
+//!
+//! With a memory budget, once the rows kept pass it they are all written to a local file (an
+//! Arrow IPC file of the rows tagged with their key) and dropped from memory; rows that arrive
+//! later are kept in memory as before (adding a row never reads the disk). When a key has a
+//! session to close, or a checkpoint is taken, the key's spilled rows are read back ahead of
+//! its rows in memory, so its list is in arrival order again. A file goes when no key refers
+//! to it.
 
 use crate::aggregate::{Accumulators, CompiledAggregate};
 use crate::late::Clock;
+use crate::spill::{Budget, open_ipc, write_ipc};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use weir_checkpoint::StateSnapshot;
 use weir_runtime::{Emitter, OperatorContext};
@@ -44,7 +53,22 @@ pub(crate) struct Sessions {
     /// Per key id, its sessions by start.
     sessions: Vec<Vec<Session>>,
     ids: Vec<KeyId>,
+    budget: Option<Budget>,
+    spilled: Spilled,
 }
+
+/// Rows of open sessions written to disk under the memory budget.
+#[derive(Debug, Default)]
+struct Spilled {
+    /// Per file: its path (deleted when dropped) and how many keys still have rows in it.
+    files: BTreeMap<u32, (tempfile::TempPath, usize)>,
+    /// Per key: the files holding some of its rows, oldest first.
+    of_key: HashMap<KeyId, Vec<u32>>,
+    next: u32,
+}
+
+/// Rows per IPC batch of a session spill file.
+const SPILL_BATCH_ROWS: usize = 8192;
 
 fn sessions_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -65,8 +89,11 @@ impl Sessions {
         aggs: &[CompiledAggregate],
         output: SchemaRef,
         bound_type: DataType,
+        budget: Option<Budget>,
     ) -> Result<Self> {
         Ok(Sessions {
+            budget,
+            spilled: Spilled::default(),
             gap,
             lateness,
             input: input.clone(),
@@ -125,6 +152,118 @@ impl Sessions {
     pub(crate) fn size_bytes(&self) -> usize {
         self.state.as_ref().map_or(0, StateBackend::size_bytes)
             + self.sessions.iter().map(|s| s.len() * 24).sum::<usize>()
+    }
+
+    /// Over the budget, writes every row kept in memory to one spill file and drops them from
+    /// memory; returns whether it did (the caller says so once).
+    pub(crate) fn enforce_budget(&mut self) -> Result<bool> {
+        let Some(budget) = self.budget.clone() else {
+            return Ok(false);
+        };
+        if self.size_bytes() <= budget.bytes {
+            return Ok(false);
+        }
+        let (state, rows) = self.backend()?;
+        let keys: Vec<KeyId> = state.list(rows).keys().collect();
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let (batch, ends) = state.list(rows).get_many(&keys)?;
+        let mut key_col = Vec::with_capacity(batch.num_rows());
+        let mut from = 0;
+        for (k, &end) in keys.iter().zip(&ends) {
+            key_col.extend(std::iter::repeat_n(*k, end - from));
+            from = end;
+        }
+        let mut fields = vec![Field::new("__key", DataType::UInt32, false)];
+        fields.extend(self.input.fields().iter().map(|f| f.as_ref().clone()));
+        let schema = Arc::new(Schema::new(fields));
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt32Array::from(key_col))];
+        cols.extend(batch.columns().iter().cloned());
+        let tagged = RecordBatch::try_new(schema.clone(), cols)
+            .map_err(|e| Error::internal("cannot tag spilled session rows").with_source(e))?;
+        drop(batch);
+        let (path, _) = write_ipc(&budget.dir, "weir-spill-", &schema, |w| {
+            let mut at = 0;
+            while at < tagged.num_rows() {
+                let len = SPILL_BATCH_ROWS.min(tagged.num_rows() - at);
+                w.write(&tagged.slice(at, len))?;
+                at += len;
+            }
+            Ok(())
+        })?;
+        drop(tagged);
+        let (state, rows) = self.backend()?;
+        for &id in &keys {
+            state.list_mut(rows).clear(id)?;
+        }
+        let file = self.spilled.next;
+        self.spilled.next += 1;
+        self.spilled.files.insert(file, (path, keys.len()));
+        for id in keys {
+            self.spilled.of_key.entry(id).or_default().push(file);
+        }
+        Ok(true)
+    }
+
+    /// Reads the spilled rows of `keys` back into memory, each key's ahead of its rows in
+    /// memory (so its list is in arrival order), and drops the files no key needs any more.
+    fn reload(&mut self, keys: &[KeyId]) -> Result<()> {
+        let mut wanted: BTreeMap<u32, Vec<KeyId>> = BTreeMap::new();
+        for id in keys {
+            if let Some(files) = self.spilled.of_key.remove(id) {
+                for f in files {
+                    wanted.entry(f).or_default().push(*id);
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut pieces: BTreeMap<KeyId, Vec<RecordBatch>> = BTreeMap::new();
+        for (file, ids) in wanted {
+            let Some((path, refs)) = self.spilled.files.get_mut(&file) else {
+                return Err(Error::internal("a session spill file went missing"));
+            };
+            let wanted_ids: std::collections::HashSet<KeyId> = ids.iter().copied().collect();
+            for batch in open_ipc(path)? {
+                let batch = batch.map_err(|e| {
+                    Error::io(format!("cannot read the spill file {}", path.display()))
+                        .with_source(e)
+                })?;
+                let key_col = batch.column(0).as_primitive::<UInt32Type>();
+                let mut rows_of: BTreeMap<KeyId, Vec<u32>> = BTreeMap::new();
+                for (r, k) in key_col.values().iter().enumerate() {
+                    if wanted_ids.contains(k) {
+                        rows_of.entry(*k).or_default().push(r as u32);
+                    }
+                }
+                let rows = RecordBatch::try_new(self.input.clone(), batch.columns()[1..].to_vec())
+                    .map_err(|e| {
+                        Error::internal("spilled session rows do not fit the input").with_source(e)
+                    })?;
+                for (k, idx) in rows_of {
+                    let part = take_record_batch(&rows, &UInt32Array::from(idx))
+                        .map_err(|e| Error::internal("take").with_source(e))?;
+                    pieces.entry(k).or_default().push(part);
+                }
+            }
+            *refs = refs.saturating_sub(ids.len());
+            if *refs == 0 {
+                self.spilled.files.remove(&file);
+            }
+        }
+        let input = self.input.clone();
+        let (state, rows) = self.backend()?;
+        for (id, mut parts) in pieces {
+            parts.push(state.list(rows).get(id)?);
+            state.list_mut(rows).clear(id)?;
+            let all = concat_batches(&input, &parts)
+                .map_err(|e| Error::internal("concat").with_source(e))?;
+            let n = all.num_rows();
+            state.list_mut(rows).add(&vec![id; n], all)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn add(
@@ -224,6 +363,7 @@ impl Sessions {
         let mut keys: Vec<KeyId> = fired.iter().map(|f| f.key).collect();
         keys.sort_unstable();
         keys.dedup();
+        self.reload(&keys)?;
         let mut closing: Vec<(KeyId, Session)> = Vec::new();
         for &id in &keys {
             if let Some(list) = self.sessions.get(id as usize) {
@@ -329,6 +469,10 @@ impl Sessions {
     }
 
     pub(crate) fn snapshot(&mut self, snap: &mut StateSnapshot) -> Result<()> {
+        // Spilled rows are read back: a checkpoint holds the step's rows in memory while it is
+        // written.
+        let spilled: Vec<KeyId> = self.spilled.of_key.keys().copied().collect();
+        self.reload(&spilled)?;
         let saved = self
             .saved
             .ok_or_else(|| Error::internal("sessions before open"))?;

@@ -15,7 +15,8 @@
 //!
 //! With `memory_budget`, state beyond the budget is spilled the same way: the largest slots are
 //! frozen into sorted runs on local disk, and a window with spilled slots is merged one
-//! key-group range at a time (see [`crate::spill`]). Session windows do not spill yet.
+//! key-group range at a time (see [`crate::spill`]). Session windows write their rows to disk and
+//! read a key's back when one of its sessions closes (see [`crate::session`]).
 
 use crate::aggregate::{Accumulators, AggregateInput, CompiledAggregate, compile_aggregate};
 use crate::gauge::StateGauge;
@@ -61,7 +62,8 @@ pub struct AggregateSpec {
     pub on_late: OnLate,
     /// Bytes of window state each instance keeps in memory (e.g. `256MiB`); beyond it the
     /// largest windows are spilled as sorted runs to `spill_dir` and merged from there when they
-    /// fire. Default none: no limit. Session windows do not spill.
+    /// fire (session windows: their rows, read back per key when a session closes). Default
+    /// none: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_budget: Option<String>,
     /// The directory spilled runs are written to. Default the system's temporary directory
@@ -425,6 +427,7 @@ impl WindowAggregate {
                 &plan.aggs,
                 plan.output.clone(),
                 plan.bound_type.clone(),
+                plan.budget.clone(),
             )?),
             _ => None,
         };
@@ -713,13 +716,17 @@ impl WindowAggregate {
         let Some(limit) = self.plan.budget.as_ref().map(|b| b.bytes) else {
             return Ok(());
         };
-        if self.sessions.is_some() {
-            if !self.budget_noted && self.state_bytes() > limit {
+        if let Some(s) = &mut self.sessions {
+            if s.enforce_budget()? && !self.budget_noted {
                 self.budget_noted = true;
-                tracing::warn!(
+                tracing::info!(
                     step = ctx.name(),
-                    "session window state is over its memory_budget of {limit} bytes; session \
-                     windows do not spill, so it stays in memory"
+                    "session rows passed their memory_budget of {limit} bytes; spilling them to \
+                     {}",
+                    self.plan
+                        .budget
+                        .as_ref()
+                        .map_or(String::new(), |b| b.dir.display().to_string())
                 );
             }
             return Ok(());
@@ -1031,6 +1038,7 @@ impl Operator for WindowAggregate {
     ) -> Result<()> {
         if let Some(s) = &mut self.sessions {
             s.add(batch, &mut self.clock, ctx)?;
+            self.enforce_budget(ctx)?;
         } else {
             self.add(batch, ctx)?;
             self.enforce_budget(ctx)?;

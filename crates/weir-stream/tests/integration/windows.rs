@@ -421,7 +421,13 @@ async fn state_over_the_memory_budget_spills_to_disk_and_answers_the_same() {
             .collect();
         batches.push(rows(&r));
     }
-    for window in [tumbling(400), hopping(400, 100)] {
+    // Sessions of 40 ms: each key's rows are 50 ms apart, so every row is a session of its own,
+    // closed (and its spilled rows read back) as the watermark passes.
+    for window in [
+        tumbling(400),
+        hopping(400, 100),
+        WindowSpec::Session { gap: Span(40) },
+    ] {
         let mut outputs = Vec::new();
         for budget in [None, Some("64KiB")] {
             let s = match budget {
@@ -495,14 +501,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(16))]
 
     /// A budget so small that every batch spills: across rescales (snapshots holding spilled
-    /// runs), the answers are those of the step without a budget.
+    /// runs), the answers are those of the step without a budget, for tumbling, hopping and
+    /// session windows.
     #[test]
     fn spilled_state_restores_as_if_never_stopped((batches, rescales) in arb_script(), p in 1u32..=3) {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let dir = tempfile::tempdir().expect("dir");
         let (steps, _) = to_steps(&batches, &rescales);
         let aggs = ["count(*) AS n", "sum(v) AS total", "count(DISTINCT v) AS d"];
-        for window in [tumbling(15), hopping(30, 10)] {
+        for window in [tumbling(15), hopping(30, 10), WindowSpec::Session { gap: Span(5) }] {
             let plain = spec(window.clone(), &["k"], &aggs);
             let spilled = budgeted(window, &aggs, "1B", dir.path());
             let want = rt.block_on(run(&factory(plain), Some(&["k"]), p, &steps));
