@@ -7,13 +7,15 @@
 # it; results to a blackhole sink. JOB=join runs bench/state-spill/join.yaml instead: an
 # interval join of two datagen streams of ROWS rows each (KEYS keys, 200-byte payloads), whose
 # buffered rows are several times the budget; JOB=window_join bench/state-spill/window-join.yaml,
-# the same streams joined per 10 s tumbling window.
+# the same streams joined per 10 s tumbling window; JOB=session bench/state-spill/session.yaml,
+# session windows (5 s gap) over one such stream.
 #
 #   bench/state-spill/weir.sh [WEIR]
 #
 # Prints one line per run (variant, wall s, CPU s, peak RSS KiB, peak spill bytes on disk) and a
 # Markdown table of medians. Environment: RUNS=3, ROWS=20000000, KEYS=4000000, BUDGET=64MiB
-# (JOB=join and JOB=window_join: ROWS=2000000, KEYS=1000000, BUDGET=64MiB).
+# (JOB=join and JOB=window_join: ROWS=2000000, KEYS=1000000, BUDGET=64MiB; JOB=session: the
+# same with BUDGET=32MiB).
 # WEIR defaults to target/bench-fast/weir (build it with
 # `cargo build --profile bench-fast -p weir-cli`). Run by hand, never in CI.
 set -euo pipefail
@@ -29,7 +31,9 @@ case $JOB in
         ROWS=${ROWS:-2000000} KEYS=${KEYS:-1000000} BUDGET=${BUDGET:-64MiB} ;;
     window_join) SPEC=bench/state-spill/window-join.yaml SOURCES=(orders payments)
         ROWS=${ROWS:-2000000} KEYS=${KEYS:-1000000} BUDGET=${BUDGET:-64MiB} ;;
-    *) echo "weir.sh: JOB is aggregate, join or window_join, not $JOB" >&2; exit 1 ;;
+    session) SPEC=bench/state-spill/session.yaml SOURCES=(events)
+        ROWS=${ROWS:-2000000} KEYS=${KEYS:-1000000} BUDGET=${BUDGET:-32MiB} ;;
+    *) echo "weir.sh: JOB is aggregate, join, window_join or session, not $JOB" >&2; exit 1 ;;
 esac
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT

@@ -9,19 +9,20 @@
 //! their key groups on restore.
 //!
 //! With a memory budget, once the rows kept pass it they are all written to a local file (an
-//! Arrow IPC file of the rows tagged with their key) and dropped from memory; rows that arrive
-//! later are kept in memory as before (adding a row never reads the disk). When a key has a
-//! session to close, or a checkpoint is taken, the key's spilled rows are read back ahead of
-//! its rows in memory, so its list is in arrival order again. A file goes when no key refers
-//! to it.
+//! Arrow IPC file of the rows tagged with their key and sorted by the end their session had
+//! then) and dropped from memory; rows that arrive later are kept in memory as before (adding a
+//! row never reads the disk). A session's end only grows, so its rows are never needed before
+//! the watermark reaches the end recorded with them: each watermark reads back, in order, the
+//! parts of each file whose recorded ends it has reached (a file is read once, front to back,
+//! and deleted when read), ahead of the rows in memory. A checkpoint reads every file back.
 
 use crate::aggregate::{Accumulators, CompiledAggregate};
 use crate::late::Clock;
 use crate::spill::{Budget, open_ipc, write_ipc};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, take_record_batch};
+use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use weir_checkpoint::StateSnapshot;
 use weir_runtime::{Emitter, OperatorContext};
@@ -60,11 +61,18 @@ pub(crate) struct Sessions {
 /// Rows of open sessions written to disk under the memory budget.
 #[derive(Debug, Default)]
 struct Spilled {
-    /// Per file: its path (deleted when dropped) and how many keys still have rows in it.
-    files: BTreeMap<u32, (tempfile::TempPath, usize)>,
-    /// Per key: the files holding some of its rows, oldest first.
-    of_key: HashMap<KeyId, Vec<u32>>,
-    next: u32,
+    /// Files in the order they were written.
+    files: Vec<SpillFile>,
+}
+
+/// One spill file: rows sorted by the session end recorded with them, in IPC batches.
+#[derive(Debug)]
+struct SpillFile {
+    path: tempfile::TempPath,
+    /// Per IPC batch: the smallest recorded end in it.
+    first_end: Vec<i64>,
+    /// The first IPC batch not read back yet.
+    next: usize,
 }
 
 /// Rows per IPC batch of a session spill file.
@@ -154,13 +162,19 @@ impl Sessions {
             + self.sessions.iter().map(|s| s.len() * 24).sum::<usize>()
     }
 
-    /// Over the budget, writes every row kept in memory to one spill file and drops them from
-    /// memory; returns whether it did (the caller says so once).
+    /// Over the budget (and with at least a quarter of it in rows, so that keys, sessions and
+    /// timers alone over it do not make every batch spill), writes every row kept in memory to
+    /// one spill file, sorted by its session's end, and drops them from memory; returns whether
+    /// it did (the caller says so once).
     pub(crate) fn enforce_budget(&mut self) -> Result<bool> {
         let Some(budget) = self.budget.clone() else {
             return Ok(false);
         };
-        if self.size_bytes() <= budget.bytes {
+        let row_bytes = match (&self.state, self.rows) {
+            (Some(s), Some(h)) => s.list(h).size_bytes(),
+            _ => 0,
+        };
+        if self.size_bytes() <= budget.bytes || row_bytes < budget.bytes / 4 {
             return Ok(false);
         }
         let (state, rows) = self.backend()?;
@@ -169,25 +183,51 @@ impl Sessions {
             return Ok(false);
         }
         let (batch, ends) = state.list(rows).get_many(&keys)?;
+        let times = event_millis(batch.column(self.time_idx))?;
+        // Each row's key, and the end of the session it is in now (a session only grows).
         let mut key_col = Vec::with_capacity(batch.num_rows());
+        let mut end_col = Vec::with_capacity(batch.num_rows());
         let mut from = 0;
-        for (k, &end) in keys.iter().zip(&ends) {
-            key_col.extend(std::iter::repeat_n(*k, end - from));
-            from = end;
+        for (&id, &to) in keys.iter().zip(&ends) {
+            let list = self
+                .sessions
+                .get(id as usize)
+                .map_or(&[][..], Vec::as_slice);
+            for row in from..to {
+                let t = times.value(row);
+                let end = list
+                    .iter()
+                    .find(|s| s.start <= t && t < s.end)
+                    .map_or(i64::MIN, |s| s.end);
+                key_col.push(id);
+                end_col.push(end);
+            }
+            from = to;
         }
-        let mut fields = vec![Field::new("__key", DataType::UInt32, false)];
+        let mut fields = vec![
+            Field::new("__key", DataType::UInt32, false),
+            Field::new("__end", DataType::Int64, false),
+        ];
         fields.extend(self.input.fields().iter().map(|f| f.as_ref().clone()));
         let schema = Arc::new(Schema::new(fields));
-        let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt32Array::from(key_col))];
+        let ends_arr = Int64Array::from(end_col);
+        let order = arrow::compute::sort_to_indices(&ends_arr, None, None)
+            .map_err(|e| Error::internal("cannot sort spilled session rows").with_source(e))?;
+        let mut cols: Vec<ArrayRef> =
+            vec![Arc::new(UInt32Array::from(key_col)), Arc::new(ends_arr)];
         cols.extend(batch.columns().iter().cloned());
         let tagged = RecordBatch::try_new(schema.clone(), cols)
             .map_err(|e| Error::internal("cannot tag spilled session rows").with_source(e))?;
         drop(batch);
+        let mut first_end = Vec::new();
         let (path, _) = write_ipc(&budget.dir, "weir-spill-", &schema, |w| {
             let mut at = 0;
             while at < tagged.num_rows() {
                 let len = SPILL_BATCH_ROWS.min(tagged.num_rows() - at);
-                w.write(&tagged.slice(at, len))?;
+                let chunk = take_record_batch(&tagged, &order.slice(at, len))
+                    .map_err(|e| Error::internal("take").with_source(e))?;
+                first_end.push(chunk.column(1).as_primitive::<Int64Type>().value(0));
+                w.write(&chunk)?;
                 at += len;
             }
             Ok(())
@@ -197,73 +237,84 @@ impl Sessions {
         for &id in &keys {
             state.list_mut(rows).clear(id)?;
         }
-        let file = self.spilled.next;
-        self.spilled.next += 1;
-        self.spilled.files.insert(file, (path, keys.len()));
-        for id in keys {
-            self.spilled.of_key.entry(id).or_default().push(file);
-        }
+        self.spilled.files.push(SpillFile {
+            path,
+            first_end,
+            next: 0,
+        });
         Ok(true)
     }
 
-    /// Reads the spilled rows of `keys` back into memory, each key's ahead of its rows in
-    /// memory (so its list is in arrival order), and drops the files no key needs any more.
-    fn reload(&mut self, keys: &[KeyId]) -> Result<()> {
-        let mut wanted: BTreeMap<u32, Vec<KeyId>> = BTreeMap::new();
-        for id in keys {
-            if let Some(files) = self.spilled.of_key.remove(id) {
-                for f in files {
-                    wanted.entry(f).or_default().push(*id);
+    /// Reads back the spilled rows whose recorded session end is at most `w` (whole IPC
+    /// batches, so a few later ones come along), each key's ahead of its rows in memory, and
+    /// deletes the files read to the end.
+    fn reload(&mut self, w: i64) -> Result<()> {
+        // The batches read back, and per key its rows in them (batch, row), oldest first.
+        let mut sources: Vec<RecordBatch> = Vec::new();
+        let mut rows_of: BTreeMap<KeyId, Vec<(usize, usize)>> = BTreeMap::new();
+        for file in &mut self.spilled.files {
+            if file.first_end.get(file.next).is_none_or(|e| *e > w) {
+                continue;
+            }
+            let mut reader = open_ipc(&file.path)?;
+            while file.first_end.get(file.next).is_some_and(|e| *e <= w) {
+                let err = |e: arrow::error::ArrowError| {
+                    Error::io(format!(
+                        "cannot read the spill file {}",
+                        file.path.display()
+                    ))
+                    .with_source(e)
+                };
+                reader.set_index(file.next).map_err(err)?;
+                let Some(batch) = reader.next().transpose().map_err(err)? else {
+                    return Err(Error::io(format!(
+                        "the spill file {} ends early",
+                        file.path.display()
+                    )));
+                };
+                file.next += 1;
+                // Source 0 is kept for the rows in memory.
+                let src = sources.len() + 1;
+                let keys = batch.column(0).as_primitive::<UInt32Type>();
+                for (r, k) in keys.values().iter().enumerate() {
+                    rows_of.entry(*k).or_default().push((src, r));
                 }
+                sources.push(
+                    RecordBatch::try_new(self.input.clone(), batch.columns()[2..].to_vec())
+                        .map_err(|e| {
+                            Error::internal("spilled session rows do not fit the input")
+                                .with_source(e)
+                        })?,
+                );
             }
         }
-        if wanted.is_empty() {
+        self.spilled.files.retain(|f| f.next < f.first_end.len());
+        if rows_of.is_empty() {
             return Ok(());
         }
-        let mut pieces: BTreeMap<KeyId, Vec<RecordBatch>> = BTreeMap::new();
-        for (file, ids) in wanted {
-            let Some((path, refs)) = self.spilled.files.get_mut(&file) else {
-                return Err(Error::internal("a session spill file went missing"));
-            };
-            let wanted_ids: std::collections::HashSet<KeyId> = ids.iter().copied().collect();
-            for batch in open_ipc(path)? {
-                let batch = batch.map_err(|e| {
-                    Error::io(format!("cannot read the spill file {}", path.display()))
-                        .with_source(e)
-                })?;
-                let key_col = batch.column(0).as_primitive::<UInt32Type>();
-                let mut rows_of: BTreeMap<KeyId, Vec<u32>> = BTreeMap::new();
-                for (r, k) in key_col.values().iter().enumerate() {
-                    if wanted_ids.contains(k) {
-                        rows_of.entry(*k).or_default().push(r as u32);
-                    }
-                }
-                let rows = RecordBatch::try_new(self.input.clone(), batch.columns()[1..].to_vec())
-                    .map_err(|e| {
-                        Error::internal("spilled session rows do not fit the input").with_source(e)
-                    })?;
-                for (k, idx) in rows_of {
-                    let part = take_record_batch(&rows, &UInt32Array::from(idx))
-                        .map_err(|e| Error::internal("take").with_source(e))?;
-                    pieces.entry(k).or_default().push(part);
-                }
-            }
-            *refs = refs.saturating_sub(ids.len());
-            if *refs == 0 {
-                self.spilled.files.remove(&file);
-            }
-        }
-        let input = self.input.clone();
+        // One batch: each key's rows read back, then its rows in memory; added in one go.
+        let keys: Vec<KeyId> = rows_of.keys().copied().collect();
         let (state, rows) = self.backend()?;
-        for (id, mut parts) in pieces {
-            parts.push(state.list(rows).get(id)?);
+        let (in_memory, ends) = state.list(rows).get_many(&keys)?;
+        for &id in &keys {
             state.list_mut(rows).clear(id)?;
-            let all = concat_batches(&input, &parts)
-                .map_err(|e| Error::internal("concat").with_source(e))?;
-            let n = all.num_rows();
-            state.list_mut(rows).add(&vec![id; n], all)?;
         }
-        Ok(())
+        let mut order = Vec::new();
+        let mut ids = Vec::new();
+        let mut from = 0;
+        for ((id, spilled), to) in rows_of.into_iter().zip(ends) {
+            ids.extend(std::iter::repeat_n(id, spilled.len() + (to - from)));
+            order.extend(spilled);
+            order.extend((from..to).map(|r| (0, r)));
+            from = to;
+        }
+        sources.insert(0, in_memory);
+        let refs: Vec<&RecordBatch> = sources.iter().collect();
+        let all = arrow::compute::interleave_record_batch(&refs, &order)
+            .map_err(|e| Error::internal("cannot gather session rows").with_source(e))?;
+        drop(sources);
+        let (state, rows) = self.backend()?;
+        state.list_mut(rows).add(&ids, all)
     }
 
     pub(crate) fn add(
@@ -355,6 +406,9 @@ impl Sessions {
 
     /// Emits every session whose end the watermark `w` reached.
     pub(crate) fn fire(&mut self, w: i64, out: &mut Emitter) -> Result<()> {
+        // Rows of sessions that may close now, from disk (before the timers: they do not
+        // depend on it).
+        self.reload(w)?;
         let fired = self.backend()?.0.timers_mut().advance_watermark(w);
         if fired.is_empty() {
             return Ok(());
@@ -363,7 +417,6 @@ impl Sessions {
         let mut keys: Vec<KeyId> = fired.iter().map(|f| f.key).collect();
         keys.sort_unstable();
         keys.dedup();
-        self.reload(&keys)?;
         let mut closing: Vec<(KeyId, Session)> = Vec::new();
         for &id in &keys {
             if let Some(list) = self.sessions.get(id as usize) {
@@ -471,8 +524,7 @@ impl Sessions {
     pub(crate) fn snapshot(&mut self, snap: &mut StateSnapshot) -> Result<()> {
         // Spilled rows are read back: a checkpoint holds the step's rows in memory while it is
         // written.
-        let spilled: Vec<KeyId> = self.spilled.of_key.keys().copied().collect();
-        self.reload(&spilled)?;
+        self.reload(i64::MAX)?;
         let saved = self
             .saved
             .ok_or_else(|| Error::internal("sessions before open"))?;
