@@ -15,8 +15,8 @@
 //!
 //! With `memory_budget`, state beyond the budget is spilled the same way: the largest slots are
 //! frozen into sorted runs on local disk, and a window with spilled slots is merged one
-//! key-group range at a time (see [`crate::spill`]). Session windows write their rows to disk and
-//! read a key's back when one of its sessions closes (see [`crate::session`]).
+//! key-group range at a time (see [`crate::spill`]). Session windows write their rows to disk sorted
+//! by their session's end and read them back as the watermark reaches it (see [`crate::session`]).
 
 use crate::aggregate::{Accumulators, AggregateInput, CompiledAggregate, compile_aggregate};
 use crate::gauge::StateGauge;
@@ -62,7 +62,8 @@ pub struct AggregateSpec {
     pub on_late: OnLate,
     /// Bytes of window state each instance keeps in memory (e.g. `256MiB`); beyond it the
     /// largest windows are spilled as sorted runs to `spill_dir` and merged from there when they
-    /// fire (session windows: their rows, read back per key when a session closes). Default
+    /// fire (session windows: their rows, read back as the watermark reaches their sessions'
+    /// ends). Default
     /// none: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_budget: Option<String>,
