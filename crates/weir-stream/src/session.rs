@@ -55,14 +55,8 @@ pub(crate) struct Sessions {
     sessions: Vec<Vec<Session>>,
     ids: Vec<KeyId>,
     budget: Option<Budget>,
-    spilled: Spilled,
-}
-
-/// Rows of open sessions written to disk under the memory budget.
-#[derive(Debug, Default)]
-struct Spilled {
-    /// Files in the order they were written.
-    files: Vec<SpillFile>,
+    /// Rows of open sessions written to disk under the memory budget, oldest file first.
+    spill_files: Vec<SpillFile>,
 }
 
 /// One spill file: rows sorted by the session end recorded with them, in IPC batches.
@@ -101,7 +95,7 @@ impl Sessions {
     ) -> Result<Self> {
         Ok(Sessions {
             budget,
-            spilled: Spilled::default(),
+            spill_files: Vec::new(),
             gap,
             lateness,
             input: input.clone(),
@@ -174,7 +168,8 @@ impl Sessions {
             (Some(s), Some(h)) => s.list(h).size_bytes(),
             _ => 0,
         };
-        if self.size_bytes() <= budget.bytes || row_bytes < budget.bytes / 4 {
+        // The cheap test first: measuring the whole state walks every key.
+        if row_bytes < budget.bytes / 4 || self.size_bytes() <= budget.bytes {
             return Ok(false);
         }
         let (state, rows) = self.backend()?;
@@ -237,7 +232,7 @@ impl Sessions {
         for &id in &keys {
             state.list_mut(rows).clear(id)?;
         }
-        self.spilled.files.push(SpillFile {
+        self.spill_files.push(SpillFile {
             path,
             first_end,
             next: 0,
@@ -252,7 +247,7 @@ impl Sessions {
         // The batches read back, and per key its rows in them (batch, row), oldest first.
         let mut sources: Vec<RecordBatch> = Vec::new();
         let mut rows_of: BTreeMap<KeyId, Vec<(usize, usize)>> = BTreeMap::new();
-        for file in &mut self.spilled.files {
+        for file in &mut self.spill_files {
             if file.first_end.get(file.next).is_none_or(|e| *e > w) {
                 continue;
             }
@@ -288,7 +283,7 @@ impl Sessions {
                 );
             }
         }
-        self.spilled.files.retain(|f| f.next < f.first_end.len());
+        self.spill_files.retain(|f| f.next < f.first_end.len());
         if rows_of.is_empty() {
             return Ok(());
         }
